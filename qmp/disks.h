@@ -1,0 +1,45 @@
+/* qmpbackupfs — discovery of a VM's backup-able disks through QMP.
+ *
+ * Writable disks with media, from `-drive` and `-blockdev`+`-device` alike;
+ * CD-ROMs, read-only and empty drives skipped.  Each disk is named by its
+ * stable id: the drive id (QMP "device") when it has one, else the device id
+ * taken from the qdev path — never an automatic node name ("#block123"). */
+#ifndef QB_DISKS_H
+#define QB_DISKS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qmp/qmp.h"
+
+typedef struct vm_bitmap {
+  char *name;
+  uint64_t granularity;
+  bool persistent;
+  bool recording;
+  bool busy;
+  bool inconsistent;
+} vm_bitmap;
+
+typedef struct vm_disk {
+  char *name;        /* stable id, sanitised (qb_name_sanitize) */
+  char *device;      /* QMP device name ("" for -blockdev) or qdev id */
+  char *node;        /* node name of the format (top) node; jobs and bitmaps use it */
+  char *format;      /* "qcow2", "raw", ... */
+  char *file;        /* image filename as QEMU reports it */
+  uint64_t size;     /* virtual size in bytes */
+  size_t nbitmaps;
+  vm_bitmap *bitmaps; /* dirty bitmaps on NODE */
+} vm_disk;
+
+/* Query the VM's disks (query-block + query-named-block-nodes). */
+int disks_query (qmp *q, vm_disk **disks, size_t *n);
+
+/* Free an array from disks_query. */
+void disks_free (vm_disk *disks, size_t n);
+
+/* The bitmap called NAME on DISK, or NULL. */
+const vm_bitmap *disks_find_bitmap (const vm_disk *disk, const char *name);
+
+#endif

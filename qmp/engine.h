@@ -1,0 +1,88 @@
+/* qmpbackupfs — the backup engine: one restore point of a running VM.
+ *
+ * engine_backup connects to the VM's QMP socket, takes the store lock,
+ * cleans leftovers of a crashed run, decides the level (auto), quiesces
+ * through the guest agent if asked, runs ONE QMP transaction over all disks
+ * (block-dirty-bitmap-add/clear + blockdev-backup, grouped completion,
+ * auto-finalize off), waits for every job, commits the restore point through
+ * store_txn_* and only then lets the jobs finalize.  It thaws on every path
+ * and lets go of the socket when done.  Semantics: see SPEC.md "Backup
+ * semantics".  Bitmaps are named "qmpbackup-<chain id>". */
+#ifndef QB_ENGINE_H
+#define QB_ENGINE_H
+
+#include <json-c/json.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store/store.h"
+
+#define ENGINE_BITMAP_PREFIX "qmpbackup-"
+#define ENGINE_JOB_PREFIX "qmpbackup-"   /* job ids and target node names */
+
+typedef enum backup_level { BACKUP_FULL, BACKUP_INC, BACKUP_AUTO, BACKUP_COPY } backup_level;
+typedef enum quiesce_mode { QUIESCE_DEFAULT, QUIESCE_ON, QUIESCE_OFF } quiesce_mode;
+
+typedef struct backup_progress {
+  backup_level level;   /* the level being taken (never AUTO) */
+  const char *phase;    /* "connecting", "quiescing", "copying", "committing" */
+  uint64_t done;        /* bytes copied so far, all disks */
+  uint64_t total;       /* bytes to copy, all disks (may grow) */
+  double rate;          /* bytes per second, smoothed */
+} backup_progress;
+
+typedef struct backup_opts {
+  backup_level level;
+  quiesce_mode quiesce;      /* DEFAULT: quiesce when QGA_PATH is given, fall back if it fails */
+  bool monthly;              /* STORE/<vm>/<YYYY-MM>/ layout; auto starts a full each month */
+  bool compress;             /* compressed targets */
+  uint64_t speed;            /* bytes/s per job, 0 = unlimited */
+  const char *const *include; /* NULL-terminated disk names to back up; NULL = all */
+  const char *const *exclude; /* NULL-terminated disk names to skip; NULL = none */
+  const atomic_int *cancel;  /* non-zero cancels the backup cleanly; may be NULL */
+  void (*progress) (void *opaque, const backup_progress *p); /* may be NULL */
+  void *opaque;
+  int lock_timeout_ms;       /* wait for the store lock; 0 = fail at once with QB_EBUSY */
+} backup_opts;
+
+typedef struct backup_result {
+  char id[40];              /* the new restore point's id */
+  backup_level level;       /* the level taken (FULL, INC or COPY) */
+  char reason[512];         /* why auto took a full ("" otherwise) */
+  bool quiesced;
+  char quiesce_note[256];   /* why not quiesced, when a default quiesce fell back */
+  size_t ndisks;
+  uint64_t bytes_copied;    /* bytes the jobs copied */
+  uint64_t bytes_stored;    /* bytes the new files take in the store */
+  double seconds;
+} backup_result;
+
+/* "full", "inc", "auto", "copy" → level; -1 (QB_EINVAL) otherwise. */
+int backup_level_parse (const char *word, backup_level *level);
+
+/* The word for LEVEL. */
+const char *backup_level_name (backup_level level);
+
+/* Take one backup of VM (its QMP socket QMP_PATH, guest agent QGA_PATH or
+ * NULL) into ST.  Fills RES (may be NULL).  0 on success; -1 with the reason:
+ * QB_EHOSTDOWN (no VM), QB_EBUSY (backup of this VM running, socket held),
+ * QB_ENOCHAIN (inc impossible), QB_ECANCELED, QB_ENOSPC, QB_EQMP, QB_EIO.
+ * On failure nothing new is visible in the store and the bitmaps still hold
+ * every change for the next incremental. */
+int engine_backup (store *st, const char *vm, const char *qmp_path, const char *qga_path,
+                   const backup_opts *opts, backup_result *res);
+
+/* Describe VM's disks as JSON (new reference): for each disk its name, node,
+ * format, file, size, bitmaps, and, when ST is non-NULL, the store chain it
+ * continues and its health: "ok", "missing" (no bitmap for the chain),
+ * "inconsistent" (QEMU marked it so), "none" (no chain yet), "resized". */
+json_object *engine_info (store *st, const char *vm, const char *qmp_path);
+
+/* Cancel leftover qmpbackup jobs and delete leftover target nodes; with
+ * REMOVE_BITMAPS also remove every "qmpbackup-*" bitmap.  Returns the number
+ * of things removed, or -1. */
+int engine_cleanup (const char *qmp_path, bool remove_bitmaps);
+
+#endif

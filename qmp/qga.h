@@ -1,0 +1,34 @@
+/* qmpbackupfs — QEMU guest agent client (unix socket on the host side of the
+ * virtio-serial port).  Handshake with guest-sync-delimited; every call has a
+ * timeout; a stalled or garbage-speaking agent is an error, never a hang. */
+#ifndef QB_QGA_H
+#define QB_QGA_H
+
+#include <stdatomic.h>
+
+#define QGA_TIMEOUT_MS 10000
+
+typedef struct qga qga;
+
+/* Connect to the agent socket at PATH and synchronise within TIMEOUT_MS. */
+qga *qga_connect (const char *path, int timeout_ms);
+
+/* Close and free. NULL is fine. */
+void qga_close (qga *g);
+
+/* While *CANCEL is non-zero, waits return QB_ECANCELED. */
+void qga_set_cancel (qga *g, const atomic_int *cancel);
+
+/* guest-ping: 0 when the agent answered. */
+int qga_ping (qga *g, int timeout_ms);
+
+/* guest-fsfreeze-freeze: number of filesystems frozen, or -1. */
+int qga_freeze (qga *g, int timeout_ms);
+
+/* guest-fsfreeze-thaw: number of filesystems thawed, or -1. */
+int qga_thaw (qga *g, int timeout_ms);
+
+/* guest-fsfreeze-status: 1 frozen, 0 thawed, -1 error. */
+int qga_frozen (qga *g, int timeout_ms);
+
+#endif

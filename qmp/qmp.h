@@ -1,0 +1,50 @@
+/* qmpbackupfs — QMP client over a unix socket.
+ *
+ * A QMP socket serves one client at a time: a second client's connect
+ * succeeds but it hears no greeting until the first leaves.  Connect for the
+ * work, close right after.  A socket held by someone else gives QB_EBUSY after
+ * the connect timeout; a socket nobody listens on gives QB_EHOSTDOWN. */
+#ifndef QB_QMP_H
+#define QB_QMP_H
+
+#include <json-c/json.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#define QMP_CONNECT_TIMEOUT_MS 5000
+#define QMP_COMMAND_TIMEOUT_MS 30000
+
+typedef struct qmp qmp;
+
+/* Connect to the QMP socket at PATH, read the greeting and negotiate
+ * capabilities, all within TIMEOUT_MS. */
+qmp *qmp_connect (const char *path, int timeout_ms);
+
+/* Disconnect and free. NULL is fine. */
+void qmp_close (qmp *q);
+
+/* While *CANCEL is non-zero, waits return QB_ECANCELED. */
+void qmp_set_cancel (qmp *q, const atomic_int *cancel);
+
+/* Run CMD with ARGS (consumed; may be NULL) and wait up to TIMEOUT_MS for its
+ * reply.  Returns the "return" value (new reference; an empty object when
+ * QEMU returns {}), or NULL: QB_EQMP with "CLASS: desc" from QEMU, or a
+ * transport error.  Events that arrive meanwhile are queued. */
+json_object *qmp_execute (qmp *q, const char *cmd, json_object *args, int timeout_ms);
+
+/* Like qmp_execute, but discards the returned value: 0 or -1. */
+int qmp_run (qmp *q, const char *cmd, json_object *args, int timeout_ms);
+
+/* Class of the last QMP error reply on this connection ("" if none),
+ * e.g. "GenericError", "DeviceNotFound". */
+const char *qmp_last_error_class (qmp *q);
+
+/* The next event (queued first, else read) within TIMEOUT_MS: the whole
+ * event object {"event":..., "data":..., "timestamp":...}, new reference.
+ * NULL with QB_ETIMEDOUT when none arrived. */
+json_object *qmp_next_event (qmp *q, int timeout_ms);
+
+/* Human monitor command via QMP; returns the text output (malloc'd). */
+char *qmp_hmp (qmp *q, const char *cmdline, int timeout_ms);
+
+#endif

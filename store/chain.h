@@ -1,0 +1,62 @@
+/* qmpbackupfs — the qcow2 chain reader: a restore point as raw bytes.
+ *
+ * chain_open takes the layer files of one restore point, base first, in the
+ * order the store gives (never from backing names inside the images), and
+ * builds once, from the L1/L2 tables, a map of which layer owns each cluster
+ * and how (data at a host offset, compressed, zero, unallocated).  Reads then
+ * need no walk of the chain.  Uncompressed data is read with pread from the
+ * layer's file; compressed clusters through libqcow; zero clusters (qcow2 v3,
+ * which Debian's libqcow misreads as header bytes) and unallocated ranges read
+ * as zeros.  Damaged metadata or an unreadable layer never yields other bytes:
+ * chain_open or the read that needs it fails with QB_EDAMAGED/QB_EIO.
+ *
+ * A chain_image may be read from many threads at once. */
+#ifndef QB_CHAIN_H
+#define QB_CHAIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef struct chain_image chain_image;
+
+/* Open the restore point made of FILES[0] (FULL or COPY) .. FILES[N-1] (the point itself). */
+chain_image *chain_open (const char *const *files, size_t n);
+
+/* Close and free. NULL is fine. */
+void chain_close (chain_image *ci);
+
+/* Virtual size of the restore point (that of the top layer). */
+uint64_t chain_size (const chain_image *ci);
+
+/* Bytes of data the layers really store for this point (for st_blocks). */
+uint64_t chain_allocated_bytes (const chain_image *ci);
+
+/* Read LEN bytes at OFF into BUF (reads past the end are short).  Returns
+ * the number of bytes read, or -1 (QB_EIO / QB_EDAMAGED).  Thread-safe. */
+ssize_t chain_pread (chain_image *ci, void *buf, size_t len, uint64_t off);
+
+typedef enum chain_extent_kind {
+  CHAIN_EXT_DATA,     /* the bytes are in file FD at FD_OFFSET: may be spliced */
+  CHAIN_EXT_ZERO,     /* reads as zeros (zero cluster, unallocated, past a layer's end) */
+  CHAIN_EXT_OTHER,    /* needs chain_pread (e.g. compressed clusters) */
+} chain_extent_kind;
+
+typedef struct chain_extent {
+  chain_extent_kind kind;
+  uint64_t length;    /* bytes from the requested offset with this kind (> 0) */
+  int fd;             /* CHAIN_EXT_DATA: the layer file (owned by the image) */
+  uint64_t fd_offset; /* CHAIN_EXT_DATA: where the bytes start in FD */
+} chain_extent;
+
+/* Describe the bytes at OFF (< chain_size): the longest run up to MAXLEN of
+ * one kind (for DATA: contiguous in one file).  0, or -1 (QB_EDAMAGED). */
+int chain_extent_at (chain_image *ci, uint64_t off, uint64_t maxlen, chain_extent *ext);
+
+/* SEEK_DATA / SEEK_HOLE semantics over the restore point: the first offset
+ * >= OFF that is data (any kind but ZERO) or a hole.  -1 with QB_ENOENT when
+ * there is no data at or after OFF (callers map that to ENXIO). */
+int64_t chain_seek (chain_image *ci, uint64_t off, int whence);
+
+#endif

@@ -1,0 +1,172 @@
+/* qmpbackupfs — the on-disk backup store.
+ *
+ * Layout (the seed qmpbackup's shape, plus records and locks beside it):
+ *
+ *   STORE/<vm>/<disk>/FULL-<id>          qcow2, starts a chain
+ *   STORE/<vm>/<disk>/INC-<id>           qcow2, the changes since the previous layer
+ *   STORE/<vm>/<disk>/COPY-<id>          qcow2, a full copy that starts no chain
+ *   STORE/<vm>/<YYYY-MM>/<disk>/...      the same with --monthly
+ *   STORE/<vm>/.points/<id>.json         one record per restore point (all disks)
+ *   STORE/<vm>/.lock                     flock: one backup per VM across processes
+ *   <disk dir>/.tmp-<FILE>               a file being written (never visible as a layer)
+ *
+ * <id> is the UTC time of the backup transaction, "YYYYMMDDTHHMMSSZ", with
+ * "-02", "-03", ... appended for further points of the same VM in the same
+ * second, so ids are unique per VM and sort in time order.  (No colons: QEMU
+ * would parse "FULL-2026-11-26T04:..." as a protocol prefix.)  Files written by
+ * the Python qmpbackup ("FULL-<epoch>-<name>", "INC-<epoch>-<name>") are read
+ * as well; their id is derived from the epoch.
+ *
+ * Commit protocol: targets are written to .tmp-<FILE>; when every job has
+ * completed, the temps are fsynced, the record is written (tmp, fsync,
+ * rename, fsync .points) — that is the commit point — then every temp is
+ * renamed to its final name and the disk directories fsynced.  store_recover
+ * rolls committed points forward and deletes uncommitted temps.
+ *
+ * Chain order comes from the ids (time), never from backing names inside
+ * the images.  A layer's record names its chain id and its previous layer,
+ * so an INC can never be read on top of the wrong FULL: a gap makes the
+ * rest of that chain damaged instead.
+ *
+ * Data flows one way: qmp/ writes through store_txn_*; fs/ and tools/ read
+ * through store_scan_vm.  Nothing here talks QMP.
+ */
+#ifndef QB_STORE_H
+#define QB_STORE_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum store_kind { STORE_FULL, STORE_INC, STORE_COPY } store_kind;
+
+typedef struct store store;
+
+/* Open the store at ROOT; with CREATE, make the directory (mode 0700) if missing. */
+store *store_open (const char *root, bool create);
+
+/* Free. NULL is fine. */
+void store_close (store *st);
+
+/* The store's root directory. */
+const char *store_root (const store *st);
+
+/* Names of the VMs in the store (directories with a safe name), sorted.
+ * *NAMES is a malloc'd array of malloc'd strings; free with store_names_free. */
+int store_list_vms (store *st, char ***names, size_t *n);
+
+/* Free an array from store_list_vms. */
+void store_names_free (char **names, size_t n);
+
+/* ---- Reading: a snapshot of one VM's restore points ---- */
+
+typedef struct store_layer {
+  char *path;          /* absolute path of the qcow2 file */
+  char *name;          /* base name, e.g. "INC-20261126T045000Z" */
+  char id[40];         /* restore point id, e.g. "20261126T045000Z-02" */
+  char display[48];    /* mount name without ".img": "2026-11-26T04:50:00Z-02" */
+  store_kind kind;
+  int64_t time_us;     /* backup time, UTC microseconds since the epoch */
+  uint64_t virtual_size; /* from the record; 0 when unknown (seed files) */
+  uint64_t file_size;  /* bytes on disk (st_blocks * 512) */
+  bool quiesced;       /* from the record */
+  char *chain_id;      /* from the record; NULL for seed files */
+  char *damage;        /* non-NULL: why this layer (and every point above it) is unusable */
+} store_layer;
+
+typedef struct store_chain {
+  size_t n;            /* layers[0] is the FULL (or COPY), then the INCs in time order */
+  store_layer *layers;
+  char *chain_id;      /* NULL for seed chains */
+  char *month;         /* "YYYY-MM" with --monthly layout, else NULL */
+} store_chain;
+
+typedef struct store_disk {
+  char *name;
+  size_t nchains;      /* in time order (months merged) */
+  store_chain *chains;
+} store_disk;
+
+typedef struct store_vm {
+  char *name;
+  size_t ndisks;
+  store_disk *disks;   /* sorted by name */
+} store_vm;
+
+/* Scan one VM's directory: disks, chains, layers, records.  Damage is
+ * reported in store_layer.damage, not as an error.  QB_ENOENT if no such VM. */
+store_vm *store_scan_vm (store *st, const char *vm);
+
+/* Free a scan. NULL is fine. */
+void store_vm_free (store_vm *v);
+
+/* The disk called NAME in a scan, or NULL. */
+const store_disk *store_vm_disk (const store_vm *v, const char *name);
+
+/* The record of restore point ID (new reference), or NULL (QB_ENOENT). */
+json_object *store_record_read (store *st, const char *vm, const char *id);
+
+/* The newest record of VM (new reference), or NULL when it has none. */
+json_object *store_record_latest (store *st, const char *vm);
+
+/* ---- Locking ---- */
+
+typedef struct store_lock store_lock;
+
+/* Take VM's backup lock, waiting up to TIMEOUT_MS (0: try once).
+ * QB_EBUSY when another process or thread holds it. */
+store_lock *store_lock_vm (store *st, const char *vm, int timeout_ms);
+
+/* Release. NULL is fine. */
+void store_unlock (store_lock *l);
+
+/* ---- Writing: one restore point ---- */
+
+typedef struct store_txn store_txn;
+
+/* Begin a restore point of VM at time NOW_US (the caller holds the lock).
+ * Picks the id (unique: bumps the -NN suffix if the second is taken).
+ * MONTHLY selects the STORE/<vm>/<YYYY-MM>/ layout. */
+store_txn *store_txn_begin (store *st, const char *vm, int64_t now_us, bool monthly);
+
+/* The id chosen for this restore point. */
+const char *store_txn_id (const store_txn *t);
+
+/* Add DISK with layer KIND; returns the temporary path (owned by the txn)
+ * where the caller creates the target image.  For STORE_INC, PREV is the
+ * layer it continues (its record fields chain_id/id are used); for FULL the
+ * caller passes CHAIN_ID of the new chain (see store_new_chain_id), for COPY
+ * NULL.  Creates the disk directory (0700). */
+const char *store_txn_add_disk (store_txn *t, const char *disk, store_kind kind,
+                                const store_layer *prev, const char *chain_id,
+                                uint64_t virtual_size);
+
+/* The final path DISK's layer will have once committed (owned by the txn);
+ * INC targets name it as the backing file of the next INC. */
+const char *store_txn_final_path (const store_txn *t, const char *disk);
+
+/* Commit: fsync temps, write the record (EXTRA's keys are merged into it:
+ * level, reason, quiesced, ...; not consumed), rename, fsync directories.
+ * On failure nothing is visible and the temps are removed. */
+int store_txn_commit (store_txn *t, json_object *extra);
+
+/* Remove the temps and free.  After a commit, only frees.  NULL is fine. */
+void store_txn_free (store_txn *t);
+
+/* A new random chain id (16 hex digits) into BUF (>= 17 bytes). */
+void store_new_chain_id (char *buf, size_t len);
+
+/* Recovery at start-up for VM (caller holds the lock): roll committed points
+ * forward, delete temps that no record names.  Returns the number of files
+ * removed or renamed, or -1. */
+int store_recover (store *st, const char *vm);
+
+/* Remove restore point ID's record and files of kind INC/FULL named in it
+ * (used by qmprebase after merging).  Caller holds the lock. */
+int store_point_remove (store *st, const char *vm, const char *id);
+
+/* Parse "YYYYMMDDTHHMMSSZ[-NN]" or a seed epoch name part; 0 on success. */
+int store_id_parse (const char *id, int64_t *time_us, int *seq);
+
+#endif
