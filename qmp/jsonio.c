@@ -1,1 +1,346 @@
-/* placeholder: being written */
+/* qmpbackupfs — bounded reader/writer of newline-separated JSON objects
+ * (see jsonio.h).  The socket is non-blocking; every wait is a poll with a
+ * deadline, sliced into steps of at most 100 ms so a cancel flag is seen. */
+#include "jsonio.h"
+#include "common/error.h"
+#include "common/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define RBUF_SIZE (64 * 1024)
+#define HEAD_SIZE 40          /* bytes of a message kept for error messages */
+#define POLL_SLICE_MS 100
+
+struct jsonio {
+  int fd;
+  const atomic_int *cancel;
+  json_tokener *tok;
+  unsigned char *rbuf;
+  size_t rpos, rlen;        /* unread bytes are rbuf[rpos..rlen) */
+  size_t msg_bytes;         /* bytes of the current message fed so far */
+  unsigned char head[HEAD_SIZE];
+  size_t head_len;
+};
+
+/* A tokener with our depth limit and strict JSON, trailing input allowed. */
+static json_tokener *
+tokener_make (void)
+{
+  json_tokener *tok = json_tokener_new_ex (JSONIO_MAX_DEPTH);
+  if (!tok)
+    abort ();
+  json_tokener_set_flags (tok, JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS);
+  return tok;
+}
+
+jsonio *
+jsonio_new (int fd)
+{
+  jsonio *j = qb_calloc (1, sizeof *j);
+  int fl = fcntl (fd, F_GETFL);
+  if (fl >= 0)
+    fcntl (fd, F_SETFL, fl | O_NONBLOCK);
+  fcntl (fd, F_SETFD, FD_CLOEXEC);
+  j->fd = fd;
+  j->tok = tokener_make ();
+  j->rbuf = qb_calloc (1, RBUF_SIZE);
+  return j;
+}
+
+void
+jsonio_free (jsonio *j)
+{
+  if (!j)
+    return;
+  if (j->fd >= 0)
+    close (j->fd);
+  json_tokener_free (j->tok);
+  free (j->rbuf);
+  free (j);
+}
+
+int
+jsonio_fd (jsonio *j)
+{
+  return j->fd;
+}
+
+void
+jsonio_set_cancel (jsonio *j, const atomic_int *cancel)
+{
+  j->cancel = cancel;
+}
+
+/* Render up to LEN bytes of BUF printable into OUT (size OUTLEN): control
+ * and non-ASCII bytes become \xNN, quotes and backslashes are escaped. */
+void
+jsonio_sanitize (const void *buf, size_t len, char *out, size_t outlen)
+{
+  const unsigned char *p = buf;
+  size_t o = 0;
+  if (outlen == 0)
+    return;
+  for (size_t i = 0; i < len; i++) {
+    char tmp[8];
+    if (p[i] >= 0x20 && p[i] < 0x7f && p[i] != '"' && p[i] != '\\')
+      tmp[0] = p[i], tmp[1] = '\0';
+    else if (p[i] == '"' || p[i] == '\\')
+      snprintf (tmp, sizeof tmp, "\\%c", p[i]);
+    else
+      snprintf (tmp, sizeof tmp, "\\x%02x", p[i]);
+    size_t tl = strlen (tmp);
+    if (o + tl + 1 > outlen)
+      break;
+    memcpy (out + o, tmp, tl);
+    o += tl;
+  }
+  out[o] = '\0';
+}
+
+/* Milliseconds left until DEADLINE (a qb_mono_ms value), at least 0. */
+static int
+remaining_ms (uint64_t deadline)
+{
+  uint64_t now = qb_mono_ms ();
+  if (now >= deadline)
+    return 0;
+  uint64_t left = deadline - now;
+  return left > 1000000000 ? 1000000000 : (int) left;
+}
+
+/* Deadline for a wait of TIMEOUT_MS from now (negative counts as 0). */
+static uint64_t
+deadline_of (int timeout_ms)
+{
+  return qb_mono_ms () + (timeout_ms > 0 ? (uint64_t) timeout_ms : 0);
+}
+
+/* Wait until the socket is ready for EVENTS or DEADLINE passes: 0 ready,
+ * -1 with QB_ETIMEDOUT, QB_ECANCELED or an I/O error.  WHAT names the wait. */
+static int
+wait_fd (jsonio *j, short events, uint64_t deadline, const char *what)
+{
+  for (;;) {
+    if (j->cancel && atomic_load (j->cancel))
+      return qb_error_set (QB_ECANCELED, "canceled while %s", what);
+    int left = remaining_ms (deadline);
+    struct pollfd pfd = { .fd = j->fd, .events = events };
+    int slice = left < POLL_SLICE_MS ? left : POLL_SLICE_MS;
+    int r = poll (&pfd, 1, slice);
+    if (r < 0) {
+      if (errno == EINTR)
+        continue;
+      return qb_error_set_errno (errno, "poll while %s", what);
+    }
+    if (r > 0)
+      return 0;   /* ready, or POLLHUP/POLLERR: the read/send will tell */
+    if (left == 0)
+      return qb_error_set (QB_ETIMEDOUT, "no answer from the peer while %s", what);
+  }
+}
+
+int
+jsonio_send_raw (jsonio *j, const void *buf, size_t len, int timeout_ms)
+{
+  const char *p = buf;
+  uint64_t deadline = deadline_of (timeout_ms);
+  while (len > 0) {
+    ssize_t n = send (j->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && errno == ENOTSOCK)
+      n = write (j->fd, p, len);
+    if (n > 0) {
+      p += n;
+      len -= (size_t) n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (wait_fd (j, POLLOUT, deadline, "sending") < 0)
+        return -1;
+      continue;
+    }
+    if (n < 0 && (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN))
+      return qb_error_set (QB_EHOSTDOWN, "the peer closed the connection while we were sending");
+    return qb_error_set_errno (n < 0 ? errno : EIO, "send");
+  }
+  return 0;
+}
+
+int
+jsonio_send (jsonio *j, json_object *obj, int timeout_ms)
+{
+  size_t len;
+  const char *s = json_object_to_json_string_length (obj, JSON_C_TO_STRING_PLAIN, &len);
+  char *line = malloc (len + 2);
+  if (!line)
+    return qb_error_set (QB_ENOMEM, "out of memory");
+  memcpy (line, s, len);
+  line[len] = '\n';
+  int r = jsonio_send_raw (j, line, len + 1, timeout_ms);
+  free (line);
+  return r;
+}
+
+/* Forget any partial message: fresh tokener, empty head. */
+static void
+reset_message (jsonio *j)
+{
+  json_tokener_reset (j->tok);
+  j->msg_bytes = 0;
+  j->head_len = 0;
+}
+
+/* Read more bytes into the buffer, waiting until DEADLINE: 0 or -1
+ * (QB_EHOSTDOWN when the peer closed, QB_ETIMEDOUT, QB_ECANCELED). */
+static int
+fill (jsonio *j, uint64_t deadline, const char *what)
+{
+  if (j->rpos == j->rlen)
+    j->rpos = j->rlen = 0;
+  else if (j->rpos > 0 && j->rlen == RBUF_SIZE) {
+    memmove (j->rbuf, j->rbuf + j->rpos, j->rlen - j->rpos);
+    j->rlen -= j->rpos;
+    j->rpos = 0;
+  }
+  for (;;) {
+    ssize_t n = read (j->fd, j->rbuf + j->rlen, RBUF_SIZE - j->rlen);
+    if (n > 0) {
+      j->rlen += (size_t) n;
+      return 0;
+    }
+    if (n == 0 || (errno == ECONNRESET || errno == EPIPE))
+      return qb_error_set (QB_EHOSTDOWN, "the peer closed the connection%s",
+                           j->msg_bytes ? " in the middle of a message" : "");
+    if (errno == EINTR)
+      continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+      return qb_error_set_errno (errno, "read");
+    if (wait_fd (j, POLLIN, deadline, what) < 0)
+      return -1;
+  }
+}
+
+/* Set QB_EPROTO naming WHY and quoting the start of the current message. */
+static json_object *
+proto_error (jsonio *j, const char *why)
+{
+  char snip[HEAD_SIZE * 4 + 1];
+  jsonio_sanitize (j->head, j->head_len, snip, sizeof snip);
+  qb_error_set (QB_EPROTO, "the peer sent invalid data (%s): \"%s%s\"",
+                why, snip, j->msg_bytes > j->head_len ? "..." : "");
+  reset_message (j);
+  return NULL;
+}
+
+json_object *
+jsonio_recv (jsonio *j, int timeout_ms)
+{
+  uint64_t deadline = deadline_of (timeout_ms);
+  for (;;) {
+    /* Between messages, whitespace (" \t\r\n") is skipped. */
+    if (j->msg_bytes == 0)
+      while (j->rpos < j->rlen && strchr (" \t\r\n", j->rbuf[j->rpos]) && j->rbuf[j->rpos])
+        j->rpos++;
+    if (j->rpos == j->rlen) {
+      if (fill (j, deadline, "waiting for a message") < 0)
+        return NULL;
+      continue;
+    }
+    const unsigned char *p = j->rbuf + j->rpos;
+    size_t n = j->rlen - j->rpos;
+    json_object *obj = json_tokener_parse_ex (j->tok, (const char *) p, (int) n);
+    enum json_tokener_error err = json_tokener_get_error (j->tok);
+    size_t used = obj || err == json_tokener_continue ? json_tokener_get_parse_end (j->tok) : n;
+    if (used > n)
+      used = n;
+    if (j->head_len < HEAD_SIZE) {
+      size_t k = used < HEAD_SIZE - j->head_len ? used : HEAD_SIZE - j->head_len;
+      if (err != json_tokener_success && err != json_tokener_continue && k == 0)
+        k = n < HEAD_SIZE - j->head_len ? n : HEAD_SIZE - j->head_len;
+      memcpy (j->head + j->head_len, p, k);
+      j->head_len += k;
+    }
+    j->msg_bytes += used;
+    j->rpos += used;
+    if (obj) {
+      if (!json_object_is_type (obj, json_type_object)) {
+        json_object_put (obj);
+        return proto_error (j, "not a JSON object");
+      }
+      reset_message (j);
+      return obj;
+    }
+    if (err == json_tokener_continue) {
+      if (j->msg_bytes > JSONIO_MAX_MESSAGE)
+        return proto_error (j, "message larger than the limit");
+      continue;
+    }
+    /* A syntax error desynchronises the stream: drop what is buffered. */
+    j->rpos = j->rlen = 0;
+    char why[128];
+    snprintf (why, sizeof why, "%s", err == json_tokener_error_depth
+              ? "nesting deeper than the limit" : json_tokener_error_desc (err));
+    return proto_error (j, why);
+  }
+}
+
+int
+jsonio_skip_to_delimiter (jsonio *j, int timeout_ms)
+{
+  uint64_t deadline = deadline_of (timeout_ms);
+  reset_message (j);
+  for (;;) {
+    unsigned char *ff = memchr (j->rbuf + j->rpos, 0xff, j->rlen - j->rpos);
+    if (ff) {
+      j->rpos = (size_t) (ff - j->rbuf) + 1;
+      return 0;
+    }
+    j->rpos = j->rlen = 0;
+    if (fill (j, deadline, "waiting for the 0xFF delimiter") < 0)
+      return -1;
+  }
+}
+
+int
+jsonio_connect_unix (const char *path, int timeout_ms)
+{
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  if (strlen (path) >= sizeof sa.sun_path)
+    return qb_error_set (QB_EINVAL, "socket path too long: %s", path);
+  strcpy (sa.sun_path, path);
+  uint64_t deadline = deadline_of (timeout_ms);
+  for (;;) {
+    int fd = socket (AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+      return qb_error_set_errno (errno, "socket");
+    if (connect (fd, (struct sockaddr *) &sa, sizeof sa) == 0)
+      return fd;
+    int e = errno;
+    close (fd);
+    if (e == EINTR)
+      continue;
+    if (e == ECONNREFUSED || e == ENOENT || e == ENOTSOCK)
+      return qb_error_set (QB_EHOSTDOWN, "is the VM running? socket %s: %s",
+                           path, strerror (e));
+    if (e == EACCES || e == EPERM)
+      return qb_error_set (QB_EPERM, "permission denied on socket %s", path);
+    if (e == EAGAIN && remaining_ms (deadline) > 0) {
+      /* Listen backlog full: retry shortly. */
+      poll (NULL, 0, 20);
+      continue;
+    }
+    if (e == EAGAIN)
+      return qb_error_set (QB_EBUSY, "socket %s accepts no more connections (backlog full)", path);
+    return qb_error_set_errno (e, "connect to socket %s", path);
+  }
+}

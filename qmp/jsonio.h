@@ -41,4 +41,13 @@ json_object *jsonio_recv (jsonio *j, int timeout_ms);
  * delimiter), within TIMEOUT_MS; resets the parser. */
 int jsonio_skip_to_delimiter (jsonio *j, int timeout_ms);
 
+/* Connect to the unix stream socket at PATH (non-blocking, close-on-exec),
+ * retrying within TIMEOUT_MS while its backlog is full.  Returns the fd, or
+ * -1: QB_EHOSTDOWN when nobody listens (refused, missing), QB_EPERM, QB_EBUSY. */
+int jsonio_connect_unix (const char *path, int timeout_ms);
+
+/* Render LEN bytes of BUF printable into OUT (OUTLEN bytes, NUL-terminated,
+ * truncated): control and non-ASCII bytes become \xNN, '"' and '\\' escaped. */
+void jsonio_sanitize (const void *buf, size_t len, char *out, size_t outlen);
+
 #endif
