@@ -13,6 +13,7 @@
 
 #define QMP_CONNECT_TIMEOUT_MS 5000
 #define QMP_COMMAND_TIMEOUT_MS 30000
+#define QMP_EVENT_QUEUE_MAX 1024     /* beyond this the oldest events are dropped */
 
 typedef struct qmp qmp;
 
@@ -46,5 +47,12 @@ json_object *qmp_next_event (qmp *q, int timeout_ms);
 
 /* Human monitor command via QMP; returns the text output (malloc'd). */
 char *qmp_hmp (qmp *q, const char *cmdline, int timeout_ms);
+
+/* Like qmp_connect on an already connected FD (owned), for tests and
+ * callers that connect themselves; NAME is used in messages. */
+qmp *qmp_new_fd (int fd, const char *name, int timeout_ms);
+
+/* True once the event queue overflowed and events were dropped. */
+bool qmp_events_lost (qmp *q);
 
 #endif
