@@ -1,1 +1,469 @@
-/* placeholder: being written */
+/* qmpbackupfs — scanning one VM's directory into disks, chains and layers.
+ *
+ * One readdir per directory and one parse per record per scan.  Layers are
+ * ordered by id (time); chains are built per disk: a FULL or COPY starts
+ * one, an INC with a record joins the chain its record names and must
+ * follow the layer the record names, an INC without a record joins the
+ * current FULL chain of its directory.  Anything that does not fit marks
+ * that layer and every later layer of its chain damaged; it never attaches
+ * an INC to a chain it does not belong to. */
+#include "store-int.h"
+#include "qcow2.h"
+#include "common/error.h"
+#include "common/util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* A directory holding layer files of one disk. */
+typedef struct scan_dir {
+  char *rel;             /* "disk" or "YYYY-MM/disk" */
+  char *disk;
+  char *month;           /* NULL outside the monthly layout */
+} scan_dir;
+
+/* A layer file found on disk, before chains are built. */
+typedef struct scan_file {
+  char *name;
+  size_t dir;            /* index into the dirs */
+  store_kind kind;
+  char id[STORE_ID_MAX];
+  int64_t id_time_us;
+  int seq;
+  uint64_t file_size;
+  const store_rec *rec;  /* NULL: no record names this file */
+  const store_rec_disk *rd;
+} scan_file;
+
+/* A layer that a record names but that is not on disk. */
+typedef struct scan_missing {
+  const char *id;
+  const char *chain;
+  const char *file;      /* relative path */
+} scan_missing;
+
+typedef struct scan_chain {
+  store_chain c;
+  size_t dir;
+  char *damage;          /* first damage in the chain (owned by a layer) */
+} scan_chain;
+
+typedef struct scan_ctx {
+  const char *vmdir;
+  scan_dir *dirs;
+  size_t ndirs;
+  store_rec *recs;
+  size_t nrecs;
+} scan_ctx;
+
+static bool
+is_dir_entry (int dfd, struct dirent *de)
+{
+  if (de->d_type == DT_DIR)
+    return true;
+  if (de->d_type != DT_UNKNOWN)
+    return false;
+  struct stat sb;
+  return fstatat (dfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR (sb.st_mode);
+}
+
+static void
+add_dir (scan_ctx *cx, const char *month, const char *disk)
+{
+  cx->dirs = qb_realloc (cx->dirs, (cx->ndirs + 1) * sizeof *cx->dirs);
+  scan_dir *d = &cx->dirs[cx->ndirs++];
+  d->disk = qb_strdup (disk);
+  d->month = qb_strdup (month);
+  d->rel = month ? qb_asprintf ("%s/%s", month, disk) : qb_strdup (disk);
+}
+
+/* Find the candidate disk directories: safe subdirs, and safe subdirs of month dirs. */
+static int
+find_dirs (scan_ctx *cx)
+{
+  DIR *d = opendir (cx->vmdir);
+  if (!d)
+    return qb_error_set_errno (errno, "read %s", cx->vmdir);
+  struct dirent *de;
+  while ((de = readdir (d)) != NULL) {
+    if (!qb_name_is_safe (de->d_name) || !is_dir_entry (dirfd (d), de))
+      continue;
+    add_dir (cx, NULL, de->d_name);
+    if (!store_is_month (de->d_name))
+      continue;
+    int mfd = openat (dirfd (d), de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *m = mfd >= 0 ? fdopendir (mfd) : NULL;
+    if (!m) {
+      if (mfd >= 0)
+        close (mfd);
+      continue;
+    }
+    struct dirent *me;
+    while ((me = readdir (m)) != NULL)
+      if (qb_name_is_safe (me->d_name) && is_dir_entry (dirfd (m), me))
+        add_dir (cx, de->d_name, me->d_name);
+    closedir (m);
+  }
+  closedir (d);
+  return 0;
+}
+
+/* The record (and its disk entry) naming file DIR/NAME with ID, if any. */
+static void
+find_record (scan_ctx *cx, const scan_dir *dir, const char *name, const char *id,
+             const store_rec **rec, const store_rec_disk **rd)
+{
+  *rec = NULL;
+  *rd = NULL;
+  size_t lo = 0, hi = cx->nrecs;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    int c = strcmp (cx->recs[mid].id, id);
+    if (c == 0) {
+      const store_rec *r = &cx->recs[mid];
+      size_t rl = strlen (dir->rel);
+      for (size_t i = 0; i < r->ndisks; i++) {
+        const char *f = r->disks[i].file;
+        if (strcmp (r->disks[i].name, dir->disk) == 0 && strncmp (f, dir->rel, rl) == 0
+            && f[rl] == '/' && strcmp (f + rl + 1, name) == 0) {
+          *rec = r;
+          *rd = &r->disks[i];
+          return;
+        }
+      }
+      return;
+    }
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+}
+
+/* Read directory DIRIDX and append its layer files to *FILES. */
+static void
+read_dir_files (scan_ctx *cx, size_t diridx, scan_file **files, size_t *n)
+{
+  const scan_dir *sd = &cx->dirs[diridx];
+  char *path = qb_asprintf ("%s/%s", cx->vmdir, sd->rel);
+  DIR *d = opendir (path);
+  free (path);
+  if (!d)
+    return;
+  struct dirent *de;
+  while ((de = readdir (d)) != NULL) {
+    store_kind kind;
+    char id[STORE_ID_MAX];
+    int64_t t;
+    int seq;
+    if (!store_layer_name_parse (de->d_name, &kind, id, &t, &seq))
+      continue;
+    struct stat sb;
+    if (fstatat (dirfd (d), de->d_name, &sb, 0) < 0 || !S_ISREG (sb.st_mode))
+      continue;
+    *files = qb_realloc (*files, (*n + 1) * sizeof **files);
+    scan_file *f = &(*files)[(*n)++];
+    memset (f, 0, sizeof *f);
+    f->name = qb_strdup (de->d_name);
+    f->dir = diridx;
+    f->kind = kind;
+    memcpy (f->id, id, sizeof f->id);
+    f->id_time_us = t;
+    f->seq = seq;
+    f->file_size = (uint64_t) sb.st_blocks * 512;
+    find_record (cx, sd, f->name, f->id, &f->rec, &f->rd);
+  }
+  closedir (d);
+}
+
+static int
+cmp_file (const void *a, const void *b)
+{
+  const scan_file *x = a, *y = b;
+  if (x->id_time_us != y->id_time_us)
+    return x->id_time_us < y->id_time_us ? -1 : 1;
+  if (x->seq != y->seq)
+    return x->seq < y->seq ? -1 : 1;
+  int kx = x->kind == STORE_INC, ky = y->kind == STORE_INC;
+  if (kx != ky)
+    return kx - ky;
+  return strcmp (x->name, y->name);
+}
+
+static bool
+str_eq (const char *a, const char *b)
+{
+  return a && b && strcmp (a, b) == 0;
+}
+
+static const char *
+base_name (const char *rel)
+{
+  const char *s = strrchr (rel, '/');
+  return s ? s + 1 : rel;
+}
+
+/* The records' layers of DISK (chain CHAIN) whose files are missing, between ids AFTER and BEFORE. */
+static const scan_missing *
+missing_between (const scan_missing *m, size_t nm, const char *chain, const char *after,
+                 const char *before)
+{
+  for (size_t i = 0; i < nm; i++)
+    if (str_eq (m[i].chain, chain) && (!after || strcmp (m[i].id, after) > 0)
+        && strcmp (m[i].id, before) < 0)
+      return &m[i];
+  return NULL;
+}
+
+static const scan_missing *
+missing_id (const scan_missing *m, size_t nm, const char *id)
+{
+  for (size_t i = 0; i < nm && id; i++)
+    if (strcmp (m[i].id, id) == 0)
+      return &m[i];
+  return NULL;
+}
+
+/* Fill layer L from file F. */
+static void
+fill_layer (scan_ctx *cx, const scan_file *f, store_layer *l)
+{
+  memset (l, 0, sizeof *l);
+  l->path = qb_asprintf ("%s/%s/%s", cx->vmdir, cx->dirs[f->dir].rel, f->name);
+  l->name = qb_strdup (f->name);
+  snprintf (l->id, sizeof l->id, "%s", f->id);
+  if (store_id_display (f->id, l->display, sizeof l->display) < 0)
+    snprintf (l->display, sizeof l->display, "%s", f->id);
+  l->kind = f->kind;
+  l->time_us = f->rec ? f->rec->time_us : f->id_time_us;
+  l->file_size = f->file_size;
+  l->quiesced = f->rec ? f->rec->quiesced : false;
+  l->chain_id = f->rd ? qb_strdup (f->rd->chain) : NULL;
+  l->virtual_size = f->rd ? f->rd->virtual_size : 0;
+  if (l->virtual_size == 0) {
+    uint64_t vs;
+    if (qcow2_virtual_size (l->path, &vs) == 0)
+      l->virtual_size = vs;
+    else
+      qb_error_clear ();
+  }
+}
+
+static scan_chain *
+new_chain (scan_chain **chains, size_t *n, const char *chain_id, const scan_dir *dir, size_t diridx)
+{
+  *chains = qb_realloc (*chains, (*n + 1) * sizeof **chains);
+  scan_chain *c = &(*chains)[(*n)++];
+  memset (c, 0, sizeof *c);
+  c->c.chain_id = qb_strdup (chain_id);
+  c->c.month = qb_strdup (dir->month);
+  c->dir = diridx;
+  return c;
+}
+
+static store_layer *
+chain_append (scan_chain *c)
+{
+  c->c.layers = qb_realloc (c->c.layers, (c->c.n + 1) * sizeof *c->c.layers);
+  return &c->c.layers[c->c.n++];
+}
+
+/* Build the chains of one disk from its files FILES (sorted). */
+static void
+build_chains (scan_ctx *cx, const char *disk, scan_file *files, size_t nf, store_disk *out)
+{
+  /* Layers the records name for this disk but which are not on disk. */
+  scan_missing *miss = NULL;
+  size_t nmiss = 0;
+  for (size_t r = 0; r < cx->nrecs; r++)
+    for (size_t i = 0; i < cx->recs[r].ndisks; i++) {
+      const store_rec_disk *rd = &cx->recs[r].disks[i];
+      if (strcmp (rd->name, disk) != 0)
+        continue;
+      bool found = false;
+      for (size_t k = 0; k < nf && !found; k++)
+        found = files[k].rd == rd;
+      if (found)
+        continue;
+      miss = qb_realloc (miss, (nmiss + 1) * sizeof *miss);
+      miss[nmiss++] = (scan_missing) { cx->recs[r].id, rd->chain, rd->file };
+    }
+
+  scan_chain *chains = NULL;
+  size_t nch = 0;
+  /* Per directory: index of its current FULL chain, or -1. */
+  long *current = qb_calloc (cx->ndirs, sizeof *current);
+  for (size_t i = 0; i < cx->ndirs; i++)
+    current[i] = -1;
+
+  for (size_t k = 0; k < nf; k++) {
+    scan_file *f = &files[k];
+    const scan_dir *sd = &cx->dirs[f->dir];
+    scan_chain *c = NULL;
+    char *damage = NULL;
+
+    if (f->kind != STORE_INC) {
+      c = new_chain (&chains, &nch, f->rd ? f->rd->chain : NULL, sd, f->dir);
+      if (f->kind == STORE_FULL)
+        current[f->dir] = (long) (nch - 1);
+    } else {
+      const char *want = f->rd ? f->rd->chain : NULL;
+      const char *prev = f->rd ? f->rd->prev : NULL;
+      if (want) {
+        for (size_t j = nch; j-- > 0 && !c;)
+          if (str_eq (chains[j].c.chain_id, want))
+            c = &chains[j];
+      } else if (current[f->dir] >= 0)
+        c = &chains[current[f->dir]];
+
+      if (!c) {
+        const scan_missing *m = missing_id (miss, nmiss, prev);
+        if (!m && want)
+          m = missing_between (miss, nmiss, want, NULL, f->id);
+        c = new_chain (&chains, &nch, want, sd, f->dir);
+        if (m)
+          damage = qb_asprintf ("%s is missing", base_name (m->file));
+        else if (want)
+          damage = qb_asprintf ("layer %s belongs to chain %s after %s, but no layer of "
+                                "that chain is present", f->name, want, prev ? prev : "?");
+        else
+          damage = qb_asprintf ("layer %s has no FULL before it in %s", f->name, sd->rel);
+      } else if (c->damage) {
+        damage = qb_strdup (c->damage);
+      } else {
+        const store_layer *last = &c->c.layers[c->c.n - 1];
+        const scan_missing *m = c->c.chain_id
+          ? missing_between (miss, nmiss, c->c.chain_id, last->id, f->id) : NULL;
+        if (!m && prev && strcmp (last->id, prev) != 0)
+          m = missing_id (miss, nmiss, prev);
+        if (m)
+          damage = qb_asprintf ("%s is missing", base_name (m->file));
+        else if (f->rd && (!prev || strcmp (last->id, prev) != 0))
+          damage = qb_asprintf ("layer %s belongs to chain %s after %s, but the previous "
+                                "layer present is %s", f->name, want ? want : "(seed)",
+                                prev ? prev : "(none)", last->name);
+      }
+    }
+    store_layer *l = chain_append (c);
+    fill_layer (cx, f, l);
+    if (damage) {
+      l->damage = damage;
+      if (!c->damage)
+        c->damage = damage;
+    }
+  }
+
+  out->nchains = nch;
+  out->chains = qb_calloc (nch, sizeof *out->chains);
+  for (size_t i = 0; i < nch; i++)
+    out->chains[i] = chains[i].c;
+  free (chains);
+  free (current);
+  free (miss);
+}
+
+static int
+cmp_file_disk (const void *a, const void *b, void *arg)
+{
+  const scan_ctx *cx = arg;
+  const scan_file *x = a, *y = b;
+  int c = strcmp (cx->dirs[x->dir].disk, cx->dirs[y->dir].disk);
+  return c ? c : cmp_file (a, b);
+}
+
+/* Scan VM into disks, chains and layers. */
+store_vm *
+store_scan_vm (store *st, const char *vm)
+{
+  char *vmdir = store_vm_dir (st, vm);
+  if (!vmdir)
+    return NULL;
+  struct stat sb;
+  if (stat (vmdir, &sb) < 0 || !S_ISDIR (sb.st_mode)) {
+    qb_error_set (QB_ENOENT, "no VM %s in the store", vm);
+    free (vmdir);
+    return NULL;
+  }
+  scan_ctx cx = { .vmdir = vmdir };
+  store_vm *v = NULL;
+  scan_file *files = NULL;
+  size_t nf = 0;
+  if (store_recs_load (vmdir, &cx.recs, &cx.nrecs) < 0 || find_dirs (&cx) < 0)
+    goto out;
+  for (size_t i = 0; i < cx.ndirs; i++)
+    read_dir_files (&cx, i, &files, &nf);
+  qsort_r (files, nf, sizeof *files, cmp_file_disk, &cx);
+
+  v = qb_calloc (1, sizeof *v);
+  v->name = qb_strdup (vm);
+  for (size_t i = 0; i < nf;) {
+    const char *disk = cx.dirs[files[i].dir].disk;
+    size_t j = i;
+    while (j < nf && strcmp (cx.dirs[files[j].dir].disk, disk) == 0)
+      j++;
+    v->disks = qb_realloc (v->disks, (v->ndisks + 1) * sizeof *v->disks);
+    store_disk *d = &v->disks[v->ndisks++];
+    memset (d, 0, sizeof *d);
+    d->name = qb_strdup (disk);
+    build_chains (&cx, disk, files + i, j - i, d);
+    i = j;
+  }
+ out:
+  for (size_t i = 0; i < nf; i++)
+    free (files[i].name);
+  free (files);
+  for (size_t i = 0; i < cx.ndirs; i++) {
+    free (cx.dirs[i].rel);
+    free (cx.dirs[i].disk);
+    free (cx.dirs[i].month);
+  }
+  free (cx.dirs);
+  store_recs_free (cx.recs, cx.nrecs);
+  free (vmdir);
+  return v;
+}
+
+/* Free a scan. */
+void
+store_vm_free (store_vm *v)
+{
+  if (!v)
+    return;
+  for (size_t i = 0; i < v->ndisks; i++) {
+    store_disk *d = &v->disks[i];
+    for (size_t j = 0; j < d->nchains; j++) {
+      store_chain *c = &d->chains[j];
+      for (size_t k = 0; k < c->n; k++) {
+        store_layer *l = &c->layers[k];
+        free (l->path);
+        free (l->name);
+        free (l->chain_id);
+        free (l->damage);
+      }
+      free (c->layers);
+      free (c->chain_id);
+      free (c->month);
+    }
+    free (d->chains);
+    free (d->name);
+  }
+  free (v->disks);
+  free (v->name);
+  free (v);
+}
+
+/* The disk NAME of a scan, or NULL. */
+const store_disk *
+store_vm_disk (const store_vm *v, const char *name)
+{
+  for (size_t i = 0; v && name && i < v->ndisks; i++)
+    if (strcmp (v->disks[i].name, name) == 0)
+      return &v->disks[i];
+  return NULL;
+}

@@ -1,1 +1,696 @@
-/* placeholder: being written */
+/* qmpbackupfs — the store: opening, names and ids, records, locks (see store.h). */
+#include "store-int.h"
+#include "common/error.h"
+#include "common/util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- Opening ---- */
+
+/* Open the store at ROOT (made 0700 with CREATE); the root is kept absolute. */
+store *
+store_open (const char *root, bool create)
+{
+  if (!root || !*root) {
+    qb_error_set (QB_EINVAL, "no store directory given");
+    return NULL;
+  }
+  if (create && qb_mkdir_p (root, 0700) < 0)
+    return NULL;
+  char *abs = realpath (root, NULL);
+  if (!abs) {
+    qb_error_set_errno (errno, "store %s", root);
+    return NULL;
+  }
+  struct stat sb;
+  if (stat (abs, &sb) < 0 || !S_ISDIR (sb.st_mode)) {
+    qb_error_set (QB_EINVAL, "store %s is not a directory", root);
+    free (abs);
+    return NULL;
+  }
+  store *st = qb_calloc (1, sizeof *st);
+  st->root = abs;
+  return st;
+}
+
+/* Free the handle. */
+void
+store_close (store *st)
+{
+  if (!st)
+    return;
+  free (st->root);
+  free (st);
+}
+
+/* The absolute root directory. */
+const char *
+store_root (const store *st)
+{
+  return st->root;
+}
+
+/* "STORE/<vm>", or NULL (QB_EINVAL) for an unsafe name. */
+char *
+store_vm_dir (const store *st, const char *vm)
+{
+  if (!qb_name_is_safe (vm)) {
+    qb_error_set (QB_EINVAL, "invalid VM name \"%s\"", vm ? vm : "");
+    return NULL;
+  }
+  return qb_asprintf ("%s/%s", st->root, vm);
+}
+
+static int
+cmp_str (const void *a, const void *b)
+{
+  return strcmp (*(char *const *) a, *(char *const *) b);
+}
+
+/* Sorted names of the safe-named directories directly under the root. */
+int
+store_list_vms (store *st, char ***names, size_t *n)
+{
+  *names = NULL;
+  *n = 0;
+  DIR *d = opendir (st->root);
+  if (!d)
+    return qb_error_set_errno (errno, "read store %s", st->root);
+  char **v = NULL;
+  size_t cnt = 0;
+  struct dirent *de;
+  while ((de = readdir (d)) != NULL) {
+    if (!qb_name_is_safe (de->d_name))
+      continue;
+    struct stat sb;
+    if (fstatat (dirfd (d), de->d_name, &sb, 0) < 0 || !S_ISDIR (sb.st_mode))
+      continue;
+    v = qb_realloc (v, (cnt + 1) * sizeof *v);
+    v[cnt++] = qb_strdup (de->d_name);
+  }
+  closedir (d);
+  if (cnt)
+    qsort (v, cnt, sizeof *v, cmp_str);
+  *names = v;
+  *n = cnt;
+  return 0;
+}
+
+/* Free an array of names. */
+void
+store_names_free (char **names, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    free (names[i]);
+  free (names);
+}
+
+/* ---- Ids and names ---- */
+
+/* Format second T_US (+ "-NN" for SEQ > 1) as an id. */
+void
+store_id_format (int64_t t_us, int seq, char *buf, size_t len)
+{
+  time_t t = (time_t) (t_us / 1000000);
+  struct tm tm;
+  gmtime_r (&t, &tm);
+  char base[32];
+  strftime (base, sizeof base, "%Y%m%dT%H%M%SZ", &tm);
+  if (seq > 1)
+    snprintf (buf, len, "%s-%02d", base, seq);
+  else
+    snprintf (buf, len, "%s", base);
+}
+
+static bool
+all_digits (const char *s, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    if (s[i] < '0' || s[i] > '9')
+      return false;
+  return true;
+}
+
+static int
+num (const char *s, size_t n)
+{
+  int v = 0;
+  for (size_t i = 0; i < n; i++)
+    v = v * 10 + (s[i] - '0');
+  return v;
+}
+
+/* Parse our id form exactly; false if ID is anything else. */
+static bool
+parse_our_id (const char *id, int64_t *time_us, int *seq)
+{
+  size_t len = strlen (id);
+  if (len != 16 && len != 19)
+    return false;
+  if (!all_digits (id, 8) || id[8] != 'T' || !all_digits (id + 9, 6) || id[15] != 'Z')
+    return false;
+  int s = 1;
+  if (len == 19) {
+    if (id[16] != '-' || !all_digits (id + 17, 2))
+      return false;
+    s = num (id + 17, 2);
+    if (s < 2)
+      return false;
+  }
+  struct tm tm = { 0 };
+  tm.tm_year = num (id, 4) - 1900;
+  tm.tm_mon = num (id + 4, 2) - 1;
+  tm.tm_mday = num (id + 6, 2);
+  tm.tm_hour = num (id + 9, 2);
+  tm.tm_min = num (id + 11, 2);
+  tm.tm_sec = num (id + 13, 2);
+  struct tm want = tm;
+  time_t t = timegm (&tm);
+  if (t == (time_t) -1 || tm.tm_year != want.tm_year || tm.tm_mon != want.tm_mon
+      || tm.tm_mday != want.tm_mday || tm.tm_hour != want.tm_hour
+      || tm.tm_min != want.tm_min || tm.tm_sec != want.tm_sec)
+    return false;
+  if (time_us)
+    *time_us = (int64_t) t * 1000000;
+  if (seq)
+    *seq = s;
+  return true;
+}
+
+/* Parse a seed epoch name part ("1700000000-disk.qcow2" or "1700000000"). */
+static bool
+parse_seed_epoch (const char *s, int64_t *time_us)
+{
+  size_t n = strspn (s, "0123456789");
+  if (n == 0 || n > 12 || (s[n] != '\0' && s[n] != '-'))
+    return false;
+  if (time_us)
+    *time_us = (int64_t) strtoll (s, NULL, 10) * 1000000;
+  return true;
+}
+
+/* Parse "YYYYMMDDTHHMMSSZ[-NN]" or a seed epoch name part; 0 on success. */
+int
+store_id_parse (const char *id, int64_t *time_us, int *seq)
+{
+  if (!id)
+    return qb_error_set (QB_EINVAL, "no restore point id");
+  if (parse_our_id (id, time_us, seq))
+    return 0;
+  if (parse_seed_epoch (id, time_us)) {
+    if (seq)
+      *seq = 1;
+    return 0;
+  }
+  return qb_error_set (QB_EINVAL, "invalid restore point id \"%s\"", id);
+}
+
+/* True for a well-formed id of this store. */
+bool
+store_id_valid (const char *id)
+{
+  return id && parse_our_id (id, NULL, NULL);
+}
+
+/* "2026-11-26T04:50:00Z[-02]" for ID. */
+int
+store_id_display (const char *id, char *buf, size_t len)
+{
+  int64_t t;
+  int seq;
+  if (!parse_our_id (id, &t, &seq))
+    return -1;
+  char base[32];
+  qb_format_utc (t, base, sizeof base);
+  if (seq > 1)
+    snprintf (buf, len, "%s-%02d", base, seq);
+  else
+    snprintf (buf, len, "%s", base);
+  return 0;
+}
+
+/* True for "YYYY-MM". */
+bool
+store_is_month (const char *name)
+{
+  if (strlen (name) != 7 || !all_digits (name, 4) || name[4] != '-'
+      || !all_digits (name + 5, 2))
+    return false;
+  int m = num (name + 5, 2);
+  return m >= 1 && m <= 12;
+}
+
+/* File name prefix of a kind. */
+const char *
+store_kind_prefix (store_kind k)
+{
+  switch (k) {
+  case STORE_FULL: return "FULL";
+  case STORE_INC: return "INC";
+  default: return "COPY";
+  }
+}
+
+/* Record spelling of a kind. */
+const char *
+store_kind_word (store_kind k)
+{
+  switch (k) {
+  case STORE_FULL: return "full";
+  case STORE_INC: return "inc";
+  default: return "copy";
+  }
+}
+
+static bool
+has_suffix (const char *s, const char *suf)
+{
+  size_t a = strlen (s), b = strlen (suf);
+  return a >= b && strcmp (s + a - b, suf) == 0;
+}
+
+/* Parse a layer file name; false for anything that is not a finished layer. */
+bool
+store_layer_name_parse (const char *name, store_kind *kind, char id[STORE_ID_MAX],
+                        int64_t *time_us, int *seq)
+{
+  const char *rest;
+  store_kind k;
+  if (strncmp (name, "FULL-", 5) == 0)
+    k = STORE_FULL, rest = name + 5;
+  else if (strncmp (name, "INC-", 4) == 0)
+    k = STORE_INC, rest = name + 4;
+  else if (strncmp (name, "COPY-", 5) == 0)
+    k = STORE_COPY, rest = name + 5;
+  else
+    return false;
+  if (has_suffix (name, ".partial"))
+    return false;
+  int64_t t;
+  int s;
+  if (!parse_our_id (rest, &t, &s)) {
+    if (!parse_seed_epoch (rest, &t))
+      return false;
+    s = 1;
+  }
+  *kind = k;
+  store_id_format (t, s, id, STORE_ID_MAX);
+  *time_us = t;
+  *seq = s;
+  return true;
+}
+
+/* ---- Records ---- */
+
+/* A relative path inside the VM dir made only of safe components. */
+static bool
+rel_path_ok (const char *p)
+{
+  if (!p || !*p || strlen (p) > PATH_MAX / 2)
+    return false;
+  char *c = qb_strdup (p), *save = NULL;
+  bool ok = true;
+  int parts = 0;
+  for (char *tok = strtok_r (c, "/", &save); tok; tok = strtok_r (NULL, "/", &save)) {
+    parts++;
+    if (!qb_name_is_safe (tok))
+      ok = false;
+  }
+  free (c);
+  return ok && parts >= 2 && p[0] != '/' && !strstr (p, "//") && !has_suffix (p, "/");
+}
+
+static const char *
+jstr (json_object *o, const char *key)
+{
+  json_object *v;
+  if (!json_object_object_get_ex (o, key, &v) || !json_object_is_type (v, json_type_string))
+    return NULL;
+  return json_object_get_string (v);
+}
+
+static int64_t
+jint (json_object *o, const char *key, int64_t dflt)
+{
+  json_object *v;
+  if (!json_object_object_get_ex (o, key, &v) || !json_object_is_type (v, json_type_int))
+    return dflt;
+  return json_object_get_int64 (v);
+}
+
+/* Parse a record object into REC (false: unusable; REC is then empty). */
+bool
+store_rec_parse (json_object *obj, store_rec *rec)
+{
+  memset (rec, 0, sizeof *rec);
+  if (!obj || !json_object_is_type (obj, json_type_object))
+    return false;
+  const char *id = jstr (obj, "id");
+  int64_t t;
+  int seq;
+  if (!id || !parse_our_id (id, &t, &seq))
+    return false;
+  snprintf (rec->id, sizeof rec->id, "%s", id);
+  rec->time_us = jint (obj, "time_us", t);
+  json_object *q;
+  if (json_object_object_get_ex (obj, "quiesced", &q) && json_object_is_type (q, json_type_boolean))
+    rec->quiesced = json_object_get_boolean (q);
+  json_object *disks;
+  if (!json_object_object_get_ex (obj, "disks", &disks)
+      || !json_object_is_type (disks, json_type_array))
+    return false;
+  size_t n = json_object_array_length (disks);
+  rec->disks = qb_calloc (n, sizeof *rec->disks);
+  for (size_t i = 0; i < n; i++) {
+    json_object *d = json_object_array_get_idx (disks, i);
+    if (!json_object_is_type (d, json_type_object))
+      continue;
+    const char *name = jstr (d, "name"), *file = jstr (d, "file"), *kind = jstr (d, "kind");
+    if (!name || !qb_name_is_safe (name) || !rel_path_ok (file) || !kind)
+      continue;
+    store_rec_disk *rd = &rec->disks[rec->ndisks];
+    if (strcmp (kind, "full") == 0)
+      rd->kind = STORE_FULL;
+    else if (strcmp (kind, "inc") == 0)
+      rd->kind = STORE_INC;
+    else if (strcmp (kind, "copy") == 0)
+      rd->kind = STORE_COPY;
+    else
+      continue;
+    rd->name = qb_strdup (name);
+    rd->file = qb_strdup (file);
+    rd->chain = qb_strdup (jstr (d, "chain"));
+    const char *prev = jstr (d, "prev");
+    rd->prev = prev && parse_our_id (prev, NULL, NULL) ? qb_strdup (prev) : NULL;
+    int64_t vs = jint (d, "virtual_size", 0);
+    rd->virtual_size = vs > 0 ? (uint64_t) vs : 0;
+    int64_t by = jint (d, "bytes", 0);
+    rd->bytes = by > 0 ? (uint64_t) by : 0;
+    rec->ndisks++;
+  }
+  return true;
+}
+
+/* Free a record's contents. */
+void
+store_rec_clear (store_rec *rec)
+{
+  for (size_t i = 0; i < rec->ndisks; i++) {
+    free (rec->disks[i].name);
+    free (rec->disks[i].file);
+    free (rec->disks[i].chain);
+    free (rec->disks[i].prev);
+  }
+  free (rec->disks);
+  memset (rec, 0, sizeof *rec);
+}
+
+static int
+cmp_rec (const void *a, const void *b)
+{
+  return strcmp (((const store_rec *) a)->id, ((const store_rec *) b)->id);
+}
+
+/* The ids of the record files in the .points dir at PDIR (sorted). */
+static int
+list_record_ids (const char *pdir, char ***ids, size_t *n)
+{
+  *ids = NULL;
+  *n = 0;
+  DIR *d = opendir (pdir);
+  if (!d) {
+    if (errno == ENOENT)
+      return 0;
+    return qb_error_set_errno (errno, "read %s", pdir);
+  }
+  struct dirent *de;
+  char **v = NULL;
+  size_t cnt = 0;
+  while ((de = readdir (d)) != NULL) {
+    size_t len = strlen (de->d_name);
+    if (de->d_name[0] == '.' || len < 6 || len - 5 >= STORE_ID_MAX
+        || !has_suffix (de->d_name, ".json"))
+      continue;
+    char id[STORE_ID_MAX];
+    memcpy (id, de->d_name, len - 5);
+    id[len - 5] = '\0';
+    if (!parse_our_id (id, NULL, NULL))
+      continue;
+    v = qb_realloc (v, (cnt + 1) * sizeof *v);
+    v[cnt++] = qb_strdup (id);
+  }
+  closedir (d);
+  if (cnt)
+    qsort (v, cnt, sizeof *v, cmp_str);
+  *ids = v;
+  *n = cnt;
+  return 0;
+}
+
+/* Load and parse every record under VMDIR/.points, sorted by id. */
+int
+store_recs_load (const char *vmdir, store_rec **recs, size_t *n)
+{
+  *recs = NULL;
+  *n = 0;
+  char *pdir = qb_asprintf ("%s/" STORE_POINTS_DIR, vmdir);
+  char **ids;
+  size_t nids;
+  if (list_record_ids (pdir, &ids, &nids) < 0) {
+    free (pdir);
+    return -1;
+  }
+  store_rec *v = qb_calloc (nids, sizeof *v);
+  size_t cnt = 0;
+  for (size_t i = 0; i < nids; i++) {
+    char *path = qb_asprintf ("%s/%s.json", pdir, ids[i]);
+    json_object *o = json_object_from_file (path);
+    free (path);
+    if (o && store_rec_parse (o, &v[cnt]) && strcmp (v[cnt].id, ids[i]) == 0)
+      cnt++;
+    else
+      store_rec_clear (&v[cnt]);
+    json_object_put (o);
+  }
+  store_names_free (ids, nids);
+  free (pdir);
+  qsort (v, cnt, sizeof *v, cmp_rec);
+  *recs = v;
+  *n = cnt;
+  return 0;
+}
+
+/* Free loaded records. */
+void
+store_recs_free (store_rec *recs, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    store_rec_clear (&recs[i]);
+  free (recs);
+}
+
+/* The record of point ID (new reference), or NULL. */
+json_object *
+store_record_read (store *st, const char *vm, const char *id)
+{
+  if (!id || !parse_our_id (id, NULL, NULL)) {
+    qb_error_set (QB_EINVAL, "invalid restore point id \"%s\"", id ? id : "");
+    return NULL;
+  }
+  char *vmdir = store_vm_dir (st, vm);
+  if (!vmdir)
+    return NULL;
+  char *path = qb_asprintf ("%s/" STORE_POINTS_DIR "/%s.json", vmdir, id);
+  free (vmdir);
+  if (access (path, F_OK) < 0) {
+    qb_error_set (QB_ENOENT, "no restore point %s of VM %s", id, vm);
+    free (path);
+    return NULL;
+  }
+  json_object *o = json_object_from_file (path);
+  if (!o || !json_object_is_type (o, json_type_object)) {
+    qb_error_set (QB_EDAMAGED, "record %s is not valid JSON", path);
+    json_object_put (o);
+    o = NULL;
+  }
+  free (path);
+  return o;
+}
+
+/* The newest record of VM by id, or NULL (QB_ENOENT when there is none). */
+json_object *
+store_record_latest (store *st, const char *vm)
+{
+  char *vmdir = store_vm_dir (st, vm);
+  if (!vmdir)
+    return NULL;
+  char *pdir = qb_asprintf ("%s/" STORE_POINTS_DIR, vmdir);
+  free (vmdir);
+  char **ids;
+  size_t n;
+  int r = list_record_ids (pdir, &ids, &n);
+  free (pdir);
+  if (r < 0)
+    return NULL;
+  json_object *o = NULL;
+  /* Newest first; skip records that cannot be read. */
+  for (size_t i = n; i-- > 0 && !o;)
+    o = store_record_read (st, vm, ids[i]);
+  store_names_free (ids, n);
+  if (!o)
+    qb_error_set (QB_ENOENT, "VM %s has no restore point records", vm);
+  return o;
+}
+
+/* Set the error for a failed write, with the store-full message for ENOSPC. */
+int
+store_write_error (const store *st, int errnum, const char *what, const char *path)
+{
+  if (errnum == ENOSPC || errnum == EDQUOT)
+    return qb_error_set (QB_ENOSPC, "the store %s is full: free space and run the backup again",
+                         st->root);
+  return qb_error_set_errno (errnum, "%s %s", what, path);
+}
+
+/* ---- Locking ---- */
+
+struct store_lock {
+  int fd;
+};
+
+/* Take VM's lock (flock on its own open file description), polling up to TIMEOUT_MS. */
+store_lock *
+store_lock_vm (store *st, const char *vm, int timeout_ms)
+{
+  char *vmdir = store_vm_dir (st, vm);
+  if (!vmdir)
+    return NULL;
+  if (qb_mkdir_p (vmdir, 0700) < 0) {
+    free (vmdir);
+    return NULL;
+  }
+  char *path = qb_asprintf ("%s/" STORE_LOCK_FILE, vmdir);
+  free (vmdir);
+  int fd = open (path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    qb_error_set_errno (errno, "open lock %s", path);
+    free (path);
+    return NULL;
+  }
+  uint64_t deadline = qb_mono_ms () + (timeout_ms > 0 ? (uint64_t) timeout_ms : 0);
+  for (;;) {
+    if (flock (fd, LOCK_EX | LOCK_NB) == 0)
+      break;
+    if (errno != EWOULDBLOCK && errno != EINTR) {
+      qb_error_set_errno (errno, "lock %s", path);
+      goto fail;
+    }
+    uint64_t now = qb_mono_ms ();
+    if (now >= deadline) {
+      qb_error_set (QB_EBUSY, "a backup of VM %s is already running (lock %s is held)",
+                    vm, path);
+      goto fail;
+    }
+    uint64_t wait = deadline - now < 20 ? deadline - now : 20;
+    struct timespec ts = { 0, (long) wait * 1000000L };
+    nanosleep (&ts, NULL);
+  }
+  free (path);
+  store_lock *l = qb_calloc (1, sizeof *l);
+  l->fd = fd;
+  return l;
+ fail:
+  close (fd);
+  free (path);
+  return NULL;
+}
+
+/* Release the lock. */
+void
+store_unlock (store_lock *l)
+{
+  if (!l)
+    return;
+  flock (l->fd, LOCK_UN);
+  close (l->fd);
+  free (l);
+}
+
+/* ---- Misc ---- */
+
+/* 16 random hex digits. */
+void
+store_new_chain_id (char *buf, size_t len)
+{
+  unsigned char r[8];
+  size_t got = 0;
+  while (got < sizeof r) {
+    ssize_t k = getrandom (r + got, sizeof r - got, 0);
+    if (k < 0) {
+      if (errno == EINTR)
+        continue;
+      /* No entropy source: fall back to time and pid, still unique enough per VM. */
+      uint64_t x = (uint64_t) qb_now_us () ^ ((uint64_t) getpid () << 40);
+      memcpy (r, &x, sizeof r);
+      break;
+    }
+    got += (size_t) k;
+  }
+  char tmp[17];
+  for (int i = 0; i < 8; i++)
+    snprintf (tmp + 2 * i, 3, "%02x", r[i]);
+  snprintf (buf, len, "%s", tmp);
+}
+
+/* Remove point ID: first the files its record names, then the record. */
+int
+store_point_remove (store *st, const char *vm, const char *id)
+{
+  json_object *o = store_record_read (st, vm, id);
+  if (!o)
+    return -1;
+  store_rec rec;
+  if (!store_rec_parse (o, &rec)) {
+    json_object_put (o);
+    return qb_error_set (QB_EDAMAGED, "record %s of VM %s is not valid", id, vm);
+  }
+  json_object_put (o);
+  char *vmdir = store_vm_dir (st, vm);
+  int ret = 0;
+  for (size_t i = 0; i < rec.ndisks && ret == 0; i++) {
+    char *path = qb_asprintf ("%s/%s", vmdir, rec.disks[i].file);
+    if (unlink (path) < 0 && errno != ENOENT)
+      ret = qb_error_set_errno (errno, "remove %s", path);
+    else {
+      char *slash = strrchr (path, '/');
+      *slash = '\0';
+      qb_fsync_dir (path);
+    }
+    free (path);
+  }
+  if (ret == 0) {
+    char *rpath = qb_asprintf ("%s/" STORE_POINTS_DIR "/%s.json", vmdir, id);
+    if (unlink (rpath) < 0 && errno != ENOENT)
+      ret = qb_error_set_errno (errno, "remove %s", rpath);
+    else {
+      char *pdir = qb_asprintf ("%s/" STORE_POINTS_DIR, vmdir);
+      qb_fsync_dir (pdir);
+      free (pdir);
+    }
+    free (rpath);
+  }
+  free (vmdir);
+  store_rec_clear (&rec);
+  return ret;
+}

@@ -1,1 +1,618 @@
-/* placeholder: being written */
+/* qmpbackupfs — writing a restore point atomically, and recovery.
+ *
+ * Targets are written to <disk dir>/.tmp-<FINAL>.  Commit fsyncs them,
+ * writes the record (the commit point), then renames each temp to its
+ * final name.  store_recover finishes committed points and deletes
+ * uncommitted temps. */
+#include "store-int.h"
+#include "common/error.h"
+#include "common/util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef struct txn_disk {
+  char *name;
+  store_kind kind;
+  char *dir;             /* absolute disk directory */
+  char *rel;             /* file path relative to STORE/<vm> */
+  char *final;           /* absolute final path */
+  char *tmp;             /* absolute temporary path */
+  char *chain;
+  char *prev;
+  uint64_t virtual_size;
+  uint64_t bytes;
+  bool made_dir;         /* this txn created DIR */
+} txn_disk;
+
+struct store_txn {
+  store *st;
+  char *vm;
+  char *vmdir;
+  char id[STORE_ID_MAX];
+  int64_t time_us;
+  char *month;           /* NULL unless monthly */
+  bool made_month;
+  size_t ndisks;
+  txn_disk *disks;
+  bool committed;
+};
+
+/* Note the id of every layer file and temp in directory PATH into *IDS. */
+static void
+collect_dir_ids (const char *path, char ***ids, size_t *n)
+{
+  DIR *d = opendir (path);
+  if (!d)
+    return;
+  struct dirent *de;
+  while ((de = readdir (d)) != NULL) {
+    const char *name = de->d_name;
+    if (strncmp (name, STORE_TMP_PREFIX, strlen (STORE_TMP_PREFIX)) == 0)
+      name += strlen (STORE_TMP_PREFIX);
+    store_kind k;
+    char id[STORE_ID_MAX];
+    int64_t t;
+    int seq;
+    if (!store_layer_name_parse (name, &k, id, &t, &seq))
+      continue;
+    *ids = qb_realloc (*ids, (*n + 1) * sizeof **ids);
+    (*ids)[(*n)++] = qb_strdup (id);
+  }
+  closedir (d);
+}
+
+/* Every id in use in VMDIR: records, layer files and temps in all disk dirs. */
+static void
+collect_ids (const char *vmdir, char ***ids, size_t *n)
+{
+  *ids = NULL;
+  *n = 0;
+  char *pdir = qb_asprintf ("%s/" STORE_POINTS_DIR, vmdir);
+  DIR *d = opendir (pdir);
+  if (d) {
+    struct dirent *de;
+    while ((de = readdir (d)) != NULL) {
+      char id[STORE_ID_MAX];
+      const char *name = de->d_name;
+      if (strncmp (name, STORE_TMP_PREFIX, strlen (STORE_TMP_PREFIX)) == 0)
+        name += strlen (STORE_TMP_PREFIX);
+      size_t len = strlen (name);
+      if (len < 6 || len - 5 >= sizeof id || strcmp (name + len - 5, ".json") != 0)
+        continue;
+      memcpy (id, name, len - 5);
+      id[len - 5] = '\0';
+      if (!store_id_valid (id))
+        continue;
+      *ids = qb_realloc (*ids, (*n + 1) * sizeof **ids);
+      (*ids)[(*n)++] = qb_strdup (id);
+    }
+    closedir (d);
+  }
+  free (pdir);
+  d = opendir (vmdir);
+  if (!d)
+    return;
+  struct dirent *de;
+  while ((de = readdir (d)) != NULL) {
+    if (!qb_name_is_safe (de->d_name))
+      continue;
+    char *sub = qb_asprintf ("%s/%s", vmdir, de->d_name);
+    collect_dir_ids (sub, ids, n);
+    if (store_is_month (de->d_name)) {
+      DIR *m = opendir (sub);
+      struct dirent *me;
+      while (m && (me = readdir (m)) != NULL) {
+        if (!qb_name_is_safe (me->d_name))
+          continue;
+        char *dd = qb_asprintf ("%s/%s", sub, me->d_name);
+        collect_dir_ids (dd, ids, n);
+        free (dd);
+      }
+      if (m)
+        closedir (m);
+    }
+    free (sub);
+  }
+  closedir (d);
+}
+
+/* Begin a restore point of VM at NOW_US with a fresh id. */
+store_txn *
+store_txn_begin (store *st, const char *vm, int64_t now_us, bool monthly)
+{
+  char *vmdir = store_vm_dir (st, vm);
+  if (!vmdir)
+    return NULL;
+  if (qb_mkdir_p (vmdir, 0700) < 0) {
+    free (vmdir);
+    return NULL;
+  }
+  char **ids;
+  size_t nids;
+  collect_ids (vmdir, &ids, &nids);
+  int64_t sec_us = now_us - now_us % 1000000;
+  if (now_us < 0 && now_us % 1000000)
+    sec_us -= 1000000;
+  int seq = 1;
+  for (size_t i = 0; i < nids; i++) {
+    int64_t t;
+    int s;
+    if (store_id_parse (ids[i], &t, &s) == 0 && t == sec_us && s >= seq)
+      seq = s + 1;
+  }
+  store_names_free (ids, nids);
+  if (seq > 99) {
+    qb_error_set (QB_EBUSY, "too many restore points of VM %s in one second", vm);
+    free (vmdir);
+    return NULL;
+  }
+  store_txn *t = qb_calloc (1, sizeof *t);
+  t->st = st;
+  t->vm = qb_strdup (vm);
+  t->vmdir = vmdir;
+  t->time_us = now_us;
+  store_id_format (sec_us, seq, t->id, sizeof t->id);
+  if (monthly) {
+    char buf[32];
+    qb_format_utc (now_us, buf, sizeof buf);
+    t->month = qb_asprintf ("%.7s", buf);
+  }
+  return t;
+}
+
+/* The id of the point being written. */
+const char *
+store_txn_id (const store_txn *t)
+{
+  return t->id;
+}
+
+static txn_disk *
+txn_find (const store_txn *t, const char *disk)
+{
+  for (size_t i = 0; i < t->ndisks; i++)
+    if (strcmp (t->disks[i].name, disk) == 0)
+      return &t->disks[i];
+  return NULL;
+}
+
+/* Add DISK's layer; returns the temp path the caller writes the image to. */
+const char *
+store_txn_add_disk (store_txn *t, const char *disk, store_kind kind,
+                    const store_layer *prev, const char *chain_id, uint64_t virtual_size)
+{
+  if (t->committed) {
+    qb_error_set (QB_EINVAL, "restore point %s is already committed", t->id);
+    return NULL;
+  }
+  if (!qb_name_is_safe (disk)) {
+    qb_error_set (QB_EINVAL, "invalid disk name \"%s\"", disk ? disk : "");
+    return NULL;
+  }
+  if (txn_find (t, disk)) {
+    qb_error_set (QB_EINVAL, "disk %s added twice to restore point %s", disk, t->id);
+    return NULL;
+  }
+  if (kind == STORE_INC && !prev) {
+    qb_error_set (QB_EINVAL, "an incremental layer of disk %s needs its previous layer", disk);
+    return NULL;
+  }
+  if (kind == STORE_FULL && chain_id && !qb_name_is_safe (chain_id)) {
+    qb_error_set (QB_EINVAL, "invalid chain id \"%s\"", chain_id);
+    return NULL;
+  }
+  char *mdir = t->month ? qb_asprintf ("%s/%s", t->vmdir, t->month) : NULL;
+  if (mdir && !t->made_month && access (mdir, F_OK) < 0)
+    t->made_month = true;
+  char *rdir = t->month ? qb_asprintf ("%s/%s", t->month, disk) : qb_strdup (disk);
+  char *dir = qb_asprintf ("%s/%s", t->vmdir, rdir);
+  bool made = access (dir, F_OK) < 0;
+  free (mdir);
+  if (qb_mkdir_p (dir, 0700) < 0) {
+    free (rdir);
+    free (dir);
+    return NULL;
+  }
+  t->disks = qb_realloc (t->disks, (t->ndisks + 1) * sizeof *t->disks);
+  txn_disk *d = &t->disks[t->ndisks++];
+  memset (d, 0, sizeof *d);
+  d->name = qb_strdup (disk);
+  d->kind = kind;
+  d->dir = dir;
+  d->made_dir = made;
+  d->rel = qb_asprintf ("%s/%s-%s", rdir, store_kind_prefix (kind), t->id);
+  d->final = qb_asprintf ("%s/%s-%s", dir, store_kind_prefix (kind), t->id);
+  d->tmp = qb_asprintf ("%s/" STORE_TMP_PREFIX "%s-%s", dir, store_kind_prefix (kind), t->id);
+  free (rdir);
+  d->virtual_size = virtual_size;
+  if (kind == STORE_FULL) {
+    char buf[32];
+    if (!chain_id) {
+      store_new_chain_id (buf, sizeof buf);
+      chain_id = buf;
+    }
+    d->chain = qb_strdup (chain_id);
+  } else if (kind == STORE_INC) {
+    d->chain = qb_strdup (prev->chain_id);
+    d->prev = qb_strdup (prev->id);
+  }
+  /* A leftover of an earlier attempt with this id must not be mistaken for our target. */
+  unlink (d->tmp);
+  return d->tmp;
+}
+
+/* The final path of DISK's layer. */
+const char *
+store_txn_final_path (const store_txn *t, const char *disk)
+{
+  txn_disk *d = disk ? txn_find (t, disk) : NULL;
+  if (!d) {
+    qb_error_set (QB_ENOENT, "disk %s is not part of restore point %s", disk ? disk : "", t->id);
+    return NULL;
+  }
+  return d->final;
+}
+
+static const char *core_keys[] = { "version", "id", "time", "time_us", "vm", "month", "disks", NULL };
+
+/* The record object of T. */
+static json_object *
+txn_record (const store_txn *t, json_object *extra)
+{
+  json_object *o = json_object_new_object ();
+  char disp[64];
+  store_id_display (t->id, disp, sizeof disp);
+  char when[32];
+  qb_format_utc (t->time_us, when, sizeof when);
+  json_object_object_add (o, "version", json_object_new_int (1));
+  json_object_object_add (o, "id", json_object_new_string (t->id));
+  json_object_object_add (o, "time", json_object_new_string (when));
+  json_object_object_add (o, "time_us", json_object_new_int64 (t->time_us));
+  json_object_object_add (o, "vm", json_object_new_string (t->vm));
+  json_object_object_add (o, "month", t->month ? json_object_new_string (t->month) : NULL);
+  json_object *arr = json_object_new_array ();
+  for (size_t i = 0; i < t->ndisks; i++) {
+    const txn_disk *d = &t->disks[i];
+    json_object *jd = json_object_new_object ();
+    json_object_object_add (jd, "name", json_object_new_string (d->name));
+    json_object_object_add (jd, "file", json_object_new_string (d->rel));
+    json_object_object_add (jd, "kind", json_object_new_string (store_kind_word (d->kind)));
+    json_object_object_add (jd, "chain", d->chain ? json_object_new_string (d->chain) : NULL);
+    json_object_object_add (jd, "prev", d->prev ? json_object_new_string (d->prev) : NULL);
+    json_object_object_add (jd, "virtual_size", json_object_new_int64 ((int64_t) d->virtual_size));
+    json_object_object_add (jd, "bytes", json_object_new_int64 ((int64_t) d->bytes));
+    json_object_array_add (arr, jd);
+  }
+  json_object_object_add (o, "disks", arr);
+  if (extra && json_object_is_type (extra, json_type_object)) {
+    json_object_object_foreach (extra, key, val) {
+      bool core = false;
+      for (int k = 0; core_keys[k]; k++)
+        core |= strcmp (core_keys[k], key) == 0;
+      if (!core)
+        json_object_object_add (o, key, json_object_get (val));
+    }
+  }
+  return o;
+}
+
+/* Write all of BUF to FD. */
+static int
+write_all (int fd, const char *buf, size_t len)
+{
+  while (len > 0) {
+    ssize_t w = write (fd, buf, len);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    buf += w;
+    len -= (size_t) w;
+  }
+  return 0;
+}
+
+/* Write the record atomically: tmp, fsync, rename, fsync dir.  0 once it is durable. */
+static int
+txn_write_record (store_txn *t, json_object *rec)
+{
+  char *pdir = qb_asprintf ("%s/" STORE_POINTS_DIR, t->vmdir);
+  char *tmp = qb_asprintf ("%s/" STORE_TMP_PREFIX "%s.json", pdir, t->id);
+  char *final = qb_asprintf ("%s/%s.json", pdir, t->id);
+  int ret = -1, fd = -1;
+  if (qb_mkdir_p (pdir, 0700) < 0)
+    goto out;
+  if (access (final, F_OK) == 0) {
+    qb_error_set (QB_EINVAL, "restore point %s of VM %s exists already", t->id, t->vm);
+    goto out;
+  }
+  const char *text = json_object_to_json_string_ext (rec, JSON_C_TO_STRING_PRETTY
+                                                     | JSON_C_TO_STRING_SPACED
+                                                     | JSON_C_TO_STRING_NOSLASHESCAPE);
+  fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    store_write_error (t->st, errno, "create", tmp);
+    goto out;
+  }
+  if (write_all (fd, text, strlen (text)) < 0 || write_all (fd, "\n", 1) < 0
+      || fsync (fd) < 0) {
+    store_write_error (t->st, errno, "write", tmp);
+    goto out_unlink;
+  }
+  if (close (fd) < 0) {
+    fd = -1;
+    store_write_error (t->st, errno, "write", tmp);
+    goto out_unlink;
+  }
+  fd = -1;
+  if (rename (tmp, final) < 0) {
+    store_write_error (t->st, errno, "rename", tmp);
+    goto out_unlink;
+  }
+  if (qb_fsync_dir (pdir) < 0) {
+    /* The record may or may not survive a crash: take it back. */
+    unlink (final);
+    goto out;
+  }
+  ret = 0;
+  goto out;
+ out_unlink:
+  if (fd >= 0)
+    close (fd);
+  fd = -1;
+  unlink (tmp);
+ out:
+  if (fd >= 0)
+    close (fd);
+  free (pdir);
+  free (tmp);
+  free (final);
+  return ret;
+}
+
+/* fsync the file at PATH; its size on disk into *BYTES. */
+static int
+txn_sync_target (store_txn *t, const char *path, uint64_t *bytes)
+{
+  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) {
+    if (errno == ENOENT)
+      return qb_error_set (QB_ENOENT, "the backup target %s was not written", path);
+    return qb_error_set_errno (errno, "open %s", path);
+  }
+  struct stat sb;
+  if (fsync (fd) < 0 || fstat (fd, &sb) < 0) {
+    int e = errno;
+    close (fd);
+    return store_write_error (t->st, e, "fsync", path);
+  }
+  close (fd);
+  if (!S_ISREG (sb.st_mode))
+    return qb_error_set (QB_EIO, "the backup target %s is not a regular file", path);
+  *bytes = (uint64_t) sb.st_blocks * 512;
+  return 0;
+}
+
+/* Remove temps and any directories this txn created (if empty). */
+static void
+txn_discard (store_txn *t)
+{
+  for (size_t i = 0; i < t->ndisks; i++) {
+    unlink (t->disks[i].tmp);
+    if (t->disks[i].made_dir)
+      rmdir (t->disks[i].dir);
+  }
+  if (t->made_month) {
+    char *mdir = qb_asprintf ("%s/%s", t->vmdir, t->month);
+    rmdir (mdir);
+    free (mdir);
+  }
+}
+
+/* Commit: sync temps, write the record (commit point), rename, sync dirs. */
+int
+store_txn_commit (store_txn *t, json_object *extra)
+{
+  if (t->committed)
+    return qb_error_set (QB_EINVAL, "restore point %s is already committed", t->id);
+  if (t->ndisks == 0)
+    return qb_error_set (QB_EINVAL, "restore point %s has no disks", t->id);
+  for (size_t i = 0; i < t->ndisks; i++)
+    if (txn_sync_target (t, t->disks[i].tmp, &t->disks[i].bytes) < 0) {
+      txn_discard (t);
+      return -1;
+    }
+  /* The directories holding the temps (and new directories) must be durable too. */
+  for (size_t i = 0; i < t->ndisks; i++)
+    if (qb_fsync_dir (t->disks[i].dir) < 0) {
+      txn_discard (t);
+      return -1;
+    }
+  json_object *rec = txn_record (t, extra);
+  int r = txn_write_record (t, rec);
+  json_object_put (rec);
+  if (r < 0) {
+    txn_discard (t);
+    return -1;
+  }
+  t->committed = true;          /* the commit point: from here on, only roll forward */
+  int ret = 0;
+  for (size_t i = 0; i < t->ndisks; i++)
+    if (rename (t->disks[i].tmp, t->disks[i].final) < 0 && ret == 0) {
+      ret = qb_error_set_errno (errno, "restore point %s is committed but %s could not be "
+                                "renamed (the next start finishes it)", t->id,
+                                t->disks[i].tmp);
+    }
+  for (size_t i = 0; i < t->ndisks; i++)
+    if (qb_fsync_dir (t->disks[i].dir) < 0 && ret == 0)
+      ret = -1;
+  if (t->month)
+    qb_fsync_dir (t->vmdir);
+  return ret;
+}
+
+/* Free; removes the temps unless committed. */
+void
+store_txn_free (store_txn *t)
+{
+  if (!t)
+    return;
+  if (!t->committed)
+    txn_discard (t);
+  for (size_t i = 0; i < t->ndisks; i++) {
+    txn_disk *d = &t->disks[i];
+    free (d->name);
+    free (d->dir);
+    free (d->rel);
+    free (d->final);
+    free (d->tmp);
+    free (d->chain);
+    free (d->prev);
+  }
+  free (t->disks);
+  free (t->month);
+  free (t->vm);
+  free (t->vmdir);
+  free (t);
+}
+
+/* ---- Recovery ---- */
+
+/* True if some record names DIRREL/NAME. */
+static bool
+named_by_record (const store_rec *recs, size_t n, const char *dirrel, const char *name)
+{
+  size_t rl = strlen (dirrel);
+  for (size_t r = 0; r < n; r++)
+    for (size_t i = 0; i < recs[r].ndisks; i++) {
+      const char *f = recs[r].disks[i].file;
+      if (strncmp (f, dirrel, rl) == 0 && f[rl] == '/' && strcmp (f + rl + 1, name) == 0)
+        return true;
+    }
+  return false;
+}
+
+/* In disk dir VMDIR/DIRREL, delete temps that no record names; count them. */
+static int
+recover_dir (const char *vmdir, const char *dirrel, const store_rec *recs, size_t n)
+{
+  char *path = qb_asprintf ("%s/%s", vmdir, dirrel);
+  DIR *d = opendir (path);
+  if (!d) {
+    free (path);
+    return 0;
+  }
+  int count = 0;
+  size_t pl = strlen (STORE_TMP_PREFIX);
+  struct dirent *de;
+  while ((de = readdir (d)) != NULL) {
+    if (strncmp (de->d_name, STORE_TMP_PREFIX, pl) != 0)
+      continue;
+    const char *final = de->d_name + pl;
+    bool keep = false;
+    if (named_by_record (recs, n, dirrel, final)) {
+      /* Named: it was rolled forward already unless the final exists too. */
+      struct stat sb;
+      keep = fstatat (dirfd (d), final, &sb, AT_SYMLINK_NOFOLLOW) < 0;
+    }
+    if (!keep && unlinkat (dirfd (d), de->d_name, 0) == 0)
+      count++;
+  }
+  closedir (d);
+  if (count)
+    qb_fsync_dir (path);
+  free (path);
+  return count;
+}
+
+/* Roll committed points of VM forward and delete uncommitted temps. */
+int
+store_recover (store *st, const char *vm)
+{
+  char *vmdir = store_vm_dir (st, vm);
+  if (!vmdir)
+    return -1;
+  struct stat sb;
+  if (stat (vmdir, &sb) < 0) {
+    free (vmdir);
+    return 0;
+  }
+  store_rec *recs;
+  size_t n;
+  if (store_recs_load (vmdir, &recs, &n) < 0) {
+    free (vmdir);
+    return -1;
+  }
+  int count = 0, ret = 0;
+  /* Roll forward: a record whose final file is missing but whose temp exists. */
+  for (size_t r = 0; r < n; r++)
+    for (size_t i = 0; i < recs[r].ndisks; i++) {
+      const char *rel = recs[r].disks[i].file;
+      char *final = qb_asprintf ("%s/%s", vmdir, rel);
+      char *slash = strrchr (final, '/');
+      *slash = '\0';
+      char *tmp = qb_asprintf ("%s/" STORE_TMP_PREFIX "%s", final, slash + 1);
+      *slash = '/';
+      if (access (final, F_OK) < 0 && access (tmp, F_OK) == 0) {
+        if (rename (tmp, final) < 0)
+          ret = qb_error_set_errno (errno, "rename %s", tmp);
+        else {
+          count++;
+          *slash = '\0';
+          qb_fsync_dir (final);
+        }
+      }
+      free (final);
+      free (tmp);
+    }
+  /* Delete temps no record names, in every disk directory. */
+  DIR *d = opendir (vmdir);
+  struct dirent *de;
+  while (d && (de = readdir (d)) != NULL) {
+    if (!qb_name_is_safe (de->d_name))
+      continue;
+    count += recover_dir (vmdir, de->d_name, recs, n);
+    if (!store_is_month (de->d_name))
+      continue;
+    char *mpath = qb_asprintf ("%s/%s", vmdir, de->d_name);
+    DIR *m = opendir (mpath);
+    struct dirent *me;
+    while (m && (me = readdir (m)) != NULL) {
+      if (!qb_name_is_safe (me->d_name))
+        continue;
+      char *rel = qb_asprintf ("%s/%s", de->d_name, me->d_name);
+      count += recover_dir (vmdir, rel, recs, n);
+      free (rel);
+    }
+    if (m)
+      closedir (m);
+    free (mpath);
+  }
+  if (d)
+    closedir (d);
+  /* Stale record temps. */
+  char *pdir = qb_asprintf ("%s/" STORE_POINTS_DIR, vmdir);
+  d = opendir (pdir);
+  int pc = 0;
+  while (d && (de = readdir (d)) != NULL)
+    if (strncmp (de->d_name, STORE_TMP_PREFIX, strlen (STORE_TMP_PREFIX)) == 0
+        && unlinkat (dirfd (d), de->d_name, 0) == 0)
+      pc++;
+  if (d)
+    closedir (d);
+  if (pc)
+    qb_fsync_dir (pdir);
+  count += pc;
+  free (pdir);
+  store_recs_free (recs, n);
+  free (vmdir);
+  return ret < 0 ? -1 : count;
+}
