@@ -260,7 +260,8 @@ jsonio_recv (jsonio *j, int timeout_ms)
     size_t n = j->rlen - j->rpos;
     json_object *obj = json_tokener_parse_ex (j->tok, (const char *) p, (int) n);
     enum json_tokener_error err = json_tokener_get_error (j->tok);
-    size_t used = obj || err == json_tokener_continue ? json_tokener_get_parse_end (j->tok) : n;
+    size_t used = obj || err == json_tokener_continue || err == json_tokener_success
+      ? json_tokener_get_parse_end (j->tok) : n;
     if (used > n)
       used = n;
     if (j->head_len < HEAD_SIZE) {
@@ -279,6 +280,10 @@ jsonio_recv (jsonio *j, int timeout_ms)
       }
       reset_message (j);
       return obj;
+    }
+    if (err == json_tokener_success) {
+      /* A complete top-level "null". */
+      return proto_error (j, "not a JSON object");
     }
     if (err == json_tokener_continue) {
       if (j->msg_bytes > JSONIO_MAX_MESSAGE)

@@ -4,6 +4,7 @@
 #ifndef QB_QGA_H
 #define QB_QGA_H
 
+#include <json-c/json.h>
 #include <stdatomic.h>
 
 #define QGA_TIMEOUT_MS 10000
@@ -30,5 +31,11 @@ int qga_thaw (qga *g, int timeout_ms);
 
 /* guest-fsfreeze-status: 1 frozen, 0 thawed, -1 error. */
 int qga_frozen (qga *g, int timeout_ms);
+
+/* Run agent command CMD with ARGS (consumed; may be NULL) within TIMEOUT_MS:
+ * the "return" value (new reference), or NULL with QB_EQMP "guest agent:
+ * CMD: Class: desc" or a transport error.  Resynchronises first when an
+ * earlier reply was lost. */
+json_object *qga_execute (qga *g, const char *cmd, json_object *args, int timeout_ms);
 
 #endif
