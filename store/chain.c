@@ -1,1 +1,646 @@
-/* placeholder: being written */
+/* qmpbackupfs — the qcow2 chain reader (see chain.h).
+ *
+ * chain_open reads every layer's L1/L2 tables once, base first, and records
+ * for each cluster of the finest cluster size in the chain which layer owns
+ * it and how.  One map entry is 64 bits:
+ *
+ *   bits  0..2   kind (unallocated, zero, data, compressed, damaged)
+ *   bits  3..17  layer index (data, compressed, damaged)
+ *   bits 18..63  host offset / 512 (data)
+ *
+ * Entries live in chunks of CHUNK_LEN; a chunk whose entries follow one
+ * pattern (all the same, or data contiguous in one file) keeps one base entry
+ * and no array, so sparse images and sequentially written layers cost almost
+ * nothing.  The map never changes after chain_open, so reads need no lock;
+ * only libqcow handles (compressed clusters) are guarded, one mutex a layer.
+ *
+ * Virtual sizes: a layer shows the layer below it only up to its own size,
+ * so bytes owned by layer L read as zeros from LIM(L) = the smallest virtual
+ * size of L and every layer above it. */
+#include "chain.h"
+#include "qcow2.h"
+#include "common/error.h"
+#include "common/util.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libqcow.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CHUNK_BITS 12
+#define CHUNK_LEN (1u << CHUNK_BITS)
+#define CHUNK_MASK (CHUNK_LEN - 1)
+#define MAX_LAYERS 0x7fff
+#define MAX_CHUNKS (1u << 24)
+
+enum { K_UNALLOC = 0, K_ZERO = 1, K_DATA = 2, K_COMP = 3, K_DAMAGED = 4 };
+
+#define E_KIND(e)  ((unsigned) ((e) & 7))
+#define E_LAYER(e) ((unsigned) (((e) >> 3) & MAX_LAYERS))
+#define E_HOST(e)  (((e) >> 18) << 9)
+
+typedef struct layer {
+  char *path;
+  int fd;
+  uint64_t file_size;
+  uint64_t lim;            /* bytes of this layer visible from the top */
+  qcow2_header h;
+  pthread_mutex_t lock;    /* guards qf: libqcow handles are not thread-safe */
+  libqcow_file_t *qf;      /* opened on the first compressed read */
+} layer;
+
+typedef struct chunk {
+  uint64_t *e;             /* CHUNK_LEN entries, or NULL: see chunk_entry */
+  uint64_t base;
+} chunk;
+
+struct chain_image {
+  size_t n;
+  layer *layers;
+  uint64_t size;
+  unsigned cbits;          /* the finest cluster size in the chain */
+  uint64_t step;           /* entry difference of adjacent data clusters */
+  uint64_t nentries;
+  size_t nchunks;
+  chunk *chunks;
+  uint64_t allocated;
+};
+
+typedef struct run {
+  unsigned kind;           /* K_ZERO, K_DATA, K_COMP or K_DAMAGED */
+  unsigned layer;
+  uint64_t host;           /* K_DATA: file offset of the first byte */
+  uint64_t len;
+} run;
+
+/* Build a map entry. */
+static inline uint64_t
+entry_make (unsigned kind, unsigned layer, uint64_t host)
+{
+  return kind | ((uint64_t) layer << 3) | ((host >> 9) << 18);
+}
+
+/* Entry K of a chunk that has no array. */
+static inline uint64_t
+chunk_entry (const chain_image *ci, const chunk *c, uint64_t k)
+{
+  return E_KIND (c->base) == K_DATA ? c->base + k * ci->step : c->base;
+}
+
+/* The map entry of finest cluster IDX (< nentries). */
+static inline uint64_t
+map_get (const chain_image *ci, uint64_t idx)
+{
+  const chunk *c = &ci->chunks[idx >> CHUNK_BITS];
+  if (c->e)
+    return c->e[idx & CHUNK_MASK];
+  return chunk_entry (ci, c, idx & CHUNK_MASK);
+}
+
+/* Set entry IDX to V, giving its chunk an array if it needs one. */
+static void
+map_set (chain_image *ci, uint64_t idx, uint64_t v)
+{
+  chunk *c = &ci->chunks[idx >> CHUNK_BITS];
+  if (!c->e) {
+    if (chunk_entry (ci, c, idx & CHUNK_MASK) == v)
+      return;
+    c->e = qb_calloc (CHUNK_LEN, sizeof (uint64_t));
+    for (uint64_t k = 0; k < CHUNK_LEN; k++)
+      c->e[k] = chunk_entry (ci, c, k);
+  }
+  c->e[idx & CHUNK_MASK] = v;
+}
+
+/* Set entries [LO, HI) to the non-data entry V (whole chunks without arrays). */
+static void
+map_fill (chain_image *ci, uint64_t lo, uint64_t hi, uint64_t v)
+{
+  if (hi > ci->nentries)
+    hi = ci->nentries;
+  while (lo < hi) {
+    if ((lo & CHUNK_MASK) == 0 && (lo + CHUNK_LEN <= hi || hi == ci->nentries)) {
+      chunk *c = &ci->chunks[lo >> CHUNK_BITS];
+      free (c->e);
+      c->e = NULL;
+      c->base = v;
+      lo += CHUNK_LEN;
+      continue;
+    }
+    map_set (ci, lo++, v);
+  }
+}
+
+/* Drop the array of every chunk whose entries follow one pattern. */
+static void
+map_compact (chain_image *ci)
+{
+  for (size_t i = 0; i < ci->nchunks; i++) {
+    chunk *c = &ci->chunks[i];
+    if (!c->e)
+      continue;
+    uint64_t cnt = CHUNK_LEN;
+    if (i == ci->nchunks - 1 && (ci->nentries & CHUNK_MASK))
+      cnt = ci->nentries & CHUNK_MASK;
+    uint64_t b = c->e[0];
+    uint64_t d = E_KIND (b) == K_DATA ? ci->step : 0;
+    uint64_t k;
+    for (k = 1; k < cnt; k++)
+      if (c->e[k] != b + k * d)
+        break;
+    if (k == cnt) {
+      free (c->e);
+      c->e = NULL;
+      c->base = b;
+    }
+  }
+}
+
+/* Read exactly LEN bytes at OFF of the layer's file; -1 with QB_EIO otherwise. */
+static int
+layer_read (const layer *ly, void *buf, size_t len, uint64_t off)
+{
+  char *p = buf;
+  while (len > 0) {
+    ssize_t r = pread (ly->fd, p, len, (off_t) off);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0)
+      return qb_error_set (QB_EIO, "%s: read at offset %llu failed: %s", ly->path,
+                           (unsigned long long) off, strerror (errno));
+    if (r == 0)
+      return qb_error_set (QB_EIO, "%s: unexpected end of file at offset %llu "
+                           "(the layer is truncated)", ly->path, (unsigned long long) off);
+    p += r;
+    len -= (size_t) r;
+    off += (uint64_t) r;
+  }
+  return 0;
+}
+
+/* Bytes [LO, HI) of the guest, as map entries (clamped to the map). */
+static void
+map_fill_bytes (chain_image *ci, uint64_t lo, uint64_t hi, uint64_t v)
+{
+  uint64_t c = 1ull << ci->cbits;
+  map_fill (ci, lo >> ci->cbits, (hi + c - 1) >> ci->cbits, v);
+}
+
+/* Apply the L2 table L2 (covering guest bytes [G0, G1)) of layer L to the map. */
+static void
+layer_apply_l2 (chain_image *ci, unsigned l, const uint64_t *l2, uint64_t g0, uint64_t g1)
+{
+  layer *ly = &ci->layers[l];
+  unsigned cb = ly->h.cluster_bits;
+  uint64_t cl = 1ull << cb;
+  uint64_t sub = 1ull << (cb - ci->cbits);   /* map entries per cluster */
+
+  for (uint64_t j = 0, g = g0; g < g1 && g < ci->size; j++, g += cl) {
+    uint64_t needed = ly->h.size - g < cl ? ly->h.size - g : cl;
+    uint64_t host;
+    uint64_t idx = g >> ci->cbits;
+    switch (qcow2_l2_decode (be64toh (l2[j]), &ly->h, ly->file_size, needed, &host)) {
+    case QCOW2_UNALLOCATED:
+      break;
+    case QCOW2_ZERO:
+      map_fill (ci, idx, idx + sub, entry_make (K_ZERO, 0, 0));
+      break;
+    case QCOW2_COMPRESSED:
+      map_fill (ci, idx, idx + sub, entry_make (K_COMP, l, 0));
+      break;
+    case QCOW2_BAD:
+      map_fill (ci, idx, idx + sub, entry_make (K_DAMAGED, l, 0));
+      break;
+    case QCOW2_DATA:
+      for (uint64_t k = 0; k < sub && idx + k < ci->nentries; k++)
+        map_set (ci, idx + k, entry_make (K_DATA, l, host + (k << ci->cbits)));
+      break;
+    }
+  }
+}
+
+/* Lay layer L over the map built from the layers below it.  Damaged
+ * tables mark their clusters damaged; -1 only on I/O errors. */
+static int
+layer_apply (chain_image *ci, unsigned l)
+{
+  layer *ly = &ci->layers[l];
+  const qcow2_header *h = &ly->h;
+  uint64_t cl = 1ull << h->cluster_bits;
+  uint64_t span = 1ull << (2 * h->cluster_bits - 3);
+  uint64_t nl1 = qcow2_l1_needed (h);
+  uint64_t *l1 = qb_calloc (nl1 ? nl1 : 1, sizeof (uint64_t));
+  uint64_t *l2 = qb_calloc (cl / 8, sizeof (uint64_t));
+  int ret = -1;
+
+  if (nl1 && layer_read (ly, l1, nl1 * 8, h->l1_offset) < 0)
+    goto out;
+  for (uint64_t i = 0; i < nl1; i++) {
+    uint64_t g0 = i * span, g1 = g0 + span, l2_off;
+    if (g0 >= ci->size)
+      break;
+    if (g1 > h->size)
+      g1 = h->size;
+    if (qcow2_l1_decode (be64toh (l1[i]), h, ly->file_size, &l2_off) < 0) {
+      map_fill_bytes (ci, g0, g1, entry_make (K_DAMAGED, l, 0));
+      continue;
+    }
+    if (l2_off == 0)
+      continue;
+    if (layer_read (ly, l2, cl, l2_off) < 0) {
+      map_fill_bytes (ci, g0, g1, entry_make (K_DAMAGED, l, 0));
+      continue;
+    }
+    layer_apply_l2 (ci, l, l2, g0, g1);
+  }
+  /* Beyond this layer's end the layers below are not visible. */
+  if (h->size < ci->size)
+    map_fill (ci, (h->size + (1ull << ci->cbits) - 1) >> ci->cbits, ci->nentries,
+              entry_make (K_ZERO, 0, 0));
+  map_compact (ci);
+  ret = 0;
+ out:
+  free (l1);
+  free (l2);
+  return ret;
+}
+
+/* Whether entry E continues a run that started with entry FIRST (kind K). */
+static inline bool
+run_continues (unsigned k, uint64_t first, uint64_t expected, uint64_t e, bool by_class)
+{
+  unsigned k2 = E_KIND (e);
+  if (k2 == K_UNALLOC)
+    k2 = K_ZERO;
+  if (k == K_ZERO || k2 == K_ZERO)
+    return k == k2;
+  if (by_class)
+    return true;
+  if (k == K_DATA)
+    return e == expected;
+  return k2 == k && E_LAYER (e) == E_LAYER (first);
+}
+
+/* The run of bytes starting at OFF (< size), at most MAXLEN, that read the
+ * same way: zeros; data contiguous in one file; compressed or damaged in
+ * one layer.  BY_CLASS merges every non-zero kind (for SEEK_DATA/HOLE). */
+static void
+map_run (const chain_image *ci, uint64_t off, uint64_t maxlen, bool by_class, run *r)
+{
+  uint64_t idx = off >> ci->cbits;
+  uint64_t end = ci->size - off < maxlen ? ci->size : off + maxlen;
+  uint64_t first = map_get (ci, idx);
+  uint64_t pos = (idx + 1) << ci->cbits;
+  unsigned k = E_KIND (first);
+
+  if (k == K_UNALLOC)
+    k = K_ZERO;
+  r->kind = k;
+  r->layer = E_LAYER (first);
+  r->host = E_HOST (first) + (off & ((1ull << ci->cbits) - 1));
+  if (k != K_ZERO) {
+    uint64_t lim = ci->layers[r->layer].lim;
+    if (off >= lim) {           /* past what the layers above show */
+      r->kind = K_ZERO;
+      r->len = (pos < end ? pos : end) - off;
+      return;
+    }
+    if (lim < pos) {
+      r->len = (lim < end ? lim : end) - off;
+      return;
+    }
+  }
+  uint64_t expected = first + ci->step;
+  while (pos < end) {
+    idx = pos >> ci->cbits;
+    const chunk *c = &ci->chunks[idx >> CHUNK_BITS];
+    uint64_t e = c->e ? c->e[idx & CHUNK_MASK] : chunk_entry (ci, c, idx & CHUNK_MASK);
+    if (!run_continues (k, first, expected, e, by_class))
+      break;
+    unsigned k2 = E_KIND (e);
+    uint64_t lim = (k2 == K_ZERO || k2 == K_UNALLOC) ? UINT64_MAX : ci->layers[E_LAYER (e)].lim;
+    if (!c->e && (idx & CHUNK_MASK) == 0) {
+      /* A whole patterned chunk continues the run. */
+      uint64_t cend = pos + ((uint64_t) CHUNK_LEN << ci->cbits);
+      if (cend <= lim) {
+        pos = cend;
+        expected += (uint64_t) CHUNK_LEN * ci->step;
+        continue;
+      }
+    }
+    pos += 1ull << ci->cbits;
+    expected += ci->step;
+    if (lim < pos) {
+      pos = lim;
+      break;
+    }
+  }
+  r->len = (pos < end ? pos : end) - off;
+}
+
+/* Open layer L's libqcow handle if it has none; the caller holds L's lock.
+ * libqcow reads nothing from a layer that names a backing file unless it has
+ * a parent handle, so such a layer gets the handle of the layer below (lock
+ * order: always from the higher layer to the lower).  Only compressed
+ * clusters of L itself are ever read through it, so the parent is never
+ * read; it just has to be there.  -1 with a libqcow message in MSG. */
+static int
+layer_qcow_open (chain_image *ci, unsigned l, char *msg, size_t msglen)
+{
+  layer *ly = &ci->layers[l];
+  libqcow_error_t *err = NULL;
+  libqcow_file_t *qf = NULL;
+
+  if (ly->qf)
+    return 0;
+  if (libqcow_file_initialize (&qf, &err) != 1
+      || libqcow_file_open (qf, ly->path, LIBQCOW_OPEN_READ, &err) != 1)
+    goto fail;
+  if (ly->h.backing_offset != 0 && ly->h.backing_size != 0) {
+    if (l == 0) {
+      snprintf (msg, msglen, "the base layer names a backing file");
+      goto fail;
+    }
+    layer *below = &ci->layers[l - 1];
+    pthread_mutex_lock (&below->lock);
+    int r = layer_qcow_open (ci, l - 1, msg, msglen);
+    libqcow_file_t *parent = below->qf;
+    pthread_mutex_unlock (&below->lock);
+    if (r < 0 || libqcow_file_set_parent_file (qf, parent, &err) != 1)
+      goto fail;
+  }
+  ly->qf = qf;
+  return 0;
+ fail:
+  if (err) {
+    libqcow_error_sprint (err, msg, msglen);
+    libqcow_error_free (&err);
+  }
+  if (qf)
+    libqcow_file_free (&qf, NULL);
+  return -1;
+}
+
+/* Read LEN bytes of the compressed clusters at guest offset OFF of layer L. */
+static int
+read_compressed (chain_image *ci, unsigned l, void *buf, size_t len, uint64_t off)
+{
+  layer *ly = &ci->layers[l];
+  libqcow_error_t *err = NULL;
+  char msg[256] = "";
+  int ret = 0;
+
+  pthread_mutex_lock (&ly->lock);
+  if (layer_qcow_open (ci, l, msg, sizeof msg) < 0)
+    ret = -1;
+  else if (libqcow_file_read_buffer_at_offset (ly->qf, buf, len, (off64_t) off, &err)
+           != (ssize_t) len) {
+    if (err) {
+      libqcow_error_sprint (err, msg, sizeof msg);
+      libqcow_error_free (&err);
+    }
+    ret = -1;
+  }
+  pthread_mutex_unlock (&ly->lock);
+  if (ret < 0)
+    qb_error_set (QB_EIO, "%s: cannot read compressed data at guest offset %llu%s%s",
+                  ly->path, (unsigned long long) off, *msg ? ": " : "", msg);
+  return ret;
+}
+
+/* Sum the bytes of data and compressed runs. */
+static uint64_t
+map_allocated (const chain_image *ci)
+{
+  uint64_t sum = 0;
+  for (uint64_t off = 0; off < ci->size; ) {
+    run r;
+    map_run (ci, off, ci->size - off, false, &r);
+    if (r.kind == K_DATA || r.kind == K_COMP)
+      sum += r.len;
+    off += r.len;
+  }
+  return sum;
+}
+
+/* Open layer I's file and check its header. */
+static int
+layer_open (chain_image *ci, size_t i, const char *path)
+{
+  layer *ly = &ci->layers[i];
+
+  ly->path = qb_strdup (path);
+  ly->fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (ly->fd < 0) {
+    if (errno == ENOENT)
+      return qb_error_set (QB_EDAMAGED, "layer %zu of the chain is missing: %s", i, path);
+    return qb_error_set_errno (errno, "open layer %s", path);
+  }
+  if (qcow2_header_read (ly->fd, path, &ly->h, &ly->file_size) < 0
+      || qcow2_header_check (&ly->h, ly->file_size, path) < 0)
+    return -1;
+  return 0;
+}
+
+chain_image *
+chain_open (const char *const *files, size_t n)
+{
+  if (n == 0 || n > MAX_LAYERS) {
+    qb_error_set (QB_EINVAL, "a chain needs 1 to %d layers, not %zu", MAX_LAYERS, n);
+    return NULL;
+  }
+  chain_image *ci = qb_calloc (1, sizeof *ci);
+  ci->layers = qb_calloc (n, sizeof *ci->layers);
+  for (size_t i = 0; i < n; i++) {
+    ci->layers[i].fd = -1;
+    pthread_mutex_init (&ci->layers[i].lock, NULL);
+  }
+  ci->n = n;
+  for (size_t i = 0; i < n; i++)
+    if (layer_open (ci, i, files[i]) < 0)
+      goto fail;
+
+  ci->size = ci->layers[n - 1].h.size;
+  ci->cbits = 21;
+  for (size_t i = 0; i < n; i++)
+    if (ci->layers[i].h.cluster_bits < ci->cbits)
+      ci->cbits = ci->layers[i].h.cluster_bits;
+  ci->step = (uint64_t) 1 << (ci->cbits - 9 + 18);
+  ci->nentries = (ci->size + (1ull << ci->cbits) - 1) >> ci->cbits;
+  uint64_t nchunks = (ci->nentries + CHUNK_MASK) >> CHUNK_BITS;
+  if (nchunks > MAX_CHUNKS) {
+    qb_error_set (QB_EINVAL, "%s: a virtual size of %llu bytes in clusters of %u bytes "
+                  "is too big for the chain reader", files[n - 1],
+                  (unsigned long long) ci->size, 1u << ci->cbits);
+    goto fail;
+  }
+  ci->nchunks = (size_t) nchunks;
+  ci->chunks = qb_calloc (ci->nchunks ? ci->nchunks : 1, sizeof *ci->chunks);
+
+  uint64_t lim = UINT64_MAX;
+  for (size_t i = n; i-- > 0; ) {
+    if (ci->layers[i].h.size < lim)
+      lim = ci->layers[i].h.size;
+    ci->layers[i].lim = lim;
+  }
+  for (size_t i = 0; i < n; i++)
+    if (layer_apply (ci, (unsigned) i) < 0)
+      goto fail;
+  ci->allocated = map_allocated (ci);
+  return ci;
+
+ fail:
+  chain_close (ci);
+  return NULL;
+}
+
+void
+chain_close (chain_image *ci)
+{
+  if (!ci)
+    return;
+  for (size_t i = ci->n; i-- > 0; ) {    /* children before their parents */
+    layer *ly = &ci->layers[i];
+    if (ly->qf) {
+      libqcow_file_close (ly->qf, NULL);
+      libqcow_file_free (&ly->qf, NULL);
+    }
+    if (ly->fd >= 0)
+      close (ly->fd);
+    pthread_mutex_destroy (&ly->lock);
+    free (ly->path);
+  }
+  for (size_t i = 0; i < ci->nchunks; i++)
+    free (ci->chunks[i].e);
+  free (ci->chunks);
+  free (ci->layers);
+  free (ci);
+}
+
+uint64_t
+chain_size (const chain_image *ci)
+{
+  return ci->size;
+}
+
+uint64_t
+chain_allocated_bytes (const chain_image *ci)
+{
+  return ci->allocated;
+}
+
+size_t
+chain_map_bytes (const chain_image *ci)
+{
+  size_t sum = ci->nchunks * sizeof (chunk);
+  for (size_t i = 0; i < ci->nchunks; i++)
+    if (ci->chunks[i].e)
+      sum += CHUNK_LEN * sizeof (uint64_t);
+  return sum;
+}
+
+uint64_t
+chain_map_clusters (const chain_image *ci)
+{
+  return ci->nentries;
+}
+
+/* Fail for damaged run R at guest offset OFF. */
+static int
+damaged (const chain_image *ci, const run *r, uint64_t off)
+{
+  return qb_error_set (QB_EDAMAGED, "%s: damaged qcow2 metadata for guest offset %llu",
+                       ci->layers[r->layer].path, (unsigned long long) off);
+}
+
+ssize_t
+chain_pread (chain_image *ci, void *buf, size_t len, uint64_t off)
+{
+  if (off >= ci->size || len == 0)
+    return 0;
+  if (len > ci->size - off)
+    len = (size_t) (ci->size - off);
+  if (len > SSIZE_MAX)
+    len = SSIZE_MAX;
+  size_t done = 0;
+  while (done < len) {
+    run r;
+    char *p = (char *) buf + done;
+    map_run (ci, off + done, len - done, false, &r);
+    switch (r.kind) {
+    case K_ZERO:
+      memset (p, 0, r.len);
+      break;
+    case K_DATA:
+      if (layer_read (&ci->layers[r.layer], p, r.len, r.host) < 0)
+        return -1;
+      break;
+    case K_COMP:
+      if (read_compressed (ci, r.layer, p, r.len, off + done) < 0)
+        return -1;
+      break;
+    default:
+      return damaged (ci, &r, off + done);
+    }
+    done += r.len;
+  }
+  return (ssize_t) len;
+}
+
+int
+chain_extent_at (chain_image *ci, uint64_t off, uint64_t maxlen, chain_extent *ext)
+{
+  run r;
+
+  if (off >= ci->size || maxlen == 0)
+    return qb_error_set (QB_EINVAL, "extent at %llu (+%llu) is outside the image",
+                         (unsigned long long) off, (unsigned long long) maxlen);
+  map_run (ci, off, maxlen, false, &r);
+  memset (ext, 0, sizeof *ext);
+  ext->fd = -1;
+  ext->length = r.len;
+  switch (r.kind) {
+  case K_ZERO:
+    ext->kind = CHAIN_EXT_ZERO;
+    return 0;
+  case K_DATA:
+    ext->kind = CHAIN_EXT_DATA;
+    ext->fd = ci->layers[r.layer].fd;
+    ext->fd_offset = r.host;
+    return 0;
+  case K_COMP:
+    ext->kind = CHAIN_EXT_OTHER;
+    return 0;
+  default:
+    return damaged (ci, &r, off);
+  }
+}
+
+int64_t
+chain_seek (chain_image *ci, uint64_t off, int whence)
+{
+  if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+    qb_error_set (QB_EINVAL, "chain_seek: whence must be SEEK_DATA or SEEK_HOLE");
+    return -1;
+  }
+  uint64_t pos = off;
+  while (pos < ci->size) {
+    run r;
+    map_run (ci, pos, ci->size - pos, true, &r);
+    bool hole = r.kind == K_ZERO;
+    if (hole == (whence == SEEK_HOLE))
+      return (int64_t) pos;
+    pos += r.len;
+  }
+  if (whence == SEEK_HOLE && off < ci->size)
+    return (int64_t) ci->size;
+  qb_error_set (QB_ENOENT, "no %s at or after offset %llu",
+                whence == SEEK_DATA ? "data" : "hole", (unsigned long long) off);
+  return -1;
+}

@@ -1,0 +1,243 @@
+/* chaincat — test program for the chain reader.
+ *
+ *   chaincat [--extents | --threads N] FILE...   raw image of the chain on stdout
+ *   chaincat --map FILE...                       "OFFSET LENGTH data|hole" lines
+ *   chaincat --stats FILE...                     size, allocated bytes, map size
+ *
+ * FILEs are the layers, base first.  The default mode reads with chain_pread
+ * in odd-sized pieces; --extents copies through chain_extent_at (pread from
+ * the layer for data extents); --threads reads stripes from N threads at once
+ * and needs stdout to be a regular file.  Exit 1 with the error on failure. */
+#include "store/chain.h"
+#include "store/qcow2.h"
+#include "common/error.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define BUF_MAX (4u << 20)
+
+static const size_t pieces[] = { 1, 511, 4097, 65535, 3, 1048573, 131073, 777, 2097169, 65536 };
+
+/* Print the last error and exit 1. */
+static void __attribute__ ((noreturn))
+die (const char *what)
+{
+  fprintf (stderr, "chaincat: %s: %s (%s)\n", what, qb_error_msg (),
+           qb_err_name (qb_error_code ()));
+  exit (1);
+}
+
+/* Write LEN bytes of BUF to stdout or exit. */
+static void
+out_write (const void *buf, size_t len)
+{
+  if (len && fwrite (buf, 1, len, stdout) != len) {
+    perror ("chaincat: write");
+    exit (1);
+  }
+}
+
+/* The raw image through chain_pread in odd-sized pieces. */
+static void
+cat_pread (chain_image *ci, char *buf)
+{
+  uint64_t size = chain_size (ci), off = 0;
+  for (size_t i = 0; off < size; i++) {
+    size_t want = pieces[i % (sizeof pieces / sizeof pieces[0])];
+    ssize_t r = chain_pread (ci, buf, want, off);
+    if (r < 0)
+      die ("read");
+    if (r == 0 || (size_t) r != (want < size - off ? want : size - off)) {
+      fprintf (stderr, "chaincat: short read at %llu\n", (unsigned long long) off);
+      exit (1);
+    }
+    out_write (buf, (size_t) r);
+    off += (uint64_t) r;
+  }
+  if (chain_pread (ci, buf, 10, size) != 0) {
+    fprintf (stderr, "chaincat: read at the end did not return 0\n");
+    exit (1);
+  }
+}
+
+/* The raw image through chain_extent_at. */
+static void
+cat_extents (chain_image *ci, char *buf)
+{
+  uint64_t size = chain_size (ci), off = 0;
+  while (off < size) {
+    chain_extent ext;
+    if (chain_extent_at (ci, off, BUF_MAX - 12345, &ext) < 0)
+      die ("extent");
+    if (ext.length == 0 || ext.length > BUF_MAX - 12345 || ext.length > size - off) {
+      fprintf (stderr, "chaincat: bad extent length %llu at %llu\n",
+               (unsigned long long) ext.length, (unsigned long long) off);
+      exit (1);
+    }
+    size_t len = (size_t) ext.length;
+    switch (ext.kind) {
+    case CHAIN_EXT_ZERO:
+      memset (buf, 0, len);
+      break;
+    case CHAIN_EXT_DATA:
+      if (pread (ext.fd, buf, len, (off_t) ext.fd_offset) != (ssize_t) len) {
+        perror ("chaincat: pread extent");
+        exit (1);
+      }
+      break;
+    case CHAIN_EXT_OTHER:
+      if (chain_pread (ci, buf, len, off) != (ssize_t) len)
+        die ("read");
+      break;
+    }
+    out_write (buf, len);
+    off += len;
+  }
+}
+
+/* SEEK_DATA/SEEK_HOLE extents, merged. */
+static void
+print_map (chain_image *ci)
+{
+  uint64_t size = chain_size (ci), off = 0;
+  while (off < size) {
+    int64_t d = chain_seek (ci, off, SEEK_DATA);
+    if (d < 0) {
+      if (qb_error_code () != QB_ENOENT)
+        die ("seek data");
+      d = (int64_t) size;
+    }
+    if ((uint64_t) d > off)
+      printf ("%llu %llu hole\n", (unsigned long long) off, (unsigned long long) (d - off));
+    if ((uint64_t) d >= size)
+      break;
+    int64_t h = chain_seek (ci, (uint64_t) d, SEEK_HOLE);
+    if (h < 0)
+      die ("seek hole");
+    if (h <= d) {
+      fprintf (stderr, "chaincat: SEEK_HOLE from %lld returned %lld\n",
+               (long long) d, (long long) h);
+      exit (1);
+    }
+    printf ("%lld %lld data\n", (long long) d, (long long) (h - d));
+    off = (uint64_t) h;
+  }
+}
+
+typedef struct worker {
+  chain_image *ci;
+  int id, n;
+  int failed;
+} worker;
+
+/* Read stripes ID, ID+N, ... and pwrite them to stdout. */
+static void *
+worker_run (void *arg)
+{
+  worker *w = arg;
+  const uint64_t stripe = 1048576 + 4099;
+  uint64_t size = chain_size (w->ci);
+  char *buf = malloc (stripe);
+  if (!buf)
+    abort ();
+  for (uint64_t s = (uint64_t) w->id; s * stripe < size; s += (uint64_t) w->n) {
+    uint64_t off = s * stripe;
+    size_t len = size - off < stripe ? (size_t) (size - off) : (size_t) stripe;
+    ssize_t r = chain_pread (w->ci, buf, len, off);
+    if (r != (ssize_t) len) {
+      fprintf (stderr, "chaincat: thread %d: read at %llu: %s\n", w->id,
+               (unsigned long long) off, qb_error_msg ());
+      w->failed = 1;
+      break;
+    }
+    if (pwrite (STDOUT_FILENO, buf, len, (off_t) off) != (ssize_t) len) {
+      perror ("chaincat: pwrite");
+      w->failed = 1;
+      break;
+    }
+  }
+  free (buf);
+  return NULL;
+}
+
+/* The raw image read by N threads at once. */
+static void
+cat_threads (chain_image *ci, int n)
+{
+  pthread_t th[64];
+  worker w[64];
+  if (ftruncate (STDOUT_FILENO, (off_t) chain_size (ci)) < 0) {
+    perror ("chaincat: --threads needs stdout to be a regular file");
+    exit (1);
+  }
+  for (int i = 0; i < n; i++) {
+    w[i] = (worker) { ci, i, n, 0 };
+    pthread_create (&th[i], NULL, worker_run, &w[i]);
+  }
+  int failed = 0;
+  for (int i = 0; i < n; i++) {
+    pthread_join (th[i], NULL);
+    failed |= w[i].failed;
+  }
+  if (failed)
+    exit (1);
+}
+
+int
+main (int argc, char **argv)
+{
+  enum { CAT, EXTENTS, MAP, STATS, THREADS } mode = CAT;
+  int nthreads = 0, i = 1;
+
+  for (; i < argc && strncmp (argv[i], "--", 2) == 0; i++) {
+    if (strcmp (argv[i], "--map") == 0)
+      mode = MAP;
+    else if (strcmp (argv[i], "--extents") == 0)
+      mode = EXTENTS;
+    else if (strcmp (argv[i], "--stats") == 0)
+      mode = STATS;
+    else if (strcmp (argv[i], "--threads") == 0 && i + 1 < argc) {
+      mode = THREADS;
+      nthreads = atoi (argv[++i]);
+      if (nthreads < 1 || nthreads > 64)
+        nthreads = 4;
+    } else {
+      fprintf (stderr, "usage: chaincat [--map|--extents|--stats|--threads N] FILE...\n");
+      return 2;
+    }
+  }
+  if (i >= argc) {
+    fprintf (stderr, "usage: chaincat [--map|--extents|--stats|--threads N] FILE...\n");
+    return 2;
+  }
+  chain_image *ci = chain_open ((const char *const *) argv + i, (size_t) (argc - i));
+  if (!ci)
+    die ("open");
+  char *buf = malloc (BUF_MAX);
+  if (!buf)
+    abort ();
+  switch (mode) {
+  case CAT: cat_pread (ci, buf); break;
+  case EXTENTS: cat_extents (ci, buf); break;
+  case MAP: print_map (ci); break;
+  case THREADS: cat_threads (ci, nthreads); break;
+  case STATS:
+    printf ("size %llu\nallocated %llu\nmap_bytes %zu\nmap_clusters %llu\n",
+            (unsigned long long) chain_size (ci),
+            (unsigned long long) chain_allocated_bytes (ci), chain_map_bytes (ci),
+            (unsigned long long) chain_map_clusters (ci));
+    break;
+  }
+  if (fflush (stdout) != 0) {
+    perror ("chaincat: write");
+    return 1;
+  }
+  free (buf);
+  chain_close (ci);
+  return 0;
+}
