@@ -204,6 +204,10 @@ store_txn_add_disk (store_txn *t, const char *disk, store_kind kind,
     qb_error_set (QB_EINVAL, "an incremental layer of disk %s needs its previous layer", disk);
     return NULL;
   }
+  if (kind == STORE_INC && prev->kind == STORE_COPY) {
+    qb_error_set (QB_EINVAL, "an incremental layer cannot continue the copy %s", prev->name);
+    return NULL;
+  }
   if (kind == STORE_FULL && chain_id && !qb_name_is_safe (chain_id)) {
     qb_error_set (QB_EINVAL, "invalid chain id \"%s\"", chain_id);
     return NULL;
