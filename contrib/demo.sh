@@ -38,7 +38,7 @@ trap cleanup EXIT
 
 say "Starting a demo VM 'web1' with a 256 MiB qcow2 disk (drive0)"
 qemu-img create -q -f qcow2 "$demo/web1.qcow2" 256M
-qemu-system-x86_64 -machine q35 -accel kvm:tcg -nodefaults -display none -m 128 \
+qemu-system-x86_64 -machine q35,accel=kvm:tcg -nodefaults -display none -m 128 \
   -drive file="$demo/web1.qcow2",format=qcow2,if=virtio,id=drive0,discard=unmap \
   -qmp unix:"$sockets/web1.qmp",server=on,wait=off \
   -qmp unix:"$demo/admin.qmp",server=on,wait=off \
