@@ -398,7 +398,8 @@ store_scan_vm (store *st, const char *vm)
     goto out;
   for (size_t i = 0; i < cx.ndirs; i++)
     read_dir_files (&cx, i, &files, &nf);
-  qsort_r (files, nf, sizeof *files, cmp_file_disk, &cx);
+  if (nf > 1)
+    qsort_r (files, nf, sizeof *files, cmp_file_disk, &cx);
 
   v = qb_calloc (1, sizeof *v);
   v->name = qb_strdup (vm);

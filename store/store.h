@@ -75,6 +75,10 @@ typedef struct store_layer {
   char *damage;        /* non-NULL: why this layer (and every point above it) is unusable */
 } store_layer;
 
+/* When a chain's FULL is gone (or an INC's record names a chain that is not
+ * present), its INCs form a chain of their own whose layers[0] is an INC:
+ * every layer of such a chain has damage set.  An INC is never placed behind
+ * a layer other than the one its record names. */
 typedef struct store_chain {
   size_t n;            /* layers[0] is the FULL (or COPY), then the INCs in time order */
   store_layer *layers;
@@ -134,6 +138,7 @@ store_txn *store_txn_begin (store *st, const char *vm, int64_t now_us, bool mont
 const char *store_txn_id (const store_txn *t);
 
 /* Add DISK with layer KIND; returns the temporary path (owned by the txn)
+ * (QB_EINVAL: unsafe name, disk added twice, INC without PREV or on a COPY)
  * where the caller creates the target image.  For STORE_INC, PREV is the
  * layer it continues (its record fields chain_id/id are used); for FULL the
  * caller passes CHAIN_ID of the new chain (see store_new_chain_id), for COPY
@@ -162,8 +167,8 @@ void store_new_chain_id (char *buf, size_t len);
  * removed or renamed, or -1. */
 int store_recover (store *st, const char *vm);
 
-/* Remove restore point ID's record and files of kind INC/FULL named in it
- * (used by qmprebase after merging).  Caller holds the lock. */
+/* Remove restore point ID: first the files its record names, then the
+ * record (used by qmprebase after merging).  Caller holds the lock. */
 int store_point_remove (store *st, const char *vm, const char *id);
 
 /* Parse "YYYYMMDDTHHMMSSZ[-NN]" or a seed epoch name part; 0 on success. */
