@@ -3,6 +3,9 @@
  *   chaincat [--extents | --threads N] FILE...   raw image of the chain on stdout
  *   chaincat --map FILE...                       "OFFSET LENGTH data|hole" lines
  *   chaincat --stats FILE...                     size, allocated bytes, map size
+ *   chaincat --range OFF LEN FILE...             LEN bytes at OFF on stdout
+ *   chaincat --verify REF FILE...                compare with the raw file REF:
+ *       every data extent, samples of holes, and random reads near boundaries
  *
  * FILEs are the layers, base first.  The default mode reads with chain_pread
  * in odd-sized pieces; --extents copies through chain_extent_at (pread from
@@ -13,6 +16,7 @@
 #include "common/error.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -129,6 +133,122 @@ print_map (chain_image *ci)
   }
 }
 
+/* LEN bytes at OFF in one chain_pread. */
+static void
+cat_range (chain_image *ci, uint64_t off, size_t len)
+{
+  char *buf = malloc (len ? len : 1);
+  if (!buf)
+    abort ();
+  ssize_t r = chain_pread (ci, buf, len, off);
+  if (r < 0)
+    die ("read");
+  out_write (buf, (size_t) r);
+  free (buf);
+}
+
+static uint64_t rng_state = 88172645463325252ull;
+
+/* A deterministic pseudo-random number (xorshift64). */
+static uint64_t
+rng (void)
+{
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 7;
+  rng_state ^= rng_state << 17;
+  return rng_state;
+}
+
+/* Compare LEN bytes at OFF of the chain with the raw file REF; exit on a difference. */
+static void
+verify_at (chain_image *ci, int ref, char *a, char *b, uint64_t off, size_t len)
+{
+  ssize_t r = chain_pread (ci, a, len, off);
+  if (r < 0)
+    die ("read");
+  ssize_t q = pread (ref, b, len, (off_t) off);
+  if (r != q) {
+    fprintf (stderr, "chaincat: verify: %zd bytes at %llu, reference gives %zd\n",
+             r, (unsigned long long) off, q);
+    exit (1);
+  }
+  if (memcmp (a, b, (size_t) r) != 0) {
+    size_t i = 0;
+    while (a[i] == b[i])
+      i++;
+    fprintf (stderr, "chaincat: verify: bytes differ at %llu (read of %zu at %llu)\n",
+             (unsigned long long) (off + i), len, (unsigned long long) off);
+    exit (1);
+  }
+}
+
+/* The --verify mode (see the top of the file). */
+static void
+verify (chain_image *ci, const char *refpath, char *a)
+{
+  uint64_t size = chain_size (ci);
+  uint64_t bounds[4096];
+  size_t nb = 0;
+  char *b = malloc (BUF_MAX);
+  int ref = open (refpath, O_RDONLY);
+  if (ref < 0 || !b) {
+    perror (refpath);
+    exit (1);
+  }
+  if ((uint64_t) lseek (ref, 0, SEEK_END) != size) {
+    fprintf (stderr, "chaincat: verify: reference size differs from chain size %llu\n",
+             (unsigned long long) size);
+    exit (1);
+  }
+  uint64_t off = 0, data_bytes = 0;
+  while (off < size) {
+    int64_t d = chain_seek (ci, off, SEEK_DATA);
+    if (d < 0 && qb_error_code () != QB_ENOENT)
+      die ("seek data");
+    uint64_t hole_end = d < 0 ? size : (uint64_t) d;
+    /* Samples of the hole [off, hole_end). */
+    for (uint64_t s = off; s < hole_end; s += (hole_end - off) / 3 + 1)
+      verify_at (ci, ref, a, b, s, hole_end - s < 4096 ? (size_t) (hole_end - s) : 4096);
+    if (nb < 4096)
+      bounds[nb++] = hole_end;
+    if (d < 0)
+      break;
+    int64_t h = chain_seek (ci, (uint64_t) d, SEEK_HOLE);
+    if (h < 0)
+      die ("seek hole");
+    for (uint64_t p = (uint64_t) d; p < (uint64_t) h; ) {
+      size_t len = (uint64_t) h - p < 1048583 ? (size_t) ((uint64_t) h - p) : 1048583;
+      verify_at (ci, ref, a, b, p, len);
+      p += len;
+    }
+    data_bytes += (uint64_t) (h - d);
+    if (nb < 4096)
+      bounds[nb++] = (uint64_t) h;
+    off = (uint64_t) h;
+  }
+  static const uint64_t grains[] = { 512, 4096, 65536, 1048576, 2097152 };
+  for (int i = 0; i < 3000 && size > 0; i++) {
+    uint64_t base;
+    if (nb && rng () % 2)
+      base = bounds[rng () % nb];
+    else {
+      uint64_t g = grains[rng () % 5];
+      base = (rng () % (size / g + 1)) * g;
+    }
+    uint64_t delta = rng () % 1201;
+    off = base + delta >= 600 ? base + delta - 600 : 0;
+    if (off >= size)
+      off = size - 1;
+    static const size_t lens[] = { 1, 511, 4093, 4099, 65537, 1048577, 3 };
+    size_t len = rng () % 3 ? lens[rng () % 7] : (size_t) (rng () % 300000) + 1;
+    verify_at (ci, ref, a, b, off, len);
+  }
+  printf ("verified: %llu data bytes, %zu boundaries, 3000 random reads\n",
+          (unsigned long long) data_bytes, nb);
+  free (b);
+  close (ref);
+}
+
 typedef struct worker {
   chain_image *ci;
   int id, n;
@@ -191,8 +311,10 @@ cat_threads (chain_image *ci, int n)
 int
 main (int argc, char **argv)
 {
-  enum { CAT, EXTENTS, MAP, STATS, THREADS } mode = CAT;
+  enum { CAT, EXTENTS, MAP, STATS, THREADS, RANGE, VERIFY } mode = CAT;
   int nthreads = 0, i = 1;
+  uint64_t range_off = 0, range_len = 0;
+  const char *ref = NULL;
 
   for (; i < argc && strncmp (argv[i], "--", 2) == 0; i++) {
     if (strcmp (argv[i], "--map") == 0)
@@ -206,13 +328,20 @@ main (int argc, char **argv)
       nthreads = atoi (argv[++i]);
       if (nthreads < 1 || nthreads > 64)
         nthreads = 4;
+    } else if (strcmp (argv[i], "--range") == 0 && i + 2 < argc) {
+      mode = RANGE;
+      range_off = strtoull (argv[++i], NULL, 0);
+      range_len = strtoull (argv[++i], NULL, 0);
+    } else if (strcmp (argv[i], "--verify") == 0 && i + 1 < argc) {
+      mode = VERIFY;
+      ref = argv[++i];
     } else {
-      fprintf (stderr, "usage: chaincat [--map|--extents|--stats|--threads N] FILE...\n");
+      fprintf (stderr, "usage: chaincat [--map|--extents|--stats|--threads N|--range OFF LEN|--verify REF] FILE...\n");
       return 2;
     }
   }
   if (i >= argc) {
-    fprintf (stderr, "usage: chaincat [--map|--extents|--stats|--threads N] FILE...\n");
+    fprintf (stderr, "usage: chaincat [--map|--extents|--stats|--threads N|--range OFF LEN|--verify REF] FILE...\n");
     return 2;
   }
   chain_image *ci = chain_open ((const char *const *) argv + i, (size_t) (argc - i));
@@ -226,6 +355,8 @@ main (int argc, char **argv)
   case EXTENTS: cat_extents (ci, buf); break;
   case MAP: print_map (ci); break;
   case THREADS: cat_threads (ci, nthreads); break;
+  case RANGE: cat_range (ci, range_off, (size_t) range_len); break;
+  case VERIFY: verify (ci, ref, buf); break;
   case STATS:
     printf ("size %llu\nallocated %llu\nmap_bytes %zu\nmap_clusters %llu\n",
             (unsigned long long) chain_size (ci),
