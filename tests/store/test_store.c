@@ -12,7 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int failures;
@@ -720,6 +723,63 @@ test_scan_cost (void)
   store_close (st);
 }
 
+/* In a child with a private mount namespace: a store on a tiny tmpfs that
+ * fills up during the commit reports QB_ENOSPC and publishes nothing. */
+static void
+test_enospc (void)
+{
+  pid_t pid = fork ();
+  REQUIRE (pid >= 0);
+  if (pid == 0) {
+    char *dir = qb_asprintf ("%s/full", root);
+    REQUIRE (mkdir (dir, 0700) == 0);
+    if (unshare (CLONE_NEWNS) < 0 || mount (NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0
+        || mount ("tmpfs", dir, "tmpfs", 0, "size=256k,mode=0700") < 0) {
+      fprintf (stderr, "cannot mount a small tmpfs (%s): ENOSPC check not run\n",
+               strerror (errno));
+      _exit (77);
+    }
+    have_qemu_img = false;
+    char *sroot = qb_asprintf ("%s/store", dir);
+    store *st = store_open (sroot, true);
+    REQUIRE (st);
+    commit_point (st, "vm", "d", T0, STORE_FULL, NULL, NULL, false, NULL);
+    store_txn *tx = store_txn_begin (st, "vm", T0 + 60000000, false);
+    REQUIRE (tx);
+    const char *tmp = store_txn_add_disk (tx, "d", STORE_FULL, NULL, NULL, 1 << 20);
+    REQUIRE (tmp);
+    char *tcopy = qb_strdup (tmp);
+    /* The target takes all the space that is left. */
+    int fd = open (tmp, O_WRONLY | O_CREAT, 0600);
+    REQUIRE (fd >= 0);
+    char buf[4096];
+    memset (buf, 0x33, sizeof buf);
+    while (write (fd, buf, sizeof buf) > 0)
+      ;
+    close (fd);
+    char *id = qb_strdup (store_txn_id (tx));
+    CHECK (store_txn_commit (tx, NULL) == -1 && qb_error_code () == QB_ENOSPC);
+    char *want = qb_asprintf ("the store %s is full: free space and run the backup again", sroot);
+    CHECK (strcmp (qb_error_msg (), want) == 0);
+    store_txn_free (tx);
+    CHECK (!exists (tcopy));
+    CHECK (store_record_read (st, "vm", id) == NULL && qb_error_code () == QB_ENOENT);
+    char *pt = qb_asprintf ("%s/vm/.points/.tmp-%s.json", sroot, id);
+    CHECK (!exists (pt));
+    store_vm *v = store_scan_vm (st, "vm");
+    CHECK (v && v->ndisks == 1 && v->disks[0].nchains == 1);
+    store_vm_free (v);
+    store_close (st);
+    umount (dir);
+    _exit (failures ? 1 : 0);
+  }
+  int status;
+  REQUIRE (waitpid (pid, &status, 0) == pid);
+  REQUIRE (WIFEXITED (status));
+  if (WEXITSTATUS (status) == 1)
+    failures++;
+}
+
 int
 main (void)
 {
@@ -739,6 +799,7 @@ main (void)
   test_seed ();
   test_damage ();
   test_scan_cost ();
+  test_enospc ();
 
   rm_rf (root);
   if (failures) {
