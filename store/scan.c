@@ -39,6 +39,7 @@ typedef struct scan_file {
   uint64_t file_size;
   const store_rec *rec;  /* NULL: no record names this file */
   const store_rec_disk *rd;
+  bool ours;             /* named with our id format (so it must have a record) */
 } scan_file;
 
 /* A layer that a record names but that is not on disk. */
@@ -177,6 +178,8 @@ read_dir_files (scan_ctx *cx, size_t diridx, scan_file **files, size_t *n)
     f->id_time_us = t;
     f->seq = seq;
     f->file_size = (uint64_t) sb.st_blocks * 512;
+    const char *rest = strchr (de->d_name, '-') + 1;
+    f->ours = strlen (rest) >= 16 && rest[8] == 'T' && rest[15] == 'Z';
     find_record (cx, sd, f->name, f->id, &f->rec, &f->rd);
   }
   closedir (d);
@@ -308,7 +311,13 @@ build_chains (scan_ctx *cx, const char *disk, scan_file *files, size_t nf, store
     scan_chain *c = NULL;
     char *damage = NULL;
 
-    if (f->kind != STORE_INC) {
+    if (f->ours && !f->rd && f->kind == STORE_INC) {
+      /* Our INCs are always committed with a record; without it the
+         layer cannot be placed in a chain safely. */
+      c = new_chain (&chains, &nch, NULL, sd, f->dir);
+      damage = qb_asprintf ("layer %s has no record (.points/%s.json is missing or "
+                            "unreadable), so its chain cannot be trusted", f->name, f->id);
+    } else if (f->kind != STORE_INC) {
       c = new_chain (&chains, &nch, f->rd ? f->rd->chain : NULL, sd, f->dir);
       if (f->kind == STORE_FULL)
         current[f->dir] = (long) (nch - 1);

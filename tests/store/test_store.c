@@ -684,6 +684,25 @@ test_damage (void)
       CHECK (d->chains[i].n == 3 && d->chains[i].layers[2].damage != NULL);
     }
   store_vm_free (v);
+
+  /* An INC of ours whose record is gone is never attached by time order. */
+  char *rec = qb_asprintf ("%s/vm/.points/%s.json", store_root (st), ids[4]);
+  REQUIRE (unlink (rec) == 0);
+  free (rec);
+  v = store_scan_vm (st, "vm");
+  REQUIRE (v);
+  d = store_vm_disk (v, "d");
+  REQUIRE (d);
+  bool seen = false;
+  for (size_t i = 0; i < d->nchains; i++)
+    for (size_t k = 0; k < d->chains[i].n; k++)
+      if (strcmp (d->chains[i].layers[k].id, ids[4]) == 0) {
+        seen = true;
+        CHECK (d->chains[i].layers[k].damage
+               && strstr (d->chains[i].layers[k].damage, "has no record") != NULL);
+      }
+  CHECK (seen);
+  store_vm_free (v);
   store_close (st);
 }
 
