@@ -1,0 +1,241 @@
+/* qmpbackupfs — the control file <vm>/backup: parse what is written, run the
+ * backup in the worker thread serving the request, answer when it is done. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "fs/fs.h"
+
+#define CONTROL_MAX 256
+
+/* Record that a request to VM was refused before anything started. */
+static void
+control_reject (fs_vm *vm, const char *why)
+{
+  pthread_mutex_lock (&vm->lock);
+  snprintf (vm->last_rejected, sizeof vm->last_rejected, "%s", why);
+  vm->last_rejected_us = qb_now_us ();
+  pthread_mutex_unlock (&vm->lock);
+}
+
+/* Parse a control line: "full|inc|auto|copy [quiesce|noquiesce]" with an
+ * optional trailing newline.  0, or -1 with the reason in WHY. */
+static int
+control_parse (const char *buf, size_t size, backup_level *level, quiesce_mode *q,
+               char *why, size_t whylen)
+{
+  if (size == 0) {
+    snprintf (why, whylen, "empty write to the control file");
+    return -1;
+  }
+  if (size > CONTROL_MAX) {
+    snprintf (why, whylen, "control write of %zu bytes is too long (expected a line "
+              "like \"full\", \"inc\", \"auto\" or \"copy\" [quiesce|noquiesce])", size);
+    return -1;
+  }
+  char line[CONTROL_MAX + 1];
+  memcpy (line, buf, size);
+  line[size] = '\0';
+  if (size > 0 && line[size - 1] == '\n')
+    line[--size] = '\0';
+  if (size > 0 && line[size - 1] == '\r')
+    line[--size] = '\0';
+  for (size_t i = 0; i < size; i++) {
+    unsigned char c = line[i];
+    if ((c < 0x20 && c != '\t') || c >= 0x7f) {
+      snprintf (why, whylen, "control write contains binary data (byte 0x%02x at %zu)", c, i);
+      return -1;
+    }
+  }
+  char *words[3];
+  int n = 0;
+  char *save = NULL;
+  for (char *w = strtok_r (line, " \t", &save); w; w = strtok_r (NULL, " \t", &save)) {
+    if (n == 2) {
+      snprintf (why, whylen, "too many words in control write (expected LEVEL [quiesce|noquiesce])");
+      return -1;
+    }
+    words[n++] = w;
+  }
+  if (n == 0) {
+    snprintf (why, whylen, "blank control write (expected full, inc, auto or copy)");
+    return -1;
+  }
+  if (strcmp (words[0], "full") == 0) *level = BACKUP_FULL;
+  else if (strcmp (words[0], "inc") == 0) *level = BACKUP_INC;
+  else if (strcmp (words[0], "auto") == 0) *level = BACKUP_AUTO;
+  else if (strcmp (words[0], "copy") == 0) *level = BACKUP_COPY;
+  else {
+    snprintf (why, whylen, "unknown backup level \"%.40s\" (expected full, inc, auto or copy)",
+              words[0]);
+    return -1;
+  }
+  *q = QUIESCE_DEFAULT;
+  if (n == 2) {
+    if (strcmp (words[1], "quiesce") == 0) *q = QUIESCE_ON;
+    else if (strcmp (words[1], "noquiesce") == 0) *q = QUIESCE_OFF;
+    else {
+      snprintf (why, whylen, "unknown word \"%.40s\" (expected quiesce or noquiesce)", words[1]);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* The word for LEVEL (local: the engine's may not cover every value). */
+static const char *
+level_word (backup_level l)
+{
+  switch (l) {
+  case BACKUP_FULL: return "full";
+  case BACKUP_INC: return "inc";
+  case BACKUP_AUTO: return "auto";
+  case BACKUP_COPY: return "copy";
+  }
+  return "?";
+}
+
+/* Engine progress callback: publish into the VM's state. */
+static void
+control_progress (void *opaque, const backup_progress *p)
+{
+  fs_vm *vm = opaque;
+  pthread_mutex_lock (&vm->lock);
+  vm->progress = *p;
+  snprintf (vm->phase, sizeof vm->phase, "%s", p->phase ? p->phase : "");
+  vm->progress.phase = NULL;
+  vm->run_level = p->level;
+  pthread_mutex_unlock (&vm->lock);
+}
+
+/* FUSE interrupt (the writer got a signal): cancel the VM's backup. */
+static void
+control_interrupt (fuse_req_t req, void *data)
+{
+  (void) req;
+  fs_vm *vm = data;
+  atomic_store (&vm->cancel, 1);
+}
+
+/* Run one backup of VM at LEVEL; 0 or -errno.  Blocks until it finished. */
+static int
+control_run (fuse_req_t req, fs_vm *vm, backup_level level, quiesce_mode q)
+{
+  pthread_mutex_lock (&vm->lock);
+  if (vm->state == VM_RUNNING) {
+    pthread_mutex_unlock (&vm->lock);
+    control_reject (vm, "refused a backup: one is already running for this VM");
+    return -EBUSY;
+  }
+  if (atomic_load (&fs_terminating)) {
+    pthread_mutex_unlock (&vm->lock);
+    control_reject (vm, "refused a backup: the file system is shutting down");
+    return -ESHUTDOWN;
+  }
+  char *qmp = qb_strdup (vm->qmp_path);
+  char *qga = qb_strdup (vm->qga_path);
+  vm->state = VM_RUNNING;
+  atomic_store (&vm->cancel, 0);
+  vm->run_level = level;
+  memset (&vm->progress, 0, sizeof vm->progress);
+  snprintf (vm->phase, sizeof vm->phase, "starting");
+  vm->run_start_us = qb_now_us ();
+  pthread_mutex_unlock (&vm->lock);
+
+  backup_result res;
+  memset (&res, 0, sizeof res);
+  int r, code;
+  char err[1024] = "";
+  if (!qmp) {
+    r = qb_error_set (QB_EHOSTDOWN, "VM %s has no QMP socket (restore only): "
+                      "start it with -qmp unix:%s/%s.qmp,server=on,wait=off or mount with -o vm=",
+                      vm->name, fs_cfg.sockets_dir ? fs_cfg.sockets_dir : "DIR", vm->name);
+  }
+  else {
+    fuse_req_interrupt_func (req, control_interrupt, vm);
+    backup_opts o;
+    memset (&o, 0, sizeof o);
+    o.level = level;
+    o.quiesce = q;
+    o.monthly = fs_cfg.monthly;
+    o.cancel = &vm->cancel;
+    o.progress = control_progress;
+    o.opaque = vm;
+    o.lock_timeout_ms = 0;
+    if (atomic_load (&fs_terminating))
+      atomic_store (&vm->cancel, 1);
+    r = engine_backup (fs_cfg.st, vm->name, qmp, qga, &o, &res);
+  }
+  code = r == 0 ? QB_OK : (int) qb_error_code ();
+  if (r != 0)
+    snprintf (err, sizeof err, "%s", qb_error_msg ());
+  bool cancelled = atomic_load (&vm->cancel) != 0;
+  if (r != 0 && cancelled && code != QB_EHOSTDOWN)
+    code = QB_ECANCELED;
+
+  int64_t now = qb_now_us ();
+  pthread_mutex_lock (&vm->lock);
+  vm->has_last = true;
+  vm->last_ok = r == 0;
+  vm->last_time_us = now;
+  vm->last_seconds = (now - vm->run_start_us) / 1e6;
+  if (r == 0) {
+    vm->state = VM_IDLE;
+    vm->last_level = res.level;
+    snprintf (vm->last_id, sizeof vm->last_id, "%s", res.id);
+    snprintf (vm->last_reason, sizeof vm->last_reason, "%s", res.reason);
+    snprintf (vm->last_quiesce_note, sizeof vm->last_quiesce_note, "%s", res.quiesce_note);
+    vm->last_error[0] = '\0';
+    vm->last_bytes = res.bytes_copied;
+    vm->bytes_copied_total += res.bytes_copied;
+    vm->n_ok[res.level & 3]++;
+  }
+  else {
+    vm->state = VM_FAILED;
+    vm->last_level = vm->run_level;
+    vm->last_id[0] = '\0';
+    vm->last_reason[0] = '\0';
+    vm->last_quiesce_note[0] = '\0';
+    snprintf (vm->last_error, sizeof vm->last_error, "%s backup %s: %s", level_word (level),
+              code == QB_ECANCELED ? "cancelled" : "failed", err);
+    vm->last_bytes = 0;
+    vm->n_failed++;
+  }
+  pthread_mutex_unlock (&vm->lock);
+  vm_scan_invalidate (vm);
+  vms_notify_idle ();
+  if (r != 0)
+    fprintf (stderr, "qmpbackupfs: %s: %s backup failed: %s\n", vm->name, level_word (level), err);
+  free (qmp);
+  free (qga);
+  return r == 0 ? 0 : -fs_backup_errno (code);
+}
+
+/* Handle a write of BUF to VM's control file; replies. */
+void
+control_write (fuse_req_t req, fs_vm *vm, const char *buf, size_t size)
+{
+  backup_level level;
+  quiesce_mode q;
+  char why[256];
+  if (control_parse (buf, size, &level, &q, why, sizeof why) == -1) {
+    control_reject (vm, why);
+    fuse_reply_err (req, EINVAL);
+    return;
+  }
+  int r = control_run (req, vm, level, q);
+  if (r < 0)
+    fuse_reply_err (req, -r);
+  else
+    fuse_reply_write (req, size);
+}
+
+/* Handle touch of VM's control file: an auto backup.  0 or -errno. */
+int
+control_touch (fuse_req_t req, fs_vm *vm)
+{
+  return control_run (req, vm, BACKUP_AUTO, QUIESCE_DEFAULT);
+}

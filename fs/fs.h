@@ -1,0 +1,195 @@
+/* qmpbackupfs — the FUSE filesystem: shared declarations of fs/.
+ *
+ * vms.c      the VM registry (sockets dir, -o vm=, store), per-VM state
+ * tree.c     inode numbers, lookup/getattr/readdir/open/read/write dispatch
+ * control.c  the control file <vm>/backup: parse, run the backup
+ * status.c   <vm>/status, .status, .metrics
+ * restore.c  restore images (chain reader) and the chain/ view
+ * errmap.c   the only place where error codes become errno values
+ * main.c     options, session, signals, shutdown
+ */
+#ifndef QB_FS_H
+#define QB_FS_H
+
+#define FUSE_USE_VERSION 314
+#include <fuse_lowlevel.h>
+
+#include <json-c/json.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "qmp/engine.h"
+#include "store/store.h"
+#include "store/chain.h"
+
+/* ---- the mount's configuration (main.c) ---- */
+
+typedef struct fs_config {
+  store *st;
+  char *store_root;
+  char *sockets_dir;     /* NULL: none */
+  bool monthly;
+  bool allow_other;
+  uid_t uid;
+  gid_t gid;
+} fs_config;
+
+extern fs_config fs_cfg;
+
+/* Non-zero once the daemon is shutting down (set from the signal path). */
+extern atomic_int fs_terminating;
+
+/* ---- the VM registry (vms.c) ---- */
+
+typedef enum vm_state { VM_IDLE, VM_RUNNING, VM_FAILED } vm_state;
+
+typedef struct vm_scan {          /* a refcounted snapshot of store_scan_vm */
+  int refs;
+  store_vm *v;                    /* NULL: the VM has nothing in the store */
+} vm_scan;
+
+typedef struct fs_vm {
+  char *name;
+  pthread_mutex_t lock;           /* guards every field below */
+  char *qmp_path;                 /* NULL: restore only */
+  char *qga_path;                 /* NULL: no agent */
+  bool explicit_vm;               /* from -o vm= */
+  bool in_sockets;                /* NAME.qmp seen in the sockets dir at the last scan */
+  bool in_store;                  /* STORE/NAME exists */
+  /* the running or last backup */
+  vm_state state;
+  atomic_int cancel;
+  backup_level run_level;
+  backup_progress progress;       /* phase points to a static string */
+  char phase[32];
+  int64_t run_start_us;
+  bool has_last;
+  bool last_ok;
+  backup_level last_level;
+  int64_t last_time_us;
+  char last_id[40];
+  char last_reason[512];
+  char last_error[1024];
+  char last_quiesce_note[256];
+  double last_seconds;
+  uint64_t last_bytes;
+  char last_rejected[512];        /* the last request refused before it started */
+  int64_t last_rejected_us;
+  /* counters for .metrics */
+  uint64_t n_ok[4], n_failed;
+  uint64_t bytes_copied_total;
+  /* store scan cache */
+  vm_scan *scan;
+  char *scan_stamp;
+  uint64_t scan_checked_ms;
+  /* engine_info cache */
+  pthread_mutex_t info_lock;      /* one engine_info at a time per VM */
+  json_object *info;
+  bool info_reachable;
+  char info_error[512];
+  uint64_t info_ms;               /* when fetched (0: never) */
+} fs_vm;
+
+/* Set up the registry (after fs_cfg is filled). */
+void vms_init (void);
+
+/* Register -o vm=NAME:QMP[:QGA]; -1 on a bad spec. */
+int vms_add_explicit (const char *spec);
+
+/* Refresh the list from the sockets dir and the store when they changed. */
+void vms_refresh (void);
+
+/* The current VM names (sorted, malloc'd array of malloc'd strings). */
+size_t vms_list (char ***names);
+
+/* The VM called NAME if it is currently visible, else NULL.  VMs are never
+ * freed while the daemon runs, so the pointer stays valid. */
+fs_vm *vms_find (const char *name);
+
+/* All VMs ever registered (visible or not), for shutdown; returns count. */
+size_t vms_all (fs_vm ***vms);
+
+/* Current store scan of VM (refreshed when its directories changed); put it back with vm_scan_put. */
+vm_scan *vm_scan_get (fs_vm *vm);
+
+/* Drop a reference from vm_scan_get. */
+void vm_scan_put (vm_scan *s);
+
+/* Force the next vm_scan_get to rescan. */
+void vm_scan_invalidate (fs_vm *vm);
+
+/* Set every VM's cancel flag (shutdown). */
+void vms_cancel_all (void);
+
+/* Wait until no VM has a backup running. */
+void vms_wait_idle (void);
+
+/* Wake vms_wait_idle (called when a backup ends). */
+void vms_notify_idle (void);
+
+/* ---- restore points (restore.c) ---- */
+
+/* Find the restore point DISPLAY (without ".img") of DISK in SCAN: the chain
+ * and layer index, or false. */
+bool restore_find (const store_vm *v, const char *disk, const char *display,
+                   const store_chain **chain, size_t *idx);
+
+/* The newest undamaged point of DISK ("display" string), or NULL. */
+const store_layer *restore_latest (const store_vm *v, const char *disk);
+
+/* Virtual size of layer (record, else the qcow2 header). */
+uint64_t restore_layer_size (const store_layer *l);
+
+/* Damage text for point IDX of CHAIN (itself or a layer below), or NULL. */
+const char *restore_damage (const store_chain *c, size_t idx);
+
+/* Open the restore image of point IDX in CHAIN: fills fi->fh; 0 or -errno. */
+int restore_open (const char *vm, const char *disk, const store_chain *c, size_t idx,
+                  struct fuse_file_info *fi);
+
+/* FUSE read of an open restore image. */
+void restore_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
+
+/* FUSE lseek of an open restore image. */
+void restore_lseek (fuse_req_t req, off_t off, int whence, struct fuse_file_info *fi);
+
+/* Release an open restore image. */
+void restore_release (struct fuse_file_info *fi);
+
+/* ---- control file (control.c) ---- */
+
+/* Handle a write of BUF to VM's control file; replies. */
+void control_write (fuse_req_t req, fs_vm *vm, const char *buf, size_t size);
+
+/* Handle touch (setattr with times) of VM's control file: an auto backup.
+ * Returns 0 or -errno (the caller replies). */
+int control_touch (fuse_req_t req, fs_vm *vm);
+
+/* ---- status (status.c) ---- */
+
+/* <vm>/status as a malloc'd JSON text. */
+char *status_vm_text (fs_vm *vm);
+
+/* .status as a malloc'd JSON text. */
+char *status_all_text (void);
+
+/* .metrics as a malloc'd Prometheus text. */
+char *status_metrics_text (void);
+
+/* ---- error mapping (errmap.c) ---- */
+
+/* The errno for the current thread's last qb error. */
+int fs_errno (void);
+
+/* The errno a failed backup returns to the writer: EBUSY, EHOSTDOWN, ENOSPC,
+ * EINTR (cancelled) or EIO. */
+int fs_backup_errno (int code);
+
+/* ---- the tree (tree.c) ---- */
+
+extern const struct fuse_lowlevel_ops fs_ops;
+
+#endif

@@ -1,0 +1,256 @@
+/* qmpbackupfs — mount the backup store: options, the FUSE session, signals
+ * and a clean shutdown (running backups are cancelled and cleaned up before
+ * the process exits). */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "fs/fs.h"
+
+#define MAX_THREADS 64
+
+fs_config fs_cfg;
+atomic_int fs_terminating;
+
+struct fs_opts {
+  char *sockets;
+  int monthly;
+  int allow_other;
+  char *store;
+  int bad_vm;
+};
+
+enum { KEY_VM, KEY_ALLOW_OTHER, KEY_POSITIONAL_DONE };
+
+static const struct fuse_opt fs_opt_spec[] = {
+  { "sockets=%s", offsetof (struct fs_opts, sockets), 0 },
+  { "monthly", offsetof (struct fs_opts, monthly), 1 },
+  FUSE_OPT_KEY ("vm=", KEY_VM),
+  FUSE_OPT_KEY ("allow_other", KEY_ALLOW_OTHER),
+  FUSE_OPT_END
+};
+
+/* fuse_opt callback: -o vm=..., allow_other, and the STORE argument. */
+static int
+fs_opt_proc (void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+  (void) outargs;
+  struct fs_opts *o = data;
+  switch (key) {
+  case KEY_VM:
+    if (vms_add_explicit (arg + 3) == -1) {
+      fprintf (stderr, "qmpbackupfs: %s\n", qb_error_msg ());
+      o->bad_vm = 1;
+    }
+    return 0;
+  case KEY_ALLOW_OTHER:
+    o->allow_other = 1;
+    return 1;                 /* the kernel needs it too */
+  case FUSE_OPT_KEY_NONOPT:
+    if (!o->store) {
+      o->store = strdup (arg);
+      return 0;
+    }
+    return 1;                 /* the mount point, for fuse_parse_cmdline */
+  default:
+    return 1;
+  }
+}
+
+/* Print usage. */
+static void
+usage (const char *prog)
+{
+  printf ("usage: %s STORE MOUNTPOINT [options]\n\n"
+          "Live backups of QEMU VMs over QMP, as a file system.\n\n"
+          "  -o sockets=DIR          each DIR/NAME.qmp is VM NAME (DIR/NAME.qga its agent)\n"
+          "  -o vm=NAME:QMP[:QGA]    a VM by its sockets (repeatable)\n"
+          "  -o monthly              chains in YYYY-MM folders; a new month starts a full\n"
+          "  -o allow_other          let other users in (permissions enforced by the kernel)\n"
+          "  -f                      stay in the foreground\n"
+          "  -d                      debug output (implies -f)\n"
+          "  -h, --help              this help\n"
+          "  -V, --version           print the version\n\n"
+          "In the mount: touch VM/backup (or echo full|inc|auto|copy > VM/backup) takes\n"
+          "a backup; VM/status tells how it went; VM/DISK/restore/*.img are the disks.\n",
+          prog);
+}
+
+static struct sigaction prev_act[3];
+static const int term_signals[3] = { SIGTERM, SIGINT, SIGHUP };
+static int sig_pipe[2] = { -1, -1 };
+
+/* Signal handler: mark shutdown, wake the canceller, chain to libfuse's handler. */
+static void
+fs_on_signal (int sig)
+{
+  int saved = errno;
+  atomic_store (&fs_terminating, 1);
+  if (sig_pipe[1] >= 0) {
+    ssize_t r = write (sig_pipe[1], "x", 1);
+    (void) r;
+  }
+  for (int i = 0; i < 3; i++)
+    if (term_signals[i] == sig && prev_act[i].sa_handler != SIG_DFL
+        && prev_act[i].sa_handler != SIG_IGN)
+      prev_act[i].sa_handler (sig);
+  errno = saved;
+}
+
+/* Thread: on a termination signal, cancel every running backup. */
+static void *
+fs_canceller (void *arg)
+{
+  (void) arg;
+  char c;
+  while (read (sig_pipe[0], &c, 1) == -1 && errno == EINTR)
+    ;
+  vms_cancel_all ();
+  return NULL;
+}
+
+/* Install our handlers on top of libfuse's (which end the session loop). */
+static int
+fs_signals_install (struct fuse_session *se)
+{
+  if (fuse_set_signal_handlers (se) != 0)
+    return -1;
+  if (pipe2 (sig_pipe, O_CLOEXEC) == -1)
+    return -1;
+  struct sigaction sa;
+  memset (&sa, 0, sizeof sa);
+  sa.sa_handler = fs_on_signal;
+  sigemptyset (&sa.sa_mask);
+  for (int i = 0; i < 3; i++)
+    if (sigaction (term_signals[i], &sa, &prev_act[i]) == -1)
+      return -1;
+  return 0;
+}
+
+/* Start the canceller thread with termination signals blocked in it. */
+static int
+fs_canceller_start (void)
+{
+  sigset_t set, old;
+  sigemptyset (&set);
+  for (int i = 0; i < 3; i++)
+    sigaddset (&set, term_signals[i]);
+  pthread_sigmask (SIG_BLOCK, &set, &old);
+  pthread_t t;
+  int r = pthread_create (&t, NULL, fs_canceller, NULL);
+  pthread_sigmask (SIG_SETMASK, &old, NULL);
+  if (r == 0)
+    pthread_detach (t);
+  return r == 0 ? 0 : -1;
+}
+
+int
+main (int argc, char **argv)
+{
+  struct fuse_args args = FUSE_ARGS_INIT (argc, argv);
+  struct fs_opts o;
+  struct fuse_cmdline_opts co;
+  memset (&o, 0, sizeof o);
+  memset (&co, 0, sizeof co);
+  int ret = 1;
+
+  if (fuse_opt_parse (&args, &o, fs_opt_spec, fs_opt_proc) == -1 || o.bad_vm)
+    return 1;
+  if (fuse_parse_cmdline (&args, &co) != 0)
+    return 1;
+  if (co.show_help) {
+    usage (argv[0]);
+    printf ("\nFUSE options:\n");
+    fuse_cmdline_help ();
+    fuse_lowlevel_help ();
+    return 0;
+  }
+  if (co.show_version) {
+    printf ("qmpbackupfs %s\n", QB_VERSION);
+    fuse_lowlevel_version ();
+    return 0;
+  }
+  if (!o.store || !co.mountpoint) {
+    usage (argv[0]);
+    return 1;
+  }
+
+  char *root = realpath (o.store, NULL);
+  if (!root) {
+    fprintf (stderr, "qmpbackupfs: store %s: %s\n", o.store, strerror (errno));
+    return 1;
+  }
+  fs_cfg.store_root = root;
+  fs_cfg.st = store_open (root, false);
+  if (!fs_cfg.st) {
+    fprintf (stderr, "qmpbackupfs: %s\n", qb_error_msg ());
+    return 1;
+  }
+  if (o.sockets) {
+    fs_cfg.sockets_dir = realpath (o.sockets, NULL);
+    if (!fs_cfg.sockets_dir) {
+      fprintf (stderr, "qmpbackupfs: sockets dir %s: %s\n", o.sockets, strerror (errno));
+      return 1;
+    }
+  }
+  fs_cfg.monthly = o.monthly;
+  fs_cfg.allow_other = o.allow_other;
+  fs_cfg.uid = getuid ();
+  fs_cfg.gid = getgid ();
+  vms_init ();
+
+  char *fsname = qb_asprintf ("-ofsname=%s,subtype=qmpbackupfs", root);
+  fuse_opt_add_arg (&args, fsname);
+  free (fsname);
+  if (o.allow_other)
+    fuse_opt_add_arg (&args, "-odefault_permissions");
+
+  struct fuse_session *se = fuse_session_new (&args, &fs_ops, sizeof fs_ops, NULL);
+  if (!se)
+    goto out;
+  if (fs_signals_install (se) != 0) {
+    fprintf (stderr, "qmpbackupfs: cannot install signal handlers\n");
+    goto out_session;
+  }
+  if (fuse_session_mount (se, co.mountpoint) != 0)
+    goto out_signals;
+  /* mounted: in the background the parent exits only now */
+  if (fuse_daemonize (co.foreground) != 0)
+    goto out_unmount;
+  if (fs_canceller_start () != 0)
+    goto out_unmount;
+
+  struct fuse_loop_config *cfg = fuse_loop_cfg_create ();
+  fuse_loop_cfg_set_clone_fd (cfg, 1);
+  fuse_loop_cfg_set_max_threads (cfg, MAX_THREADS);
+  fuse_loop_cfg_set_idle_threads (cfg, 4);
+  ret = fuse_session_loop_mt (se, cfg) != 0;
+  fuse_loop_cfg_destroy (cfg);
+  if (atomic_load (&fs_terminating))
+    ret = 0;                  /* a termination signal is a clean shutdown */
+  /* the loop has ended: no backup may outlive it */
+  atomic_store (&fs_terminating, 1);
+  vms_cancel_all ();
+  vms_wait_idle ();
+
+ out_unmount:
+  fuse_session_unmount (se);
+ out_signals:
+  fuse_remove_signal_handlers (se);
+ out_session:
+  fuse_session_destroy (se);
+ out:
+  free (co.mountpoint);
+  fuse_opt_free_args (&args);
+  store_close (fs_cfg.st);
+  free (o.sockets);
+  free (o.store);
+  return ret;
+}

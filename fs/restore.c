@@ -1,0 +1,327 @@
+/* qmpbackupfs — restore images: a restore point read through the chain
+ * reader, shared by every open of the same point, with data extents spliced
+ * straight from the layer files. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "fs/fs.h"
+#include "store/qcow2.h"
+
+#define READ_SEGMENTS 64
+#define ZERO_LEN (1u << 20)
+
+/* One opened restore point, shared by concurrent opens (refcounted).  The
+ * struct outlives its last open so the next open can tell whether the files
+ * changed (keep_cache only when they did not). */
+typedef struct point_entry {
+  char *key;                /* "vm/disk/id" */
+  char *sig;                /* identity of the layer files at the last open */
+  int refs;
+  pthread_mutex_t open_lock;
+  chain_image *ci;
+  char *error;              /* why chain_open failed (reads give EIO) */
+  int err;
+} point_entry;
+
+typedef struct restore_handle {
+  point_entry *e;           /* NULL: damaged point, every read fails */
+} restore_handle;
+
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static point_entry **cache;
+static size_t ncache;
+static const char zeros[ZERO_LEN];
+static __thread char *tbuf;
+static __thread size_t tbuf_len;
+static __thread struct fuse_bufvec *tvec;
+
+/* Find restore point DISPLAY of DISK in V: its chain and layer index. */
+bool
+restore_find (const store_vm *v, const char *disk, const char *display,
+              const store_chain **chain, size_t *idx)
+{
+  const store_disk *d = v ? store_vm_disk (v, disk) : NULL;
+  if (!d)
+    return false;
+  for (size_t c = 0; c < d->nchains; c++)
+    for (size_t i = 0; i < d->chains[c].n; i++)
+      if (strcmp (d->chains[c].layers[i].display, display) == 0) {
+        *chain = &d->chains[c];
+        *idx = i;
+        return true;
+      }
+  return false;
+}
+
+/* Damage text for point IDX of CHAIN (itself or a layer below), or NULL. */
+const char *
+restore_damage (const store_chain *c, size_t idx)
+{
+  for (size_t i = 0; i <= idx && i < c->n; i++)
+    if (c->layers[i].damage)
+      return c->layers[i].damage;
+  return NULL;
+}
+
+/* The newest undamaged point of DISK, or NULL. */
+const store_layer *
+restore_latest (const store_vm *v, const char *disk)
+{
+  const store_disk *d = v ? store_vm_disk (v, disk) : NULL;
+  const store_layer *best = NULL;
+  if (!d)
+    return NULL;
+  for (size_t c = 0; c < d->nchains; c++)
+    for (size_t i = 0; i < d->chains[c].n; i++) {
+      const store_layer *l = &d->chains[c].layers[i];
+      if (restore_damage (&d->chains[c], i))
+        break;
+      if (!best || l->time_us > best->time_us
+          || (l->time_us == best->time_us && strcmp (l->id, best->id) > 0))
+        best = l;
+    }
+  return best;
+}
+
+/* Virtual size of layer L (record, else the qcow2 header; 0 if unreadable). */
+uint64_t
+restore_layer_size (const store_layer *l)
+{
+  uint64_t size = l->virtual_size;
+  if (size == 0 && qcow2_virtual_size (l->path, &size) == -1) {
+    qb_error_clear ();
+    size = 0;
+  }
+  return size;
+}
+
+/* Identity of the files of layers 0..IDX (path, inode, mtime, size). */
+static char *
+layers_sig (const store_chain *c, size_t idx)
+{
+  char *s = qb_strdup ("");
+  for (size_t i = 0; i <= idx; i++) {
+    struct stat sb;
+    if (stat (c->layers[i].path, &sb) == -1)
+      memset (&sb, 0, sizeof sb);
+    char *n = qb_asprintf ("%s%s:%llu:%lld.%09ld:%lld;", s, c->layers[i].path,
+                           (unsigned long long) sb.st_ino, (long long) sb.st_mtim.tv_sec,
+                           sb.st_mtim.tv_nsec, (long long) sb.st_size);
+    free (s);
+    s = n;
+  }
+  return s;
+}
+
+/* Open the restore image of point IDX in CHAIN: fills fi->fh; 0 or -errno. */
+int
+restore_open (const char *vm, const char *disk, const store_chain *c, size_t idx,
+              struct fuse_file_info *fi)
+{
+  restore_handle *h = qb_calloc (1, sizeof *h);
+  fi->fh = (uintptr_t) h;
+  if ((fi->flags & O_ACCMODE) != O_RDONLY) {
+    free (h);
+    return -EACCES;
+  }
+  if (restore_damage (c, idx)) {
+    fi->direct_io = 1;
+    return 0;
+  }
+  char *key = qb_asprintf ("%s/%s/%s", vm, disk, c->layers[idx].id);
+  char *sig = layers_sig (c, idx);
+  point_entry *e = NULL;
+  bool same = false;
+  pthread_mutex_lock (&cache_lock);
+  for (size_t i = 0; i < ncache; i++)
+    if (strcmp (cache[i]->key, key) == 0)
+      e = cache[i];
+  if (!e) {
+    e = qb_calloc (1, sizeof *e);
+    e->key = key;
+    key = NULL;
+    pthread_mutex_init (&e->open_lock, NULL);
+    cache = qb_realloc (cache, (ncache + 1) * sizeof *cache);
+    cache[ncache++] = e;
+  }
+  same = e->sig && strcmp (e->sig, sig) == 0;
+  if (!same && e->refs == 0) {
+    free (e->sig);
+    e->sig = sig;
+    sig = NULL;
+    same = false;
+  }
+  e->refs++;
+  pthread_mutex_unlock (&cache_lock);
+  free (key);
+  free (sig);
+
+  pthread_mutex_lock (&e->open_lock);
+  if (!e->ci && !e->error) {
+    const char **files = qb_calloc (idx + 1, sizeof *files);
+    for (size_t i = 0; i <= idx; i++)
+      files[i] = c->layers[i].path;
+    e->ci = chain_open (files, idx + 1);
+    free (files);
+    if (!e->ci) {
+      e->error = qb_strdup (qb_error_msg ());
+      e->err = fs_errno ();
+      fprintf (stderr, "qmpbackupfs: %s: %s\n", e->key, e->error);
+    }
+  }
+  pthread_mutex_unlock (&e->open_lock);
+  h->e = e;
+  fi->keep_cache = same;
+  return 0;
+}
+
+/* Release an open restore image. */
+void
+restore_release (struct fuse_file_info *fi)
+{
+  restore_handle *h = (restore_handle *) (uintptr_t) fi->fh;
+  if (!h)
+    return;
+  point_entry *e = h->e;
+  if (e) {
+    chain_image *close_ci = NULL;
+    pthread_mutex_lock (&cache_lock);
+    if (--e->refs == 0) {
+      close_ci = e->ci;
+      e->ci = NULL;
+      free (e->error);
+      e->error = NULL;
+    }
+    pthread_mutex_unlock (&cache_lock);
+    chain_close (close_ci);
+  }
+  free (h);
+}
+
+/* Make the per-thread buffers hold at least LEN bytes. */
+static void
+thread_buffers (size_t len)
+{
+  if (tbuf_len < len) {
+    free (tbuf);
+    tbuf = qb_calloc (1, len);
+    tbuf_len = len;
+  }
+  if (!tvec)
+    tvec = qb_calloc (1, sizeof *tvec + READ_SEGMENTS * sizeof (struct fuse_buf));
+}
+
+/* Append a memory segment to V. */
+static void
+vec_mem (struct fuse_bufvec *v, const void *mem, size_t len)
+{
+  struct fuse_buf *b = &v->buf[v->count++];
+  memset (b, 0, sizeof *b);
+  b->size = len;
+  b->mem = (void *) mem;
+}
+
+/* FUSE read of an open restore image. */
+void
+restore_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
+{
+  restore_handle *h = (restore_handle *) (uintptr_t) fi->fh;
+  if (!h->e || !h->e->ci) {
+    fuse_reply_err (req, EIO);
+    return;
+  }
+  chain_image *ci = h->e->ci;
+  uint64_t vsize = chain_size (ci);
+  if (off < 0 || (uint64_t) off >= vsize) {
+    fuse_reply_buf (req, NULL, 0);
+    return;
+  }
+  if (size > vsize - off)
+    size = vsize - off;
+  thread_buffers (size);
+  struct fuse_bufvec *v = tvec;
+  v->count = 0;
+  v->idx = 0;
+  v->off = 0;
+  size_t pos = 0;
+  while (pos < size) {
+    size_t want = size - pos;
+    if (v->count == READ_SEGMENTS - 1) {
+      /* out of segments: read the rest into memory */
+      ssize_t r = chain_pread (ci, tbuf + pos, want, off + pos);
+      if (r != (ssize_t) want)
+        goto fail;
+      vec_mem (v, tbuf + pos, want);
+      pos = size;
+      break;
+    }
+    chain_extent ext;
+    if (chain_extent_at (ci, off + pos, want, &ext) == -1 || ext.length == 0)
+      goto fail;
+    size_t len = ext.length < want ? ext.length : want;
+    switch (ext.kind) {
+    case CHAIN_EXT_DATA: {
+      struct fuse_buf *b = &v->buf[v->count++];
+      memset (b, 0, sizeof *b);
+      b->size = len;
+      b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+      b->fd = ext.fd;
+      b->pos = ext.fd_offset;
+      break;
+    }
+    case CHAIN_EXT_ZERO:
+      if (len > ZERO_LEN)
+        len = ZERO_LEN;
+      vec_mem (v, zeros, len);
+      break;
+    default: {
+      ssize_t r = chain_pread (ci, tbuf + pos, len, off + pos);
+      if (r != (ssize_t) len)
+        goto fail;
+      vec_mem (v, tbuf + pos, len);
+      break;
+    }
+    }
+    pos += len;
+  }
+  int r = fuse_reply_data (req, v, FUSE_BUF_SPLICE_MOVE);
+  if (r < 0 && r != -ENOENT)
+    fprintf (stderr, "qmpbackupfs: read reply: %s\n", strerror (-r));
+  return;
+
+ fail:
+  fprintf (stderr, "qmpbackupfs: %s: read at %lld: %s\n", h->e->key, (long long) off + (long long) pos,
+           qb_error_msg ());
+  fuse_reply_err (req, EIO);
+}
+
+/* FUSE lseek (SEEK_DATA / SEEK_HOLE) of an open restore image. */
+void
+restore_lseek (fuse_req_t req, off_t off, int whence, struct fuse_file_info *fi)
+{
+  restore_handle *h = (restore_handle *) (uintptr_t) fi->fh;
+  if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+    fuse_reply_err (req, EINVAL);
+    return;
+  }
+  if (!h->e || !h->e->ci) {
+    fuse_reply_err (req, EIO);
+    return;
+  }
+  if (off < 0 || (uint64_t) off >= chain_size (h->e->ci)) {
+    fuse_reply_err (req, ENXIO);
+    return;
+  }
+  int64_t r = chain_seek (h->e->ci, off, whence);
+  if (r < 0) {
+    fuse_reply_err (req, qb_error_code () == QB_ENOENT ? ENXIO : EIO);
+    return;
+  }
+  fuse_reply_lseek (req, r);
+}

@@ -1,0 +1,754 @@
+/* qmpbackupfs — the path tree: inode numbers, lookup, getattr, readdir, and
+ * the dispatch of open/read/write/release to the file kinds.
+ *
+ * Every node is (kind, vm, disk, name); it gets an inode number the first
+ * time it is seen and keeps it for the life of the daemon, so numbers are
+ * stable and never reused.  Whether a node still exists is decided on every
+ * request against the VM registry and the store scan. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "fs/fs.h"
+
+typedef enum node_kind {
+  N_ROOT = 1, N_STATUS_ALL, N_METRICS, N_VM, N_CONTROL, N_VMSTATUS,
+  N_DISK, N_RESTORE, N_IMG, N_LATEST, N_CHAIN, N_CHAINFILE,
+} node_kind;
+
+typedef struct node {
+  node_kind kind;
+  char *vm, *disk, *name;
+  fuse_ino_t ino;
+  struct node *next;        /* hash chain */
+} node;
+
+#define HASH_SIZE 4096
+static pthread_mutex_t nodes_lock = PTHREAD_MUTEX_INITIALIZER;
+static node **nodes;        /* by ino; nodes[0] unused */
+static size_t nnodes, cap_nodes;
+static node *hash[HASH_SIZE];
+static time_t mount_time;
+
+#define TIMEOUT_SHORT 1.0
+#define TIMEOUT_IMG_ENTRY 60.0
+#define TIMEOUT_IMG_ATTR 3600.0
+
+/* Hash of a node's identity. */
+static unsigned
+node_hash (node_kind k, const char *vm, const char *disk, const char *name)
+{
+  unsigned h = 2166136261u ^ k;
+  const char *parts[3] = { vm, disk, name };
+  for (int i = 0; i < 3; i++) {
+    for (const char *p = parts[i] ? parts[i] : ""; *p; p++)
+      h = (h ^ (unsigned char) *p) * 16777619u;
+    h = (h ^ 0x1f) * 16777619u;
+  }
+  return h % HASH_SIZE;
+}
+
+/* Compare two optional strings. */
+static bool
+same (const char *a, const char *b)
+{
+  return strcmp (a ? a : "", b ? b : "") == 0;
+}
+
+/* The node (kind, vm, disk, name), created with a new inode number if new. */
+static node *
+node_get (node_kind k, const char *vm, const char *disk, const char *name)
+{
+  unsigned h = node_hash (k, vm, disk, name);
+  pthread_mutex_lock (&nodes_lock);
+  node *n;
+  for (n = hash[h]; n; n = n->next)
+    if (n->kind == k && same (n->vm, vm) && same (n->disk, disk) && same (n->name, name))
+      break;
+  if (!n) {
+    n = qb_calloc (1, sizeof *n);
+    n->kind = k;
+    n->vm = qb_strdup (vm);
+    n->disk = qb_strdup (disk);
+    n->name = qb_strdup (name);
+    if (nnodes + 1 >= cap_nodes) {
+      cap_nodes = cap_nodes ? cap_nodes * 2 : 256;
+      nodes = qb_realloc (nodes, cap_nodes * sizeof *nodes);
+    }
+    if (nnodes == 0)
+      nnodes = 1;           /* inode 0 is invalid */
+    n->ino = nnodes;
+    nodes[nnodes++] = n;
+    n->next = hash[h];
+    hash[h] = n;
+  }
+  pthread_mutex_unlock (&nodes_lock);
+  return n;
+}
+
+/* The node with inode INO, or NULL. */
+static node *
+node_by_ino (fuse_ino_t ino)
+{
+  node *n = NULL;
+  pthread_mutex_lock (&nodes_lock);
+  if (ino > 0 && ino < nnodes)
+    n = nodes[ino];
+  pthread_mutex_unlock (&nodes_lock);
+  return n;
+}
+
+/* Fill common attributes. */
+static void
+attr_base (struct stat *st, node *n, mode_t mode)
+{
+  memset (st, 0, sizeof *st);
+  st->st_ino = n->ino;
+  st->st_mode = mode;
+  st->st_nlink = S_ISDIR (mode) ? 2 : 1;
+  st->st_uid = fs_cfg.uid;
+  st->st_gid = fs_cfg.gid;
+  st->st_blksize = 65536;
+  st->st_atime = st->st_mtime = st->st_ctime = mount_time;
+}
+
+/* Find layer file NAME among DISK's chains in V. */
+static const store_layer *
+chain_file_find (const store_vm *v, const char *disk, const char *name)
+{
+  const store_disk *d = v ? store_vm_disk (v, disk) : NULL;
+  if (!d)
+    return NULL;
+  for (size_t c = 0; c < d->nchains; c++)
+    for (size_t i = 0; i < d->chains[c].n; i++)
+      if (strcmp (d->chains[c].layers[i].name, name) == 0)
+        return &d->chains[c].layers[i];
+  return NULL;
+}
+
+/* Check that N exists now and fill ST and the timeouts; 0 or -errno. */
+static int
+node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
+{
+  *entry_to = *attr_to = TIMEOUT_SHORT;
+  if (n->kind == N_ROOT) {
+    attr_base (st, n, S_IFDIR | 0550);
+    return 0;
+  }
+  if (n->kind == N_STATUS_ALL || n->kind == N_METRICS) {
+    attr_base (st, n, S_IFREG | 0440);
+    st->st_mtime = time (NULL);
+    return 0;
+  }
+  fs_vm *vm = vms_find (n->vm);
+  if (!vm)
+    return -ENOENT;
+  switch (n->kind) {
+  case N_VM:
+    attr_base (st, n, S_IFDIR | 0550);
+    return 0;
+  case N_CONTROL:
+    attr_base (st, n, S_IFREG | 0200);
+    pthread_mutex_lock (&vm->lock);
+    if (vm->has_last)
+      st->st_mtime = vm->last_time_us / 1000000;
+    pthread_mutex_unlock (&vm->lock);
+    return 0;
+  case N_VMSTATUS:
+    attr_base (st, n, S_IFREG | 0440);
+    st->st_mtime = time (NULL);
+    return 0;
+  default:
+    break;
+  }
+  vm_scan *s = vm_scan_get (vm);
+  int r = 0;
+  const store_disk *d = s->v ? store_vm_disk (s->v, n->disk) : NULL;
+  if (!d) {
+    r = -ENOENT;
+    goto out;
+  }
+  switch (n->kind) {
+  case N_DISK: case N_RESTORE: case N_CHAIN:
+    attr_base (st, n, S_IFDIR | 0550);
+    break;
+  case N_IMG: {
+    const store_chain *c;
+    size_t idx;
+    char *display = qb_strdup (n->name);
+    size_t len = strlen (display);
+    if (len > 4)
+      display[len - 4] = '\0';
+    bool found = restore_find (s->v, n->disk, display, &c, &idx);
+    free (display);
+    if (!found) {
+      r = -ENOENT;
+      break;
+    }
+    const store_layer *l = &c->layers[idx];
+    attr_base (st, n, S_IFREG | 0440);
+    st->st_size = restore_layer_size (l);
+    st->st_mtime = st->st_ctime = st->st_atime = l->time_us / 1000000;
+    uint64_t stored = 0;
+    for (size_t i = 0; i <= idx; i++)
+      stored += c->layers[i].file_size;
+    if (stored > (uint64_t) st->st_size)
+      stored = st->st_size;
+    st->st_blocks = (stored + 511) / 512;
+    *entry_to = TIMEOUT_IMG_ENTRY;
+    *attr_to = TIMEOUT_IMG_ATTR;
+    break;
+  }
+  case N_LATEST: {
+    const store_layer *l = restore_latest (s->v, n->disk);
+    if (!l) {
+      r = -ENOENT;
+      break;
+    }
+    attr_base (st, n, S_IFLNK | 0777);
+    st->st_size = strlen (l->display) + 4;
+    st->st_mtime = l->time_us / 1000000;
+    break;
+  }
+  case N_CHAINFILE: {
+    const store_layer *l = chain_file_find (s->v, n->disk, n->name);
+    struct stat fsb;
+    if (!l || stat (l->path, &fsb) == -1) {
+      r = -ENOENT;
+      break;
+    }
+    attr_base (st, n, S_IFREG | 0440);
+    st->st_size = fsb.st_size;
+    st->st_blocks = fsb.st_blocks;
+    st->st_mtim = fsb.st_mtim;
+    st->st_ctim = fsb.st_ctim;
+    st->st_atim = fsb.st_mtim;
+    *entry_to = TIMEOUT_IMG_ENTRY;
+    *attr_to = TIMEOUT_SHORT;
+    break;
+  }
+  default:
+    r = -ENOENT;
+  }
+ out:
+  vm_scan_put (s);
+  return r;
+}
+
+/* The child NAME of PARENT as a node (it may not exist), or NULL. */
+static node *
+node_child (node *p, const char *name)
+{
+  switch (p->kind) {
+  case N_ROOT:
+    if (strcmp (name, ".status") == 0)
+      return node_get (N_STATUS_ALL, NULL, NULL, NULL);
+    if (strcmp (name, ".metrics") == 0)
+      return node_get (N_METRICS, NULL, NULL, NULL);
+    if (!qb_name_is_safe (name))
+      return NULL;
+    return node_get (N_VM, name, NULL, NULL);
+  case N_VM:
+    if (strcmp (name, "backup") == 0)
+      return node_get (N_CONTROL, p->vm, NULL, NULL);
+    if (strcmp (name, "status") == 0)
+      return node_get (N_VMSTATUS, p->vm, NULL, NULL);
+    if (!qb_name_is_safe (name))
+      return NULL;
+    return node_get (N_DISK, p->vm, name, NULL);
+  case N_DISK:
+    if (strcmp (name, "restore") == 0)
+      return node_get (N_RESTORE, p->vm, p->disk, NULL);
+    if (strcmp (name, "chain") == 0)
+      return node_get (N_CHAIN, p->vm, p->disk, NULL);
+    return NULL;
+  case N_RESTORE: {
+    if (strcmp (name, "latest.img") == 0)
+      return node_get (N_LATEST, p->vm, p->disk, NULL);
+    size_t len = strlen (name);
+    if (len <= 4 || strcmp (name + len - 4, ".img") != 0 || !qb_name_is_safe (name))
+      return NULL;
+    return node_get (N_IMG, p->vm, p->disk, name);
+  }
+  case N_CHAIN:
+    if (!qb_name_is_safe (name))
+      return NULL;
+    return node_get (N_CHAINFILE, p->vm, p->disk, name);
+  default:
+    return NULL;
+  }
+}
+
+/* FUSE init: capabilities and sizes. */
+static void
+op_init (void *userdata, struct fuse_conn_info *conn)
+{
+  (void) userdata;
+  mount_time = time (NULL);
+  unsigned want = FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE | FUSE_CAP_ATOMIC_O_TRUNC;
+  conn->want |= want & conn->capable;
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;   /* images are immutable */
+  conn->max_write = 1u << 20;
+  conn->max_read = 0;
+  conn->max_readahead = 1u << 20;
+  conn->max_background = 64;
+}
+
+/* FUSE lookup. */
+static void
+op_lookup (fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+  node *p = node_by_ino (parent);
+  node *n = p ? node_child (p, name) : NULL;
+  if (!n) {
+    fuse_reply_err (req, ENOENT);
+    return;
+  }
+  struct fuse_entry_param e;
+  memset (&e, 0, sizeof e);
+  int r = node_stat (n, &e.attr, &e.entry_timeout, &e.attr_timeout);
+  if (r < 0) {
+    fuse_reply_err (req, -r);
+    return;
+  }
+  e.ino = n->ino;
+  fuse_reply_entry (req, &e);
+}
+
+/* FUSE forget: inode numbers live as long as the daemon. */
+static void
+op_forget (fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+  (void) ino;
+  (void) nlookup;
+  fuse_reply_none (req);
+}
+
+/* FUSE getattr. */
+static void
+op_getattr (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  (void) fi;
+  node *n = node_by_ino (ino);
+  struct stat st;
+  double et, at;
+  int r = n ? node_stat (n, &st, &et, &at) : -ENOENT;
+  if (r < 0)
+    fuse_reply_err (req, -r);
+  else
+    fuse_reply_attr (req, &st, at);
+}
+
+/* FUSE setattr: only times (touch: a backup) and size (O_TRUNC) of the control file. */
+static void
+op_setattr (fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
+            struct fuse_file_info *fi)
+{
+  (void) attr;
+  (void) fi;
+  node *n = node_by_ino (ino);
+  struct stat st;
+  double et, at;
+  int r = n ? node_stat (n, &st, &et, &at) : -ENOENT;
+  if (r < 0) {
+    fuse_reply_err (req, -r);
+    return;
+  }
+  if (n->kind != N_CONTROL) {
+    fuse_reply_err (req, S_ISDIR (st.st_mode) ? EPERM : EACCES);
+    return;
+  }
+  int times = FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME
+    | FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW;
+  int allowed = times | FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_CTIME;
+  if (valid & ~allowed) {
+    fuse_reply_err (req, EPERM);
+    return;
+  }
+  if ((valid & times) && !(valid & FUSE_SET_ATTR_SIZE)) {
+    fs_vm *vm = vms_find (n->vm);
+    r = vm ? control_touch (req, vm) : -ENOENT;
+    if (r < 0) {
+      fuse_reply_err (req, -r);
+      return;
+    }
+    node_stat (n, &st, &et, &at);
+  }
+  fuse_reply_attr (req, &st, at);
+}
+
+/* FUSE readlink: latest.img. */
+static void
+op_readlink (fuse_req_t req, fuse_ino_t ino)
+{
+  node *n = node_by_ino (ino);
+  fs_vm *vm = n && n->kind == N_LATEST ? vms_find (n->vm) : NULL;
+  if (!vm) {
+    fuse_reply_err (req, n && n->kind != N_LATEST ? EINVAL : ENOENT);
+    return;
+  }
+  vm_scan *s = vm_scan_get (vm);
+  const store_layer *l = restore_latest (s->v, n->disk);
+  if (!l)
+    fuse_reply_err (req, ENOENT);
+  else {
+    char *target = qb_asprintf ("%s.img", l->display);
+    fuse_reply_readlink (req, target);
+    free (target);
+  }
+  vm_scan_put (s);
+}
+
+typedef struct dirbuf {
+  char *p;
+  size_t size;
+} dirbuf;
+
+/* Add NAME (node N, or NULL for . and ..) to a directory listing. */
+static void
+dirbuf_add (fuse_req_t req, dirbuf *b, const char *name, node *n, fuse_ino_t ino)
+{
+  struct stat st;
+  memset (&st, 0, sizeof st);
+  st.st_ino = n ? n->ino : ino;
+  if (n) {
+    double et, at;
+    if (node_stat (n, &st, &et, &at) < 0)
+      return;
+  }
+  else
+    st.st_mode = S_IFDIR;
+  size_t old = b->size;
+  b->size += fuse_add_direntry (req, NULL, 0, name, NULL, 0);
+  b->p = qb_realloc (b->p, b->size);
+  fuse_add_direntry (req, b->p + old, b->size - old, name, &st, b->size);
+}
+
+/* FUSE opendir: the listing is built once per open. */
+static void
+op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  node *n = node_by_ino (ino);
+  struct stat st;
+  double et, at;
+  int r = n ? node_stat (n, &st, &et, &at) : -ENOENT;
+  if (r < 0) {
+    fuse_reply_err (req, -r);
+    return;
+  }
+  if (!S_ISDIR (st.st_mode)) {
+    fuse_reply_err (req, ENOTDIR);
+    return;
+  }
+  dirbuf *b = qb_calloc (1, sizeof *b);
+  dirbuf_add (req, b, ".", NULL, ino);
+  dirbuf_add (req, b, "..", NULL, 1);
+  if (n->kind == N_ROOT) {
+    dirbuf_add (req, b, ".status", node_get (N_STATUS_ALL, NULL, NULL, NULL), 0);
+    dirbuf_add (req, b, ".metrics", node_get (N_METRICS, NULL, NULL, NULL), 0);
+    char **names;
+    size_t nn = vms_list (&names);
+    for (size_t i = 0; i < nn; i++) {
+      dirbuf_add (req, b, names[i], node_get (N_VM, names[i], NULL, NULL), 0);
+      free (names[i]);
+    }
+    free (names);
+  }
+  else if (n->kind == N_DISK) {
+    dirbuf_add (req, b, "restore", node_get (N_RESTORE, n->vm, n->disk, NULL), 0);
+    dirbuf_add (req, b, "chain", node_get (N_CHAIN, n->vm, n->disk, NULL), 0);
+  }
+  else {
+    fs_vm *vm = vms_find (n->vm);
+    vm_scan *s = vm ? vm_scan_get (vm) : NULL;
+    const store_vm *v = s ? s->v : NULL;
+    if (n->kind == N_VM) {
+      dirbuf_add (req, b, "backup", node_get (N_CONTROL, n->vm, NULL, NULL), 0);
+      dirbuf_add (req, b, "status", node_get (N_VMSTATUS, n->vm, NULL, NULL), 0);
+      for (size_t i = 0; v && i < v->ndisks; i++)
+        dirbuf_add (req, b, v->disks[i].name, node_get (N_DISK, n->vm, v->disks[i].name, NULL), 0);
+    }
+    else if (v) {
+      const store_disk *d = store_vm_disk (v, n->disk);
+      for (size_t c = 0; d && c < d->nchains; c++)
+        for (size_t i = 0; i < d->chains[c].n; i++) {
+          const store_layer *l = &d->chains[c].layers[i];
+          if (n->kind == N_RESTORE) {
+            char *name = qb_asprintf ("%s.img", l->display);
+            dirbuf_add (req, b, name, node_get (N_IMG, n->vm, n->disk, name), 0);
+            free (name);
+          }
+          else
+            dirbuf_add (req, b, l->name, node_get (N_CHAINFILE, n->vm, n->disk, l->name), 0);
+        }
+      if (n->kind == N_RESTORE && restore_latest (v, n->disk))
+        dirbuf_add (req, b, "latest.img", node_get (N_LATEST, n->vm, n->disk, NULL), 0);
+    }
+    vm_scan_put (s);
+  }
+  fi->fh = (uintptr_t) b;
+  fuse_reply_open (req, fi);
+}
+
+/* FUSE readdir: a slice of the listing built at opendir. */
+static void
+op_readdir (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+  (void) ino;
+  dirbuf *b = (dirbuf *) (uintptr_t) fi->fh;
+  if ((size_t) off >= b->size)
+    fuse_reply_buf (req, NULL, 0);
+  else
+    fuse_reply_buf (req, b->p + off, b->size - off < size ? b->size - off : size);
+}
+
+/* FUSE releasedir. */
+static void
+op_releasedir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  (void) ino;
+  dirbuf *b = (dirbuf *) (uintptr_t) fi->fh;
+  if (b)
+    free (b->p);
+  free (b);
+  fuse_reply_err (req, 0);
+}
+
+typedef struct text_handle {
+  char *text;
+  size_t len;
+} text_handle;
+
+/* FUSE open: per kind. */
+static void
+op_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  node *n = node_by_ino (ino);
+  struct stat st;
+  double et, at;
+  int r = n ? node_stat (n, &st, &et, &at) : -ENOENT;
+  if (r < 0) {
+    fuse_reply_err (req, -r);
+    return;
+  }
+  int acc = fi->flags & O_ACCMODE;
+  switch (n->kind) {
+  case N_STATUS_ALL: case N_METRICS: case N_VMSTATUS: {
+    if (acc != O_RDONLY) {
+      fuse_reply_err (req, EACCES);
+      return;
+    }
+    text_handle *h = qb_calloc (1, sizeof *h);
+    if (n->kind == N_STATUS_ALL)
+      h->text = status_all_text ();
+    else if (n->kind == N_METRICS)
+      h->text = status_metrics_text ();
+    else {
+      fs_vm *vm = vms_find (n->vm);
+      h->text = vm ? status_vm_text (vm) : qb_strdup ("{}\n");
+    }
+    h->len = strlen (h->text);
+    fi->fh = (uintptr_t) h;
+    fi->direct_io = 1;
+    fuse_reply_open (req, fi);
+    return;
+  }
+  case N_CONTROL:
+    if (acc == O_RDONLY) {
+      fuse_reply_err (req, EACCES);
+      return;
+    }
+    fi->fh = 0;
+    fi->direct_io = 1;
+    fi->nonseekable = 1;
+    fuse_reply_open (req, fi);
+    return;
+  case N_IMG: {
+    fs_vm *vm = vms_find (n->vm);
+    if (!vm) {
+      fuse_reply_err (req, ENOENT);
+      return;
+    }
+    vm_scan *s = vm_scan_get (vm);
+    const store_chain *c;
+    size_t idx;
+    char *display = qb_strdup (n->name);
+    display[strlen (display) - 4] = '\0';
+    if (!restore_find (s->v, n->disk, display, &c, &idx))
+      r = -ENOENT;
+    else
+      r = restore_open (n->vm, n->disk, c, idx, fi);
+    free (display);
+    vm_scan_put (s);
+    if (r < 0)
+      fuse_reply_err (req, -r);
+    else
+      fuse_reply_open (req, fi);
+    return;
+  }
+  case N_CHAINFILE: {
+    if (acc != O_RDONLY) {
+      fuse_reply_err (req, EACCES);
+      return;
+    }
+    fs_vm *vm = vms_find (n->vm);
+    vm_scan *s = vm ? vm_scan_get (vm) : NULL;
+    const store_layer *l = s ? chain_file_find (s->v, n->disk, n->name) : NULL;
+    int fd = l ? open (l->path, O_RDONLY | O_CLOEXEC) : -1;
+    int err = l ? errno : ENOENT;
+    vm_scan_put (s);
+    if (fd == -1) {
+      fuse_reply_err (req, err);
+      return;
+    }
+    fi->fh = fd;
+    fi->keep_cache = 1;
+    fuse_reply_open (req, fi);
+    return;
+  }
+  default:
+    fuse_reply_err (req, EISDIR);
+  }
+}
+
+/* FUSE read: per kind. */
+static void
+op_read (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+  node *n = node_by_ino (ino);
+  if (!n) {
+    fuse_reply_err (req, EBADF);
+    return;
+  }
+  switch (n->kind) {
+  case N_STATUS_ALL: case N_METRICS: case N_VMSTATUS: {
+    text_handle *h = (text_handle *) (uintptr_t) fi->fh;
+    if ((size_t) off >= h->len)
+      fuse_reply_buf (req, NULL, 0);
+    else
+      fuse_reply_buf (req, h->text + off, h->len - off < size ? h->len - off : size);
+    return;
+  }
+  case N_IMG:
+    restore_read (req, size, off, fi);
+    return;
+  case N_CHAINFILE: {
+    struct fuse_bufvec v = FUSE_BUFVEC_INIT (size);
+    v.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+    v.buf[0].fd = fi->fh;
+    v.buf[0].pos = off;
+    fuse_reply_data (req, &v, FUSE_BUF_SPLICE_MOVE);
+    return;
+  }
+  default:
+    fuse_reply_err (req, EBADF);
+  }
+}
+
+/* FUSE write: only the control file. */
+static void
+op_write (fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+          struct fuse_file_info *fi)
+{
+  (void) off;
+  (void) fi;
+  node *n = node_by_ino (ino);
+  fs_vm *vm = n && n->kind == N_CONTROL ? vms_find (n->vm) : NULL;
+  if (!vm) {
+    fuse_reply_err (req, n && n->kind != N_CONTROL ? EBADF : ENOENT);
+    return;
+  }
+  control_write (req, vm, buf, size);
+}
+
+/* FUSE flush. */
+static void
+op_flush (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  (void) ino;
+  (void) fi;
+  fuse_reply_err (req, 0);
+}
+
+/* FUSE release: per kind. */
+static void
+op_release (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  node *n = node_by_ino (ino);
+  if (n) {
+    switch (n->kind) {
+    case N_STATUS_ALL: case N_METRICS: case N_VMSTATUS: {
+      text_handle *h = (text_handle *) (uintptr_t) fi->fh;
+      if (h)
+        free (h->text);
+      free (h);
+      break;
+    }
+    case N_IMG:
+      restore_release (fi);
+      break;
+    case N_CHAINFILE:
+      close (fi->fh);
+      break;
+    default:
+      break;
+    }
+  }
+  fuse_reply_err (req, 0);
+}
+
+/* FUSE lseek: SEEK_DATA / SEEK_HOLE. */
+static void
+op_lseek (fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi)
+{
+  node *n = node_by_ino (ino);
+  if (n && n->kind == N_IMG)
+    restore_lseek (req, off, whence, fi);
+  else if (n && n->kind == N_CHAINFILE) {
+    off_t r = lseek (fi->fh, off, whence);
+    if (r == -1)
+      fuse_reply_err (req, errno);
+    else
+      fuse_reply_lseek (req, r);
+  }
+  else
+    fuse_reply_err (req, EINVAL);
+}
+
+/* FUSE statfs: the store's file system. */
+static void
+op_statfs (fuse_req_t req, fuse_ino_t ino)
+{
+  (void) ino;
+  struct statvfs sv;
+  if (statvfs (fs_cfg.store_root, &sv) == -1)
+    memset (&sv, 0, sizeof sv);
+  sv.f_namemax = 255;
+  fuse_reply_statfs (req, &sv);
+}
+
+const struct fuse_lowlevel_ops fs_ops = {
+  .init = op_init,
+  .lookup = op_lookup,
+  .forget = op_forget,
+  .getattr = op_getattr,
+  .setattr = op_setattr,
+  .readlink = op_readlink,
+  .opendir = op_opendir,
+  .readdir = op_readdir,
+  .releasedir = op_releasedir,
+  .open = op_open,
+  .read = op_read,
+  .write = op_write,
+  .flush = op_flush,
+  .release = op_release,
+  .lseek = op_lseek,
+  .statfs = op_statfs,
+};

@@ -1,0 +1,402 @@
+/* qmpbackupfs — the VM registry: which VMs the mount shows, where their
+ * sockets are, what they are doing, and a cached scan of their store. */
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "fs/fs.h"
+
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t idle_cond = PTHREAD_COND_INITIALIZER;
+static fs_vm **reg;
+static size_t nreg;
+static struct timespec sock_mtime, store_mtime;
+static uint64_t last_refresh_ms;
+static bool refreshed_once;
+
+/* Find a VM by name in the registry (caller holds reg_lock). */
+static fs_vm *
+reg_find_locked (const char *name)
+{
+  for (size_t i = 0; i < nreg; i++)
+    if (strcmp (reg[i]->name, name) == 0)
+      return reg[i];
+  return NULL;
+}
+
+/* Find or create the VM NAME (caller holds reg_lock). */
+static fs_vm *
+reg_get_locked (const char *name)
+{
+  fs_vm *vm = reg_find_locked (name);
+  if (vm)
+    return vm;
+  vm = qb_calloc (1, sizeof *vm);
+  vm->name = qb_strdup (name);
+  pthread_mutex_init (&vm->lock, NULL);
+  pthread_mutex_init (&vm->info_lock, NULL);
+  vm->state = VM_IDLE;
+  reg = qb_realloc (reg, (nreg + 1) * sizeof *reg);
+  reg[nreg++] = vm;
+  return vm;
+}
+
+/* Set up the registry (after fs_cfg is filled). */
+void
+vms_init (void)
+{
+  vms_refresh ();
+}
+
+/* Register -o vm=NAME:QMP[:QGA]; -1 on a bad spec. */
+int
+vms_add_explicit (const char *spec)
+{
+  char *copy = qb_strdup (spec);
+  char *name = copy, *qmp = strchr (copy, ':'), *qga = NULL;
+  if (!qmp || qmp == copy || qmp[1] == '\0') {
+    free (copy);
+    return qb_error_set (QB_EINVAL, "vm=%s: expected NAME:QMP_SOCKET[:QGA_SOCKET]", spec);
+  }
+  *qmp++ = '\0';
+  qga = strchr (qmp, ':');
+  if (qga)
+    *qga++ = '\0';
+  char *safe = qb_name_sanitize (name);
+  if (!safe) {
+    free (copy);
+    return -1;
+  }
+  pthread_mutex_lock (&reg_lock);
+  fs_vm *vm = reg_get_locked (safe);
+  pthread_mutex_lock (&vm->lock);
+  vm->explicit_vm = true;
+  free (vm->qmp_path);
+  vm->qmp_path = qb_strdup (qmp);
+  free (vm->qga_path);
+  vm->qga_path = qga && *qga ? qb_strdup (qga) : NULL;
+  pthread_mutex_unlock (&vm->lock);
+  pthread_mutex_unlock (&reg_lock);
+  free (safe);
+  free (copy);
+  return 0;
+}
+
+/* True if PATH is a unix socket. */
+static bool
+is_socket (const char *path)
+{
+  struct stat sb;
+  return stat (path, &sb) == 0 && S_ISSOCK (sb.st_mode);
+}
+
+/* Rescan the sockets dir (caller holds reg_lock). */
+static void
+scan_sockets_locked (void)
+{
+  for (size_t i = 0; i < nreg; i++)
+    reg[i]->in_sockets = false;
+  if (!fs_cfg.sockets_dir)
+    return;
+  DIR *d = opendir (fs_cfg.sockets_dir);
+  if (!d)
+    return;
+  struct dirent *de;
+  while ((de = readdir (d)) != NULL) {
+    size_t len = strlen (de->d_name);
+    if (len <= 4 || strcmp (de->d_name + len - 4, ".qmp") != 0 || de->d_name[0] == '.')
+      continue;
+    char *base = qb_strdup (de->d_name);
+    base[len - 4] = '\0';
+    char *qmp = qb_asprintf ("%s/%s", fs_cfg.sockets_dir, de->d_name);
+    char *qga = qb_asprintf ("%s/%s.qga", fs_cfg.sockets_dir, base);
+    char *safe = qb_name_sanitize (base);
+    if (safe && is_socket (qmp)) {
+      fs_vm *vm = reg_get_locked (safe);
+      pthread_mutex_lock (&vm->lock);
+      if (!vm->explicit_vm) {
+        vm->in_sockets = true;
+        free (vm->qmp_path);
+        vm->qmp_path = qmp;
+        qmp = NULL;
+        free (vm->qga_path);
+        vm->qga_path = NULL;
+        if (is_socket (qga)) {
+          vm->qga_path = qga;
+          qga = NULL;
+        }
+      }
+      pthread_mutex_unlock (&vm->lock);
+    }
+    free (safe);
+    free (qga);
+    free (qmp);
+    free (base);
+  }
+  closedir (d);
+  for (size_t i = 0; i < nreg; i++) {
+    fs_vm *vm = reg[i];
+    pthread_mutex_lock (&vm->lock);
+    if (!vm->explicit_vm && !vm->in_sockets) {
+      free (vm->qmp_path);
+      free (vm->qga_path);
+      vm->qmp_path = vm->qga_path = NULL;
+    }
+    pthread_mutex_unlock (&vm->lock);
+  }
+}
+
+/* Rescan the store's VM list (caller holds reg_lock). */
+static void
+scan_store_locked (void)
+{
+  char **names = NULL;
+  size_t n = 0;
+  for (size_t i = 0; i < nreg; i++)
+    reg[i]->in_store = false;
+  if (store_list_vms (fs_cfg.st, &names, &n) == -1)
+    return;
+  for (size_t i = 0; i < n; i++)
+    reg_get_locked (names[i])->in_store = true;
+  store_names_free (names, n);
+}
+
+/* True if the mtime of PATH differs from *TS (and updates *TS). */
+static bool
+mtime_changed (const char *path, struct timespec *ts)
+{
+  struct stat sb;
+  if (stat (path, &sb) == -1)
+    memset (&sb, 0, sizeof sb);
+  if (sb.st_mtim.tv_sec == ts->tv_sec && sb.st_mtim.tv_nsec == ts->tv_nsec)
+    return false;
+  *ts = sb.st_mtim;
+  return true;
+}
+
+/* Refresh the list from the sockets dir and the store when they changed. */
+void
+vms_refresh (void)
+{
+  pthread_mutex_lock (&reg_lock);
+  uint64_t now = qb_mono_ms ();
+  bool force = !refreshed_once || now - last_refresh_ms > 2000;
+  bool s = fs_cfg.sockets_dir && mtime_changed (fs_cfg.sockets_dir, &sock_mtime);
+  bool t = mtime_changed (fs_cfg.store_root, &store_mtime);
+  if (force || s)
+    scan_sockets_locked ();
+  if (force || t)
+    scan_store_locked ();
+  if (force)
+    last_refresh_ms = now;
+  refreshed_once = true;
+  pthread_mutex_unlock (&reg_lock);
+}
+
+/* True if VM is shown (caller holds reg_lock). */
+static bool
+vm_visible (fs_vm *vm)
+{
+  return vm->explicit_vm || vm->in_sockets || vm->in_store;
+}
+
+/* Compare two strings through pointers (qsort). */
+static int
+cmp_str (const void *a, const void *b)
+{
+  return strcmp (*(char *const *) a, *(char *const *) b);
+}
+
+/* The current VM names (sorted, malloc'd array of malloc'd strings). */
+size_t
+vms_list (char ***names)
+{
+  vms_refresh ();
+  pthread_mutex_lock (&reg_lock);
+  char **out = qb_calloc (nreg + 1, sizeof *out);
+  size_t n = 0;
+  for (size_t i = 0; i < nreg; i++)
+    if (vm_visible (reg[i]))
+      out[n++] = qb_strdup (reg[i]->name);
+  pthread_mutex_unlock (&reg_lock);
+  qsort (out, n, sizeof *out, cmp_str);
+  *names = out;
+  return n;
+}
+
+/* The VM called NAME if it is currently visible, else NULL. */
+fs_vm *
+vms_find (const char *name)
+{
+  vms_refresh ();
+  pthread_mutex_lock (&reg_lock);
+  fs_vm *vm = reg_find_locked (name);
+  if (vm && !vm_visible (vm))
+    vm = NULL;
+  pthread_mutex_unlock (&reg_lock);
+  return vm;
+}
+
+/* All VMs ever registered (visible or not); returns a malloc'd array. */
+size_t
+vms_all (fs_vm ***vms)
+{
+  pthread_mutex_lock (&reg_lock);
+  fs_vm **out = qb_calloc (nreg + 1, sizeof *out);
+  memcpy (out, reg, nreg * sizeof *out);
+  size_t n = nreg;
+  pthread_mutex_unlock (&reg_lock);
+  *vms = out;
+  return n;
+}
+
+/* Append "PATH mtime ino;" of PATH to the stamp in *S. */
+static void
+stamp_add (char **s, const char *path)
+{
+  struct stat sb;
+  if (stat (path, &sb) == -1)
+    memset (&sb, 0, sizeof sb);
+  char *n = qb_asprintf ("%s%s %lld.%09ld %llu;", *s ? *s : "", path,
+                         (long long) sb.st_mtim.tv_sec, sb.st_mtim.tv_nsec,
+                         (unsigned long long) sb.st_ino);
+  free (*s);
+  *s = n;
+}
+
+/* A string that changes whenever VM's directories in the store change:
+ * the VM dir, .points, each disk dir, each month dir and its disk dirs. */
+static char *
+scan_stamp (const char *vmname)
+{
+  char *s = NULL;
+  char *dir = qb_asprintf ("%s/%s", fs_cfg.store_root, vmname);
+  stamp_add (&s, dir);
+  DIR *d = opendir (dir);
+  if (d) {
+    struct dirent *de;
+    while ((de = readdir (d)) != NULL) {
+      if (strcmp (de->d_name, ".") == 0 || strcmp (de->d_name, "..") == 0
+          || strcmp (de->d_name, ".lock") == 0)
+        continue;
+      char *sub = qb_asprintf ("%s/%s", dir, de->d_name);
+      struct stat sb;
+      if (stat (sub, &sb) == 0 && S_ISDIR (sb.st_mode)) {
+        stamp_add (&s, sub);
+        /* month folders hold disk folders */
+        if (strlen (de->d_name) == 7 && de->d_name[4] == '-') {
+          DIR *m = opendir (sub);
+          struct dirent *me;
+          while (m && (me = readdir (m)) != NULL) {
+            if (me->d_name[0] == '.')
+              continue;
+            char *mp = qb_asprintf ("%s/%s", sub, me->d_name);
+            stamp_add (&s, mp);
+            free (mp);
+          }
+          if (m)
+            closedir (m);
+        }
+      }
+      free (sub);
+    }
+    closedir (d);
+  }
+  free (dir);
+  return s;
+}
+
+/* Drop a reference from vm_scan_get. */
+void
+vm_scan_put (vm_scan *s)
+{
+  if (!s)
+    return;
+  if (__atomic_sub_fetch (&s->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+    store_vm_free (s->v);
+    free (s);
+  }
+}
+
+/* Current store scan of VM, rescanned when its directories changed. */
+vm_scan *
+vm_scan_get (fs_vm *vm)
+{
+  char *stamp = scan_stamp (vm->name);
+  pthread_mutex_lock (&vm->lock);
+  if (!vm->scan || !vm->scan_stamp || strcmp (stamp, vm->scan_stamp) != 0) {
+    pthread_mutex_unlock (&vm->lock);
+    vm_scan *ns = qb_calloc (1, sizeof *ns);
+    ns->refs = 1;
+    ns->v = store_scan_vm (fs_cfg.st, vm->name);   /* NULL when nothing stored */
+    pthread_mutex_lock (&vm->lock);
+    vm_scan *old = vm->scan;
+    vm->scan = ns;
+    free (vm->scan_stamp);
+    vm->scan_stamp = stamp;
+    stamp = NULL;
+    vm_scan_put (old);
+  }
+  vm_scan *s = vm->scan;
+  __atomic_add_fetch (&s->refs, 1, __ATOMIC_ACQ_REL);
+  pthread_mutex_unlock (&vm->lock);
+  free (stamp);
+  return s;
+}
+
+/* Force the next vm_scan_get to rescan. */
+void
+vm_scan_invalidate (fs_vm *vm)
+{
+  pthread_mutex_lock (&vm->lock);
+  free (vm->scan_stamp);
+  vm->scan_stamp = NULL;
+  pthread_mutex_unlock (&vm->lock);
+}
+
+/* Set every VM's cancel flag (shutdown). */
+void
+vms_cancel_all (void)
+{
+  pthread_mutex_lock (&reg_lock);
+  for (size_t i = 0; i < nreg; i++)
+    atomic_store (&reg[i]->cancel, 1);
+  pthread_mutex_unlock (&reg_lock);
+}
+
+/* Wake vms_wait_idle (called when a backup ends). */
+void
+vms_notify_idle (void)
+{
+  pthread_mutex_lock (&reg_lock);
+  pthread_cond_broadcast (&idle_cond);
+  pthread_mutex_unlock (&reg_lock);
+}
+
+/* Wait until no VM has a backup running. */
+void
+vms_wait_idle (void)
+{
+  pthread_mutex_lock (&reg_lock);
+  for (;;) {
+    bool busy = false;
+    for (size_t i = 0; i < nreg; i++) {
+      pthread_mutex_lock (&reg[i]->lock);
+      busy |= reg[i]->state == VM_RUNNING;
+      pthread_mutex_unlock (&reg[i]->lock);
+    }
+    if (!busy)
+      break;
+    struct timespec ts;
+    clock_gettime (CLOCK_REALTIME, &ts);
+    ts.tv_sec += 1;
+    pthread_cond_timedwait (&idle_cond, &reg_lock, &ts);
+  }
+  pthread_mutex_unlock (&reg_lock);
+}
