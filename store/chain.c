@@ -555,7 +555,7 @@ chain_map_clusters (const chain_image *ci)
 static int
 damaged (const chain_image *ci, const run *r, uint64_t off)
 {
-  return qb_error_set (QB_EDAMAGED, "%s: damaged qcow2 metadata for guest offset %llu",
+  return qb_error_set (QB_EDAMAGED, "%s: damaged qcow2 metadata, or data outside the file, for guest offset %llu",
                        ci->layers[r->layer].path, (unsigned long long) off);
 }
 
