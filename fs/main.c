@@ -200,6 +200,7 @@ main (int argc, char **argv)
       return 1;
     }
   }
+  json_c_set_serialization_double_format ("%.3f", JSON_C_OPTION_GLOBAL);
   fs_cfg.monthly = o.monthly;
   fs_cfg.allow_other = o.allow_other;
   fs_cfg.uid = getuid ();

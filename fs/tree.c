@@ -292,6 +292,7 @@ op_init (void *userdata, struct fuse_conn_info *conn)
 {
   (void) userdata;
   mount_time = time (NULL);
+  node_get (N_ROOT, NULL, NULL, NULL);      /* the first node: inode 1 */
   unsigned want = FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE | FUSE_CAP_ATOMIC_O_TRUNC;
   conn->want |= want & conn->capable;
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;   /* images are immutable */
