@@ -23,11 +23,11 @@ check mixed-clusters m0 m1 m2 m3 m4
 mk s0 64M -o compat=1.1
 io s0 "write -P 0x21 0 64M"
 mk s1 33554944 -o compat=1.1,cluster_size=1M
-io s1 "write -P 0x22 31M 1M" "write -P 0x23 33554432 512"
+io s1 "write -P 0x22 31M 1M" "write -P 0x23 30M 512"
 mk s2 100M -o compat=1.1,cluster_size=4k
 io s2 "write -P 0x24 40M 64k" "write -P 0x25 1M 4k"
 mk s3 99614720 -o compat=0.10,cluster_size=64k
-io s3 "write -P 0x26 50M 1M" "write -P 0x27 33550336 8k"
+io s3 "write -P 0x26 50M 1M" "write -P 0x27 33538048 8k"
 check sizes s0 s1 s2 s3
 check sizes-grow s0 s2
 check sizes-shrink s0 s1
