@@ -430,7 +430,7 @@ record_write (const where *w, const char *id, json_object *obj)
   char *pdir = qb_asprintf ("%s/%s/.points", w->root, w->vm);
   char *path = qb_asprintf ("%s/%s.json", pdir, id);
   char *tmp = qb_asprintf ("%s/.rebase-%s.json", pdir, id);
-  const char *text = json_object_to_json_string_ext (obj, JSON_C_TO_STRING_PRETTY
+  const char *text = json_object_to_json_string_ext (obj, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED
                                                      | JSON_C_TO_STRING_NOSLASHESCAPE);
   int ret = -1;
   int fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);

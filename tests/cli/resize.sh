@@ -4,7 +4,8 @@
 set -euo pipefail
 . "$QB_SOURCE_DIR/tests/lib/vm.sh"
 . "$QB_SOURCE_DIR/tests/lib/cli.sh"
-qb_need qemu-img qemu-system-x86_64 stdbuf "$QMPCMD" "$QMPBACKUP" "$QMPREBASE"
+qb_need qemu-img qemu-system-x86_64 stdbuf "$QMPCMD"
+qb_need_cli
 qb_tmpdir
 seed=${QB_SEED:-$RANDOM}
 echo "seed $seed"

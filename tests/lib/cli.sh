@@ -61,3 +61,10 @@ qb_check_qemu_img() {
   qb_cmp "$expect" "$out" || qb_die "layer $file read by qemu-img differs from the VM's disk"
   rm -f "$out"
 }
+
+# Exit 77 unless qmpbackup and qmprebase answer --version (not yet built: skip).
+qb_need_cli() {
+  qb_need "$QMPBACKUP" "$QMPREBASE"
+  "$QMPBACKUP" --version >/dev/null 2>&1 || { echo "SKIP: $QMPBACKUP does not work yet"; exit 77; }
+  "$QMPREBASE" --version >/dev/null 2>&1 || { echo "SKIP: $QMPREBASE does not work"; exit 77; }
+}
