@@ -50,3 +50,15 @@ for i in 0 1 2 3 4 5 6 7 8 9 10 11 12 13; do
   set -- "$@" l$i
 done
 check fourteen-layers "$@"
+
+# Compressed clusters in layers that name backing files of other sizes
+# (the names themselves point nowhere: the store's order is what counts).
+mk b0 64M -o compat=1.1
+io b0 "write -P 0x31 0 64M"
+qemu-img create -q -f qcow2 -o compat=1.1 -b "$T/b0" -F qcow2 "$T/b1" 32M
+io b1 "write -c -P 0x32 1M 64k"
+qemu-img create -q -f qcow2 -o compat=0.10 -b "$T/b1" -F qcow2 "$T/b2" 100M
+io b2 "write -c -P 0x33 50M 64k" "write -c -P 0x34 2M 64k"
+qemu-img rebase -q -u -f qcow2 -b /nonexistent/b0 -F qcow2 "$T/b1"
+qemu-img rebase -q -u -f qcow2 -b /nonexistent/b1 -F qcow2 "$T/b2"
+check linked-compressed-sizes b0 b1 b2
