@@ -146,6 +146,10 @@ uint64_t restore_layer_size (const store_layer *l);
 /* Damage text for point IDX of CHAIN (itself or a layer below), or NULL. */
 const char *restore_damage (const store_chain *c, size_t idx);
 
+/* Like restore_damage, plus damage found while reading point IDX (EIO). */
+const char *restore_point_damage (const char *vm, const char *disk, const store_chain *c,
+                                  size_t idx);
+
 /* Open the restore image of point IDX in CHAIN: fills fi->fh; 0 or -errno. */
 int restore_open (const char *vm, const char *disk, const store_chain *c, size_t idx,
                   struct fuse_file_info *fi);

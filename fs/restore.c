@@ -33,6 +33,15 @@ typedef struct restore_handle {
   point_entry *e;           /* NULL: damaged point, every read fails */
 } restore_handle;
 
+/* Damage found while reading (metadata the scan cannot check cheaply). */
+typedef struct runtime_damage {
+  char *key;                /* "vm/disk/id" of the layer found bad */
+  char *msg;
+  struct runtime_damage *next;
+} runtime_damage;
+
+static pthread_mutex_t damage_lock = PTHREAD_MUTEX_INITIALIZER;
+static runtime_damage *damages;
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static point_entry **cache;
 static size_t ncache;
@@ -59,6 +68,40 @@ restore_find (const store_vm *v, const char *disk, const char *display,
   return false;
 }
 
+/* Remember that the point KEY failed to read with MSG. */
+static void
+damage_note (const char *key, const char *msg)
+{
+  pthread_mutex_lock (&damage_lock);
+  runtime_damage *d;
+  for (d = damages; d; d = d->next)
+    if (strcmp (d->key, key) == 0)
+      break;
+  if (!d) {
+    d = qb_calloc (1, sizeof *d);
+    d->key = qb_strdup (key);
+    d->msg = qb_asprintf ("read failed: %s", msg);
+    d->next = damages;
+    damages = d;
+  }
+  pthread_mutex_unlock (&damage_lock);
+}
+
+/* Damage found at run time for point ID of VM/DISK, or NULL. */
+static const char *
+restore_runtime_damage (const char *vm, const char *disk, const char *id)
+{
+  char *key = qb_asprintf ("%s/%s/%s", vm, disk, id);
+  const char *msg = NULL;
+  pthread_mutex_lock (&damage_lock);
+  for (runtime_damage *d = damages; d; d = d->next)
+    if (strcmp (d->key, key) == 0)
+      msg = d->msg;           /* never freed: stays valid */
+  pthread_mutex_unlock (&damage_lock);
+  free (key);
+  return msg;
+}
+
 /* Damage text for point IDX of CHAIN (itself or a layer below), or NULL. */
 const char *
 restore_damage (const store_chain *c, size_t idx)
@@ -67,6 +110,17 @@ restore_damage (const store_chain *c, size_t idx)
     if (c->layers[i].damage)
       return c->layers[i].damage;
   return NULL;
+}
+
+/* Like restore_damage, plus damage found while reading point IDX of DISK of VM. */
+const char *
+restore_point_damage (const char *vm, const char *disk, const store_chain *c, size_t idx)
+{
+  const char *d = restore_damage (c, idx);
+  /* a point below that failed to read has a bad layer this one shares */
+  for (size_t i = 0; !d && i <= idx && i < c->n; i++)
+    d = restore_runtime_damage (vm, disk, c->layers[i].id);
+  return d;
 }
 
 /* The newest undamaged point of DISK, or NULL. */
@@ -80,8 +134,8 @@ restore_latest (const store_vm *v, const char *disk)
   for (size_t c = 0; c < d->nchains; c++)
     for (size_t i = 0; i < d->chains[c].n; i++) {
       const store_layer *l = &d->chains[c].layers[i];
-      if (restore_damage (&d->chains[c], i))
-        break;
+      if (restore_point_damage (v->name, disk, &d->chains[c], i))
+        continue;
       if (!best || l->time_us > best->time_us
           || (l->time_us == best->time_us && strcmp (l->id, best->id) > 0))
         best = l;
@@ -172,6 +226,7 @@ restore_open (const char *vm, const char *disk, const store_chain *c, size_t idx
     if (!e->ci) {
       e->error = qb_strdup (qb_error_msg ());
       e->err = fs_errno ();
+      damage_note (e->key, e->error);
       fprintf (stderr, "qmpbackupfs: %s: %s\n", e->key, e->error);
     }
   }
@@ -296,6 +351,7 @@ restore_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
   return;
 
  fail:
+  damage_note (h->e->key, qb_error_msg ());
   fprintf (stderr, "qmpbackupfs: %s: read at %lld: %s\n", h->e->key, (long long) off + (long long) pos,
            qb_error_msg ());
   fuse_reply_err (req, EIO);

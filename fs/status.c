@@ -192,15 +192,15 @@ status_disks (const store_vm *v, json_object *info)
         const store_layer *l = &d->chains[c].layers[k];
         points++;
         stored += l->file_size;
-        if (l->damage) {
+        const char *why = restore_point_damage (v->name, d->name, &d->chains[c], k);
+        if (why) {
           json_object *e = json_object_new_object ();
           json_object_object_add (e, "restore_point", json_object_new_string (l->display));
           json_object_object_add (e, "file", json_object_new_string (l->name));
-          json_object_object_add (e, "damage", json_object_new_string (l->damage));
+          json_object_object_add (e, "damage", json_object_new_string (why));
           json_object_array_add (dmg, e);
-        }
-        if (restore_damage (&d->chains[c], k))
           damaged++;
+        }
       }
     json_object_object_add (j, "chains", json_object_new_int64 (d->nchains));
     json_object_object_add (j, "chain_length", json_object_new_int64 (last ? last->n : 0));
