@@ -87,7 +87,7 @@ if [ -n "$missing" ]; then
     missing=$(missing_parts)
   fi
   if [ -n "$missing" ]; then
-    log "missing: $(echo $missing) (Debian packages ${packages[*]}; run with --install)"
+    log "missing: ${missing//$'\n'/ } (Debian packages ${packages[*]}; run with --install)"
     exit 77
   fi
 fi
@@ -120,6 +120,7 @@ fi
 
 mkdir -p "$cache"
 tmp=$(mktemp -d "$cache/.build.XXXXXX")
+chmod 755 "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 root="$tmp/root"
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,data,etc,tmp,var/run,var/lib,var/log,lib/modules}

@@ -117,7 +117,7 @@ wait_wrote_beyond 2
 # ---- checks on a raw image of the guest's filesystem -----------------------
 
 # The expected content of file N.
-expect_file() { yes "$1" | head -n 512; }
+expect_file() { awk -v n="$1" 'BEGIN { for (i = 0; i < 512; i++) print n }'; }
 
 # Check filesystem image RAW: files f1..fN must hold their full content; with
 # PREFIX=prefix any other fK may only hold a prefix of its content (a frozen
@@ -156,7 +156,7 @@ check_files() {
       cmp -s -n "$size" "$f" "$T/work/expect" || qb_die "$what: /f$k is not a prefix of its content"
     done
   fi
-  qb_log "$what: f1..f$n intact, $(ls "$dump" | grep -c '^f') files in all"
+  qb_log "$what: f1..f$n intact, $(find "$dump" -maxdepth 1 -name 'f*' | wc -l) files in all"
 }
 
 # Check that RAW is a cleanly frozen ext4: no journal to replay, e2fsck -fn clean.
@@ -200,17 +200,24 @@ if [ ! -x "$QMPBACKUP" ] || [ -z "$("$QMPBACKUP" --help 2>&1 || true)" ]; then
   exit 77
 fi
 
+# The names of the layers in the disk's store directory, one a line.
+store_files() {
+  [ -d "$disk_dir" ] || return 0
+  find "$disk_dir" -maxdepth 1 -type f \( -name 'FULL-*' -o -name 'INC-*' -o -name 'COPY-*' \) \
+    -printf '%f\n' | sort
+}
+
 # Run one backup with qmpbackup ARGS... while the writer runs; sets NEWFILE to
 # the store file it added and BEFORE to the last file the guest had made
 # durable when it started.
 run_backup() {
   local what=$1 old new
   shift
-  old=$(ls "$disk_dir" 2>/dev/null | grep -E '^(FULL|INC|COPY)-' || true)
+  old=$(store_files)
   BEFORE=$(wrote_max)
   "$QMPBACKUP" --socket "$qmp" "$@" >"$T/work/backup.out" 2>&1 || {
     cat "$T/work/backup.out" >&2; qb_die "$what: qmpbackup $* failed"; }
-  new=$(ls "$disk_dir" | grep -E '^(FULL|INC|COPY)-' | grep -vxF "$old" || true)
+  new=$(store_files | grep -vxF "$old" || true)
   [ "$(echo "$new" | grep -c .)" = 1 ] || qb_die "$what: want one new store file, got '$new'"
   NEWFILE=$disk_dir/$new
   qb_log "$what: $new (guest had written f$BEFORE)"
