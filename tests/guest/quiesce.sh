@@ -233,8 +233,19 @@ check_record() {
   grep -Eq "\"quiesced\" *: *$want" "$rec" || qb_die "$what: record $rec does not say quiesced=$want"
 }
 
-# Materialise store file FILE (an INC carries its backing chain) as raw OUT.
-materialise() { qemu-img convert -O raw "$1" "$2"; }
+# Materialise store file FILE as raw OUT: an INC names its backing chain
+# (the layers before it), so qemu-img reads the whole restore point.
+materialise() {
+  local layers
+  case ${1##*/} in
+    INC-*)
+      layers=$(qemu-img info --backing-chain "$1" | grep -c '^image:')
+      [ "$layers" -ge 2 ] || qb_die "${1##*/} has no backing chain: cannot materialise it"
+      ;;
+  esac
+  rm -f "$2"
+  qemu-img convert -O raw "$1" "$2"
+}
 
 for level in full inc; do
   run_backup "quiesced $level" --agent-socket "$qga" \
