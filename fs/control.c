@@ -204,6 +204,7 @@ control_run (fuse_req_t req, fs_vm *vm, backup_level level, quiesce_mode q)
     vm->last_bytes = 0;
     vm->n_failed++;
   }
+  vm->info_ms = 0;            /* bitmaps and reachability changed: ask QEMU again */
   pthread_mutex_unlock (&vm->lock);
   vm_scan_invalidate (vm);
   vms_notify_idle ();
