@@ -1,1 +1,233 @@
-/* placeholder: being written */
+/* qmpbackupfs — discovery of a VM's backup-able disks (see disks.h).
+ *
+ * query-block lists every drive with its device name, qdev path and the
+ * inserted medium (format node, image, dirty bitmaps).  A disk is named by
+ * its drive id when it has one (`-drive id=`), else by its device id taken
+ * from the qdev path (`-device ...,id=`), else by a user-given node name;
+ * an anonymous disk with an automatic node name ("#block123") has no stable
+ * name and is skipped, because its name would change on every QEMU start. */
+#include "qmp/disks.h"
+#include "common/error.h"
+#include "common/util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The string member KEY of OBJ, or NULL. */
+static const char *
+get_str (json_object *obj, const char *key)
+{
+  json_object *v;
+  if (!obj || !json_object_object_get_ex (obj, key, &v) || !json_object_is_type (v, json_type_string))
+    return NULL;
+  return json_object_get_string (v);
+}
+
+/* The boolean member KEY of OBJ, or false. */
+static bool
+get_bool (json_object *obj, const char *key)
+{
+  json_object *v;
+  if (!obj || !json_object_object_get_ex (obj, key, &v))
+    return false;
+  return json_object_get_boolean (v);
+}
+
+/* The member KEY of OBJ, or NULL. */
+static json_object *
+get_obj (json_object *obj, const char *key)
+{
+  json_object *v;
+  if (!obj || !json_object_object_get_ex (obj, key, &v))
+    return NULL;
+  return v;
+}
+
+/* The device id in a qdev path: "/machine/peripheral/ID/virtio-backend" →
+ * "ID"; a path without '/' is the id itself; anonymous devices → NULL.
+ * Returns a malloc'd string. */
+static char *
+qdev_id (const char *qdev)
+{
+  if (!qdev || !*qdev)
+    return NULL;
+  if (!strchr (qdev, '/'))
+    return qb_strdup (qdev);
+  static const char prefix[] = "/machine/peripheral/";
+  if (strncmp (qdev, prefix, strlen (prefix)) != 0)
+    return NULL;
+  const char *id = qdev + strlen (prefix);
+  const char *end = strchr (id, '/');
+  size_t len = end ? (size_t) (end - id) : strlen (id);
+  if (len == 0)
+    return NULL;
+  char *out = qb_calloc (1, len + 1);
+  memcpy (out, id, len);
+  return out;
+}
+
+/* Fill B's fields from the query-block bitmap object JB. */
+static void
+bitmap_parse (json_object *jb, vm_bitmap *b)
+{
+  b->name = qb_strdup (get_str (jb, "name"));
+  json_object *g = get_obj (jb, "granularity");
+  b->granularity = g ? (uint64_t) json_object_get_int64 (g) : 0;
+  b->persistent = get_bool (jb, "persistent");
+  b->recording = get_bool (jb, "recording");
+  b->busy = get_bool (jb, "busy");
+  b->inconsistent = get_bool (jb, "inconsistent");
+}
+
+/* Fill DISK from one query-block entry E whose stable name is NAME (owned
+ * by DISK afterwards); false when the entry has no usable medium. */
+static bool
+disk_parse (json_object *e, char *name, vm_disk *disk)
+{
+  json_object *ins = get_obj (e, "inserted");
+  json_object *img = get_obj (ins, "image");
+  const char *node = get_str (ins, "node-name");
+  if (!ins || !img || !node) {
+    free (name);
+    return false;
+  }
+  memset (disk, 0, sizeof *disk);
+  disk->name = name;
+  const char *dev = get_str (e, "device");
+  if (dev && *dev)
+    disk->device = qb_strdup (dev);
+  else
+    disk->device = qdev_id (get_str (e, "qdev"));
+  if (!disk->device)
+    disk->device = qb_strdup ("");
+  disk->node = qb_strdup (node);
+  disk->format = qb_strdup (get_str (ins, "drv") ? get_str (ins, "drv") : "");
+  disk->file = qb_strdup (get_str (ins, "file") ? get_str (ins, "file") : "");
+  json_object *vs = get_obj (img, "virtual-size");
+  disk->size = vs ? (uint64_t) json_object_get_int64 (vs) : 0;
+  json_object *bms = get_obj (ins, "dirty-bitmaps");
+  if (bms && json_object_is_type (bms, json_type_array)) {
+    size_t n = json_object_array_length (bms);
+    disk->bitmaps = qb_calloc (n ? n : 1, sizeof *disk->bitmaps);
+    for (size_t i = 0; i < n; i++) {
+      json_object *jb = json_object_array_get_idx (bms, i);
+      if (!get_str (jb, "name"))
+        continue;
+      bitmap_parse (jb, &disk->bitmaps[disk->nbitmaps++]);
+    }
+  }
+  return true;
+}
+
+/* The stable name of query-block entry E (malloc'd, sanitised), or NULL
+ * when it has none; *WHY says why. */
+static char *
+entry_name (json_object *e, const char **why)
+{
+  json_object *ins = get_obj (e, "inserted");
+  const char *dev = get_str (e, "device");
+  char *raw = NULL;
+  if (dev && *dev)
+    raw = qb_strdup (dev);
+  else
+    raw = qdev_id (get_str (e, "qdev"));
+  if (!raw) {
+    const char *node = get_str (ins, "node-name");
+    if (node && *node && node[0] != '#')
+      raw = qb_strdup (node);
+  }
+  if (!raw) {
+    *why = "it has no drive id, device id or node name (give it -device ...,id=NAME)";
+    return NULL;
+  }
+  char *name = qb_name_sanitize (raw);
+  free (raw);
+  if (!name)
+    *why = "its id is empty";
+  return name;
+}
+
+/* Query the VM's writable disks with media. */
+int
+disks_query (qmp *q, vm_disk **disks, size_t *n)
+{
+  *disks = NULL;
+  *n = 0;
+  json_object *blocks = qmp_execute (q, "query-block", NULL, QMP_COMMAND_TIMEOUT_MS);
+  if (!blocks)
+    return -1;
+  if (!json_object_is_type (blocks, json_type_array)) {
+    json_object_put (blocks);
+    return qb_error_set (QB_EPROTO, "query-block did not return a list");
+  }
+  size_t len = json_object_array_length (blocks);
+  vm_disk *out = qb_calloc (len ? len : 1, sizeof *out);
+  size_t count = 0;
+  for (size_t i = 0; i < len; i++) {
+    json_object *e = json_object_array_get_idx (blocks, i);
+    json_object *ins = get_obj (e, "inserted");
+    if (!ins)
+      continue;                         /* empty drive */
+    const char *type = get_str (e, "type");
+    if (type && strcmp (type, "cdrom") == 0)
+      continue;
+    if (get_bool (e, "removable") && (get_bool (e, "tray_open") || (type && strcmp (type, "floppy") == 0)))
+      continue;
+    if (get_bool (ins, "ro"))
+      continue;
+    const char *why = NULL;
+    char *name = entry_name (e, &why);
+    if (!name) {
+      fprintf (stderr, "qmpbackup: skipping a disk (%s): %s\n",
+               get_str (ins, "file") ? get_str (ins, "file") : "?", why);
+      continue;
+    }
+    bool dup = false;
+    for (size_t k = 0; k < count; k++)
+      dup |= strcmp (out[k].name, name) == 0;
+    if (dup) {
+      disks_free (out, count);
+      json_object_put (blocks);
+      qb_error_set (QB_EINVAL, "two disks of the VM have the same name \"%s\"", name);
+      free (name);
+      return -1;
+    }
+    if (disk_parse (e, name, &out[count]))
+      count++;
+  }
+  json_object_put (blocks);
+  *disks = out;
+  *n = count;
+  return 0;
+}
+
+/* Free an array from disks_query. */
+void
+disks_free (vm_disk *disks, size_t n)
+{
+  if (!disks)
+    return;
+  for (size_t i = 0; i < n; i++) {
+    vm_disk *d = &disks[i];
+    free (d->name);
+    free (d->device);
+    free (d->node);
+    free (d->format);
+    free (d->file);
+    for (size_t k = 0; k < d->nbitmaps; k++)
+      free (d->bitmaps[k].name);
+    free (d->bitmaps);
+  }
+  free (disks);
+}
+
+/* The bitmap called NAME on DISK, or NULL. */
+const vm_bitmap *
+disks_find_bitmap (const vm_disk *disk, const char *name)
+{
+  for (size_t i = 0; i < disk->nbitmaps; i++)
+    if (strcmp (disk->bitmaps[i].name, name) == 0)
+      return &disk->bitmaps[i];
+  return NULL;
+}

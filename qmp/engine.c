@@ -1,1 +1,905 @@
-/* placeholder: being written */
+/* qmpbackupfs — the backup engine: one restore point of a running VM (see
+ * engine.h and SPEC.md "Backup semantics").
+ *
+ * Order of a backup, and why:
+ *   lock the VM in the store, recover leftovers of a crashed run, connect,
+ *   cancel leftover jobs/nodes, discover the disks, decide the level;
+ *   create the qcow2 v3 targets under temporary names (an INC target gets
+ *   its real backing chain, so zeroed ranges become zero clusters) and
+ *   attach them; freeze; ONE transaction; thaw; wait until every job is
+ *   "pending" (all data copied, nothing finalized, so any failure still
+ *   cancels every disk); flush the targets (blockdev-reopen flushes QEMU's
+ *   qcow2 metadata caches and reports errors — until a flush the files on
+ *   disk lack their L2 tables); finalize, dismiss and detach the targets
+ *   (QEMU must not hold a file we rename: it may reopen it by name); commit
+ *   the restore point in the store; only then reset the chain's bitmap.
+ *
+ *   Bitmaps: a FULL adds "qmpbackup-<new chain>" in its transaction.  An
+ *   INC runs with bitmap-mode "never", so the job leaves the chain's bitmap
+ *   alone, and adds "qmpbackup-next-<chain>" in the same transaction; after
+ *   the commit one transaction clears the chain's bitmap and merges the
+ *   "next" bitmap into it.  Any failure before that leaves the chain's
+ *   bitmap with every change since the previous layer (or more): always
+ *   safe for the next incremental.  (QEMU allows bitmap-mode "never" only
+ *   with sync "bitmap", which copies exactly what sync "incremental" does.) */
+#include "qmp/engine.h"
+#include "qmp/disks.h"
+#include "qmp/qga.h"
+#include "common/error.h"
+#include "common/util.h"
+
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* One disk of a backup run. */
+typedef struct eng_disk {
+  const vm_disk *vd;
+  const store_layer *prev;   /* the layer an INC continues (healthy chains only) */
+  const char *health;        /* "ok", "none", "missing", "inconsistent", "resized", ... */
+  char *reason;              /* why the chain cannot continue (NULL when healthy) */
+  char *chain;               /* chain of this backup's layer (NULL for a copy) */
+  char *bitmap;              /* "qmpbackup-<chain>" */
+  char *next;                /* INC: "qmpbackup-next-<chain>", records writes after the point */
+  char job[32];              /* job id */
+  char tnode[32], fnode[32], bnode[32]; /* target, its file, its backing */
+  const char *tmp;           /* temporary target path (owned by the txn) */
+  bool node_added;
+} eng_disk;
+
+/* State of one engine_backup call. */
+typedef struct eng_run {
+  store *st;
+  const char *vm;
+  const backup_opts *opts;
+  backup_result *res;
+  qmp *q;
+  qga *g;
+  bool frozen;
+  store_vm *scan;
+  store_txn *txn;
+  vm_disk *all;
+  size_t nall;
+  eng_disk *d;
+  size_t n;
+  backup_level level;
+  char month[8];
+  bool bitmaps_added;        /* the transaction ran: new (FULL) or "next" (INC) bitmaps exist */
+  bool jobs_started;
+  uint64_t start_ms;
+  uint64_t last_ms, last_done;
+  double rate;
+  uint64_t done, total;
+} eng_run;
+
+/* "full", "inc", "auto", "copy" → level. */
+int
+backup_level_parse (const char *word, backup_level *level)
+{
+  static const char *const words[] = { "full", "inc", "auto", "copy" };
+  static const backup_level levels[] = { BACKUP_FULL, BACKUP_INC, BACKUP_AUTO, BACKUP_COPY };
+  for (size_t i = 0; word && i < 4; i++)
+    if (strcmp (word, words[i]) == 0) {
+      *level = levels[i];
+      return 0;
+    }
+  return qb_error_set (QB_EINVAL, "unknown backup level \"%s\" (use full, inc, auto or copy)",
+                       word ? word : "");
+}
+
+/* The word for LEVEL. */
+const char *
+backup_level_name (backup_level level)
+{
+  switch (level) {
+  case BACKUP_FULL: return "full";
+  case BACKUP_INC: return "inc";
+  case BACKUP_AUTO: return "auto";
+  case BACKUP_COPY: return "copy";
+  }
+  return "?";
+}
+
+/* ---- Chain health ---- */
+
+/* The chain a new INC of SD would continue: the newest chain that is not a
+ * copy (with MONTH non-NULL: only if it lives in that month's folder). */
+static const store_chain *
+last_chain (const store_disk *sd, const char *month, bool *other_month)
+{
+  *other_month = false;
+  if (!sd)
+    return NULL;
+  for (size_t i = sd->nchains; i-- > 0;) {
+    const store_chain *c = &sd->chains[i];
+    if (c->n == 0 || c->layers[0].kind == STORE_COPY)
+      continue;
+    if (month && (!c->month || strcmp (c->month, month) != 0)) {
+      *other_month = true;
+      return NULL;
+    }
+    return c;
+  }
+  return NULL;
+}
+
+/* Judge whether disk VD can continue its chain in SD: returns the health
+ * word; sets *PREV (the layer to continue, when "ok") and *REASON (malloc'd,
+ * when not "ok"); *CHAIN_OUT the chain (or NULL). */
+static const char *
+disk_health (const vm_disk *vd, const store_disk *sd, const char *month,
+             const store_layer **prev, char **reason, const store_chain **chain_out)
+{
+  *prev = NULL;
+  *reason = NULL;
+  bool other_month;
+  const store_chain *c = last_chain (sd, month, &other_month);
+  if (chain_out)
+    *chain_out = c;
+  if (!c) {
+    if (other_month)
+      *reason = qb_asprintf ("disk %s has no chain in this month's folder (%s) yet", vd->name, month);
+    else
+      *reason = qb_asprintf ("disk %s has no backup chain in the store yet", vd->name);
+    return "none";
+  }
+  if (!c->chain_id || c->layers[0].kind != STORE_FULL) {
+    *reason = qb_asprintf ("the newest chain of disk %s was not written by this program "
+                           "(it has no chain id)", vd->name);
+    return "none";
+  }
+  for (size_t i = 0; i < c->n; i++)
+    if (c->layers[i].damage) {
+      *reason = qb_asprintf ("restore point %s of disk %s is damaged (%s)",
+                             c->layers[i].display, vd->name, c->layers[i].damage);
+      return "damaged";
+    }
+  const store_layer *last = &c->layers[c->n - 1];
+  if (last->virtual_size != vd->size) {
+    char a[32], b[32];
+    qb_format_bytes (last->virtual_size, a, sizeof a);
+    qb_format_bytes (vd->size, b, sizeof b);
+    *reason = qb_asprintf ("disk %s changed size since its last backup (%s, now %s)",
+                           vd->name, a, b);
+    return "resized";
+  }
+  char *bm = qb_asprintf (ENGINE_BITMAP_PREFIX "%s", c->chain_id);
+  const vm_bitmap *b = disks_find_bitmap (vd, bm);
+  const char *health = "ok";
+  if (!b) {
+    *reason = qb_asprintf ("disk %s has no bitmap %s (%s)", vd->name, bm,
+                           strcmp (vd->format, "qcow2") == 0
+                           ? "the VM was restarted without it, or it was removed"
+                           : "bitmaps of non-qcow2 disks do not survive a VM restart, "
+                           "or it was removed");
+    health = "missing";
+  }
+  else if (b->inconsistent) {
+    *reason = qb_asprintf ("bitmap %s of disk %s is inconsistent (QEMU stopped without "
+                           "saving it)", bm, vd->name);
+    health = "inconsistent";
+  }
+  else if (!b->recording) {
+    *reason = qb_asprintf ("bitmap %s of disk %s is disabled (it does not record changes)",
+                           bm, vd->name);
+    health = "disabled";
+  }
+  else if (b->busy) {
+    *reason = qb_asprintf ("bitmap %s of disk %s is in use by another job", bm, vd->name);
+    health = "busy";
+  }
+  free (bm);
+  if (strcmp (health, "ok") == 0)
+    *prev = last;
+  return health;
+}
+
+/* ---- Helpers ---- */
+
+/* The relative path from directory FROM_DIR to file TO (both absolute). */
+static char *
+rel_path (const char *from_dir, const char *to)
+{
+  size_t i = 0, common = 0;
+  while (from_dir[i] && to[i] && from_dir[i] == to[i]) {
+    if (from_dir[i] == '/')
+      common = i + 1;
+    i++;
+  }
+  const char *rest;
+  if (from_dir[i] == '\0' && to[i] == '/') {
+    common = i + 1;            /* TO lies inside FROM_DIR */
+    rest = "";
+  }
+  else
+    rest = from_dir + common;
+  size_t ups = 0;
+  if (*rest) {
+    ups = 1;
+    for (const char *p = rest; *p; p++)
+      if (*p == '/' && p[1])
+        ups++;
+  }
+  size_t len = ups * 3 + strlen (to + common) + 1;
+  char *out = qb_calloc (1, len);
+  for (size_t k = 0; k < ups; k++)
+    strcat (out, "../");
+  strcat (out, to + common);
+  return out;
+}
+
+/* Report progress PHASE to the caller. */
+static void
+report (eng_run *r, const char *phase)
+{
+  if (!r->opts->progress)
+    return;
+  backup_progress p = {
+    .level = r->level, .phase = phase, .done = r->done, .total = r->total, .rate = r->rate,
+  };
+  r->opts->progress (r->opts->opaque, &p);
+}
+
+/* jobs_wait callback: update the counters and the smoothed rate. */
+static void
+tick (void *opaque, uint64_t done, uint64_t total)
+{
+  eng_run *r = opaque;
+  uint64_t now = qb_mono_ms ();
+  if (r->last_ms && now > r->last_ms && done >= r->last_done) {
+    double inst = (double) (done - r->last_done) * 1000.0 / (double) (now - r->last_ms);
+    r->rate = r->rate > 0 ? 0.7 * r->rate + 0.3 * inst : inst;
+  }
+  r->last_ms = now;
+  r->last_done = done;
+  r->done = done;
+  r->total = total;
+  report (r, "copying");
+}
+
+/* True when NAME is in the NULL-terminated LIST. */
+static bool
+in_list (const char *const *list, const char *name)
+{
+  for (; list && *list; list++)
+    if (strcmp (*list, name) == 0)
+      return true;
+  return false;
+}
+
+/* Check that every name in LIST is a disk of the VM. */
+static int
+check_names (const eng_run *r, const char *const *list, const char *what)
+{
+  for (; list && *list; list++) {
+    bool found = false;
+    for (size_t i = 0; i < r->nall; i++)
+      found |= strcmp (r->all[i].name, *list) == 0;
+    if (!found) {
+      char names[512] = "";
+      for (size_t i = 0; i < r->nall; i++)
+        snprintf (names + strlen (names), sizeof names - strlen (names), "%s%s",
+                  i ? ", " : "", r->all[i].name);
+      return qb_error_set (QB_EINVAL, "%s: VM %s has no disk \"%s\" (its disks: %s)",
+                           what, r->vm, *list, names[0] ? names : "none");
+    }
+  }
+  return 0;
+}
+
+/* Remove bitmap NAME from NODE; 0 or -1. */
+static int
+bitmap_remove (qmp *q, const char *node, const char *name)
+{
+  json_object *args = json_object_new_object ();
+  json_object_object_add (args, "node", json_object_new_string (node));
+  json_object_object_add (args, "name", json_object_new_string (name));
+  return qmp_run (q, "block-dirty-bitmap-remove", args, QMP_COMMAND_TIMEOUT_MS);
+}
+
+/* Thaw the guest if this run froze it (ignores the cancel flag). */
+static void
+thaw (eng_run *r)
+{
+  if (!r->frozen)
+    return;
+  qga_set_cancel (r->g, NULL);
+  int rc = qga_thaw (r->g, QGA_TIMEOUT_MS);
+  if (rc < 0)
+    rc = qga_thaw (r->g, QGA_TIMEOUT_MS);
+  if (rc < 0 && r->res)
+    snprintf (r->res->quiesce_note, sizeof r->res->quiesce_note,
+              "WARNING: thawing the guest failed: %s", qb_error_msg ());
+  r->frozen = false;
+}
+
+/* ---- The steps of a backup ---- */
+
+/* Decide the level and each disk's chain; fills r->level and the reason. */
+static int
+decide_level (eng_run *r)
+{
+  const char *month = r->opts->monthly ? r->month : NULL;
+  bool all_ok = true;
+  char reasons[2048] = "";
+  for (size_t i = 0; i < r->n; i++) {
+    eng_disk *d = &r->d[i];
+    const store_disk *sd = r->scan ? store_vm_disk (r->scan, d->vd->name) : NULL;
+    d->health = disk_health (d->vd, sd, month, &d->prev, &d->reason, NULL);
+    if (d->reason) {
+      all_ok = false;
+      snprintf (reasons + strlen (reasons), sizeof reasons - strlen (reasons), "%s%s",
+                reasons[0] ? "; " : "", d->reason);
+    }
+  }
+  backup_level want = r->opts->level;
+  if (want == BACKUP_INC && !all_ok)
+    return qb_error_set (QB_ENOCHAIN, "an incremental backup is impossible: %s: take a full backup",
+                         reasons);
+  if (want == BACKUP_AUTO) {
+    want = all_ok ? BACKUP_INC : BACKUP_FULL;
+    if (!all_ok && r->res)
+      snprintf (r->res->reason, sizeof r->res->reason, "%s", reasons);
+  }
+  r->level = want;
+  char chain[32];
+  store_new_chain_id (chain, sizeof chain);
+  for (size_t i = 0; i < r->n; i++) {
+    eng_disk *d = &r->d[i];
+    if (want == BACKUP_FULL)
+      d->chain = qb_strdup (chain);
+    else if (want == BACKUP_INC)
+      d->chain = qb_strdup (d->prev->chain_id);
+    if (d->chain)
+      d->bitmap = qb_asprintf (ENGINE_BITMAP_PREFIX "%s", d->chain);
+    if (want == BACKUP_INC)
+      d->next = qb_asprintf (ENGINE_BITMAP_PREFIX "next-%s", d->chain);
+    snprintf (d->job, sizeof d->job, ENGINE_JOB_PREFIX "%u", (unsigned) i);
+    snprintf (d->tnode, sizeof d->tnode, ENGINE_TARGET_PREFIX "%u", (unsigned) i);
+    snprintf (d->fnode, sizeof d->fnode, ENGINE_JOB_PREFIX "file-%u", (unsigned) i);
+    snprintf (d->bnode, sizeof d->bnode, ENGINE_JOB_PREFIX "base-%u", (unsigned) i);
+  }
+  return 0;
+}
+
+/* Create DISK's target image with qemu-img and attach it to QEMU. */
+static int
+target_create (eng_run *r, eng_disk *d)
+{
+  store_kind kind = r->level == BACKUP_FULL ? STORE_FULL
+    : r->level == BACKUP_INC ? STORE_INC : STORE_COPY;
+  d->tmp = store_txn_add_disk (r->txn, d->vd->name, kind, d->prev, d->chain, d->vd->size);
+  if (!d->tmp)
+    return -1;
+  char size[32];
+  snprintf (size, sizeof size, "%llu", (unsigned long long) d->vd->size);
+  char *backing = NULL;
+  if (kind == STORE_INC) {
+    char *dir = qb_strdup (d->tmp);
+    backing = rel_path (dirname (dir), d->prev->path);
+    free (dir);
+  }
+  char *argv_full[] = { "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1",
+                        (char *) d->tmp, size, NULL };
+  char *argv_inc[] = { "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1",
+                       "-b", backing, "-F", "qcow2", (char *) d->tmp, size, NULL };
+  int rc = qb_run (backing ? argv_inc : argv_full, NULL);
+  free (backing);
+  if (rc < 0) {
+    qb_error_prefix ("creating the target image of disk %s", d->vd->name);
+    return -1;
+  }
+  json_object *args = json_object_new_object ();
+  json_object_object_add (args, "driver", json_object_new_string ("qcow2"));
+  json_object_object_add (args, "node-name", json_object_new_string (d->tnode));
+  json_object *file = json_object_new_object ();
+  json_object_object_add (file, "driver", json_object_new_string ("file"));
+  json_object_object_add (file, "filename", json_object_new_string (d->tmp));
+  json_object_object_add (file, "node-name", json_object_new_string (d->fnode));
+  json_object_object_add (args, "file", file);
+  if (kind == STORE_INC) {
+    /* The real backing chain: the previous layer, its own backings from its header. */
+    json_object *b = json_object_new_object ();
+    json_object_object_add (b, "driver", json_object_new_string ("qcow2"));
+    json_object_object_add (b, "node-name", json_object_new_string (d->bnode));
+    json_object *bf = json_object_new_object ();
+    json_object_object_add (bf, "driver", json_object_new_string ("file"));
+    json_object_object_add (bf, "filename", json_object_new_string (d->prev->path));
+    json_object_object_add (b, "file", bf);
+    json_object_object_add (args, "backing", b);
+  }
+  if (qmp_run (r->q, "blockdev-add", args, QMP_COMMAND_TIMEOUT_MS) < 0) {
+    qb_error_prefix ("attaching the target of disk %s", d->vd->name);
+    return -1;
+  }
+  d->node_added = true;
+  return 0;
+}
+
+/* Flush DISK's target through blockdev-reopen (QEMU flushes a node before
+ * reopening it), so the file holds every cluster and table on disk. */
+static int
+target_flush (eng_run *r, eng_disk *d)
+{
+  json_object *o = json_object_new_object ();
+  json_object_object_add (o, "driver", json_object_new_string ("qcow2"));
+  json_object_object_add (o, "node-name", json_object_new_string (d->tnode));
+  json_object_object_add (o, "file", json_object_new_string (d->fnode));
+  if (r->level == BACKUP_INC)
+    json_object_object_add (o, "backing", json_object_new_string (d->bnode));
+  json_object *opts = json_object_new_array ();
+  json_object_array_add (opts, o);
+  json_object *args = json_object_new_object ();
+  json_object_object_add (args, "options", opts);
+  if (qmp_run (r->q, "blockdev-reopen", args, QMP_COMMAND_TIMEOUT_MS) < 0) {
+    qb_error_prefix ("flushing the target of disk %s", d->vd->name);
+    return -1;
+  }
+  return 0;
+}
+
+/* Freeze the guest's filesystems as the options ask. */
+static int
+quiesce (eng_run *r, const char *qga_path)
+{
+  quiesce_mode m = r->opts->quiesce;
+  if (m == QUIESCE_OFF)
+    return 0;
+  if (!qga_path) {
+    if (m == QUIESCE_ON)
+      return qb_error_set (QB_EINVAL, "quiesce was asked for, but VM %s has no guest agent socket",
+                           r->vm);
+    return 0;
+  }
+  report (r, "quiescing");
+  r->g = qga_connect (qga_path, QGA_TIMEOUT_MS);
+  int n = -1;
+  if (r->g) {
+    qga_set_cancel (r->g, r->opts->cancel);
+    n = qga_freeze (r->g, QGA_TIMEOUT_MS);
+  }
+  if (n >= 0) {
+    r->frozen = true;
+    if (r->res)
+      r->res->quiesced = true;
+    return 0;
+  }
+  if (qb_error_code () == QB_ECANCELED)
+    return -1;
+  if (r->g) {
+    /* A freeze that timed out may still complete in the guest: thaw anyway. */
+    r->frozen = true;
+    thaw (r);
+  }
+  if (m == QUIESCE_ON) {
+    qb_error_prefix ("quiescing the guest (the backup needs it; retry without quiesce "
+                     "for a crash-consistent backup)");
+    return -1;
+  }
+  if (r->res)
+    snprintf (r->res->quiesce_note, sizeof r->res->quiesce_note,
+              "not quiesced, crash-consistent: the guest agent failed: %s", qb_error_msg ());
+  qga_close (r->g);
+  r->g = NULL;
+  qb_error_clear ();
+  return 0;
+}
+
+/* Run the one transaction over every disk. */
+static int
+transaction (eng_run *r)
+{
+  json_object *actions = json_object_new_array ();
+  for (size_t i = 0; i < r->n; i++) {
+    eng_disk *d = &r->d[i];
+    if (r->level != BACKUP_COPY) {
+      json_object *a = json_object_new_object ();
+      bool persist = r->level == BACKUP_FULL && strcmp (d->vd->format, "qcow2") == 0;
+      json_object_object_add (a, "node", json_object_new_string (d->vd->node));
+      json_object_object_add (a, "name", json_object_new_string (r->level == BACKUP_FULL
+                                                                   ? d->bitmap : d->next));
+      json_object_object_add (a, "persistent", json_object_new_boolean (persist));
+      json_object *act = json_object_new_object ();
+      json_object_object_add (act, "type", json_object_new_string ("block-dirty-bitmap-add"));
+      json_object_object_add (act, "data", a);
+      json_object_array_add (actions, act);
+    }
+    json_object *b = json_object_new_object ();
+    json_object_object_add (b, "job-id", json_object_new_string (d->job));
+    json_object_object_add (b, "device", json_object_new_string (d->vd->node));
+    json_object_object_add (b, "target", json_object_new_string (d->tnode));
+    json_object_object_add (b, "sync", json_object_new_string (r->level == BACKUP_INC
+                                                                  ? "bitmap" : "full"));
+    if (r->level == BACKUP_INC) {
+      json_object_object_add (b, "bitmap", json_object_new_string (d->bitmap));
+      json_object_object_add (b, "bitmap-mode", json_object_new_string ("never"));
+    }
+    json_object_object_add (b, "auto-finalize", json_object_new_boolean (false));
+    json_object_object_add (b, "auto-dismiss", json_object_new_boolean (false));
+    if (r->opts->speed)
+      json_object_object_add (b, "speed", json_object_new_int64 ((int64_t) r->opts->speed));
+    if (r->opts->compress)
+      json_object_object_add (b, "compress", json_object_new_boolean (true));
+    json_object *act = json_object_new_object ();
+    json_object_object_add (act, "type", json_object_new_string ("blockdev-backup"));
+    json_object_object_add (act, "data", b);
+    json_object_array_add (actions, act);
+  }
+  json_object *args = json_object_new_object ();
+  json_object_object_add (args, "actions", actions);
+  /* QEMU refuses grouped completion with block-dirty-bitmap-add; full and
+   * inc get the same all-or-nothing from auto-finalize=false: no job
+   * finalizes until every job is pending, and any failure cancels all. */
+  if (r->level == BACKUP_COPY) {
+    json_object *props = json_object_new_object ();
+    json_object_object_add (props, "completion-mode", json_object_new_string ("grouped"));
+    json_object_object_add (args, "properties", props);
+  }
+  report (r, "copying");
+  int rc = qmp_run (r->q, "transaction", args, QMP_COMMAND_TIMEOUT_MS);
+  if (rc == 0) {
+    r->jobs_started = true;
+    r->bitmaps_added = r->level != BACKUP_COPY;
+  }
+  else if (qb_error_code () == QB_ETIMEDOUT || qb_error_code () == QB_ECANCELED) {
+    /* The transaction may have run after all: clean up as if it did. */
+    r->jobs_started = true;
+    r->bitmaps_added = r->level != BACKUP_COPY;
+  }
+  return rc;
+}
+
+/* The record's extra keys. */
+static json_object *
+record_extra (eng_run *r)
+{
+  json_object *o = json_object_new_object ();
+  json_object_object_add (o, "level", json_object_new_string (backup_level_name (r->level)));
+  json_object_object_add (o, "requested", json_object_new_string (backup_level_name (r->opts->level)));
+  json_object_object_add (o, "reason", json_object_new_string (r->res ? r->res->reason : ""));
+  json_object_object_add (o, "quiesced", json_object_new_boolean (r->res && r->res->quiesced));
+  json_object_object_add (o, "quiesce_note", json_object_new_string (r->res ? r->res->quiesce_note : ""));
+  json_object_object_add (o, "bytes_copied", json_object_new_int64 ((int64_t) r->total));
+  json_object_object_add (o, "seconds",
+                          json_object_new_double ((double) (qb_mono_ms () - r->start_ms) / 1000.0));
+  json_object_object_add (o, "compressed", json_object_new_boolean (r->opts->compress));
+  json_object *q = json_object_new_object ();
+  for (size_t i = 0; i < r->n; i++) {
+    eng_disk *d = &r->d[i];
+    json_object *jd = json_object_new_object ();
+    json_object_object_add (jd, "device", json_object_new_string (d->vd->device));
+    json_object_object_add (jd, "node", json_object_new_string (d->vd->node));
+    json_object_object_add (jd, "format", json_object_new_string (d->vd->format));
+    json_object_object_add (jd, "file", json_object_new_string (d->vd->file));
+    json_object_object_add (jd, "bitmap", d->bitmap ? json_object_new_string (d->bitmap) : NULL);
+    json_object_object_add (q, d->vd->name, jd);
+  }
+  json_object_object_add (o, "qemu", q);
+  return o;
+}
+
+/* Undo everything not committed: jobs, nodes, new bitmaps, temps.  Keeps
+ * the current error. */
+static void
+rollback (eng_run *r)
+{
+  qb_err code = qb_error_code ();
+  char *msg = qb_strdup (qb_error_msg ());
+  if (r->q)
+    qmp_set_cancel (r->q, NULL);
+  thaw (r);
+  if (r->q) {
+    if (r->jobs_started) {
+      char **ids = qb_calloc (r->n ? r->n : 1, sizeof *ids);
+      for (size_t i = 0; i < r->n; i++)
+        ids[i] = r->d[i].job;
+      jobs_abort (r->q, ids, r->n);
+      free (ids);
+    }
+    for (size_t i = 0; i < r->n; i++)
+      if (r->d[i].node_added)
+        jobs_node_del (r->q, r->d[i].tnode);
+    if (r->bitmaps_added)
+      for (size_t i = 0; i < r->n; i++)
+        bitmap_remove (r->q, r->d[i].vd->node,
+                       r->level == BACKUP_FULL ? r->d[i].bitmap : r->d[i].next);
+  }
+  store_txn_free (r->txn);
+  r->txn = NULL;
+  qb_error_set (code, "%s", msg);
+  free (msg);
+}
+
+/* After a committed FULL or INC: remove this disk's bitmaps of other chains. */
+static void
+drop_old_bitmaps (eng_run *r)
+{
+  if (r->level == BACKUP_COPY)
+    return;
+  for (size_t i = 0; i < r->n; i++) {
+    const vm_disk *vd = r->d[i].vd;
+    for (size_t k = 0; k < vd->nbitmaps; k++) {
+      const char *bm = vd->bitmaps[k].name;
+      if (strncmp (bm, ENGINE_BITMAP_PREFIX, strlen (ENGINE_BITMAP_PREFIX)) == 0
+          && strcmp (bm, r->d[i].bitmap) != 0)
+        bitmap_remove (r->q, vd->node, bm);
+    }
+  }
+}
+
+/* The steps from connecting to the commit; -1 leaves cleanup to the caller. */
+static int
+run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
+{
+  const backup_opts *o = r->opts;
+  report (r, "connecting");
+  if (store_recover (r->st, r->vm) < 0 && qb_error_code () != QB_ENOENT)
+    return -1;
+  r->q = qmp_connect (qmp_path, QMP_CONNECT_TIMEOUT_MS);
+  if (!r->q)
+    return -1;
+  qmp_set_cancel (r->q, o->cancel);
+  if (jobs_cleanup (r->q, false) < 0)
+    return -1;
+  if (disks_query (r->q, &r->all, &r->nall) < 0)
+    return -1;
+  if (check_names (r, o->include, "--include") < 0 || check_names (r, o->exclude, "--exclude") < 0)
+    return -1;
+  r->d = qb_calloc (r->nall ? r->nall : 1, sizeof *r->d);
+  for (size_t i = 0; i < r->nall; i++) {
+    if (o->include && !in_list (o->include, r->all[i].name))
+      continue;
+    if (in_list (o->exclude, r->all[i].name))
+      continue;
+    r->d[r->n++].vd = &r->all[i];
+  }
+  if (r->n == 0)
+    return qb_error_set (QB_EINVAL, "VM %s has no disk to back up%s", r->vm,
+                         r->nall ? " (all excluded)" : " (no writable disk with media)");
+  for (size_t i = 0; i < r->n; i++)
+    if (r->d[i].vd->size == 0)
+      return qb_error_set (QB_EQMP, "QEMU reports no size for disk %s", r->d[i].vd->name);
+  r->scan = store_scan_vm (r->st, r->vm);
+  if (!r->scan && qb_error_code () != QB_ENOENT)
+    return -1;
+  int64_t now = qb_now_us ();
+  char when[32];
+  qb_format_utc (now, when, sizeof when);
+  snprintf (r->month, sizeof r->month, "%.7s", when);
+  if (decide_level (r) < 0)
+    return -1;
+  r->txn = store_txn_begin (r->st, r->vm, now, o->monthly);
+  if (!r->txn)
+    return -1;
+  for (size_t i = 0; i < r->n; i++)
+    if (target_create (r, &r->d[i]) < 0)
+      return -1;
+  if (quiesce (r, qga_path) < 0)
+    return -1;
+  int rc = transaction (r);
+  thaw (r);
+  if (rc < 0) {
+    qb_error_prefix ("starting the backup transaction");
+    return -1;
+  }
+  char **ids = qb_calloc (r->n, sizeof *ids);
+  for (size_t i = 0; i < r->n; i++)
+    ids[i] = r->d[i].job;
+  rc = jobs_wait (r->q, ids, r->n, "pending", tick, r);
+  if (rc == 0) {
+    report (r, "committing");
+    for (size_t i = 0; i < r->n && rc == 0; i++)
+      rc = target_flush (r, &r->d[i]);
+  }
+  if (rc == 0 && o->cancel && atomic_load (o->cancel))
+    rc = qb_error_set (QB_ECANCELED, "the backup was canceled");
+  if (rc == 0)
+    rc = jobs_finalize (r->q, ids, r->n);
+  free (ids);
+  if (rc < 0)
+    return -1;
+  r->jobs_started = false;
+  for (size_t i = 0; i < r->n; i++) {
+    if (jobs_node_del (r->q, r->d[i].tnode) < 0) {
+      qb_error_prefix ("detaching the target of disk %s", r->d[i].vd->name);
+      return -1;
+    }
+    r->d[i].node_added = false;
+  }
+  json_object *extra = record_extra (r);
+  rc = store_txn_commit (r->txn, extra);
+  json_object_put (extra);
+  return rc;
+}
+
+/* After the commit: reset the chain bitmaps of an INC to the writes since
+ * its point, drop bitmaps of older chains.  Errors here leave bitmaps with
+ * more bits than needed, never fewer: the restore point stands. */
+static void
+finish (eng_run *r)
+{
+  qmp_set_cancel (r->q, NULL);
+  if (r->level == BACKUP_INC) {
+    json_object *actions = json_object_new_array ();
+    for (size_t i = 0; i < r->n; i++) {
+      eng_disk *d = &r->d[i];
+      json_object *c = json_object_new_object ();
+      json_object_object_add (c, "node", json_object_new_string (d->vd->node));
+      json_object_object_add (c, "name", json_object_new_string (d->bitmap));
+      json_object *a = json_object_new_object ();
+      json_object_object_add (a, "type", json_object_new_string ("block-dirty-bitmap-clear"));
+      json_object_object_add (a, "data", c);
+      json_object_array_add (actions, a);
+      json_object *m = json_object_new_object ();
+      json_object_object_add (m, "node", json_object_new_string (d->vd->node));
+      json_object_object_add (m, "target", json_object_new_string (d->bitmap));
+      json_object *srcs = json_object_new_array ();
+      json_object_array_add (srcs, json_object_new_string (d->next));
+      json_object_object_add (m, "bitmaps", srcs);
+      a = json_object_new_object ();
+      json_object_object_add (a, "type", json_object_new_string ("block-dirty-bitmap-merge"));
+      json_object_object_add (a, "data", m);
+      json_object_array_add (actions, a);
+    }
+    json_object *args = json_object_new_object ();
+    json_object_object_add (args, "actions", actions);
+    qmp_run (r->q, "transaction", args, QMP_COMMAND_TIMEOUT_MS);
+    for (size_t i = 0; i < r->n; i++)
+      bitmap_remove (r->q, r->d[i].vd->node, r->d[i].next);
+  }
+  drop_old_bitmaps (r);
+  qb_error_clear ();
+}
+
+/* Take one backup of VM into ST. */
+int
+engine_backup (store *st, const char *vm, const char *qmp_path, const char *qga_path,
+               const backup_opts *opts, backup_result *res)
+{
+  if (res)
+    memset (res, 0, sizeof *res);
+  if (!st || !vm || !qmp_path || !opts)
+    return qb_error_set (QB_EINVAL, "engine_backup: missing argument");
+  eng_run r = { .st = st, .vm = vm, .opts = opts, .res = res, .start_ms = qb_mono_ms () };
+  r.level = opts->level == BACKUP_AUTO ? BACKUP_FULL : opts->level;
+  store_lock *lock = store_lock_vm (st, vm, opts->lock_timeout_ms);
+  if (!lock)
+    return -1;
+  int rc = run_backup (&r, qmp_path, qga_path);
+  if (rc < 0)
+    rollback (&r);
+  else {
+    if (res) {
+      snprintf (res->id, sizeof res->id, "%s", store_txn_id (r.txn));
+      res->level = r.level;
+      res->ndisks = r.n;
+      res->bytes_copied = r.total;
+      for (size_t i = 0; i < r.n; i++) {
+        struct stat sb;
+        const char *fin = store_txn_final_path (r.txn, r.d[i].vd->name);
+        if (fin && stat (fin, &sb) == 0)
+          res->bytes_stored += (uint64_t) sb.st_blocks * 512;
+      }
+    }
+    finish (&r);
+    store_txn_free (r.txn);
+    if (res)
+      res->seconds = (double) (qb_mono_ms () - r.start_ms) / 1000.0;
+  }
+  qb_err code = qb_error_code ();
+  char *msg = rc < 0 ? qb_strdup (qb_error_msg ()) : NULL;
+  qga_close (r.g);
+  qmp_close (r.q);
+  for (size_t i = 0; i < r.n; i++) {
+    free (r.d[i].reason);
+    free (r.d[i].chain);
+    free (r.d[i].bitmap);
+    free (r.d[i].next);
+  }
+  free (r.d);
+  disks_free (r.all, r.nall);
+  store_vm_free (r.scan);
+  store_unlock (lock);
+  if (rc < 0) {
+    qb_error_set (code, "%s", msg);
+    free (msg);
+  }
+  return rc;
+}
+
+/* ---- info and cleanup ---- */
+
+/* Describe VM's disks as JSON: {"vm": VM, "disks": [...]}. */
+json_object *
+engine_info (store *st, const char *vm, const char *qmp_path)
+{
+  qmp *q = qmp_connect (qmp_path, QMP_CONNECT_TIMEOUT_MS);
+  if (!q)
+    return NULL;
+  vm_disk *disks;
+  size_t n;
+  int rc = disks_query (q, &disks, &n);
+  qmp_close (q);
+  if (rc < 0)
+    return NULL;
+  store_vm *scan = NULL;
+  if (st && vm) {
+    scan = store_scan_vm (st, vm);
+    if (!scan && qb_error_code () != QB_ENOENT) {
+      disks_free (disks, n);
+      return NULL;
+    }
+  }
+  json_object *out = json_object_new_object ();
+  if (vm)
+    json_object_object_add (out, "vm", json_object_new_string (vm));
+  json_object *arr = json_object_new_array ();
+  for (size_t i = 0; i < n; i++) {
+    const vm_disk *d = &disks[i];
+    json_object *jd = json_object_new_object ();
+    json_object_object_add (jd, "name", json_object_new_string (d->name));
+    json_object_object_add (jd, "device", json_object_new_string (d->device));
+    json_object_object_add (jd, "node", json_object_new_string (d->node));
+    json_object_object_add (jd, "format", json_object_new_string (d->format));
+    json_object_object_add (jd, "file", json_object_new_string (d->file));
+    json_object_object_add (jd, "size", json_object_new_int64 ((int64_t) d->size));
+    json_object *bms = json_object_new_array ();
+    const char *ours = NULL;
+    for (size_t k = 0; k < d->nbitmaps; k++) {
+      const vm_bitmap *b = &d->bitmaps[k];
+      json_object *jb = json_object_new_object ();
+      json_object_object_add (jb, "name", json_object_new_string (b->name));
+      json_object_object_add (jb, "granularity", json_object_new_int64 ((int64_t) b->granularity));
+      json_object_object_add (jb, "persistent", json_object_new_boolean (b->persistent));
+      json_object_object_add (jb, "recording", json_object_new_boolean (b->recording));
+      json_object_object_add (jb, "busy", json_object_new_boolean (b->busy));
+      json_object_object_add (jb, "inconsistent", json_object_new_boolean (b->inconsistent));
+      json_object_array_add (bms, jb);
+      if (strncmp (b->name, ENGINE_BITMAP_PREFIX, strlen (ENGINE_BITMAP_PREFIX)) == 0)
+        ours = b->name;
+    }
+    json_object_object_add (jd, "bitmaps", bms);
+    if (st && vm) {
+      const store_disk *sd = scan ? store_vm_disk (scan, d->name) : NULL;
+      const store_layer *prev;
+      const store_chain *c;
+      char *reason;
+      const char *health = disk_health (d, sd, NULL, &prev, &reason, &c);
+      json_object_object_add (jd, "health", json_object_new_string (health));
+      json_object_object_add (jd, "reason", reason ? json_object_new_string (reason) : NULL);
+      if (c && c->chain_id) {
+        char *bm = qb_asprintf (ENGINE_BITMAP_PREFIX "%s", c->chain_id);
+        json_object_object_add (jd, "bitmap", json_object_new_string (bm));
+        free (bm);
+        json_object_object_add (jd, "chain", json_object_new_string (c->chain_id));
+      }
+      else
+        json_object_object_add (jd, "bitmap", ours ? json_object_new_string (ours) : NULL);
+      json_object_object_add (jd, "chain_length", json_object_new_int ((int) (c ? c->n : 0)));
+      if (c && c->n)
+        json_object_object_add (jd, "last", json_object_new_string (c->layers[c->n - 1].display));
+      free (reason);
+    }
+    else
+      json_object_object_add (jd, "bitmap", ours ? json_object_new_string (ours) : NULL);
+    json_object_array_add (arr, jd);
+  }
+  json_object_object_add (out, "disks", arr);
+  store_vm_free (scan);
+  disks_free (disks, n);
+  return out;
+}
+
+/* Cancel leftover jobs, delete leftover nodes, optionally remove bitmaps. */
+int
+engine_cleanup (const char *qmp_path, bool remove_bitmaps)
+{
+  qmp *q = qmp_connect (qmp_path, QMP_CONNECT_TIMEOUT_MS);
+  if (!q)
+    return -1;
+  int rc = jobs_cleanup (q, remove_bitmaps);
+  qmp_close (q);
+  return rc;
+}

@@ -4,8 +4,9 @@
  * cleans leftovers of a crashed run, decides the level (auto), quiesces
  * through the guest agent if asked, runs ONE QMP transaction over all disks
  * (block-dirty-bitmap-add/clear + blockdev-backup, grouped completion,
- * auto-finalize off), waits for every job, commits the restore point through
- * store_txn_* and only then lets the jobs finalize.  It thaws on every path
+ * auto-finalize off), waits for every job, flushes and detaches the targets,
+ * commits the restore point through store_txn_* and only then resets the
+ * chain's bitmap (details in engine.c).  It thaws on every path
  * and lets go of the socket when done.  Semantics: see SPEC.md "Backup
  * semantics".  Bitmaps are named "qmpbackup-<chain id>". */
 #ifndef QB_ENGINE_H
@@ -74,15 +75,51 @@ const char *backup_level_name (backup_level level);
 int engine_backup (store *st, const char *vm, const char *qmp_path, const char *qga_path,
                    const backup_opts *opts, backup_result *res);
 
-/* Describe VM's disks as JSON (new reference): for each disk its name, node,
+/* Describe VM's disks as JSON (new reference), {"vm": VM, "disks": [...]}:
+ * for each disk its name, device, node,
  * format, file, size, bitmaps, and, when ST is non-NULL, the store chain it
  * continues and its health: "ok", "missing" (no bitmap for the chain),
- * "inconsistent" (QEMU marked it so), "none" (no chain yet), "resized". */
+ * "inconsistent" (QEMU marked it so), "none" (no chain yet), "resized",
+ * "damaged" (a layer of the chain is damaged), "disabled", "busy"; "reason"
+ * says it in words, "bitmap" names the chain's bitmap. */
 json_object *engine_info (store *st, const char *vm, const char *qmp_path);
 
 /* Cancel leftover qmpbackup jobs and delete leftover target nodes; with
  * REMOVE_BITMAPS also remove every "qmpbackup-*" bitmap.  Returns the number
  * of things removed, or -1. */
 int engine_cleanup (const char *qmp_path, bool remove_bitmaps);
+
+/* ---- Internals shared by engine.c and jobs.c (QEMU job and node handling) ---- */
+
+#include "qmp/qmp.h"
+
+#define ENGINE_TARGET_PREFIX "qmpbackup-tgt-"   /* target node names */
+
+/* Called while jobs run: bytes DONE of TOTAL over all jobs. */
+typedef void (*jobs_tick_fn) (void *opaque, uint64_t done, uint64_t total);
+
+/* Wait until every job in IDS (N) has status WANT ("pending" or "concluded"),
+ * following JOB_STATUS_CHANGE events and polling query-jobs every second,
+ * calling TICK (may be NULL) with the progress.  -1 when a job fails (its
+ * error in the message), the VM goes away (QB_EHOSTDOWN) or the wait is
+ * canceled (QB_ECANCELED). */
+int jobs_wait (qmp *q, char *const *ids, size_t n, const char *want,
+               jobs_tick_fn tick, void *opaque);
+
+/* Cancel the jobs in IDS (N) that still exist, wait (bounded) for them to
+ * conclude and dismiss them.  Errors are ignored: best effort. */
+void jobs_abort (qmp *q, char *const *ids, size_t n);
+
+/* Finalize the pending jobs in IDS (N), wait for them to conclude and
+ * dismiss them.  -1 when one concluded with an error. */
+int jobs_finalize (qmp *q, char *const *ids, size_t n);
+
+/* Delete block node NODE: 0 or -1. */
+int jobs_node_del (qmp *q, const char *node);
+
+/* Cancel and dismiss leftover "qmpbackup-" jobs and delete leftover target
+ * nodes; with REMOVE_BITMAPS also remove every "qmpbackup-" bitmap.  The
+ * number of things removed, or -1. */
+int jobs_cleanup (qmp *q, bool remove_bitmaps);
 
 #endif

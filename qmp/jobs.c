@@ -1,1 +1,331 @@
-/* placeholder: being written */
+/* qmpbackupfs — QEMU block jobs and nodes of a backup: waiting, finalizing,
+ * aborting, and cleaning up leftovers of a crashed run (see engine.h,
+ * "Internals").  Job status is read from query-jobs, which is
+ * authoritative; JOB_STATUS_CHANGE events only wake the wait up early. */
+#include "qmp/engine.h"
+#include "qmp/disks.h"
+#include "common/error.h"
+#include "common/util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define JOBS_POLL_MS 1000
+#define JOBS_ABORT_WAIT_MS 30000
+
+/* The string member KEY of OBJ, or "". */
+static const char *
+str_of (json_object *obj, const char *key)
+{
+  json_object *v;
+  if (!obj || !json_object_object_get_ex (obj, key, &v) || !json_object_is_type (v, json_type_string))
+    return "";
+  return json_object_get_string (v);
+}
+
+/* The integer member KEY of OBJ, or 0. */
+static uint64_t
+u64_of (json_object *obj, const char *key)
+{
+  json_object *v;
+  if (!obj || !json_object_object_get_ex (obj, key, &v))
+    return 0;
+  int64_t x = json_object_get_int64 (v);
+  return x > 0 ? (uint64_t) x : 0;
+}
+
+/* The query-jobs entry with id ID in LIST, or NULL. */
+static json_object *
+find_job (json_object *list, const char *id)
+{
+  size_t n = json_object_array_length (list);
+  for (size_t i = 0; i < n; i++) {
+    json_object *j = json_object_array_get_idx (list, i);
+    if (strcmp (str_of (j, "id"), id) == 0)
+      return j;
+  }
+  return NULL;
+}
+
+/* query-jobs as an array (new reference), or NULL. */
+static json_object *
+query_jobs (qmp *q)
+{
+  json_object *r = qmp_execute (q, "query-jobs", NULL, QMP_COMMAND_TIMEOUT_MS);
+  if (r && !json_object_is_type (r, json_type_array)) {
+    json_object_put (r);
+    qb_error_set (QB_EPROTO, "query-jobs did not return a list");
+    return NULL;
+  }
+  return r;
+}
+
+/* Run CMD {"id": ID}; 0 or -1. */
+static int
+job_verb (qmp *q, const char *cmd, const char *id)
+{
+  json_object *args = json_object_new_object ();
+  json_object_object_add (args, "id", json_object_new_string (id));
+  return qmp_run (q, cmd, args, QMP_COMMAND_TIMEOUT_MS);
+}
+
+/* Wait (bounded) until none of IDS is in a state other than "concluded"
+ * (or gone); then set the error from the most telling job error. */
+static void
+collect_failure (qmp *q, char *const *ids, size_t n, const char *fallback)
+{
+  uint64_t deadline = qb_mono_ms () + JOBS_ABORT_WAIT_MS;
+  char *msg = NULL;
+  for (;;) {
+    json_object *list = query_jobs (q);
+    if (!list)
+      break;
+    bool busy = false;
+    for (size_t i = 0; i < n; i++) {
+      json_object *j = find_job (list, ids[i]);
+      if (!j)
+        continue;
+      const char *st = str_of (j, "status");
+      if (strcmp (st, "concluded") != 0 && strcmp (st, "null") != 0 && strcmp (st, "pending") != 0)
+        busy = true;
+      const char *err = str_of (j, "error");
+      if (*err && (!msg || (strcasestr (msg, "cancel") && !strcasestr (err, "cancel")))) {
+        free (msg);
+        msg = qb_asprintf ("backup job %s failed: %s", ids[i], err);
+      }
+    }
+    json_object_put (list);
+    if (!busy || qb_mono_ms () > deadline)
+      break;
+    json_object *ev = qmp_next_event (q, 200);
+    json_object_put (ev);
+  }
+  qb_error_set (QB_EIO, "%s", msg ? msg : fallback);
+  free (msg);
+}
+
+/* Wait until every job in IDS has status WANT. */
+int
+jobs_wait (qmp *q, char *const *ids, size_t n, const char *want,
+           jobs_tick_fn tick, void *opaque)
+{
+  bool want_pending = strcmp (want, "pending") == 0;
+  for (;;) {
+    json_object *list = query_jobs (q);
+    if (!list)
+      return -1;
+    size_t reached = 0;
+    uint64_t done = 0, total = 0;
+    char *failed = NULL;
+    for (size_t i = 0; i < n; i++) {
+      json_object *j = find_job (list, ids[i]);
+      if (!j) {
+        if (!failed)
+          failed = qb_asprintf ("backup job %s disappeared", ids[i]);
+        continue;
+      }
+      const char *st = str_of (j, "status");
+      done += u64_of (j, "current-progress");
+      total += u64_of (j, "total-progress");
+      if (strcmp (st, want) == 0)
+        reached++;
+      else if (want_pending && (strcmp (st, "aborting") == 0 || strcmp (st, "concluded") == 0
+                                || strcmp (st, "null") == 0)) {
+        if (!failed)
+          failed = qb_asprintf ("backup job %s was aborted%s%s", ids[i],
+                                *str_of (j, "error") ? ": " : "", str_of (j, "error"));
+      }
+      else if (!want_pending && strcmp (st, "concluded") != 0 && strcmp (st, "pending") != 0
+               && strcmp (st, "waiting") != 0 && strcmp (st, "aborting") != 0
+               && strcmp (st, "null") != 0) {
+        if (!failed)
+          failed = qb_asprintf ("backup job %s is %s while finalizing", ids[i], st);
+      }
+    }
+    json_object_put (list);
+    if (tick)
+      tick (opaque, done, total);
+    if (failed) {
+      char *fb = failed;
+      collect_failure (q, ids, n, fb);
+      free (fb);
+      return -1;
+    }
+    if (reached == n)
+      return 0;
+    /* Sleep until an event or the next poll. */
+    uint64_t until = qb_mono_ms () + JOBS_POLL_MS;
+    for (;;) {
+      uint64_t now = qb_mono_ms ();
+      if (now >= until)
+        break;
+      json_object *ev = qmp_next_event (q, (int) (until - now));
+      if (!ev) {
+        if (qb_error_code () == QB_ETIMEDOUT)
+          break;
+        return -1;                     /* VM gone, canceled, protocol error */
+      }
+      const char *name = str_of (ev, "event");
+      bool wake = strcmp (name, "JOB_STATUS_CHANGE") == 0 || strcmp (name, "BLOCK_JOB_ERROR") == 0
+        || strcmp (name, "BLOCK_JOB_COMPLETED") == 0 || strcmp (name, "BLOCK_JOB_PENDING") == 0;
+      json_object_put (ev);
+      if (wake)
+        break;
+    }
+  }
+}
+
+/* Cancel, wait for and dismiss the jobs in IDS (best effort). */
+void
+jobs_abort (qmp *q, char *const *ids, size_t n)
+{
+  json_object *list = query_jobs (q);
+  if (!list)
+    return;
+  for (size_t i = 0; i < n; i++) {
+    json_object *j = find_job (list, ids[i]);
+    if (j && strcmp (str_of (j, "status"), "concluded") != 0
+        && strcmp (str_of (j, "status"), "aborting") != 0)
+      job_verb (q, "job-cancel", ids[i]);
+  }
+  json_object_put (list);
+  uint64_t deadline = qb_mono_ms () + JOBS_ABORT_WAIT_MS;
+  for (;;) {
+    list = query_jobs (q);
+    if (!list)
+      return;
+    bool busy = false;
+    for (size_t i = 0; i < n; i++) {
+      json_object *j = find_job (list, ids[i]);
+      if (!j)
+        continue;
+      if (strcmp (str_of (j, "status"), "concluded") == 0)
+        job_verb (q, "job-dismiss", ids[i]);
+      else
+        busy = true;
+    }
+    json_object_put (list);
+    if (!busy || qb_mono_ms () > deadline)
+      return;
+    json_object *ev = qmp_next_event (q, 200);
+    if (!ev && qb_error_code () != QB_ETIMEDOUT)
+      return;
+    json_object_put (ev);
+  }
+}
+
+/* Finalize the pending jobs in IDS, wait for them and dismiss them. */
+int
+jobs_finalize (qmp *q, char *const *ids, size_t n)
+{
+  int rc = 0;
+  json_object *list = query_jobs (q);
+  if (!list)
+    return -1;
+  for (size_t i = 0; i < n; i++) {
+    json_object *j = find_job (list, ids[i]);
+    /* With grouped completion one finalize moves the whole group on. */
+    json_object *now = i == 0 ? NULL : query_jobs (q);
+    json_object *cur = now ? find_job (now, ids[i]) : j;
+    if (cur && strcmp (str_of (cur, "status"), "pending") == 0 && job_verb (q, "job-finalize", ids[i]) < 0)
+      rc = -1;
+    json_object_put (now);
+  }
+  json_object_put (list);
+  if (rc < 0)
+    return -1;
+  if (jobs_wait (q, ids, n, "concluded", NULL, NULL) < 0)
+    return -1;
+  list = query_jobs (q);
+  if (!list)
+    return -1;
+  char *err = NULL;
+  for (size_t i = 0; i < n; i++) {
+    json_object *j = find_job (list, ids[i]);
+    if (j && *str_of (j, "error") && !err)
+      err = qb_asprintf ("backup job %s failed while finalizing: %s", ids[i], str_of (j, "error"));
+    if (j)
+      job_verb (q, "job-dismiss", ids[i]);
+  }
+  json_object_put (list);
+  if (err) {
+    qb_error_set (QB_EIO, "%s", err);
+    free (err);
+    return -1;
+  }
+  return 0;
+}
+
+/* Delete block node NODE: 0 or -1. */
+int
+jobs_node_del (qmp *q, const char *node)
+{
+  json_object *args = json_object_new_object ();
+  json_object_object_add (args, "node-name", json_object_new_string (node));
+  return qmp_run (q, "blockdev-del", args, QMP_COMMAND_TIMEOUT_MS);
+}
+
+/* Remove leftover jobs, target nodes and (optionally) bitmaps. */
+int
+jobs_cleanup (qmp *q, bool remove_bitmaps)
+{
+  int count = 0;
+  json_object *list = query_jobs (q);
+  if (!list)
+    return -1;
+  size_t n = json_object_array_length (list);
+  char **ids = qb_calloc (n ? n : 1, sizeof *ids);
+  size_t nids = 0;
+  for (size_t i = 0; i < n; i++) {
+    const char *id = str_of (json_object_array_get_idx (list, i), "id");
+    if (strncmp (id, ENGINE_JOB_PREFIX, strlen (ENGINE_JOB_PREFIX)) == 0)
+      ids[nids++] = qb_strdup (id);
+  }
+  json_object_put (list);
+  if (nids) {
+    jobs_abort (q, ids, nids);
+    count += (int) nids;
+  }
+  for (size_t i = 0; i < nids; i++)
+    free (ids[i]);
+  free (ids);
+
+  json_object *nodes = qmp_execute (q, "query-named-block-nodes", NULL, QMP_COMMAND_TIMEOUT_MS);
+  if (!nodes)
+    return -1;
+  n = json_object_is_type (nodes, json_type_array) ? json_object_array_length (nodes) : 0;
+  for (size_t i = 0; i < n; i++) {
+    const char *node = str_of (json_object_array_get_idx (nodes, i), "node-name");
+    if (strncmp (node, ENGINE_TARGET_PREFIX, strlen (ENGINE_TARGET_PREFIX)) == 0) {
+      json_object *args = json_object_new_object ();
+      json_object_object_add (args, "node-name", json_object_new_string (node));
+      if (qmp_run (q, "blockdev-del", args, QMP_COMMAND_TIMEOUT_MS) == 0)
+        count++;
+    }
+  }
+  json_object_put (nodes);
+
+  if (remove_bitmaps) {
+    vm_disk *disks;
+    size_t nd;
+    if (disks_query (q, &disks, &nd) < 0)
+      return -1;
+    for (size_t i = 0; i < nd; i++)
+      for (size_t k = 0; k < disks[i].nbitmaps; k++) {
+        const char *bm = disks[i].bitmaps[k].name;
+        if (strncmp (bm, ENGINE_BITMAP_PREFIX, strlen (ENGINE_BITMAP_PREFIX)) != 0)
+          continue;
+        json_object *args = json_object_new_object ();
+        json_object_object_add (args, "node", json_object_new_string (disks[i].node));
+        json_object_object_add (args, "name", json_object_new_string (bm));
+        if (qmp_run (q, "block-dirty-bitmap-remove", args, QMP_COMMAND_TIMEOUT_MS) < 0) {
+          disks_free (disks, nd);
+          return -1;
+        }
+        count++;
+      }
+    disks_free (disks, nd);
+  }
+  return count;
+}
