@@ -28,6 +28,7 @@
 #include "common/error.h"
 #include "common/util.h"
 
+#include <dirent.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,12 +126,60 @@ last_chain (const store_disk *sd, const char *month, bool *other_month)
   return NULL;
 }
 
+/* A restore point newer than LAST_ID whose record puts disk DISK in chain
+ * CHAIN although the scan ends the chain before it: its file is gone, and
+ * the bitmap was reset when it was taken, so the chain cannot continue.
+ * Returns a reason (malloc'd) or NULL.  The records are read by the
+ * documented layout, STORE/<vm>/.points/<id>.json. */
+static char *
+newer_layer_lost (store *st, const char *vm, const char *disk, const char *chain,
+                  const char *last_id)
+{
+  if (!st || !vm)
+    return NULL;
+  char *dir = qb_asprintf ("%s/%s/.points", store_root (st), vm);
+  DIR *d = opendir (dir);
+  free (dir);
+  if (!d)
+    return NULL;
+  char *reason = NULL;
+  struct dirent *de;
+  while (!reason && (de = readdir (d)) != NULL) {
+    size_t len = strlen (de->d_name);
+    if (de->d_name[0] == '.' || len < 6 || strcmp (de->d_name + len - 5, ".json") != 0)
+      continue;
+    char id[64];
+    snprintf (id, sizeof id, "%.*s", (int) (len - 5), de->d_name);
+    if (strcmp (id, last_id) <= 0)
+      continue;
+    json_object *rec = store_record_read (st, vm, id);
+    json_object *disks;
+    if (rec && json_object_object_get_ex (rec, "disks", &disks)
+        && json_object_is_type (disks, json_type_array))
+      for (size_t i = 0; i < json_object_array_length (disks); i++) {
+        json_object *jd = json_object_array_get_idx (disks, i), *v;
+        const char *name = json_object_object_get_ex (jd, "name", &v) ? json_object_get_string (v) : "";
+        const char *ch = json_object_object_get_ex (jd, "chain", &v) ? json_object_get_string (v) : NULL;
+        const char *file = json_object_object_get_ex (jd, "file", &v) ? json_object_get_string (v) : "?";
+        if (strcmp (name, disk) == 0 && ch && strcmp (ch, chain) == 0) {
+          reason = qb_asprintf ("restore point %s of disk %s is lost (%s is missing or unreadable)",
+                                id, disk, file);
+          break;
+        }
+      }
+    json_object_put (rec);
+  }
+  closedir (d);
+  return reason;
+}
+
 /* Judge whether disk VD can continue its chain in SD: returns the health
  * word; sets *PREV (the layer to continue, when "ok") and *REASON (malloc'd,
  * when not "ok"); *CHAIN_OUT the chain (or NULL). */
 static const char *
-disk_health (const vm_disk *vd, const store_disk *sd, const char *month,
-             const store_layer **prev, char **reason, const store_chain **chain_out)
+disk_health (store *st, const char *vm, const vm_disk *vd, const store_disk *sd,
+             const char *month, const store_layer **prev, char **reason,
+             const store_chain **chain_out)
 {
   *prev = NULL;
   *reason = NULL;
@@ -157,6 +206,9 @@ disk_health (const vm_disk *vd, const store_disk *sd, const char *month,
       return "damaged";
     }
   const store_layer *last = &c->layers[c->n - 1];
+  *reason = newer_layer_lost (st, vm, vd->name, c->chain_id, last->id);
+  if (*reason)
+    return "damaged";
   if (last->virtual_size != vd->size) {
     char a[32], b[32];
     qb_format_bytes (last->virtual_size, a, sizeof a);
@@ -327,7 +379,7 @@ decide_level (eng_run *r)
   for (size_t i = 0; i < r->n; i++) {
     eng_disk *d = &r->d[i];
     const store_disk *sd = r->scan ? store_vm_disk (r->scan, d->vd->name) : NULL;
-    d->health = disk_health (d->vd, sd, month, &d->prev, &d->reason, NULL);
+    d->health = disk_health (r->st, r->vm, d->vd, sd, month, &d->prev, &d->reason, NULL);
     if (d->reason) {
       all_ok = false;
       snprintf (reasons + strlen (reasons), sizeof reasons - strlen (reasons), "%s%s",
@@ -866,7 +918,7 @@ engine_info (store *st, const char *vm, const char *qmp_path)
       const store_layer *prev;
       const store_chain *c;
       char *reason;
-      const char *health = disk_health (d, sd, NULL, &prev, &reason, &c);
+      const char *health = disk_health (st, vm, d, sd, NULL, &prev, &reason, &c);
       json_object_object_add (jd, "health", json_object_new_string (health));
       json_object_object_add (jd, "reason", reason ? json_object_new_string (reason) : NULL);
       if (c && c->chain_id) {
