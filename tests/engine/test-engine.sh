@@ -180,6 +180,58 @@ done
 check_point drive0 "$a"
 check_point drive0 "$b"
 
+# --- Ctrl-C cancels cleanly; a VM that dies mid-backup leaves nothing ------
+
+# Start a slow backup (ARGS...) in the background; wait until its job runs.
+slow_backup() {
+  "$QMPBACKUP" --socket "$SOCK" backup --target "$TGT" --quiet --speed 1M "$@" \
+    >"$T/bg.out" 2>"$T/bg.err" &
+  BG=$!
+  local i
+  for ((i = 0; i < 100; i++)); do
+    qb_qmp vm1 query-jobs | grep -q '"status":"running"' && return 0
+    sleep 0.1
+  done
+  qb_die "the backup job did not start: $(cat "$T/bg.err")"
+}
+
+# No temporary files, qmpbackup jobs or target nodes are left.
+expect_clean() {
+  ! find "$TGT" -name '.tmp-*' | grep -q . || qb_die "$1 left temporary files"
+  [ "$(npoints)" -eq "$2" ] || qb_die "$1 left a restore point"
+}
+
+qb_guest_write vm1 drive0 "write -P 0x3b 30M 8M"
+before=$(npoints)
+slow_backup --level inc
+kill -INT "$BG"
+rc=0; wait "$BG" || rc=$?
+[ "$rc" -eq 130 ] || qb_die "canceled backup: expected exit 130, got $rc ($(cat "$T/bg.err"))"
+expect_clean "a canceled backup" "$before"
+! qb_qmp vm1 query-jobs | grep -q qmpbackup || qb_die "a canceled backup left a job"
+nodes=$(qb_qmp vm1 query-named-block-nodes)
+! grep -q "\"node-name\": *\"qmpbackup-" <<< "$nodes" || qb_die "a canceled backup left nodes"
+backup --level inc
+expect_ok inc
+check_point drive0 "$LAST_ID"          # the 8M written before the canceled run
+
+qb_guest_write vm1 drive0 "write -P 0x3c 30M 8M"
+before=$(npoints)
+slow_backup --level inc
+qb_vm_kill vm1
+rc=0; wait "$BG" || rc=$?
+[ "$rc" -eq 3 ] || qb_die "VM killed mid-backup: expected exit 3, got $rc ($(cat "$T/bg.err"))"
+expect_clean "a backup whose VM died" "$before"
+qb_vm_restart vm1
+SOCK=$(qb_vm_socket vm1)
+backup --level auto
+expect_ok full
+# A bitmap added in this QEMU run was never written to the image: it is gone
+# ("no bitmap"); one loaded from the image at start is flagged inconsistent.
+grep -Eq "drive0 has no bitmap|of disk drive0 is inconsistent" <<< "$LAST_LINE" \
+  || qb_die "after a crash: expected a missing or inconsistent bitmap, got $LAST_LINE"
+check_point drive0 "$LAST_ID"
+
 # --- exit codes ----------------------------------------------------------------
 "$QMPBACKUP" --socket "$T/nonexistent.qmp" backup --level full --target "$TGT" --quiet 2>/dev/null \
   && qb_die "backup of a missing VM succeeded" || rc=$?
