@@ -38,6 +38,7 @@ for i in 1 2 3 4 5 6 7 8; do
   [[ $f == INC-* ]] && [ "$f" != "${files[-1]}" ] || qb_die "inc $i made $f"
   files+=("$f")
   qb_capture vm1 drive0 "$T/p$i.raw"
+  ! cmp -s "$T/p$((i - 1)).raw" "$T/p$i.raw" || qb_die "round $i changed nothing: the checks would prove little"
 done
 [ "$(qb_layers "$dir" | wc -l)" -eq 9 ] || qb_die "expected 9 layers, have: $(qb_layers "$dir" | tr '\n' ' ')"
 
