@@ -29,7 +29,7 @@ qb_error_set_errno (int errnum, const char *fmt, ...)
   va_start (ap, fmt);
   vsnprintf (buf, sizeof buf, fmt, ap);
   va_end (ap);
-  snprintf (last_msg, sizeof last_msg, "%s: %s", buf, strerror (errnum));
+  snprintf (last_msg, sizeof last_msg, "%.900s: %.100s", buf, strerror (errnum));
   last_code = qb_err_from_errno (errnum);
   return -1;
 }
@@ -43,7 +43,7 @@ qb_error_prefix (const char *fmt, ...)
   vsnprintf (pre, sizeof pre, fmt, ap);
   va_end (ap);
   memcpy (old, last_msg, sizeof old);
-  snprintf (last_msg, sizeof last_msg, "%s: %s", pre, old);
+  snprintf (last_msg, sizeof last_msg, "%.400s: %.600s", pre, old);
 }
 
 const char *
