@@ -32,6 +32,10 @@ typedef struct fs_config {
   char *store_root;
   char *sockets_dir;     /* NULL: none */
   bool monthly;
+  bool compress;         /* compressed targets */
+  uint64_t speed;        /* bytes/s per backup job, 0 = unlimited */
+  char **include;        /* NULL-terminated disk names, or NULL = all */
+  char **exclude;        /* NULL-terminated disk names, or NULL = none */
   bool allow_other;
   uid_t uid;
   gid_t gid;

@@ -21,6 +21,10 @@ atomic_int fs_terminating;
 
 struct fs_opts {
   char *sockets;
+  char *speed;
+  char *include;
+  char *exclude;
+  int compress;
   int monthly;
   int allow_other;
   char *store;
@@ -32,6 +36,10 @@ enum { KEY_VM, KEY_ALLOW_OTHER, KEY_POSITIONAL_DONE };
 static const struct fuse_opt fs_opt_spec[] = {
   { "sockets=%s", offsetof (struct fs_opts, sockets), 0 },
   { "monthly", offsetof (struct fs_opts, monthly), 1 },
+  { "compress", offsetof (struct fs_opts, compress), 1 },
+  { "speed=%s", offsetof (struct fs_opts, speed), 0 },
+  { "include=%s", offsetof (struct fs_opts, include), 0 },
+  { "exclude=%s", offsetof (struct fs_opts, exclude), 0 },
   FUSE_OPT_KEY ("vm=", KEY_VM),
   FUSE_OPT_KEY ("allow_other", KEY_ALLOW_OTHER),
   FUSE_OPT_END
@@ -64,6 +72,43 @@ fs_opt_proc (void *data, const char *arg, int key, struct fuse_args *outargs)
   }
 }
 
+/* Parse "N[K|M|G]" (bytes per second) into *OUT; -1 if malformed. */
+static int
+parse_speed (const char *s, uint64_t *out)
+{
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull (s, &end, 10);
+  if (errno || end == s)
+    return -1;
+  switch (*end) {
+  case 'k': case 'K': v <<= 10; end++; break;
+  case 'm': case 'M': v <<= 20; end++; break;
+  case 'g': case 'G': v <<= 30; end++; break;
+  default: break;
+  }
+  if (*end)
+    return -1;
+  *out = v;
+  return 0;
+}
+
+/* Split "a:b:c" into a NULL-terminated array of names. */
+static char **
+split_names (const char *s)
+{
+  size_t n = 1;
+  for (const char *p = s; *p; p++)
+    n += *p == ':';
+  char **v = qb_calloc (n + 1, sizeof *v);
+  char *copy = qb_strdup (s), *save = NULL;
+  size_t i = 0;
+  for (char *w = strtok_r (copy, ":", &save); w; w = strtok_r (NULL, ":", &save))
+    v[i++] = qb_strdup (w);
+  free (copy);
+  return v;
+}
+
 /* Print usage. */
 static void
 usage (const char *prog)
@@ -73,6 +118,10 @@ usage (const char *prog)
           "  -o sockets=DIR          each DIR/NAME.qmp is VM NAME (DIR/NAME.qga its agent)\n"
           "  -o vm=NAME:QMP[:QGA]    a VM by its sockets (repeatable)\n"
           "  -o monthly              chains in YYYY-MM folders; a new month starts a full\n"
+          "  -o speed=N[K|M|G]       limit each backup job to N bytes per second\n"
+          "  -o compress             compressed backup files\n"
+          "  -o include=D1:D2        back up only these disks\n"
+          "  -o exclude=D1:D2        never back up these disks\n"
           "  -o allow_other          let other users in (permissions enforced by the kernel)\n"
           "  -f                      stay in the foreground\n"
           "  -d                      debug output (implies -f)\n"
@@ -202,6 +251,14 @@ main (int argc, char **argv)
   }
   json_c_set_serialization_double_format ("%.3f", JSON_C_OPTION_GLOBAL);
   fs_cfg.monthly = o.monthly;
+  fs_cfg.compress = o.compress;
+  if (o.speed && parse_speed (o.speed, &fs_cfg.speed) == -1) {
+    fprintf (stderr, "qmpbackupfs: speed=%s: expected a number of bytes per second (K, M, G)\n",
+             o.speed);
+    return 1;
+  }
+  fs_cfg.include = o.include ? split_names (o.include) : NULL;
+  fs_cfg.exclude = o.exclude ? split_names (o.exclude) : NULL;
   fs_cfg.allow_other = o.allow_other;
   fs_cfg.uid = getuid ();
   fs_cfg.gid = getgid ();

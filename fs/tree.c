@@ -27,8 +27,17 @@ typedef struct node {
   node_kind kind;
   char *vm, *disk, *name;
   fuse_ino_t ino;
+  atomic_int opens;         /* N_CONTROL: open handles and requests in flight */
   struct node *next;        /* hash chain */
 } node;
+
+/* The kernel serialises writes and setattr on one inode (i_rwsem), so a
+ * second `echo full > backup` would wait behind a running backup instead of
+ * hearing EBUSY.  Each VM's control file is therefore served by a small pool
+ * of inodes: a lookup gets one that nobody has open, and control entries are
+ * never cached (entry timeout 0), so concurrent writers reach the daemon on
+ * different inodes. */
+#define CONTROL_INSTANCES 64
 
 #define HASH_SIZE 4096
 static pthread_mutex_t nodes_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -242,6 +251,20 @@ node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
   return r;
 }
 
+/* An inode of VM's control file that nobody has open (instance 0 if all are busy). */
+static node *
+control_instance (const char *vm)
+{
+  for (int i = 0; i < CONTROL_INSTANCES; i++) {
+    char name[16];
+    snprintf (name, sizeof name, "%d", i);
+    node *n = node_get (N_CONTROL, vm, NULL, name);
+    if (atomic_load (&n->opens) == 0)
+      return n;
+  }
+  return node_get (N_CONTROL, vm, NULL, "0");
+}
+
 /* The child NAME of PARENT as a node (it may not exist), or NULL. */
 static node *
 node_child (node *p, const char *name)
@@ -257,7 +280,7 @@ node_child (node *p, const char *name)
     return node_get (N_VM, name, NULL, NULL);
   case N_VM:
     if (strcmp (name, "backup") == 0)
-      return node_get (N_CONTROL, p->vm, NULL, NULL);
+      return control_instance (p->vm);
     if (strcmp (name, "status") == 0)
       return node_get (N_VMSTATUS, p->vm, NULL, NULL);
     if (!qb_name_is_safe (name))
@@ -320,6 +343,8 @@ op_lookup (fuse_req_t req, fuse_ino_t parent, const char *name)
     return;
   }
   e.ino = n->ino;
+  if (n->kind == N_CONTROL)
+    e.entry_timeout = 0;    /* every open looks up again: see control_instance */
   fuse_reply_entry (req, &e);
 }
 
@@ -375,7 +400,9 @@ op_setattr (fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
   }
   if ((valid & times) && !(valid & FUSE_SET_ATTR_SIZE)) {
     fs_vm *vm = vms_find (n->vm);
+    atomic_fetch_add (&n->opens, 1);
     r = vm ? control_touch (req, vm) : -ENOENT;
+    atomic_fetch_sub (&n->opens, 1);
     if (r < 0) {
       fuse_reply_err (req, -r);
       return;
@@ -471,7 +498,7 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     vm_scan *s = vm ? vm_scan_get (vm) : NULL;
     const store_vm *v = s ? s->v : NULL;
     if (n->kind == N_VM) {
-      dirbuf_add (req, b, "backup", node_get (N_CONTROL, n->vm, NULL, NULL), 0);
+      dirbuf_add (req, b, "backup", node_get (N_CONTROL, n->vm, NULL, "0"), 0);
       dirbuf_add (req, b, "status", node_get (N_VMSTATUS, n->vm, NULL, NULL), 0);
       for (size_t i = 0; v && i < v->ndisks; i++)
         dirbuf_add (req, b, v->disks[i].name, node_get (N_DISK, n->vm, v->disks[i].name, NULL), 0);
@@ -569,7 +596,9 @@ op_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fi->fh = 0;
     fi->direct_io = 1;
     fi->nonseekable = 1;
-    fuse_reply_open (req, fi);
+    atomic_fetch_add (&n->opens, 1);
+    if (fuse_reply_open (req, fi) != 0)
+      atomic_fetch_sub (&n->opens, 1);
     return;
   case N_IMG: {
     fs_vm *vm = vms_find (n->vm);
@@ -697,6 +726,9 @@ op_release (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
       break;
     case N_CHAINFILE:
       close (fi->fh);
+      break;
+    case N_CONTROL:
+      atomic_fetch_sub (&n->opens, 1);
       break;
     default:
       break;

@@ -73,14 +73,19 @@ vms_add_explicit (const char *spec)
     free (copy);
     return -1;
   }
+  /* absolute: the daemon changes to / when it goes to the background */
+  char cwd[4096];
+  if (!getcwd (cwd, sizeof cwd))
+    strcpy (cwd, "/");
   pthread_mutex_lock (&reg_lock);
   fs_vm *vm = reg_get_locked (safe);
   pthread_mutex_lock (&vm->lock);
   vm->explicit_vm = true;
   free (vm->qmp_path);
-  vm->qmp_path = qb_strdup (qmp);
+  vm->qmp_path = qmp[0] == '/' ? qb_strdup (qmp) : qb_asprintf ("%s/%s", cwd, qmp);
   free (vm->qga_path);
-  vm->qga_path = qga && *qga ? qb_strdup (qga) : NULL;
+  vm->qga_path = !qga || !*qga ? NULL
+    : qga[0] == '/' ? qb_strdup (qga) : qb_asprintf ("%s/%s", cwd, qga);
   pthread_mutex_unlock (&vm->lock);
   pthread_mutex_unlock (&reg_lock);
   free (safe);

@@ -39,21 +39,23 @@ qb_fs_unmount() {
   [ $rc -eq 0 ] || qb_die "qmpbackupfs exited $rc after unmount"
 }
 
-# Write TEXT to control file FILE; print the errno name of the failure ("OK" on success).
-qb_fs_control() {
-  python3 - "$1" "$2" <<'PY'
+# Python program: write argv[2] (with \n, \xNN escapes) to control file argv[1];
+# print "OK" or the errno name of the failure.
+QB_FS_WRITER='
 import errno, os, sys
 try:
     fd = os.open(sys.argv[1], os.O_WRONLY | os.O_TRUNC)
     try:
-        os.write(fd, sys.argv[2].encode('latin-1').decode('unicode_escape').encode('latin-1'))
+        os.write(fd, sys.argv[2].encode("latin-1").decode("unicode_escape").encode("latin-1"))
     finally:
         os.close(fd)
     print("OK")
 except OSError as e:
     print(errno.errorcode.get(e.errno, str(e.errno)))
-PY
-}
+'
+
+# Write TEXT to control file FILE; print the errno name of the failure ("OK" on success).
+qb_fs_control() { python3 -c "$QB_FS_WRITER" "$1" "$2"; }
 
 # Print the value at PATH (python expression on `d`) of JSON file FILE.
 qb_json() {
