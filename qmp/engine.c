@@ -682,6 +682,19 @@ drop_old_bitmaps (eng_run *r)
 }
 
 /* The steps from connecting to the commit; -1 leaves cleanup to the caller. */
+/* Remove "next" bitmaps a crashed run left behind (it died after its commit,
+ * before merging them): the chain's bitmap still holds every change since
+ * the previous point, so they carry nothing the next INC needs. */
+static void
+drop_stale_next_bitmaps (eng_run *r)
+{
+  static const char next[] = ENGINE_BITMAP_PREFIX "next-";
+  for (size_t i = 0; i < r->nall; i++)
+    for (size_t k = 0; k < r->all[i].nbitmaps; k++)
+      if (strncmp (r->all[i].bitmaps[k].name, next, sizeof next - 1) == 0)
+        bitmap_remove (r->q, r->all[i].node, r->all[i].bitmaps[k].name);
+}
+
 static int
 run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
 {
@@ -697,6 +710,7 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
     return -1;
   if (disks_query (r->q, &r->all, &r->nall) < 0)
     return -1;
+  drop_stale_next_bitmaps (r);
   if (check_names (r, o->include, "--include") < 0 || check_names (r, o->exclude, "--exclude") < 0)
     return -1;
   r->d = qb_calloc (r->nall ? r->nall : 1, sizeof *r->d);

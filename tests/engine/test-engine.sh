@@ -101,6 +101,14 @@ bitmaps=$(qb_qmp vm1 query-block)
   || qb_die "expected exactly one qmpbackup bitmap name, got: $bitmaps"
 nodes=$(qb_qmp vm1 query-named-block-nodes)
 ! grep -q "\"node-name\": *\"qmpbackup-" <<< "$nodes" || qb_die "target nodes were left behind: $nodes"
+# A run that died after its commit leaves its "next" bitmap in QEMU; the next
+# inc must clean it up and still capture every write.
+bm=$(grep -o '"name": *"qmpbackup-[^"]*"' <<< "$bitmaps" | head -1 | sed 's/.*"\(qmpbackup-[^"]*\)"/\1/')
+qb_qmp vm1 block-dirty-bitmap-add "{\"node\": \"drive0\", \"name\": \"qmpbackup-next-${bm#qmpbackup-}\"}" >/dev/null
+qb_guest_write vm1 drive0 "write -P 0x5a 5M 256k"
+backup --level inc
+expect_ok inc
+check_point drive0 "$LAST_ID"
 
 # --- restart: the qcow2 bitmap persists, the raw one does not --------------
 qb_guest_write vm1 drive0 "write -P 0x36 5M 1M"
