@@ -310,5 +310,14 @@ main (int argc, char **argv)
   store_close (fs_cfg.st);
   free (o.sockets);
   free (o.store);
+  free (o.speed);
+  free (o.include);
+  free (o.exclude);
+  for (char **p = fs_cfg.include; p && *p; p++)
+    free (*p);
+  for (char **p = fs_cfg.exclude; p && *p; p++)
+    free (*p);
+  free (fs_cfg.include);
+  free (fs_cfg.exclude);
   return ret;
 }

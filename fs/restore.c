@@ -46,9 +46,15 @@ static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static point_entry **cache;
 static size_t ncache;
 static const char zeros[ZERO_LEN];
-static __thread char *tbuf;
-static __thread size_t tbuf_len;
-static __thread struct fuse_bufvec *tvec;
+/* Per-thread read buffers (no malloc per read), freed when the worker exits. */
+typedef struct thread_bufs {
+  char *buf;
+  size_t len;
+  struct fuse_bufvec *vec;
+} thread_bufs;
+
+static pthread_key_t bufs_key;
+static pthread_once_t bufs_once = PTHREAD_ONCE_INIT;
 
 /* Find restore point DISPLAY of DISK in V: its chain and layer index. */
 bool
@@ -259,17 +265,40 @@ restore_release (struct fuse_file_info *fi)
   free (h);
 }
 
-/* Make the per-thread buffers hold at least LEN bytes. */
+/* Free a thread's read buffers (thread exit). */
 static void
+thread_bufs_free (void *p)
+{
+  thread_bufs *b = p;
+  free (b->buf);
+  free (b->vec);
+  free (b);
+}
+
+/* Create the key of the per-thread buffers. */
+static void
+thread_bufs_key (void)
+{
+  pthread_key_create (&bufs_key, thread_bufs_free);
+}
+
+/* This thread's read buffers, holding at least LEN bytes. */
+static thread_bufs *
 thread_buffers (size_t len)
 {
-  if (tbuf_len < len) {
-    free (tbuf);
-    tbuf = qb_calloc (1, len);
-    tbuf_len = len;
+  pthread_once (&bufs_once, thread_bufs_key);
+  thread_bufs *b = pthread_getspecific (bufs_key);
+  if (!b) {
+    b = qb_calloc (1, sizeof *b);
+    b->vec = qb_calloc (1, sizeof *b->vec + READ_SEGMENTS * sizeof (struct fuse_buf));
+    pthread_setspecific (bufs_key, b);
   }
-  if (!tvec)
-    tvec = qb_calloc (1, sizeof *tvec + READ_SEGMENTS * sizeof (struct fuse_buf));
+  if (b->len < len) {
+    free (b->buf);
+    b->buf = qb_calloc (1, len);
+    b->len = len;
+  }
+  return b;
 }
 
 /* Append a memory segment to V. */
@@ -299,8 +328,9 @@ restore_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
   }
   if (size > vsize - off)
     size = vsize - off;
-  thread_buffers (size);
-  struct fuse_bufvec *v = tvec;
+  thread_bufs *tb = thread_buffers (size);
+  char *tbuf = tb->buf;
+  struct fuse_bufvec *v = tb->vec;
   v->count = 0;
   v->idx = 0;
   v->off = 0;

@@ -21,6 +21,8 @@ qb_fs_mount() {
   FS_PID=$!
   qb_register_pid "$FS_PID"
   qb_register_mount "$mnt"
+  # a daemon that died leaves a mount `mountpoint` cannot stat: detach it lazily
+  qb_on_exit "fusermount3 -u -z '$mnt' 2>/dev/null || true"
   for ((i = 0; i < 100; i++)); do
     mountpoint -q "$mnt" && return 0
     _qb_alive "$FS_PID" || break
