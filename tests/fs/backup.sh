@@ -123,4 +123,16 @@ grep -q '^qmpbackupfs_backups_total{vm="vm1",level="inc",result="ok"} 31$' "$mnt
 qb_fs_unmount "$mnt"
 qb_fs_mount "$store" "$mnt" -o "sockets=$T/sockets"
 check_all "after remount"
+
+# -o vm=NAME:QMP with -o monthly: a VM named on the command line, chains in YYYY-MM folders.
+qb_fs_unmount "$mnt"
+qb_fs_mount "$store" "$mnt" -o "vm=mvm:$(qb_vm_socket vm1),monthly"
+[ "$(ls "$mnt" | tr '\n' ' ')" = "mvm vm1 " ] || qb_die "VM dirs with vm=: $(ls "$mnt")"
+qb_capture vm1 drive0 "$T/d0.raw"
+touch "$mnt/mvm/backup" || qb_die "monthly backup: $(cat "$mnt/mvm/status")"
+ls -d "$store/mvm/"[0-9][0-9][0-9][0-9]-[0-9][0-9]/drive0 >/dev/null || qb_die "no month folder: $(find "$store/mvm")"
+qb_cmp "$T/d0.raw" "$mnt/mvm/drive0/restore/latest.img"
+r=$(qb_fs_control "$mnt/vm1/backup" "inc\n")
+[ "$r" = EHOSTDOWN ] || qb_die "vm1 without sockets= should be restore only: $r"
+check_all "restore-only view"
 echo "backup: ok (${#sum[@]} images checked)"

@@ -155,11 +155,27 @@ python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$mnt/.status"
 grep -q '^qmpbackupfs_restore_points{vm="seedvm",disk="disk0"} 6$' "$mnt/.metrics" \
   || qb_die ".metrics: $(cat "$mnt/.metrics")"
 
-# Remount: the same points, the same bytes.
+# Remount with allow_other: the same points, the same bytes, and the kernel
+# enforces the modes (images/status for owner and group, control for the owner).
 sums=$(cd "$R" && md5sum "${points[@]}")
+as_user() { local g=$1; shift; setpriv --reuid=65534 --regid="$g" --clear-groups "$@"; }
+chmod 711 "$T"
+can_switch=0
+[ "$(id -u)" = 0 ] && command -v setpriv >/dev/null && can_switch=1
+if [ $can_switch = 1 ]; then
+  as_user 0 ls "$mnt" >/dev/null 2>&1 && qb_die "another user entered a mount without allow_other"
+fi
 qb_fs_unmount "$mnt"
-qb_fs_mount "$store" "$mnt"
+qb_fs_mount "$store" "$mnt" -o allow_other
 [ "$(cd "$R" && md5sum "${points[@]}")" = "$sums" ] || qb_die "remount changed the bytes"
+if [ $can_switch = 1 ]; then
+  as_user 0 cat "$R/${points[2]}" | cmp - "$T/expect-2.raw" || qb_die "group member cannot read an image"
+  as_user 0 cat "$mnt/seedvm/status" >/dev/null || qb_die "group member cannot read status"
+  as_user 0 sh -c "echo full > '$C'" 2>/dev/null && qb_die "group member wrote the control file"
+  as_user 65534 cat "$R/${points[2]}" >/dev/null 2>&1 && qb_die "another user read an image"
+else
+  qb_log "not root or no setpriv: permission checks skipped"
+fi
 
 # SIGTERM: the daemon unmounts and exits 0.
 kill -TERM "$FS_PID"
