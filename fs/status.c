@@ -181,6 +181,7 @@ status_disks (const store_vm *v, json_object *info)
     copy_key (j, q, "node", NULL);
     copy_key (j, q, "bitmap", NULL);
     copy_key (j, q, "health", NULL);
+    copy_key (j, q, "reason", "health_reason");
     if (q)
       json_object_object_add (j, "qemu", json_object_get (q));
     size_t points = 0, damaged = 0;
@@ -228,6 +229,7 @@ status_disks (const store_vm *v, json_object *info)
       copy_key (j, q, "node", NULL);
       copy_key (j, q, "bitmap", NULL);
       copy_key (j, q, "health", NULL);
+      copy_key (j, q, "reason", "health_reason");
       json_object_object_add (j, "qemu", json_object_get (q));
       json_object_object_add (j, "chain_length", json_object_new_int64 (0));
       json_object_object_add (j, "restore_points", json_object_new_int64 (0));

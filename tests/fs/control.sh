@@ -64,6 +64,17 @@ assert_clean() {
   [ "$(qb_qmp vm2 query-block-jobs)" = "[]" ] || qb_die "QEMU jobs left ($1): $(qb_qmp vm2 query-block-jobs)"
 }
 
+# The sockets dir is watched: a VM started after the mount appears, and goes
+# away with its socket when it has nothing in the store.
+qb_vm_start vm3 drive0:qcow2:1M
+for ((i = 0; i < 50; i++)); do ls "$mnt" | grep -qx vm3 && break; sleep 0.1; done
+[ "$(ls "$mnt" | tr '\n' ' ')" = "vm2 vm3 " ] || qb_die "new VM not shown: $(ls "$mnt")"
+qb_vm_stop vm3
+rm -f "$(qb_vm_socket vm3)"
+for ((i = 0; i < 50; i++)); do ls "$mnt" | grep -qx vm3 || break; sleep 0.1; done
+[ "$(ls "$mnt")" = vm2 ] || qb_die "stopped VM still shown: $(ls "$mnt")"
+[ ! -e "$mnt/vm3" ] || qb_die "stopped VM still reachable by name"
+
 # A first full backup to have a chain.
 start_writer "full\n"
 finish_job
