@@ -280,6 +280,21 @@ status_vm_json (fs_vm *vm, bool full)
     json_object *rec = store_record_latest (fs_cfg.st, vm->name);
     if (!rec)
       qb_error_clear ();
+    json_object *last;
+    if (rec && json_object_object_get_ex (j, "last", &last) && !last) {
+      /* nothing ran since the mount: the newest restore point's record speaks */
+      last = json_object_new_object ();
+      json_object_object_add (last, "ok", json_object_new_boolean (true));
+      copy_key (last, rec, "level", NULL);
+      copy_key (last, rec, "time", NULL);
+      copy_key (last, rec, "seconds", NULL);
+      copy_key (last, rec, "id", "restore_point");
+      copy_key (last, rec, "bytes_copied", NULL);
+      copy_key (last, rec, "reason", NULL);
+      copy_key (last, rec, "quiesced", NULL);
+      copy_key (last, rec, "quiesce_note", NULL);
+      json_object_object_add (j, "last", last);
+    }
     json_object_object_add (j, "latest_record", rec);
   }
   json_object_put (info);

@@ -123,6 +123,9 @@ grep -q '^qmpbackupfs_backups_total{vm="vm1",level="inc",result="ok"} 31$' "$mnt
 qb_fs_unmount "$mnt"
 qb_fs_mount "$store" "$mnt" -o "sockets=$T/sockets"
 check_all "after remount"
+cat "$mnt/vm1/status" > "$T/status.json"
+[ -n "$(qb_json "$T/status.json" 'd["last"]["restore_point"]')" ] \
+  || qb_die "status after remount lacks the last restore point: $(cat "$T/status.json")"
 
 # -o vm=NAME:QMP with -o monthly: a VM named on the command line, chains in YYYY-MM folders.
 qb_fs_unmount "$mnt"
