@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# qmpbackupfs benchmark suite: restore reads, random reads, sparse copies,
+# a store at scale and backups, each beside the closest peer on the same data
+# (qemu-storage-daemon's FUSE export of the same chain, cat of the flattened
+# raw image, cp, the Python qmpbackup's published figure), medians of >= 3 runs.
+#
+# Usage: contrib/bench/run.sh [--quick] [--out FILE] [--build DIR] [--only LIST]
+#   --quick       smaller data and shorter fio runs (about 2 minutes)
+#   --out FILE    also write the figures and the final table to FILE
+#   --build DIR   build directory with the binaries (default: build-bench,
+#                 made with `meson setup build-bench --buildtype=release`)
+#   --only LIST   comma-separated sections: seq,fio,sparse,scale,backup
+#   --runs N      runs per figure (default 3)
+# Needs root (FUSE mounts), qemu-img, qemu-io, qemu-storage-daemon,
+# qemu-system-x86_64, fio, fusermount3.  Not part of `meson test`.
+set -euo pipefail
+
+SRC=$(cd "$(dirname "$0")/../.." && pwd)
+BUILD=$SRC/build-bench
+QUICK=0
+OUT=
+ONLY=seq,fio,sparse,scale,backup
+RUNS=3
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) QUICK=1 ;;
+    --out) OUT=$(realpath -m "$2"); shift ;;
+    --build) BUILD=$(realpath "$2"); shift ;;
+    --only) ONLY=$2; shift ;;
+    --runs) RUNS=$2; shift ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+((RUNS >= 1)) || { echo "run.sh: --runs must be >= 1" >&2; exit 2; }
+
+export QB_BUILD_DIR=$BUILD
+. "$SRC/tests/lib/vm.sh"
+. "$SRC/contrib/bench/lib.sh"
+
+[ "$(id -u)" -eq 0 ] || { echo "run.sh: needs root (FUSE mounts, drop of page caches)" >&2; exit 2; }
+for t in "$QMPBACKUPFS" "$QMPBACKUP" "$QMPCMD"; do
+  [ -x "$t" ] || { echo "run.sh: $t missing: meson setup build-bench --buildtype=release && ninja -C build-bench" >&2; exit 2; }
+done
+qb_need qemu-img qemu-io qemu-storage-daemon qemu-system-x86_64 fusermount3 fio
+
+section() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+if [ "$QUICK" = 1 ]; then
+  SEQ_SIZE=$((256 << 20)) SEQ_STRIPE=$((64 << 10)) FIO_SECS=2
+  SPARSE_DATA=$((256 << 20)) BK_SIZE=256M BK_CHANGE=$((64 << 20)) INC_IDLE_RUNS=3
+else
+  SEQ_SIZE=$((1 << 30)) SEQ_STRIPE=$((256 << 10)) FIO_SECS=5
+  SPARSE_DATA=$((1 << 30)) BK_SIZE=1G BK_CHANGE=$((256 << 20)) INC_IDLE_RUNS=5
+fi
+DEPTHS=(1 10 50)
+SCALE_VMS=50 SCALE_POINTS=200 SCALE_CHAIN=50
+PEER_INC_IDLE=0.3        # Python qmpbackup 0.67, inc with nothing changed (measured on this machine)
+
+[ -n "$OUT" ] && : > "$OUT"
+qb_tmpdir
+qb_on_exit bench_cleanup
+trap 'exit 130' INT TERM HUP
+STORE=$T/store MNT=$T/mnt
+mkdir -p "$STORE" "$MNT"
+T0=$(now)
+
+say "# qmpbackupfs benchmarks ($(date -u +%Y-%m-%dT%H:%M:%SZ), $([ "$QUICK" = 1 ] && echo quick || echo full), medians of $RUNS runs)"
+say "# commit $(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) CPUs, $(uname -r), $(qemu-img --version | head -n 1)"
+
+# GB/s for BYTES read in SECS.
+gbps() { calc 'b / s / 1e9' b="$1" s="$2"; }
+
+# ---- sequential reads -------------------------------------------------------
+if section seq || section fio; then
+  note "making chains of depth ${DEPTHS[*]} ($((SEQ_SIZE >> 20)) MiB disks, stripes of $((SEQ_STRIPE >> 10)) KiB)"
+  declare -A TOP
+  full=
+  for d in "${DEPTHS[@]}"; do
+    TOP[$d]=$(mk_chain "$STORE/seq$d/drive0" "$SEQ_SIZE" "$d" "$SEQ_STRIPE" "$full")
+    full=$STORE/seq$d/drive0/FULL-1700000000-drive0.qcow2
+  done
+  warm "$STORE"/seq*/drive0/*
+fi
+
+if section seq; then
+  note "sequential reads (cold FUSE cache: a fresh mount / a fresh qsd for each run)"
+  FLAT=$T/flat.raw
+  qemu-img convert -f qcow2 -O raw "${TOP[50]}" "$FLAT"
+  warm "$FLAT"
+  declare -A S_OURS S_WARM S_QSD
+  for ((run = 0; run < RUNS; run++)); do
+    fs_mount "$STORE" "$MNT"
+    for d in "${DEPTHS[@]}"; do
+      img=$(restore_img "$MNT" "seq$d" drive0)
+      S_OURS[$d]+=" $(cat_secs "$img")"
+    done
+    for d in "${DEPTHS[@]}"; do
+      img=$(restore_img "$MNT" "seq$d" drive0)
+      S_WARM[$d]+=" $(cat_secs "$img")"
+    done
+    if [ "$run" = 0 ]; then
+      cmp "$(restore_img "$MNT" seq50 drive0)" "$FLAT" \
+        || { note "WRONG BYTES: the depth-50 restore image differs from qemu-img convert"; exit 1; }
+    fi
+    fs_umount "$MNT"
+    for d in "${DEPTHS[@]}"; do
+      qsd_start "${TOP[$d]}" "$T/qsd$d.raw"
+      S_QSD[$d]+=" $(cat_secs "$T/qsd$d.raw")"
+      qsd_stop "$T/qsd$d.raw"
+    done
+  done
+  CEIL=()
+  for ((run = 0; run < RUNS; run++)); do CEIL+=("$(cat_secs "$FLAT")"); done
+  ceil=$(gbps "$SEQ_SIZE" "$(median "${CEIL[@]}")")
+  for d in "${DEPTHS[@]}"; do
+    # shellcheck disable=SC2086
+    o=$(gbps "$SEQ_SIZE" "$(median ${S_OURS[$d]})")
+    # shellcheck disable=SC2086
+    p=$(gbps "$SEQ_SIZE" "$(median ${S_QSD[$d]})")
+    declare "SEQ_O$d=$o" "SEQ_P$d=$p"
+    fig "seq read, cold, depth $d (GB/s)" "$o" "$p" GB/s hi "r >= 3" ">= 3x qsd"
+  done
+  fig "seq read depth 50 / depth 1" "$(calc 'a / b' a="$SEQ_O50" b="$SEQ_O1")" \
+      "$(calc 'a / b' a="$SEQ_P50" b="$SEQ_P1")" "" - "o >= 0.9" ">= 0.9 (within 10%)"
+  # shellcheck disable=SC2086
+  fig "seq read, second read, depth 10 (vs cat raw)" "$(gbps "$SEQ_SIZE" "$(median ${S_WARM[10]})")" \
+      "$ceil" GB/s hi "r >= 0.7" ">= 0.7x page cache"
+  # shellcheck disable=SC2086
+  fig "seq read, second read, depth 50 (vs cat raw)" "$(gbps "$SEQ_SIZE" "$(median ${S_WARM[50]})")" \
+      "$ceil" GB/s hi "r >= 0.7" ">= 0.7x page cache"
+  rm -f "$FLAT"
+fi
+
+# ---- random 4 KiB reads -----------------------------------------------------
+# fio IOPS of 4 KiB random reads (O_DIRECT, libaio) of FILE at queue depth QD.
+fio_iops() {
+  fio --name=r --filename="${1//:/\\:}" --rw=randread --bs=4k --ioengine=libaio \
+      --iodepth="$2" --direct=1 --runtime="$FIO_SECS" --time_based --minimal 2>/dev/null \
+    | awk -F';' '{ print $8 }'
+}
+
+if section fio; then
+  note "random 4 KiB reads, depth-10 chain, fio libaio O_DIRECT, ${FIO_SECS}s a run"
+  fs_mount "$STORE" "$MNT"
+  img=$(restore_img "$MNT" seq10 drive0)
+  qsd_start "${TOP[10]}" "$T/qsd10.raw"
+  for qd in 1 32; do
+    O=() P=()
+    for ((run = 0; run < RUNS; run++)); do
+      O+=("$(fio_iops "$img" "$qd")")
+      P+=("$(fio_iops "$T/qsd10.raw" "$qd")")
+    done
+    fig "random 4K read QD$qd (IOPS)" "$(median "${O[@]}")" "$(median "${P[@]}")" IOPS hi "r >= 2" ">= 2x qsd"
+  done
+  qsd_stop "$T/qsd10.raw"
+  fs_umount "$MNT"
+fi
+
+# ---- sparse copy of a 64 GiB image --------------------------------------------
+if section sparse; then
+  note "cp --sparse=always of a 64 GiB image holding $((SPARSE_DATA >> 20)) MiB (FULL + INC)"
+  d=$STORE/sparse/drive0
+  mkdir -p "$d"
+  n=256 ext=$((SPARSE_DATA / 256 / 4))
+  cmds=()
+  for ((k = 0; k < n; k++)); do cmds+=("write -P $((k % 250 + 1)) $((k << 28)) $((3 * ext))"); done
+  qemu-img create -q -f qcow2 -o compat=1.1 "$d/FULL-1700000000-drive0.qcow2" 64G
+  qio "$d/FULL-1700000000-drive0.qcow2" "${cmds[@]}"
+  (cd "$d" && qemu-img create -q -f qcow2 -o compat=1.1 -b FULL-1700000000-drive0.qcow2 -F qcow2 \
+     INC-1700003600-drive0.qcow2 64G)
+  cmds=()
+  for ((k = 0; k < n; k++)); do cmds+=("write -P 7 $(((k << 28) + (128 << 20))) $ext"); done
+  qio "$d/INC-1700003600-drive0.qcow2" "${cmds[@]}"
+  warm "$d"/*
+  DST=$(mktemp -d /dev/shm/qb-bench.XXXXXX)
+  qb_on_exit "rm -rf '$DST'"
+  O=() P=()
+  for ((run = 0; run < RUNS; run++)); do
+    fs_mount "$STORE" "$MNT"
+    O+=("$(timeit cp --sparse=always "$(restore_img "$MNT" sparse drive0)" "$DST/ours.img")")
+    fs_umount "$MNT"
+    qsd_start "$d/INC-1700003600-drive0.qcow2" "$T/qsdsparse.raw"
+    P+=("$(timeit cp --sparse=always "$T/qsdsparse.raw" "$DST/qsd.img")")
+    qsd_stop "$T/qsdsparse.raw"
+    if [ "$run" = 0 ]; then
+      a=$(du -B1 "$DST/ours.img" | cut -f1) b=$(du -B1 "$DST/qsd.img" | cut -f1)
+      note "copies allocate $((a >> 20)) MiB (ours) and $((b >> 20)) MiB (qsd)"
+    fi
+    rm -f "$DST/ours.img" "$DST/qsd.img"
+  done
+  fig "cp --sparse=always, 64 GiB image (s)" "$(median "${O[@]}")" "$(median "${P[@]}")" s lo "r >= 2" ">= 2x faster than qsd"
+  rm -rf "$DST"
+fi
+
+# ---- scale: 50 VMs x 200 restore points ---------------------------------------
+if section scale; then
+  note "scale store: $SCALE_VMS VMs x $SCALE_POINTS restore points (chains of $SCALE_CHAIN)"
+  S=$T/scale
+  tmpl=$T/scale-tmpl/drive0
+  mkdir -p "$tmpl" "$S"
+  qemu-img create -q -f qcow2 -o compat=1.1 "$T/scale-full.qcow2" 16M
+  qio "$T/scale-full.qcow2" "write -P 1 0 1M"
+  qemu-img create -q -f qcow2 -o compat=1.1 "$T/scale-inc.qcow2" 16M
+  qio "$T/scale-inc.qcow2" "write -P 2 64k 64k"
+  for ((i = 0; i < SCALE_POINTS; i++)); do
+    e=$((1700000000 + i * 86400))
+    if ((i % SCALE_CHAIN == 0)); then
+      ln "$T/scale-full.qcow2" "$tmpl/FULL-$e-drive0.qcow2"
+    else
+      ln "$T/scale-inc.qcow2" "$tmpl/INC-$e-drive0.qcow2"
+    fi
+  done
+  for ((v = 0; v < SCALE_VMS; v++)); do cp -al "$T/scale-tmpl" "$S/vm$v"; done
+  SM=() SL=() SS=() SR=() NIMG=0
+  for ((run = 0; run < RUNS; run++)); do
+    fs_mount "$S" "$MNT"
+    SM+=("$MOUNT_SECS")
+    SL+=("$(timeit ls -R "$MNT")")
+    a=$(now)
+    NIMG=$(find "$MNT" -name '*Z.img' -printf '%s %b\n' | wc -l)
+    SS+=("$(tdiff "$a" "$(now)")")
+    SR+=("$(awk '/^VmRSS/ { print $2 / 1024 }' "/proc/$FS_PID/status")")
+    fs_umount "$MNT"
+  done
+  [ "$NIMG" = $((SCALE_VMS * SCALE_POINTS)) ] || note "WARNING: $NIMG restore images seen, $((SCALE_VMS * SCALE_POINTS)) expected"
+  fig "scale: mount, 50 VMs x 200 points (s)" "$(median "${SM[@]}")" - s - "o < 1" "< 1 s"
+  fig "scale: ls -R (s)" "$(median "${SL[@]}")" - s - "o < 1" "< 1 s"
+  fig "scale: stat of all $NIMG images (s)" "$(median "${SS[@]}")" - s - "o < 1" "< 1 s"
+  fig "scale: daemon RSS after the walk (MiB)" "$(median "${SR[@]}")" - MiB - "o < 64" "< 64 MiB"
+  rm -rf "$S" "$T/scale-tmpl"
+fi
+
+# ---- backups ----------------------------------------------------------------
+# Newest file of kind K (FULL/INC) in directory DIR.
+newest() { ls "$1" | grep -E "^$2-[0-9]{8}T[0-9]{6}Z(-[0-9]+)?$" | sort | tail -n 1; }
+
+if section backup; then
+  note "backups with qmpbackup of a paused VM with one $BK_SIZE qcow2 disk"
+  qb_vm_start bvm "drive0:qcow2:$BK_SIZE"
+  sock=$(qb_vm_socket bvm)
+  src=$(qb_vm_image bvm drive0)
+  bytes=$(qb_bytes "$BK_SIZE")
+  qb_guest_write bvm drive0 "write -P 0x5a 0 $bytes"
+  qb_guest_write bvm drive0 flush
+  warm "$src"
+  BK=$T/bkstore/bvm
+  mkdir -p "$BK"
+  backup() { "$QMPBACKUP" --socket "$sock" backup --level "$1" --target "$BK" --quiet --no-quiesce; }
+  F=() C=()
+  for ((run = 0; run < RUNS; run++)); do
+    F+=("$(timeit backup full)")
+    C+=("$(timeit sh -c "cp '$src' '$T/cp.img' && sync '$T/cp.img'")")
+    rm -f "$T/cp.img"
+  done
+  fig "full backup, $BK_SIZE of data (MB/s, vs cp+fsync)" "$(calc 'b / s / 1e6' b="$bytes" s="$(median "${F[@]}")")" \
+      "$(calc 'b / s / 1e6' b="$bytes" s="$(median "${C[@]}")")" MB/s hi "" ""
+  I=()
+  for ((run = 0; run < INC_IDLE_RUNS; run++)); do I+=("$(timeit backup inc)"); done
+  fig "inc backup, nothing changed (s; peer: Python 0.67)" "$(median "${I[@]}")" "$PEER_INC_IDLE" s lo "r >= 10" ">= 10x less"
+  chunk=$((4 << 20)) nchunks=$((bytes / (4 << 20))) nwrite=$((BK_CHANGE / (4 << 20)))
+  head -c "$BK_CHANGE" "$src" > "$T/chg.bin"
+  IT=() IC=() IR=()
+  for ((run = 0; run < RUNS; run++)); do
+    RANDOM=$((run + 7))
+    mapfile -t offs < <(for ((k = 0; k < nchunks; k++)); do echo "$RANDOM $k"; done | sort -n | head -n "$nwrite" | awk '{ print $2 }')
+    for k in "${offs[@]}"; do qb_guest_write bvm drive0 "write -P $((run + 0x61)) $((k * chunk)) $chunk"; done
+    IT+=("$(timeit backup inc)")
+    f=$BK/drive0/$(newest "$BK/drive0" INC)
+    IR+=("$(calc 'a / c' a="$(stat -c %s "$f")" c="$BK_CHANGE")")
+    IC+=("$(timeit sh -c "cp '$T/chg.bin' '$T/cp.img' && sync '$T/cp.img'")")
+    rm -f "$T/cp.img"
+  done
+  fig "inc backup, $((BK_CHANGE >> 20)) MiB changed (MB/s, vs cp+fsync)" \
+      "$(calc 'b / s / 1e6' b="$BK_CHANGE" s="$(median "${IT[@]}")")" \
+      "$(calc 'b / s / 1e6' b="$BK_CHANGE" s="$(median "${IC[@]}")")" MB/s hi "" ""
+  fig "inc file size / changed bytes" "$(median "${IR[@]}")" 1 "" lo "o <= 1.05" "<= 1.05"
+  qb_vm_stop bvm
+  rm -rf "$T/bkstore" "$T/chg.bin"
+fi
+
+fig_table
+say ""
+say "total time $(printf '%.0f' "$(tdiff "$T0" "$(now)")") s"
