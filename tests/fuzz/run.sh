@@ -2,7 +2,7 @@
 # Run one libFuzzer target for a bounded time over the committed corpus and
 # the regression inputs.  Usage: tests/fuzz/run.sh TARGET SECONDS [LIBFUZZER-ARGS...]
 #   TARGET   jsonio | qmp | qga | qcow2 | chain
-#   SECONDS  how long to fuzz (meson test runs 12 s; run 600 or more by hand)
+#   SECONDS  how long to fuzz (meson test runs 10 s; run 600 or more by hand)
 # The binaries are built by build.sh into $QB_BUILD_DIR/tests/fuzz (default:
 # a fuzz/ dir beside this script's build dir argument, or ./fuzz-bin).  New
 # inputs found go to a work dir ($QB_FUZZ_WORK, else a temp dir removed at the
