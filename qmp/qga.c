@@ -157,7 +157,7 @@ qga_execute (qga *g, const char *cmd, json_object *args, int timeout_ms)
     json_object_put (m);
     return NULL;
   }
-  if (!json_object_object_get_ex (m, "return", &ret)) {
+  if (!json_object_object_get_ex (m, "return", &ret) || !ret) {
     json_object_put (m);
     qb_error_set (QB_EPROTO, "guest agent: reply to %s has neither \"return\" nor \"error\"", cmd);
     return NULL;
@@ -184,7 +184,8 @@ count_command (qga *g, const char *cmd, int timeout_ms)
   json_object *r = qga_execute (g, cmd, NULL, timeout_ms);
   if (!r)
     return -1;
-  if (!json_object_is_type (r, json_type_int)) {
+  if (!json_object_is_type (r, json_type_int) || json_object_get_int64 (r) < 0
+      || json_object_get_int64 (r) > INT32_MAX) {
     json_object_put (r);
     return qb_error_set (QB_EPROTO, "guest agent: %s returned no count", cmd);
   }
