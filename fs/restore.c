@@ -27,6 +27,7 @@ typedef struct point_entry {
   chain_image *ci;
   char *error;              /* why chain_open failed (reads give EIO) */
   int err;
+  bool priv;                /* not in the cache: freed with its last open */
 } point_entry;
 
 typedef struct restore_handle {
@@ -211,11 +212,18 @@ restore_open (const char *vm, const char *disk, const store_chain *c, size_t idx
     cache[ncache++] = e;
   }
   same = e->sig && strcmp (e->sig, sig) == 0;
-  if (!same && e->refs == 0) {
+  if (!same && e->refs > 0) {
+    /* the files changed under open readers: this open gets its own image */
+    point_entry *p = qb_calloc (1, sizeof *p);
+    p->key = qb_strdup (e->key);
+    p->priv = true;
+    pthread_mutex_init (&p->open_lock, NULL);
+    e = p;
+  }
+  if (!same) {
     free (e->sig);
     e->sig = sig;
     sig = NULL;
-    same = false;
   }
   e->refs++;
   pthread_mutex_unlock (&cache_lock);
@@ -253,14 +261,22 @@ restore_release (struct fuse_file_info *fi)
   if (e) {
     chain_image *close_ci = NULL;
     pthread_mutex_lock (&cache_lock);
+    bool free_it = false;
     if (--e->refs == 0) {
       close_ci = e->ci;
       e->ci = NULL;
       free (e->error);
       e->error = NULL;
+      free_it = e->priv;
     }
     pthread_mutex_unlock (&cache_lock);
     chain_close (close_ci);
+    if (free_it) {
+      pthread_mutex_destroy (&e->open_lock);
+      free (e->key);
+      free (e->sig);
+      free (e);
+    }
   }
   free (h);
 }

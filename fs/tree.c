@@ -525,6 +525,19 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
   fuse_reply_open (req, fi);
 }
 
+/* Reply LEN bytes of a buffer owned by an open handle.  The reply is sent
+ * from a copy: once the kernel has the reply, the process may close the file
+ * and another thread free the handle while this one is still returning. */
+static void
+reply_copy (fuse_req_t req, const char *p, size_t len)
+{
+  char *copy = len ? qb_calloc (1, len) : NULL;
+  if (len)
+    memcpy (copy, p, len);
+  fuse_reply_buf (req, copy, len);
+  free (copy);
+}
+
 /* FUSE readdir: a slice of the listing built at opendir. */
 static void
 op_readdir (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
@@ -534,7 +547,7 @@ op_readdir (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_
   if ((size_t) off >= b->size)
     fuse_reply_buf (req, NULL, 0);
   else
-    fuse_reply_buf (req, b->p + off, b->size - off < size ? b->size - off : size);
+    reply_copy (req, b->p + off, b->size - off < size ? b->size - off : size);
 }
 
 /* FUSE releasedir. */
@@ -663,7 +676,7 @@ op_read (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_fil
     if ((size_t) off >= h->len)
       fuse_reply_buf (req, NULL, 0);
     else
-      fuse_reply_buf (req, h->text + off, h->len - off < size ? h->len - off : size);
+      reply_copy (req, h->text + off, h->len - off < size ? h->len - off : size);
     return;
   }
   case N_IMG:

@@ -127,6 +127,23 @@ cat "$mnt/vm1/status" > "$T/status.json"
 [ -n "$(qb_json "$T/status.json" 'd["last"]["restore_point"]')" ] \
   || qb_die "status after remount lacks the last restore point: $(cat "$T/status.json")"
 
+# qmprebase rebase under the mount: the first chain of drive0 folded up to its
+# 10th point.  Older points go, the rest read as before (the kernel's cached
+# pages of a point whose files changed are not reused).
+mapfile -t d0points < <(qb_fs_points "$mnt/vm1/drive0/restore")
+k=${d0points[9]}
+cat "$mnt/vm1/drive0/restore/$k" > /dev/null
+cat "$mnt/vm1/drive0/restore/$k" > /dev/null
+kid=$(echo "${k%.img}" | sed -E 's/^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z/\1\2\3T\4\5\6Z/')
+"$QMPREBASE" rebase --dir "$store/vm1/drive0" --until "$kid" >"$T/rebase.out" 2>&1 \
+  || qb_die "qmprebase rebase: $(cat "$T/rebase.out")"
+for p in "${d0points[@]:0:9}"; do
+  [ ! -e "$mnt/vm1/drive0/restore/$p" ] || qb_die "$p still shown after the rebase"
+  unset "sum[drive0/$p]"
+done
+[ "$(qb_fs_points "$mnt/vm1/drive0/restore" | head -1)" = "$k" ] || qb_die "oldest point after rebase"
+check_all "after qmprebase rebase"
+
 # -o vm=NAME:QMP with -o monthly: a VM named on the command line, chains in YYYY-MM folders.
 qb_fs_unmount "$mnt"
 qb_fs_mount "$store" "$mnt" -o "vm=mvm:$(qb_vm_socket vm1),monthly"

@@ -64,5 +64,6 @@ qb_json() {
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"
 }
 
-# Print the names in restore dir DIR (without latest.img), sorted.
-qb_fs_points() { ls "$1" | grep -v '^latest.img$' | sort; }
+# Print the names in restore dir DIR (without latest.img) in time order: the
+# directory's own order (a byte sort puts "...Z-02.img" before "...Z.img").
+qb_fs_points() { ls -U "$1" | grep -v '^latest.img$'; }
