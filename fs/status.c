@@ -187,7 +187,15 @@ status_disks (const store_vm *v, json_object *info)
     size_t points = 0, damaged = 0;
     uint64_t stored = 0;
     json_object *dmg = json_object_new_array ();
-    const store_chain *last = d->nchains ? &d->chains[d->nchains - 1] : NULL;
+    /* the chain the next incremental continues: not a copy, newest layer last */
+    const store_chain *last = NULL;
+    for (size_t c = 0; c < d->nchains; c++) {
+      const store_chain *ch = &d->chains[c];
+      if (ch->n == 0 || ch->layers[0].kind == STORE_COPY)
+        continue;
+      if (!last || ch->layers[ch->n - 1].time_us >= last->layers[last->n - 1].time_us)
+        last = ch;
+    }
     for (size_t c = 0; c < d->nchains; c++)
       for (size_t k = 0; k < d->chains[c].n; k++) {
         const store_layer *l = &d->chains[c].layers[k];

@@ -114,7 +114,28 @@ cat "$mnt/vm1/status" > "$T/status.json"
 [ "$(qb_json "$T/status.json" '[x["chain_length"] for x in d["disks"]]')" = "[2, 2]" ] \
   || qb_die "new chain length: $(cat "$T/status.json")"
 check_all "after a new chain"
-grep -q '^qmpbackupfs_backups_total{vm="vm1",level="inc",result="ok"} 31$' "$mnt/.metrics" \
+
+# `copy` is a point of its own; the chain goes on after it.
+qb_guest_write vm1 drive0 "write -P 0x97 2M 64k"
+capture_for pending
+echo copy > "$C"
+p=$(newest drive0)
+sum[drive0/$p]=${sum[drive0/pending]}; sum[data1/$p]=${sum[data1/pending]}
+cat "$mnt/vm1/status" > "$T/status.json"
+[ "$(qb_json "$T/status.json" 'd["last"]["level"]')" = copy ] || qb_die "copy: $(cat "$T/status.json")"
+ls "$store/vm1/drive0" | grep -q '^COPY-' || qb_die "no COPY file"
+qb_guest_write vm1 data1 "write -P 0x96 64k 64k"
+capture_for pending
+echo auto > "$C"
+p=$(newest drive0)
+sum[drive0/$p]=${sum[drive0/pending]}; sum[data1/$p]=${sum[data1/pending]}
+unset 'sum[drive0/pending]' 'sum[data1/pending]'
+cat "$mnt/vm1/status" > "$T/status.json"
+[ "$(qb_json "$T/status.json" 'd["last"]["level"]')" = inc ] || qb_die "auto after copy: $(cat "$T/status.json")"
+[ "$(qb_json "$T/status.json" '[x["chain_length"] for x in d["disks"]]')" = "[3, 3]" ] \
+  || qb_die "chain after copy: $(cat "$T/status.json")"
+check_all "after a copy"
+grep -q '^qmpbackupfs_backups_total{vm="vm1",level="inc",result="ok"} 32$' "$mnt/.metrics" \
   || qb_die ".metrics: $(grep backups_total "$mnt/.metrics")"
 "$QMPCMD" --timeout 5 "$(qb_vm_socket vm1)" query-status >/dev/null \
   || qb_die "the product QMP socket is not free after backups"

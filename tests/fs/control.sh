@@ -117,6 +117,20 @@ start_writer "inc\n"
 finish_job
 qb_cmp "$T/d0.raw" "$mnt/vm2/drive0/restore/latest.img"
 
+# A backup by the CLI holds the socket and the store lock: the mount says EBUSY.
+"$QMPBACKUP" --socket "$(qb_vm_socket vm2)" backup --level full --target "$store/vm2" \
+  --speed 1M --quiet >"$T/cli.out" 2>&1 &
+CLI=$!
+wait_job
+r=$(qb_fs_control "$C" "inc\n")
+[ "$r" = EBUSY ] || qb_die "backup while the CLI backs up: $r"
+cat "$mnt/vm2/status" > "$T/status.json"
+qb_json "$T/status.json" 'd["last"]["error"]' | grep -q . || qb_die "EBUSY not explained: $(cat "$T/status.json")"
+kill -INT "$CLI"
+wait_gone "$CLI"
+wait "$CLI" 2>/dev/null || true
+assert_clean "after the CLI was interrupted"
+
 # SIGTERM during a backup: cancelled, unmounted, exit 0, nothing left behind.
 qb_guest_write vm2 drive0 "write -P 0x57 0 32M"
 start_writer "inc\n"
