@@ -200,6 +200,7 @@ fs_canceller_start (void)
   return r == 0 ? 0 : -1;
 }
 
+/* Parse options, mount, serve until unmounted or signalled; 0 on a clean end. */
 int
 main (int argc, char **argv)
 {
