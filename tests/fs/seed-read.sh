@@ -119,6 +119,23 @@ used=$(du -k "$T/big-copy.raw" | cut -f1)
 [ "$used" -lt 8192 ] || qb_die "sparse copy uses $used KiB"
 qb_log "sparse copy of a 2 GiB image: $(( (t1 - t0) / 1000000 )) ms, $used KiB"
 
+# Restore images work as they are: qemu-img reads them, QEMU boots from one.
+qemu-img convert -f raw -O qcow2 "$R/latest.img" "$T/latest.qcow2"
+qemu-img compare -f qcow2 -F raw "$T/latest.qcow2" "$T/expect-5.raw" >/dev/null \
+  || qb_die "qemu-img convert of a restore image differs"
+if command -v qemu-system-x86_64 >/dev/null; then
+  qemu-system-x86_64 -machine q35,accel=kvm:tcg -nodefaults -display none -S -m 64 \
+    -drive "file=$R/latest.img,format=raw,if=virtio,id=restored,snapshot=on" \
+    -qmp "unix:$T/boot.qmp,server=on,wait=off" </dev/null >"$T/boot.out" 2>&1 &
+  boot=$!
+  qb_register_pid "$boot"
+  for ((i = 0; i < 100; i++)); do [ -S "$T/boot.qmp" ] && break; _qb_alive $boot || break; sleep 0.1; done
+  "$QMPCMD" --timeout 5 "$T/boot.qmp" query-block | grep -q '"device":"restored"' \
+    || qb_die "QEMU did not open a restore image: $(cat "$T/boot.out")"
+  "$QMPCMD" --timeout 5 "$T/boot.qmp" quit >/dev/null 2>&1 || true
+  _qb_wait_gone $boot
+fi
+
 # Damage: the cut INC fails with EIO, the FULL below it still reads, the daemon lives.
 D=$mnt/seedvm/disk1/restore
 mapfile -t dpoints < <(qb_fs_points "$D")
