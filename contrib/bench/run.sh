@@ -124,6 +124,9 @@ if section seq; then
   done
   ceil=$(gbps "$SEQ_SIZE" "$(median "${CEIL[@]}")")
   for d in "${DEPTHS[@]}"; do
+    note "depth $d seconds per run: ours cold${S_OURS[$d]}; ours second${S_WARM[$d]}; qsd${S_QSD[$d]}"
+  done
+  for d in "${DEPTHS[@]}"; do
     # shellcheck disable=SC2086
     o=$(gbps "$SEQ_SIZE" "$(median ${S_OURS[$d]})")
     # shellcheck disable=SC2086
