@@ -118,7 +118,7 @@ store_names_free (char **names, size_t n)
 
 /* ---- Ids and names ---- */
 
-/* Format second T_US (+ "-NN" for SEQ > 1) as an id. */
+/* Format second T_US (+ "_NN" for SEQ > 1) as an id. */
 void
 store_id_format (int64_t t_us, int seq, char *buf, size_t len)
 {
@@ -128,7 +128,7 @@ store_id_format (int64_t t_us, int seq, char *buf, size_t len)
   char base[32];
   strftime (base, sizeof base, "%Y%m%dT%H%M%SZ", &tm);
   if (seq > 1)
-    snprintf (buf, len, "%s-%02d", base, seq);
+    snprintf (buf, len, "%s_%02d", base, seq);
   else
     snprintf (buf, len, "%s", base);
 }
@@ -162,7 +162,7 @@ parse_our_id (const char *id, int64_t *time_us, int *seq)
     return false;
   int s = 1;
   if (len == 19) {
-    if (id[16] != '-' || !all_digits (id + 17, 2))
+    if (id[16] != '_' || !all_digits (id + 17, 2))
       return false;
     s = num (id + 17, 2);
     if (s < 2)
@@ -200,7 +200,7 @@ parse_seed_epoch (const char *s, int64_t *time_us)
   return true;
 }
 
-/* Parse "YYYYMMDDTHHMMSSZ[-NN]" or a seed epoch name part; 0 on success. */
+/* Parse "YYYYMMDDTHHMMSSZ[_NN]" or a seed epoch name part; 0 on success. */
 int
 store_id_parse (const char *id, int64_t *time_us, int *seq)
 {
@@ -223,7 +223,7 @@ store_id_valid (const char *id)
   return id && parse_our_id (id, NULL, NULL);
 }
 
-/* "2026-11-26T04:50:00Z[-02]" for ID. */
+/* "2026-11-26T04:50:00Z[_02]" for ID. */
 int
 store_id_display (const char *id, char *buf, size_t len)
 {
@@ -234,7 +234,7 @@ store_id_display (const char *id, char *buf, size_t len)
   char base[32];
   qb_format_utc (t, base, sizeof base);
   if (seq > 1)
-    snprintf (buf, len, "%s-%02d", base, seq);
+    snprintf (buf, len, "%s_%02d", base, seq);
   else
     snprintf (buf, len, "%s", base);
   return 0;

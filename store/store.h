@@ -11,7 +11,7 @@
  *   <disk dir>/.tmp-<FILE>               a file being written (never visible as a layer)
  *
  * <id> is the UTC time of the backup transaction, "YYYYMMDDTHHMMSSZ", with
- * "-02", "-03", ... appended for further points of the same VM in the same
+ * "_02", "_03", ... appended for further points of the same VM in the same
  * second, so ids are unique per VM and sort in time order.  (No colons: QEMU
  * would parse "FULL-2026-11-26T04:..." as a protocol prefix.)  Files written by
  * the Python qmpbackup ("FULL-<epoch>-<name>", "INC-<epoch>-<name>") are read
@@ -64,8 +64,8 @@ void store_names_free (char **names, size_t n);
 typedef struct store_layer {
   char *path;          /* absolute path of the qcow2 file */
   char *name;          /* base name, e.g. "INC-20261126T045000Z" */
-  char id[40];         /* restore point id, e.g. "20261126T045000Z-02" */
-  char display[48];    /* mount name without ".img": "2026-11-26T04:50:00Z-02" */
+  char id[40];         /* restore point id, e.g. "20261126T045000Z_02" */
+  char display[48];    /* mount name without ".img": "2026-11-26T04:50:00Z_02" */
   store_kind kind;
   int64_t time_us;     /* backup time, UTC microseconds since the epoch */
   uint64_t virtual_size; /* from the record; 0 when unknown (seed files) */
@@ -130,7 +130,7 @@ void store_unlock (store_lock *l);
 typedef struct store_txn store_txn;
 
 /* Begin a restore point of VM at time NOW_US (the caller holds the lock).
- * Picks the id (unique: bumps the -NN suffix if the second is taken).
+ * Picks the id (unique: bumps the _NN suffix if the second is taken).
  * MONTHLY selects the STORE/<vm>/<YYYY-MM>/ layout. */
 store_txn *store_txn_begin (store *st, const char *vm, int64_t now_us, bool monthly);
 
@@ -171,7 +171,7 @@ int store_recover (store *st, const char *vm);
  * record (used by qmprebase after merging).  Caller holds the lock. */
 int store_point_remove (store *st, const char *vm, const char *id);
 
-/* Parse "YYYYMMDDTHHMMSSZ[-NN]" or a seed epoch name part; 0 on success. */
+/* Parse "YYYYMMDDTHHMMSSZ[_NN]" or a seed epoch name part; 0 on success. */
 int store_id_parse (const char *id, int64_t *time_us, int *seq);
 
 #endif

@@ -145,8 +145,8 @@ layer_in_dir (const store_layer *l, const char *dir)
   return strncmp (l->path, dir, n) == 0 && l->path[n] == '/' && !strchr (l->path + n + 1, '/');
 }
 
-/* Normalise a user's point name: drop ".img", turn "2026-11-26T04:50:00Z-02"
- * into "20261126T045000Z-02".  Malloc'd. */
+/* Normalise a user's point name: drop ".img", turn "2026-11-26T04:50:00Z_02"
+ * into "20261126T045000Z_02".  Malloc'd. */
 static char *
 until_normalise (const char *s)
 {

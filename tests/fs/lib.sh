@@ -65,5 +65,5 @@ qb_json() {
 }
 
 # Print the names in restore dir DIR (without latest.img) in time order: the
-# directory's own order (a byte sort puts "...Z-02.img" before "...Z.img").
-qb_fs_points() { ls -U "$1" | grep -v '^latest.img$'; }
+# byte order, which is time order ("...Z.img" before "...Z_02.img").
+qb_fs_points() { LC_ALL=C ls "$1" | grep -v "^latest.img$"; }

@@ -36,7 +36,7 @@ qb_layers() {
 # Print the newest layer file name in store disk directory DIR.
 qb_newest_layer() { qb_layers "$1" | tail -n 1; }
 
-# Print the restore point id of layer file name FILE ("INC-20261126T045000Z-02" -> "20261126T045000Z-02").
+# Print the restore point id of layer file name FILE ("INC-20261126T045000Z_02" -> "20261126T045000Z_02").
 qb_layer_id() { echo "${1#*-}"; }
 
 # Check restore point ID of disk directory DIR (STORE/<vm>[/<month>]/<disk>) against

@@ -254,7 +254,7 @@ test_ids_and_commit (void)
   CHECK (stat (rpath, &sb) == 0 && (sb.st_mode & 0777) == 0700);
   free (rpath);
 
-  /* Two more points in the same second: -02, -03; they sort in time order. */
+  /* Two more points in the same second: _02, _03; they sort in time order. */
   store_vm *keep;
   store_layer prev = last_layer (st, "web1", "drive0", &keep);
   CHECK (prev.quiesced);
@@ -263,15 +263,15 @@ test_ids_and_commit (void)
   prev = last_layer (st, "web1", "drive0", &keep);
   commit_point (st, "web1", "drive0", T0 + 900000, STORE_INC, &prev, NULL, false, id3);
   store_vm_free (keep);
-  CHECK (strcmp (id2, "20261126T045000Z-02") == 0);
-  CHECK (strcmp (id3, "20261126T045000Z-03") == 0);
+  CHECK (strcmp (id2, "20261126T045000Z_02") == 0);
+  CHECK (strcmp (id3, "20261126T045000Z_03") == 0);
   CHECK (strcmp (id1, id2) < 0 && strcmp (id2, id3) < 0);
   CHECK (store_id_parse (id3, &t, &seq) == 0 && t == T0 && seq == 3);
   CHECK (store_id_parse (id1, &t, &seq) == 0 && t == T0 && seq == 1);
   CHECK (store_id_parse ("1700000000-disk.qcow2", &t, &seq) == 0
          && t == (int64_t) 1700000000 * 1000000);
   CHECK (store_id_parse ("20261132T045000Z", &t, &seq) == -1);
-  CHECK (store_id_parse ("20261126T045000Z-01", &t, &seq) == -1);
+  CHECK (store_id_parse ("20261126T045000Z_01", &t, &seq) == -1);
   CHECK (store_id_parse ("garbage", &t, &seq) == -1);
 
   v = store_scan_vm (st, "web1");
@@ -286,9 +286,17 @@ test_ids_and_commit (void)
   CHECK (strcmp (c->chain_id, chain) == 0 && c->month == NULL);
   CHECK (c->layers[0].kind == STORE_FULL && c->layers[1].kind == STORE_INC);
   CHECK (strcmp (c->layers[0].display, "2026-11-26T04:50:00Z") == 0);
-  CHECK (strcmp (c->layers[1].display, "2026-11-26T04:50:00Z-02") == 0);
-  CHECK (strcmp (c->layers[2].display, "2026-11-26T04:50:00Z-03") == 0);
-  CHECK (strcmp (c->layers[2].name, "INC-20261126T045000Z-03") == 0);
+  CHECK (strcmp (c->layers[1].display, "2026-11-26T04:50:00Z_02") == 0);
+  CHECK (strcmp (c->layers[2].display, "2026-11-26T04:50:00Z_03") == 0);
+  CHECK (strcmp (c->layers[2].name, "INC-20261126T045000Z_03") == 0);
+  /* The mount's names ("<display>.img") sort in time order byte by byte. */
+  for (size_t i = 0; i + 1 < 3; i++) {
+    char *a = qb_asprintf ("%s.img", c->layers[i].display);
+    char *b = qb_asprintf ("%s.img", c->layers[i + 1].display);
+    CHECK (strcmp (a, b) < 0);
+    free (a);
+    free (b);
+  }
   CHECK (c->layers[2].time_us == T0 + 900000);
   CHECK (c->layers[1].virtual_size == 1 << 20);
   CHECK (c->layers[0].file_size > 0);
@@ -359,7 +367,7 @@ test_ids_and_commit (void)
   json_object_put (latest);
   /* The next point in that second does not reuse an id a file still has. */
   tx = store_txn_begin (st, "web1", T0, false);
-  CHECK (tx && strcmp (store_txn_id (tx), "20261126T045000Z-03") == 0);
+  CHECK (tx && strcmp (store_txn_id (tx), "20261126T045000Z_03") == 0);
   store_txn_free (tx);
   store_close (st);
 }
