@@ -89,6 +89,7 @@ typedef struct fs_vm {
   vm_scan *scan;
   char *scan_stamp;
   uint64_t scan_checked_ms;
+  struct timespec scan_points_mtime; /* .points dir mtime at the last check */
   /* engine_info cache */
   pthread_mutex_t info_lock;      /* one engine_info at a time per VM */
   json_object *info;

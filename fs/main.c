@@ -289,7 +289,7 @@ main (int argc, char **argv)
   struct fuse_loop_config *cfg = fuse_loop_cfg_create ();
   fuse_loop_cfg_set_clone_fd (cfg, 1);
   fuse_loop_cfg_set_max_threads (cfg, MAX_THREADS);
-  fuse_loop_cfg_set_idle_threads (cfg, 4);
+  fuse_loop_cfg_set_idle_threads (cfg, MAX_THREADS);
   ret = fuse_session_loop_mt (se, cfg) != 0;
   fuse_loop_cfg_destroy (cfg);
   if (atomic_load (&fs_terminating))

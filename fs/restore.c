@@ -391,7 +391,7 @@ restore_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
     }
     pos += len;
   }
-  int r = fuse_reply_data (req, v, FUSE_BUF_SPLICE_MOVE);
+  int r = fuse_reply_data (req, v, 0);
   if (r < 0 && r != -ENOENT)
     fprintf (stderr, "qmpbackupfs: read reply: %s\n", strerror (-r));
   return;

@@ -316,7 +316,7 @@ op_init (void *userdata, struct fuse_conn_info *conn)
   (void) userdata;
   mount_time = time (NULL);
   node_get (N_ROOT, NULL, NULL, NULL);      /* the first node: inode 1 */
-  unsigned want = FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE | FUSE_CAP_ATOMIC_O_TRUNC;
+  unsigned want = FUSE_CAP_SPLICE_WRITE | FUSE_CAP_ATOMIC_O_TRUNC;
   conn->want |= want & conn->capable;
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;   /* images are immutable */
   conn->max_write = 1u << 20;
@@ -687,7 +687,7 @@ op_read (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_fil
     v.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
     v.buf[0].fd = fi->fh;
     v.buf[0].pos = off;
-    fuse_reply_data (req, &v, FUSE_BUF_SPLICE_MOVE);
+    fuse_reply_data (req, &v, 0);
     return;
   }
   default:

@@ -329,12 +329,45 @@ vm_scan_put (vm_scan *s)
   }
 }
 
+/* Modification time of VM's .points directory: every restore point committed
+ * or rewritten by this store's programs changes it (zero if absent). */
+static struct timespec
+points_mtime (const char *vmname)
+{
+  char *p = qb_asprintf ("%s/%s/.points", fs_cfg.store_root, vmname);
+  struct stat sb;
+  struct timespec t = { 0, 0 };
+  if (stat (p, &sb) == 0)
+    t = sb.st_mtim;
+  free (p);
+  return t;
+}
+
+/* How long a store scan is trusted without looking at all the directories
+ * again, as long as .points did not change (a walk over thousands of images
+ * must not re-stat the store each time).  Points committed by qmpbackup or
+ * the mount show at once; files dropped in by other tools within this time. */
+#define SCAN_RECHECK_MS 500
+
 /* Current store scan of VM, rescanned when its directories changed. */
 vm_scan *
 vm_scan_get (fs_vm *vm)
 {
+  uint64_t now = qb_mono_ms ();
+  struct timespec pm = points_mtime (vm->name);
+  pthread_mutex_lock (&vm->lock);
+  if (vm->scan && vm->scan_stamp && now - vm->scan_checked_ms < SCAN_RECHECK_MS
+      && pm.tv_sec == vm->scan_points_mtime.tv_sec && pm.tv_nsec == vm->scan_points_mtime.tv_nsec) {
+    vm_scan *s = vm->scan;
+    __atomic_add_fetch (&s->refs, 1, __ATOMIC_ACQ_REL);
+    pthread_mutex_unlock (&vm->lock);
+    return s;
+  }
+  pthread_mutex_unlock (&vm->lock);
   char *stamp = scan_stamp (vm->name);
   pthread_mutex_lock (&vm->lock);
+  vm->scan_checked_ms = now;
+  vm->scan_points_mtime = pm;
   if (!vm->scan || !vm->scan_stamp || strcmp (stamp, vm->scan_stamp) != 0) {
     pthread_mutex_unlock (&vm->lock);
     vm_scan *ns = qb_calloc (1, sizeof *ns);
