@@ -74,7 +74,7 @@ run ls -l "$mnt/web1/drive0/restore/"
 run cat "$mnt/web1/status"
 
 say "Copying the restore points out and checking them against the VM's disk"
-points=( $(cd "$mnt/web1/drive0/restore" && ls -1 | grep -v '^latest' | sort) )
+points=( $(cd "$mnt/web1/drive0/restore" && ls -1 | grep -v '^latest' | LC_ALL=C sort) )
 run cp --sparse=always "$mnt/web1/drive0/restore/${points[0]}" "$demo/full.img"
 run cp --sparse=always "$mnt/web1/drive0/restore/${points[1]}" "$demo/inc.img"
 run cmp "$demo/full.img" "$demo/expect-full.raw"
