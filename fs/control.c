@@ -8,8 +8,7 @@
 #include "common/error.h"
 #include "common/util.h"
 #include "fs/fs.h"
-
-#define CONTROL_MAX 256
+#include "fs/control-parse.h"
 
 /* Record that a request to VM was refused before anything started. */
 static void
@@ -19,83 +18,6 @@ control_reject (fs_vm *vm, const char *why)
   snprintf (vm->last_rejected, sizeof vm->last_rejected, "%s", why);
   vm->last_rejected_us = qb_now_us ();
   pthread_mutex_unlock (&vm->lock);
-}
-
-/* Parse a control line: "full|inc|auto|copy [quiesce|noquiesce]" with an
- * optional trailing newline.  0, or -1 with the reason in WHY. */
-static int
-control_parse (const char *buf, size_t size, backup_level *level, quiesce_mode *q,
-               char *why, size_t whylen)
-{
-  if (size == 0) {
-    snprintf (why, whylen, "empty write to the control file");
-    return -1;
-  }
-  if (size > CONTROL_MAX) {
-    snprintf (why, whylen, "control write of %zu bytes is too long (expected a line "
-              "like \"full\", \"inc\", \"auto\" or \"copy\" [quiesce|noquiesce])", size);
-    return -1;
-  }
-  char line[CONTROL_MAX + 1];
-  memcpy (line, buf, size);
-  line[size] = '\0';
-  if (size > 0 && line[size - 1] == '\n')
-    line[--size] = '\0';
-  if (size > 0 && line[size - 1] == '\r')
-    line[--size] = '\0';
-  for (size_t i = 0; i < size; i++) {
-    unsigned char c = line[i];
-    if ((c < 0x20 && c != '\t') || c >= 0x7f) {
-      snprintf (why, whylen, "control write contains binary data (byte 0x%02x at %zu)", c, i);
-      return -1;
-    }
-  }
-  char *words[3];
-  int n = 0;
-  char *save = NULL;
-  for (char *w = strtok_r (line, " \t", &save); w; w = strtok_r (NULL, " \t", &save)) {
-    if (n == 2) {
-      snprintf (why, whylen, "too many words in control write (expected LEVEL [quiesce|noquiesce])");
-      return -1;
-    }
-    words[n++] = w;
-  }
-  if (n == 0) {
-    snprintf (why, whylen, "blank control write (expected full, inc, auto or copy)");
-    return -1;
-  }
-  if (strcmp (words[0], "full") == 0) *level = BACKUP_FULL;
-  else if (strcmp (words[0], "inc") == 0) *level = BACKUP_INC;
-  else if (strcmp (words[0], "auto") == 0) *level = BACKUP_AUTO;
-  else if (strcmp (words[0], "copy") == 0) *level = BACKUP_COPY;
-  else {
-    snprintf (why, whylen, "unknown backup level \"%.40s\" (expected full, inc, auto or copy)",
-              words[0]);
-    return -1;
-  }
-  *q = QUIESCE_DEFAULT;
-  if (n == 2) {
-    if (strcmp (words[1], "quiesce") == 0) *q = QUIESCE_ON;
-    else if (strcmp (words[1], "noquiesce") == 0) *q = QUIESCE_OFF;
-    else {
-      snprintf (why, whylen, "unknown word \"%.40s\" (expected quiesce or noquiesce)", words[1]);
-      return -1;
-    }
-  }
-  return 0;
-}
-
-/* The word for LEVEL (local: the engine's may not cover every value). */
-static const char *
-level_word (backup_level l)
-{
-  switch (l) {
-  case BACKUP_FULL: return "full";
-  case BACKUP_INC: return "inc";
-  case BACKUP_AUTO: return "auto";
-  case BACKUP_COPY: return "copy";
-  }
-  return "?";
 }
 
 /* Engine progress callback: publish into the VM's state. */
@@ -203,7 +125,7 @@ control_run (fuse_req_t req, fs_vm *vm, backup_level level, quiesce_mode q)
     vm->last_id[0] = '\0';
     vm->last_reason[0] = '\0';
     vm->last_quiesce_note[0] = '\0';
-    snprintf (vm->last_error, sizeof vm->last_error, "%s backup %s: %s", level_word (level),
+    snprintf (vm->last_error, sizeof vm->last_error, "%s backup %s: %s", backup_level_name (level),
               code == QB_ECANCELED ? "cancelled" : "failed", err);
     vm->last_bytes = 0;
     vm->n_failed++;
@@ -213,7 +135,7 @@ control_run (fuse_req_t req, fs_vm *vm, backup_level level, quiesce_mode q)
   vm_scan_invalidate (vm);
   vms_notify_idle ();
   if (r != 0)
-    fprintf (stderr, "qmpbackupfs: %s: %s backup failed: %s\n", vm->name, level_word (level), err);
+    fprintf (stderr, "qmpbackupfs: %s: %s backup failed: %s\n", vm->name, backup_level_name (level), err);
   free (qmp);
   free (qga);
   return r == 0 ? 0 : -fs_backup_errno (code);

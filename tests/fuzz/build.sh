@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the libFuzzer targets with clang straight from the project sources.
 # Usage: tests/fuzz/build.sh OUTDIR [TARGET...]   (default: every target)
-# Targets: jsonio qmp qga qcow2 chain.  A target is rebuilt only when one of its
+# Targets: jsonio qmp qga qcow2 chain control.  A target is rebuilt only when one of its
 # sources (or a header) is newer than its binary.  Exit 77 when clang or its
 # libFuzzer runtime (Debian: clang, libclang-rt-dev) is missing.
 # FUZZ_EXTRA_CFLAGS adds flags (use another OUTDIR), e.g. for line coverage:
@@ -12,7 +12,7 @@ src=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:?usage: build.sh OUTDIR [TARGET...]}
 shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(jsonio qmp qga qcow2 chain)
+[ ${#targets[@]} -gt 0 ] || targets=(jsonio qmp qga qcow2 chain control)
 
 CC=${FUZZ_CC:-clang}
 if ! command -v "$CC" >/dev/null; then
@@ -49,11 +49,12 @@ for t in "${targets[@]}"; do
             extra=(-Wl,--wrap=getrandom) ;;
     qcow2)  srcs=("$src/store/qcow2.c"); libs=() ;;
     chain)  srcs=("$src/store/qcow2.c" "$src/store/chain.c"); libs=(libqcow) ;;
+    control) srcs=("$src/fs/control-parse.c"); libs=(json-c) ;;
     *) echo "fuzz: unknown target $t" >&2; exit 2 ;;
   esac
   all=("$src/tests/fuzz/fuzz_$t.c" "${srcs[@]}" "${common[@]}")
   bin="$out/fuzz_$t"
-  if [ -x "$bin" ] && [ -z "$(find "${all[@]}" "$src"/common/*.h "$src"/qmp/*.h "$src"/store/*.h \
+  if [ -x "$bin" ] && [ -z "$(find "${all[@]}" "$src"/common/*.h "$src"/qmp/*.h "$src"/store/*.h "$src"/fs/*.h \
                                "$src/tests/fuzz/fuzz.h" "$0" -newer "$bin" 2>/dev/null)" ]; then
     continue
   fi
