@@ -563,6 +563,88 @@ store_write_error (const store *st, int errnum, const char *what, const char *pa
   return qb_error_set_errno (errnum, "%s %s", what, path);
 }
 
+/* Write all of BUF to FD. */
+static int
+write_all (int fd, const char *buf, size_t len)
+{
+  while (len > 0) {
+    ssize_t w = write (fd, buf, len);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    buf += w;
+    len -= (size_t) w;
+  }
+  return 0;
+}
+
+/* Write record REC of restore point ID atomically (tmp, fsync, rename, fsync dir). */
+int
+store_record_write (store *st, const char *vm, const char *id, json_object *rec, bool replace)
+{
+  if (!store_id_valid (id))
+    return qb_error_set (QB_EINVAL, "invalid restore point id \"%s\"", id ? id : "");
+  char *vmdir = store_vm_dir (st, vm);
+  if (!vmdir)
+    return -1;
+  char *pdir = qb_asprintf ("%s/" STORE_POINTS_DIR, vmdir);
+  char *tmp = qb_asprintf ("%s/" STORE_TMP_PREFIX "%s.json", pdir, id);
+  char *final = qb_asprintf ("%s/%s.json", pdir, id);
+  free (vmdir);
+  int ret = -1, fd = -1;
+  if (qb_mkdir_p (pdir, 0700) < 0)
+    goto out;
+  if (!replace && access (final, F_OK) == 0) {
+    qb_error_set (QB_EINVAL, "restore point %s of VM %s exists already", id, vm);
+    goto out;
+  }
+  const char *text = json_object_to_json_string_ext (rec, JSON_C_TO_STRING_PRETTY
+                                                     | JSON_C_TO_STRING_SPACED
+                                                     | JSON_C_TO_STRING_NOSLASHESCAPE);
+  fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    store_write_error (st, errno, "create", tmp);
+    goto out;
+  }
+  if (write_all (fd, text, strlen (text)) < 0 || write_all (fd, "\n", 1) < 0
+      || fsync (fd) < 0) {
+    store_write_error (st, errno, "write", tmp);
+    goto out_unlink;
+  }
+  if (close (fd) < 0) {
+    fd = -1;
+    store_write_error (st, errno, "write", tmp);
+    goto out_unlink;
+  }
+  fd = -1;
+  if (rename (tmp, final) < 0) {
+    store_write_error (st, errno, "rename", tmp);
+    goto out_unlink;
+  }
+  if (qb_fsync_dir (pdir) < 0) {
+    /* A new record may or may not survive a crash: take it back. */
+    if (!replace)
+      unlink (final);
+    goto out;
+  }
+  ret = 0;
+  goto out;
+ out_unlink:
+  if (fd >= 0)
+    close (fd);
+  fd = -1;
+  unlink (tmp);
+ out:
+  if (fd >= 0)
+    close (fd);
+  free (pdir);
+  free (tmp);
+  free (final);
+  return ret;
+}
+
 /* ---- Locking ---- */
 
 struct store_lock {

@@ -114,6 +114,12 @@ json_object *store_record_read (store *st, const char *vm, const char *id);
 /* The newest record of VM (new reference), or NULL when it has none. */
 json_object *store_record_latest (store *st, const char *vm);
 
+/* Write REC as the record of restore point ID of VM, atomically (tmp file,
+ * fsync, rename, fsync .points).  Without REPLACE an existing record is an
+ * error (QB_EINVAL); tools that rewrite chains (qmprebase) replace. */
+int store_record_write (store *st, const char *vm, const char *id, json_object *rec,
+                        bool replace);
+
 /* ---- Locking ---- */
 
 typedef struct store_lock store_lock;

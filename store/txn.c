@@ -307,79 +307,11 @@ txn_record (const store_txn *t, json_object *extra)
   return o;
 }
 
-/* Write all of BUF to FD. */
-static int
-write_all (int fd, const char *buf, size_t len)
-{
-  while (len > 0) {
-    ssize_t w = write (fd, buf, len);
-    if (w < 0) {
-      if (errno == EINTR)
-        continue;
-      return -1;
-    }
-    buf += w;
-    len -= (size_t) w;
-  }
-  return 0;
-}
-
 /* Write the record atomically: tmp, fsync, rename, fsync dir.  0 once it is durable. */
 static int
 txn_write_record (store_txn *t, json_object *rec)
 {
-  char *pdir = qb_asprintf ("%s/" STORE_POINTS_DIR, t->vmdir);
-  char *tmp = qb_asprintf ("%s/" STORE_TMP_PREFIX "%s.json", pdir, t->id);
-  char *final = qb_asprintf ("%s/%s.json", pdir, t->id);
-  int ret = -1, fd = -1;
-  if (qb_mkdir_p (pdir, 0700) < 0)
-    goto out;
-  if (access (final, F_OK) == 0) {
-    qb_error_set (QB_EINVAL, "restore point %s of VM %s exists already", t->id, t->vm);
-    goto out;
-  }
-  const char *text = json_object_to_json_string_ext (rec, JSON_C_TO_STRING_PRETTY
-                                                     | JSON_C_TO_STRING_SPACED
-                                                     | JSON_C_TO_STRING_NOSLASHESCAPE);
-  fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) {
-    store_write_error (t->st, errno, "create", tmp);
-    goto out;
-  }
-  if (write_all (fd, text, strlen (text)) < 0 || write_all (fd, "\n", 1) < 0
-      || fsync (fd) < 0) {
-    store_write_error (t->st, errno, "write", tmp);
-    goto out_unlink;
-  }
-  if (close (fd) < 0) {
-    fd = -1;
-    store_write_error (t->st, errno, "write", tmp);
-    goto out_unlink;
-  }
-  fd = -1;
-  if (rename (tmp, final) < 0) {
-    store_write_error (t->st, errno, "rename", tmp);
-    goto out_unlink;
-  }
-  if (qb_fsync_dir (pdir) < 0) {
-    /* The record may or may not survive a crash: take it back. */
-    unlink (final);
-    goto out;
-  }
-  ret = 0;
-  goto out;
- out_unlink:
-  if (fd >= 0)
-    close (fd);
-  fd = -1;
-  unlink (tmp);
- out:
-  if (fd >= 0)
-    close (fd);
-  free (pdir);
-  free (tmp);
-  free (final);
-  return ret;
+  return store_record_write (t->st, t->vm, t->id, rec, false);
 }
 
 /* fsync the file at PATH; its size on disk into *BYTES. */

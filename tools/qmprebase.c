@@ -423,54 +423,6 @@ cmd_merge (const opts *o)
 
 /* ---- rebase: merge into the FULL in place ---- */
 
-/* Write record OBJ of VM as STORE/<vm>/.points/ID.json atomically. */
-static int
-record_write (const where *w, const char *id, json_object *obj)
-{
-  char *pdir = qb_asprintf ("%s/%s/.points", w->root, w->vm);
-  char *path = qb_asprintf ("%s/%s.json", pdir, id);
-  char *tmp = qb_asprintf ("%s/.rebase-%s.json", pdir, id);
-  const char *text = json_object_to_json_string_ext (obj, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED
-                                                     | JSON_C_TO_STRING_NOSLASHESCAPE);
-  int ret = -1;
-  int fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    qb_error_set_errno (errno, "create %s", tmp);
-    goto out;
-  }
-  size_t len = strlen (text), done = 0;
-  while (done < len) {
-    ssize_t n = write (fd, text + done, len - done);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0) {
-      qb_error_set_errno (errno, "write %s", tmp);
-      close (fd);
-      unlink (tmp);
-      goto out;
-    }
-    done += (size_t) n;
-  }
-  if (write (fd, "\n", 1) != 1 || fsync (fd) < 0) {
-    qb_error_set_errno (errno, "write %s", tmp);
-    close (fd);
-    unlink (tmp);
-    goto out;
-  }
-  close (fd);
-  if (rename (tmp, path) < 0) {
-    qb_error_set_errno (errno, "rename %s", tmp);
-    unlink (tmp);
-    goto out;
-  }
-  ret = qb_fsync_dir (pdir);
- out:
-  free (pdir);
-  free (path);
-  free (tmp);
-  return ret;
-}
-
 /* Index of this disk's entry (file REL/NAME) in record OBJ's "disks", or -1. */
 static int
 record_disk_index (json_object *obj, const where *w, const char *name)
@@ -518,7 +470,7 @@ records_update (store *st, const where *w, const store_chain *ch, size_t k,
         ret = store_point_remove (st, w->vm, l->id);
       else {
         json_object_array_del_idx (disks, (size_t) idx, 1);
-        ret = record_write (w, l->id, obj);
+        ret = store_record_write (st, w->vm, l->id, obj, true);
       }
     } else {
       json_object *d = json_object_array_get_idx (disks, (size_t) idx);
@@ -530,7 +482,7 @@ records_update (store *st, const where *w, const store_chain *ch, size_t k,
       json_object_object_add (d, "prev", NULL);
       if (stat (newpath, &sb) == 0)
         json_object_object_add (d, "bytes", json_object_new_int64 ((int64_t) sb.st_blocks * 512));
-      ret = record_write (w, l->id, obj);
+      ret = store_record_write (st, w->vm, l->id, obj, true);
     }
     json_object_put (obj);
     if (ret < 0)
