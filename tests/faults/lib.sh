@@ -127,3 +127,14 @@ fault_status() {
   cat "$mnt/$1/status" > "$T/status.json"
   qb_json "$T/status.json" "$2"
 }
+
+# Wait (bounded, 10 s: status caches QEMU's view for a few seconds) until python
+# expression EXPR on VM's status JSON `d` is true; fail with the status if not.
+fault_wait_status() {
+  local i
+  for ((i = 0; i < 100; i++)); do
+    [ "$(fault_status "$1" "bool($2)")" = True ] && return 0
+    sleep 0.1
+  done
+  qb_die "status of $1 never satisfied '$2': $(cat "$T/status.json")"
+}
