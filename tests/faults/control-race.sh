@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Two writers trigger a backup of one VM at the same instant: exactly one
+# backup runs, the other writer gets EBUSY (three rounds).  Then 1,000 control
+# writes mixing random bytes, random words and valid lines, as fast as they
+# come: invalid ones are EINVAL and change nothing, each accepted one made
+# exactly one point, every point is exact, the daemon still serves and the
+# next auto works.
+set -euo pipefail
+. "$QB_SOURCE_DIR/tests/lib/vm.sh"
+. "$QB_SOURCE_DIR/tests/fs/lib.sh"
+. "$QB_SOURCE_DIR/tests/faults/lib.sh"
+fault_init
+
+qb_vm_start vm1 drive0:qcow2:8M
+qb_qmp vm1 cont >/dev/null
+qb_guest_write vm1 drive0 "write -P 0x51 0 4M"
+qb_fs_mount "$store" "$mnt" -o "sockets=$T/sockets,speed=256k"
+C=$mnt/vm1/backup
+
+# Two processes released by one barrier each write LINE; prints both results sorted.
+race() {
+  python3 - "$C" "$1" <<'PY'
+import errno, multiprocessing as mp, os, sys
+def w(path, line, bar, q):
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    bar.wait()
+    try:
+        os.write(fd, line.encode()); q.put("OK")
+    except OSError as e:
+        q.put(errno.errorcode[e.errno])
+    finally:
+        os.close(fd)
+bar = mp.Barrier(2); q = mp.Queue()
+ps = [mp.Process(target=w, args=(sys.argv[1], sys.argv[2] + "\n", bar, q)) for _ in range(2)]
+for p in ps: p.start()
+r = sorted([q.get(timeout=120), q.get(timeout=120)])
+for p in ps: p.join()
+print(" ".join(r))
+PY
+}
+
+for level in full inc auto; do
+  qb_guest_write vm1 drive0 "write -P 0x5$((RANDOM % 10)) $((RANDOM % 7))M 1M"
+  qb_capture vm1 drive0 "$T/cap/new.raw"
+  n=$(ls "$mnt/vm1/drive0/restore" 2>/dev/null | grep -vc '^latest.img$' || true)
+  race "$level" > "$T/race.out" &
+  racer=$!
+  # the job is throttled: let it go half a second after it appeared (the loser
+  # is answered at once)
+  for ((i = 0; i < 200; i++)); do
+    _qb_alive "$racer" || break
+    [ -n "$(fault_job_id vm1)" ] && break
+    sleep 0.05
+  done
+  sleep 0.5
+  while _qb_alive "$racer"; do fault_unthrottle vm1; sleep 0.05; done
+  wait "$racer" || qb_die "race writer failed"
+  [ "$(cat "$T/race.out")" = "EBUSY OK" ] || qb_die "two $level writers at once: $(cat "$T/race.out")"
+  [ "$(qb_fs_points "$mnt/vm1/drive0/restore" | wc -l)" = $((n + 1)) ] || qb_die "two $level writers made $(( $(qb_fs_points "$mnt/vm1/drive0/restore" | wc -l) - n )) points"
+  fault_remember vm1 drive0 "$(fault_newest vm1 drive0)" "$T/cap/new.raw"
+done
+fault_check_points "after the races"
+
+# 1,000 writes of mixed input; the disk does not change meanwhile, so every new
+# point must equal one capture.
+qb_capture vm1 drive0 "$T/now.raw"
+qb_fs_points "$mnt/vm1/drive0/restore" > "$T/before.list"
+fusermount3 -u "$mnt"
+fault_wait_gone "$FS_PID"
+qb_fs_mount "$store" "$mnt" -o "sockets=$T/sockets"
+timeout 120 python3 - "$C" > "$T/fuzz.out" <<'PY'
+import errno, os, random, sys, time
+random.seed(20261126)
+valid = ["full", "inc", "auto", "copy"]
+words = valid + ["quiesce", "noquiesce", "FULL", "Inc", "backup", "full,", "-", "", "\t",
+                 "incc", "auto\x00", "0", "copy copy", "quiesce noquiesce", "\xff\xfe"]
+counts = {}
+t0 = time.time()
+for i in range(1000):
+    k = random.random()
+    if k < 0.02:
+        line = random.choice(valid) + random.choice(["\n", "", " noquiesce\n"])
+        kind = "valid"
+    elif k < 0.5:
+        line = " ".join(random.choice(words) for _ in range(random.randint(1, 4))) + random.choice(["\n", "", "\n\n", "\r\n"])
+        kind = "words"
+    else:
+        line = bytes(random.getrandbits(8) for _ in range(random.randint(1, 80))).decode("latin-1")
+        kind = "bytes"
+    data = line.encode("latin-1")
+    try:
+        fd = os.open(sys.argv[1], os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, data); r = "OK"
+        finally:
+            os.close(fd)
+    except OSError as e:
+        r = errno.errorcode.get(e.errno, str(e.errno))
+    counts[(kind, r)] = counts.get((kind, r), 0) + 1
+    print(kind, r, repr(data))
+print("SUMMARY", sorted(counts.items()), "seconds %.1f" % (time.time() - t0), file=sys.stderr)
+PY
+qb_log "$(grep -c . "$T/fuzz.out") writes: $(awk '{ print $1, $2 }' "$T/fuzz.out" | sort | uniq -c | tr '\n' ';')"
+qb_log "accepted: $(awk '$2 == "OK" { $2 = ""; print }' "$T/fuzz.out" | sort | uniq -c | tr '\n' ';')"
+[ "$(wc -l < "$T/fuzz.out")" = 1000 ] || qb_die "the fuzz run did not finish"
+_qb_alive "$FS_PID" || qb_die "qmpbackupfs died under the fuzz run"
+# an explicit quiesce with no agent fails (EIO) and makes nothing
+bad=$(awk '$2 != "OK" && $2 != "EINVAL" && !($2 == "EIO" && / quiesce|.quiesce /)' "$T/fuzz.out" | head -5)
+[ -z "$bad" ] || qb_die "unexpected results: $bad"
+bad=$(awk '$1 == "valid" && $2 != "OK"' "$T/fuzz.out" | head -5)
+[ -z "$bad" ] || qb_die "a valid line was refused: $bad"
+# (an empty write never reaches the file system: OK, and nothing happens)
+ok=$(awk '$2 == "OK" && $3 != "b'"''"'"' "$T/fuzz.out" | wc -l)
+rej=$(awk '$2 == "EINVAL"' "$T/fuzz.out" | wc -l)
+[ "$rej" -gt 900 ] || qb_die "only $rej of 1000 rejected"
+qb_fs_points "$mnt/vm1/drive0/restore" > "$T/after.list"
+new=$(comm -13 "$T/before.list" "$T/after.list")
+[ "$(echo "$new" | grep -c .)" = "$ok" ] || qb_die "$ok accepted writes but $(echo "$new" | grep -c .) new points: $new"
+[ "$(comm -23 "$T/before.list" "$T/after.list")" = "" ] || qb_die "points vanished"
+for p in $new; do qb_cmp "$T/now.raw" "$mnt/vm1/drive0/restore/$p" || qb_die "point $p"; done
+python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$mnt/vm1/status" || qb_die "status is not JSON"
+python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$mnt/.status" || qb_die ".status is not JSON"
+fault_check_points "after the fuzz run"
+qb_guest_write vm1 drive0 "write -P 0x5f 5M 1M"
+fault_backup vm1 auto
+fault_check_points "after the next auto"
+fault_assert_qemu_clean vm1 "at the end"
+fault_assert_running vm1
+echo "control-race: ok"
