@@ -267,6 +267,27 @@ qb_run (char *const argv[], char **out)
   return -1;
 }
 
+int
+qb_parse_size (const char *s, uint64_t *out)
+{
+  char *end;
+  errno = 0;
+  if (!s || *s < '0' || *s > '9')
+    return qb_error_set (QB_EINVAL, "\"%s\" is not a byte count (N, Nk, NM or NG)", s ? s : "");
+  unsigned long long v = strtoull (s, &end, 10);
+  int shift = 0;
+  switch (*end) {
+  case 'k': case 'K': shift = 10; end++; break;
+  case 'm': case 'M': shift = 20; end++; break;
+  case 'g': case 'G': shift = 30; end++; break;
+  default: break;
+  }
+  if (errno || *end || (shift && v > (UINT64_MAX >> shift)))
+    return qb_error_set (QB_EINVAL, "\"%s\" is not a byte count (N, Nk, NM or NG)", s);
+  *out = (uint64_t) v << shift;
+  return 0;
+}
+
 int64_t
 qb_now_us (void)
 {

@@ -44,6 +44,10 @@ void *qb_realloc (void *p, size_t size);
  * case it is captured (malloc'd, NUL-terminated, up to 16 MiB). */
 int qb_run (char *const argv[], char **out);
 
+/* Parse a byte count "N" with an optional k/M/G suffix (powers of 1024)
+ * into *OUT; -1 (QB_EINVAL) if malformed or out of range. */
+int qb_parse_size (const char *s, uint64_t *out);
+
 /* Wall-clock time, microseconds since the epoch (UTC). */
 int64_t qb_now_us (void);
 

@@ -72,27 +72,6 @@ fs_opt_proc (void *data, const char *arg, int key, struct fuse_args *outargs)
   }
 }
 
-/* Parse "N[K|M|G]" (bytes per second) into *OUT; -1 if malformed. */
-static int
-parse_speed (const char *s, uint64_t *out)
-{
-  char *end;
-  errno = 0;
-  unsigned long long v = strtoull (s, &end, 10);
-  if (errno || end == s)
-    return -1;
-  switch (*end) {
-  case 'k': case 'K': v <<= 10; end++; break;
-  case 'm': case 'M': v <<= 20; end++; break;
-  case 'g': case 'G': v <<= 30; end++; break;
-  default: break;
-  }
-  if (*end)
-    return -1;
-  *out = v;
-  return 0;
-}
-
 /* Split "a:b:c" into a NULL-terminated array of names. */
 static char **
 split_names (const char *s)
@@ -253,7 +232,7 @@ main (int argc, char **argv)
   json_c_set_serialization_double_format ("%.3f", JSON_C_OPTION_GLOBAL);
   fs_cfg.monthly = o.monthly;
   fs_cfg.compress = o.compress;
-  if (o.speed && parse_speed (o.speed, &fs_cfg.speed) == -1) {
+  if (o.speed && qb_parse_size (o.speed, &fs_cfg.speed) == -1) {
     fprintf (stderr, "qmpbackupfs: speed=%s: expected a number of bytes per second (K, M, G)\n",
              o.speed);
     return 1;

@@ -153,26 +153,6 @@ free_list (const char **list)
   free (list);
 }
 
-/* Parse a byte count with an optional k/M/G suffix (powers of 1024). */
-static int
-parse_bytes (const char *s, uint64_t *out)
-{
-  char *end;
-  unsigned long long v = strtoull (s, &end, 10);
-  if (end == s)
-    return -1;
-  switch (*end) {
-  case 'k': case 'K': v <<= 10; end++; break;
-  case 'm': case 'M': v <<= 20; end++; break;
-  case 'g': case 'G': v <<= 30; end++; break;
-  default: break;
-  }
-  if (*end)
-    return -1;
-  *out = v;
-  return 0;
-}
-
 /* Split --target DIR into the store root and the VM name (malloc'd). */
 static int
 split_target (const char *target, char **root, char **vm)
@@ -274,7 +254,7 @@ cmd_backup (int argc, char **argv, const char *sock, const char *agent)
     case 'i': inc = split_list (optarg); break;
     case 'e': exc = split_list (optarg); break;
     case 's':
-      if (parse_bytes (optarg, &o.speed) < 0)
+      if (qb_parse_size (optarg, &o.speed) < 0)
         return usage_error (backup_usage, "bad --speed \"%s\"", optarg);
       break;
     case 'c': o.compress = true; break;
