@@ -17,19 +17,23 @@ qb_guest_write vm1 drive0 "write -P 0x51 0 4M"
 qb_fs_mount "$store" "$mnt" -o "sockets=$T/sockets,speed=256k"
 C=$mnt/vm1/backup
 
-# Two processes released by one barrier each write LINE; prints both results sorted.
+# Two processes released by one barrier each write LINE; prints both results
+# sorted; each result is also appended to $T/answers as it comes.
 race() {
-  python3 - "$C" "$1" <<'PY'
+  python3 - "$C" "$1" "$T/answers" <<'PY'
 import errno, multiprocessing as mp, os, sys
 def w(path, line, bar, q):
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     bar.wait()
     try:
-        os.write(fd, line.encode()); q.put("OK")
+        os.write(fd, line.encode()); r = "OK"
     except OSError as e:
-        q.put(errno.errorcode[e.errno])
+        r = errno.errorcode[e.errno]
     finally:
         os.close(fd)
+    with open(sys.argv[3], "a") as f:
+        f.write(r + "\n")
+    q.put(r)
 bar = mp.Barrier(2); q = mp.Queue()
 ps = [mp.Process(target=w, args=(sys.argv[1], sys.argv[2] + "\n", bar, q)) for _ in range(2)]
 for p in ps: p.start()
@@ -40,19 +44,18 @@ PY
 }
 
 for level in full inc auto; do
-  qb_guest_write vm1 drive0 "write -P 0x5$((RANDOM % 10)) $((RANDOM % 7))M 1M"
+  qb_guest_write vm1 drive0 "write -P 0x5$((RANDOM % 10)) 0 4M"   # 16 s at 256 KiB/s
   qb_capture vm1 drive0 "$T/cap/new.raw"
   n=$(ls "$mnt/vm1/drive0/restore" 2>/dev/null | grep -vc '^latest.img$' || true)
+  rm -f "$T/answers"
   race "$level" > "$T/race.out" &
   racer=$!
-  # the job is throttled: let it go half a second after it appeared (the loser
-  # is answered at once)
+  # the job is throttled: let it go once the first writer has its answer
   for ((i = 0; i < 200; i++)); do
     _qb_alive "$racer" || break
-    [ -n "$(fault_job_id vm1)" ] && break
+    [ -s "$T/answers" ] && break
     sleep 0.05
   done
-  sleep 0.5
   while _qb_alive "$racer"; do fault_unthrottle vm1; sleep 0.05; done
   wait "$racer" || qb_die "race writer failed"
   [ "$(cat "$T/race.out")" = "EBUSY OK" ] || qb_die "two $level writers at once: $(cat "$T/race.out")"
