@@ -25,6 +25,7 @@
 #include "qmp/engine.h"
 #include "qmp/disks.h"
 #include "qmp/qga.h"
+#include "store/chain.h"
 #include "common/error.h"
 #include "common/util.h"
 
@@ -370,6 +371,24 @@ thaw (eng_run *r)
 /* ---- The steps of a backup ---- */
 
 /* Decide the level and each disk's chain; fills r->level and the reason. */
+/* Why the newest point of chain C cannot be built on (its qcow2 metadata is
+ * damaged, or a layer is cut short), or NULL when it reads whole. */
+static char *
+chain_problem (const store_chain *c, const char *disk)
+{
+  const char **files = qb_calloc (c->n, sizeof *files);
+  for (size_t i = 0; i < c->n; i++)
+    files[i] = c->layers[i].path;
+  char *why = NULL;
+  chain_image *ci = chain_open (files, c->n);
+  if (!ci || chain_verify (ci) < 0)
+    why = qb_asprintf ("the chain of disk %s is damaged (%s)", disk, qb_error_msg ());
+  chain_close (ci);
+  free (files);
+  qb_error_clear ();
+  return why;
+}
+
 static int
 decide_level (eng_run *r)
 {
@@ -379,7 +398,14 @@ decide_level (eng_run *r)
   for (size_t i = 0; i < r->n; i++) {
     eng_disk *d = &r->d[i];
     const store_disk *sd = r->scan ? store_vm_disk (r->scan, d->vd->name) : NULL;
-    d->health = disk_health (r->st, r->vm, d->vd, sd, month, &d->prev, &d->reason, NULL);
+    const store_chain *chain = NULL;
+    d->health = disk_health (r->st, r->vm, d->vd, sd, month, &d->prev, &d->reason, &chain);
+    /* Never build on a chain whose layers do not read whole. */
+    if (!d->reason && r->opts->level != BACKUP_FULL && r->opts->level != BACKUP_COPY
+        && (d->reason = chain_problem (chain, d->vd->name)) != NULL) {
+      d->health = "damaged";
+      d->prev = NULL;
+    }
     if (d->reason) {
       all_ok = false;
       snprintf (reasons + strlen (reasons), sizeof reasons - strlen (reasons), "%s%s",

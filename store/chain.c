@@ -644,3 +644,20 @@ chain_seek (chain_image *ci, uint64_t off, int whence)
                 whence == SEEK_DATA ? "data" : "hole", (unsigned long long) off);
   return -1;
 }
+
+/* Check that every byte of the restore point resolves. */
+int
+chain_verify (chain_image *ci)
+{
+  uint64_t size = chain_size (ci);
+  for (uint64_t off = 0; off < size;) {
+    chain_extent e;
+    if (chain_extent_at (ci, off, size - off, &e) < 0)
+      return -1;
+    if (e.length == 0)
+      return qb_error_set (QB_EDAMAGED, "chain map has no extent at offset %llu",
+                           (unsigned long long) off);
+    off += e.length;
+  }
+  return 0;
+}

@@ -59,4 +59,9 @@ int chain_extent_at (chain_image *ci, uint64_t off, uint64_t maxlen, chain_exten
  * there is no data at or after OFF (callers map that to ENXIO). */
 int64_t chain_seek (chain_image *ci, uint64_t off, int whence);
 
+/* Check that every byte of the restore point resolves (no damaged metadata,
+ * no data outside a file).  0, or -1 with QB_EDAMAGED naming the first bad
+ * offset.  Walks the map, not the data: it cannot see flipped data bytes. */
+int chain_verify (chain_image *ci);
+
 #endif
