@@ -251,13 +251,18 @@ node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
   return r;
 }
 
-/* An inode of VM's control file that nobody has open (instance 0 if all are busy). */
+/* An inode of VM's control file that nobody has open.  Lookups start at a
+ * rotating instance, so lookups racing ahead of their opens get different
+ * inodes too (instance 0 if all are busy). */
 static node *
 control_instance (const char *vm)
 {
-  for (int i = 0; i < CONTROL_INSTANCES; i++) {
+  static atomic_uint rotor;
+  unsigned start = atomic_fetch_add (&rotor, 1);
+  for (unsigned k = 0; k < CONTROL_INSTANCES; k++) {
+    unsigned i = (start + k) % CONTROL_INSTANCES;
     char name[16];
-    snprintf (name, sizeof name, "%d", i);
+    snprintf (name, sizeof name, "%u", i);
     node *n = node_get (N_CONTROL, vm, NULL, name);
     if (atomic_load (&n->opens) == 0)
       return n;
