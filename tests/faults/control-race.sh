@@ -72,10 +72,9 @@ for round in full:open-first inc:open-first auto:open-first \
   while _qb_alive "$racer"; do fault_unthrottle vm1; sleep 0.05; done
   wait "$racer" || qb_die "race writer failed"
   want="EBUSY OK"; [ "$mode" = open-first ] || want="EBUSY EBUSY EBUSY OK"
-  # BUG (reported): concurrent lookups of the control file can get the same
-  # inode of its pool (fs/tree.c control_instance reserves nothing until the
-  # open); the kernel then queues the second write behind the running backup
-  # and it runs a backup of its own afterwards instead of hearing EBUSY.
+  # (regression: concurrent lookups of the control file could get the same
+  # inode of its pool; the kernel then queued the second write behind the
+  # running backup, which afterwards ran a backup of its own, not EBUSY)
   [ "$(cat "$T/race.out")" = "$want" ] || qb_die "$level writers at once ($mode): $(cat "$T/race.out") (answers: $(cat "$T/answers" | tr '\n' ' ') released $(cat "$T/released"); points: $(qb_fs_points "$mnt/vm1/drive0/restore" | tr '\n' ' '))"
   [ "$(qb_fs_points "$mnt/vm1/drive0/restore" | wc -l)" = $((n + 1)) ] || qb_die "two $level writers made $(( $(qb_fs_points "$mnt/vm1/drive0/restore" | wc -l) - n )) points"
   fault_remember vm1 drive0 "$(fault_newest vm1 drive0)" "$T/cap/new.raw"
