@@ -14,12 +14,16 @@
 #     any later file only as a prefix of its content; the guest is thawed.
 #  3. A crash-consistent inc (no agent): the image needs recovery; after the
 #     journal replay (on a copy) it is clean and holds every durable file.
+#  4. With QMPBACKUPFS: the same through the mount (`touch` quiesces by
+#     default, then "inc quiesce"); each restore image is clean, holds the
+#     files, and loop-mounts read-only.
 # Skips (77) when the guest cannot be built or qmpbackup is not built yet.
 set -euo pipefail
 
-[ $# -eq 3 ] || { echo "usage: quiesce.sh QMPBACKUP QMPCMD QGASTATUS" >&2; exit 2; }
+[ $# -ge 3 ] || { echo "usage: quiesce.sh QMPBACKUP QMPCMD QGASTATUS [QMPBACKUPFS]" >&2; exit 2; }
 # meson passes built programs relative to the build directory.
 QMPBACKUP=$(realpath -m "$1") QMPCMD=$(realpath -m "$2") QGASTATUS=$(realpath -m "$3")
+FSBIN=${4:+$(realpath -m "$4")}
 : "${QB_SOURCE_DIR:?QB_SOURCE_DIR must be set}"
 . "$QB_SOURCE_DIR/tests/lib/vm.sh"
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -269,6 +273,52 @@ e2fsck -fy "$T/work/rp.raw" >"$T/work/fsck.out" 2>&1 || rc=$?
 [ $rc -le 1 ] || { cat "$T/work/fsck.out" >&2; qb_die "crash-consistent inc: e2fsck -fy failed ($rc)"; }
 check_clean "$T/work/rp.raw" "crash-consistent inc after journal replay"
 check_files "$T/work/rp.raw" "$BEFORE" "crash-consistent inc after journal replay"
+
+# ---- 4. through the mount: touch (quiesce by default), loop-mounted --------
+
+QMPBACKUPFS=$FSBIN
+if [ -n "$QMPBACKUPFS" ] && [ -x "$QMPBACKUPFS" ] && [ -c /dev/fuse ]; then
+  . "$QB_SOURCE_DIR/tests/fs/lib.sh" "$QMPBACKUPFS" "$QMPCMD"
+  mnt=$T/mnt
+  mkdir -p "$mnt"
+  qb_fs_mount "$T/store" "$mnt" -o "sockets=$T/sockets"
+  for how in touch "inc quiesce"; do
+    BEFORE=$(wrote_max)
+    if [ "$how" = touch ]; then
+      touch "$mnt/vm/backup" || qb_die "mount: touch backup failed: $(cat "$mnt/vm/status")"
+    else
+      r=$(qb_fs_control "$mnt/vm/backup" "$how")
+      [ "$r" = OK ] || qb_die "mount: '$how' failed ($r): $(cat "$mnt/vm/status")"
+    fi
+    assert_thawed "the mount's $how backup"
+    wait_wrote_beyond "$(wrote_max)"
+    rec=$(ls "$T/store/vm/.points/"*.json | LC_ALL=C sort | tail -1)
+    grep -Eq '"quiesced" *: *true' "$rec" || qb_die "mount: $how: record $rec does not say quiesced"
+    p=$(qb_fs_points "$mnt/vm/drive0/restore" | tail -1)
+    cp --sparse=always "$mnt/vm/drive0/restore/$p" "$T/work/rp.raw"
+    check_clean "$T/work/rp.raw" "mount $how ($p)"
+    check_files "$T/work/rp.raw" "$BEFORE" "mount $how ($p)" prefix
+    # Loop-mount the restore image itself, read-only: no journal to replay.
+    if loop=$(losetup -r -f --show "$mnt/vm/drive0/restore/$p" 2>/dev/null); then
+      mkdir -p "$T/loopmnt"
+      if mount -o ro "$loop" "$T/loopmnt" 2>"$T/work/mount.err"; then
+        expect_file 1 | cmp -s - "$T/loopmnt/f1" || { umount "$T/loopmnt"; losetup -d "$loop";
+          qb_die "mount $how: /f1 on the loop-mounted image differs"; }
+        umount "$T/loopmnt"
+      else
+        losetup -d "$loop"
+        qb_die "mount $how: the restore image does not mount read-only: $(cat "$T/work/mount.err")"
+      fi
+      losetup -d "$loop"
+      qb_log "mount $how: $p loop-mounted read-only, /f1 intact"
+    else
+      qb_log "mount $how: no loop device here: loop-mount check not run"
+    fi
+  done
+  qb_fs_unmount "$mnt"
+else
+  qb_log "qmpbackupfs or /dev/fuse missing: the mount part was not run"
+fi
 
 "$QMPCMD" "$testqmp" quit >/dev/null 2>&1 || true
 _qb_wait_gone "$qemu_pid"
