@@ -37,7 +37,7 @@ if [ $rc -eq 77 ]; then echo "SKIP: the test guest cannot be built here (see abo
 eval "$guest"
 
 qb_tmpdir
-mkdir -p "$T/store" "$T/work"
+mkdir -p "$T/store" "$T/scratch"
 console=$T/console.log
 img=$T/img/vm-drive0.qcow2
 qmp=$T/sockets/vm.qmp
@@ -95,10 +95,10 @@ assert_thawed() {
   [ "$s" = thawed ] || qb_die "guest is '$s' after $1, want thawed"
 }
 
-truncate -s 64M "$T/work/fs.raw"
-mkfs.ext4 -q -F -L qbdata "$T/work/fs.raw"
-qemu-img convert -O qcow2 "$T/work/fs.raw" "$img"
-rm -f "$T/work/fs.raw"
+truncate -s 64M "$T/scratch/fs.raw"
+mkfs.ext4 -q -F -L qbdata "$T/scratch/fs.raw"
+qemu-img convert -O qcow2 "$T/scratch/fs.raw" "$img"
+rm -f "$T/scratch/fs.raw"
 
 t0=$(date +%s%N)
 "$QB_QEMU" -machine q35,accel=tcg -nodefaults -display none -m 256 -name vm \
@@ -128,7 +128,7 @@ expect_file() { awk -v n="$1" 'BEGIN { for (i = 0; i < 512; i++) print n }'; }
 # filesystem stops a write between two write() calls).  WHAT names it.
 check_files() {
   local raw=$1 n=$2 what=$3 prefix=${4:-} dump f k size
-  dump=$T/work/dump
+  dump=$T/scratch/dump
   rm -rf "$dump"
   mkdir -p "$dump"
   debugfs -R "rdump / $dump" "$raw" >/dev/null 2>&1 || qb_die "$what: debugfs rdump failed"
@@ -141,14 +141,14 @@ check_files() {
     (cd "$dump" && seq 1 "$n" | sed 's/^/f/' | xargs stat -c '%n %s' | awk '
       { want = 512 * (length(substr($1, 2)) + 1)
         if ($2 != want) { print $1 ": " $2 " bytes, want " want; bad = 1 } }
-      END { exit bad }') >"$T/work/bad" 2>&1 \
-      || { head "$T/work/bad" >&2; qb_die "$what: truncated files"; }
+      END { exit bad }') >"$T/scratch/bad" 2>&1 \
+      || { head "$T/scratch/bad" >&2; qb_die "$what: truncated files"; }
     (cd "$dump" && seq 1 "$n" | sed 's/^/f/' | xargs awk '
       FNR == 1 && NR > 1 { if (lines != 512) { print prev ": " lines " lines"; bad = 1 } }
       FNR == 1 { lines = 0; prev = FILENAME; want = substr(FILENAME, 2) }
       { lines++; if ($0 != want) { print FILENAME ": line " FNR " is \"" $0 "\""; bad = 1; nextfile } }
       END { if (lines != 512) { print prev ": " lines " lines"; bad = 1 } exit bad }') \
-      >"$T/work/bad" 2>&1 || { head "$T/work/bad" >&2; qb_die "$what: wrong file contents"; }
+      >"$T/scratch/bad" 2>&1 || { head "$T/scratch/bad" >&2; qb_die "$what: wrong file contents"; }
   fi
   # Later files: a prefix of what the guest was writing.
   if [ "$prefix" = prefix ]; then
@@ -156,8 +156,8 @@ check_files() {
       k=${f##*/f}
       [ "$k" -gt "$n" ] || continue
       size=$(stat -c %s "$f")
-      expect_file "$k" > "$T/work/expect"
-      cmp -s -n "$size" "$f" "$T/work/expect" || qb_die "$what: /f$k is not a prefix of its content"
+      expect_file "$k" > "$T/scratch/expect"
+      cmp -s -n "$size" "$f" "$T/scratch/expect" || qb_die "$what: /f$k is not a prefix of its content"
     done
   fi
   qb_log "$what: f1..f$n intact, $(find "$dump" -maxdepth 1 -name 'f*' | wc -l) files in all"
@@ -171,8 +171,8 @@ check_clean() {
   if grep '^Filesystem features:' <<< "$out" | grep -qw needs_recovery; then
     qb_die "$what: the filesystem needs recovery: not quiesced"
   fi
-  e2fsck -fn "$raw" >"$T/work/fsck.out" 2>&1 || {
-    cat "$T/work/fsck.out" >&2; qb_die "$what: e2fsck -fn found errors"; }
+  e2fsck -fn "$raw" >"$T/scratch/fsck.out" 2>&1 || {
+    cat "$T/scratch/fsck.out" >&2; qb_die "$what: e2fsck -fn found errors"; }
 }
 
 # ---- 1. the agent client against the real agent ----------------------------
@@ -184,7 +184,7 @@ frozen=$("$QGASTATUS" "$qga" freeze) || qb_die "freeze failed: $frozen"
 [ "$("$QGASTATUS" "$qga" status)" = frozen ] || { "$QGASTATUS" "$qga" thaw; qb_die "status not frozen"; }
 n1=$(wrote_max)
 # While frozen the disk holds still: a copy of it is a clean filesystem.
-qemu-img convert -U -O raw "$img" "$T/work/frozen.raw"
+qemu-img convert -U -O raw "$img" "$T/scratch/frozen.raw"
 sleep 1   # the writer gets time to move, which it must not
 n2=$(wrote_max)
 thawed=$("$QGASTATUS" "$qga" thaw) || qb_die "thaw failed: $thawed"
@@ -193,9 +193,9 @@ thawed=$("$QGASTATUS" "$qga" thaw) || qb_die "thaw failed: $thawed"
 [ "$n2" -le $((n1 + 1)) ] || qb_die "the writer went on from $n1 to $n2 while frozen"
 assert_thawed "thaw"
 wait_wrote_beyond "$n2"
-check_clean "$T/work/frozen.raw" "frozen copy"
-check_files "$T/work/frozen.raw" "$n1" "frozen copy" prefix
-rm -f "$T/work/frozen.raw"
+check_clean "$T/scratch/frozen.raw" "frozen copy"
+check_files "$T/scratch/frozen.raw" "$n1" "frozen copy" prefix
+rm -f "$T/scratch/frozen.raw"
 
 # ---- 2. and 3. qmpbackup ---------------------------------------------------
 
@@ -219,8 +219,8 @@ run_backup() {
   shift
   old=$(store_files)
   BEFORE=$(wrote_max)
-  "$QMPBACKUP" --socket "$qmp" "$@" >"$T/work/backup.out" 2>&1 || {
-    cat "$T/work/backup.out" >&2; qb_die "$what: qmpbackup $* failed"; }
+  "$QMPBACKUP" --socket "$qmp" "$@" >"$T/scratch/backup.out" 2>&1 || {
+    cat "$T/scratch/backup.out" >&2; qb_die "$what: qmpbackup $* failed"; }
   new=$(store_files | grep -vxF "$old" || true)
   [ "$(echo "$new" | grep -c .)" = 1 ] || qb_die "$what: want one new store file, got '$new'"
   NEWFILE=$disk_dir/$new
@@ -257,22 +257,22 @@ for level in full inc; do
   assert_thawed "the $level backup"
   wait_wrote_beyond "$(wrote_max)"
   check_record true "quiesced $level"
-  materialise "$NEWFILE" "$T/work/rp.raw"
-  check_clean "$T/work/rp.raw" "quiesced $level"
-  check_files "$T/work/rp.raw" "$BEFORE" "quiesced $level" prefix
+  materialise "$NEWFILE" "$T/scratch/rp.raw"
+  check_clean "$T/scratch/rp.raw" "quiesced $level"
+  check_files "$T/scratch/rp.raw" "$BEFORE" "quiesced $level" prefix
 done
 
 run_backup "crash-consistent inc" backup --level inc --target "$T/store/vm"
 assert_thawed "the crash-consistent backup"
 check_record false "crash-consistent inc"
-materialise "$NEWFILE" "$T/work/rp.raw"
-dumpe2fs -h "$T/work/rp.raw" 2>/dev/null | grep '^Filesystem features:' | grep -qw needs_recovery \
+materialise "$NEWFILE" "$T/scratch/rp.raw"
+dumpe2fs -h "$T/scratch/rp.raw" 2>/dev/null | grep '^Filesystem features:' | grep -qw needs_recovery \
   || qb_die "crash-consistent inc: no needs_recovery, yet the guest had it mounted and was writing"
 rc=0
-e2fsck -fy "$T/work/rp.raw" >"$T/work/fsck.out" 2>&1 || rc=$?
-[ $rc -le 1 ] || { cat "$T/work/fsck.out" >&2; qb_die "crash-consistent inc: e2fsck -fy failed ($rc)"; }
-check_clean "$T/work/rp.raw" "crash-consistent inc after journal replay"
-check_files "$T/work/rp.raw" "$BEFORE" "crash-consistent inc after journal replay"
+e2fsck -fy "$T/scratch/rp.raw" >"$T/scratch/fsck.out" 2>&1 || rc=$?
+[ $rc -le 1 ] || { cat "$T/scratch/fsck.out" >&2; qb_die "crash-consistent inc: e2fsck -fy failed ($rc)"; }
+check_clean "$T/scratch/rp.raw" "crash-consistent inc after journal replay"
+check_files "$T/scratch/rp.raw" "$BEFORE" "crash-consistent inc after journal replay"
 
 # ---- 4. through the mount: touch (quiesce by default), loop-mounted --------
 
@@ -295,19 +295,19 @@ if [ -n "$QMPBACKUPFS" ] && [ -x "$QMPBACKUPFS" ] && [ -c /dev/fuse ]; then
     rec=$(ls "$T/store/vm/.points/"*.json | LC_ALL=C sort | tail -1)
     grep -Eq '"quiesced" *: *true' "$rec" || qb_die "mount: $how: record $rec does not say quiesced"
     p=$(qb_fs_points "$mnt/vm/drive0/restore" | tail -1)
-    cp --sparse=always "$mnt/vm/drive0/restore/$p" "$T/work/rp.raw"
-    check_clean "$T/work/rp.raw" "mount $how ($p)"
-    check_files "$T/work/rp.raw" "$BEFORE" "mount $how ($p)" prefix
+    cp --sparse=always "$mnt/vm/drive0/restore/$p" "$T/scratch/rp.raw"
+    check_clean "$T/scratch/rp.raw" "mount $how ($p)"
+    check_files "$T/scratch/rp.raw" "$BEFORE" "mount $how ($p)" prefix
     # Loop-mount the restore image itself, read-only: no journal to replay.
     if loop=$(losetup -r -f --show "$mnt/vm/drive0/restore/$p" 2>/dev/null); then
       mkdir -p "$T/loopmnt"
-      if mount -o ro "$loop" "$T/loopmnt" 2>"$T/work/mount.err"; then
+      if mount -o ro "$loop" "$T/loopmnt" 2>"$T/scratch/mount.err"; then
         expect_file 1 | cmp -s - "$T/loopmnt/f1" || { umount "$T/loopmnt"; losetup -d "$loop";
           qb_die "mount $how: /f1 on the loop-mounted image differs"; }
         umount "$T/loopmnt"
       else
         losetup -d "$loop"
-        qb_die "mount $how: the restore image does not mount read-only: $(cat "$T/work/mount.err")"
+        qb_die "mount $how: the restore image does not mount read-only: $(cat "$T/scratch/mount.err")"
       fi
       losetup -d "$loop"
       qb_log "mount $how: $p loop-mounted read-only, /f1 intact"
