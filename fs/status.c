@@ -144,6 +144,18 @@ status_job (fs_vm *vm)
   return j;
 }
 
+/* Add "restore_image": the mount's file name of restore point ID, to J. */
+static void
+add_restore_image (json_object *j, const char *id)
+{
+  char disp[64];
+  if (id && store_id_display (id, disp, sizeof disp) == 0) {
+    char name[80];
+    snprintf (name, sizeof name, "%s.img", disp);
+    json_object_object_add (j, "restore_image", json_object_new_string (name));
+  }
+}
+
 /* The last result of VM as JSON (caller holds vm->lock), or NULL. */
 static json_object *
 status_last (fs_vm *vm)
@@ -157,6 +169,7 @@ status_last (fs_vm *vm)
   json_object_object_add (j, "seconds", json_object_new_double (vm->last_seconds));
   if (vm->last_ok) {
     json_object_object_add (j, "restore_point", json_object_new_string (vm->last_id));
+    add_restore_image (j, vm->last_id);
     json_object_object_add (j, "bytes_copied", json_object_new_int64 (vm->last_bytes));
     if (vm->last_reason[0])
       json_object_object_add (j, "reason", json_object_new_string (vm->last_reason));
@@ -297,6 +310,9 @@ status_vm_json (fs_vm *vm, bool full)
       copy_key (last, rec, "time", NULL);
       copy_key (last, rec, "seconds", NULL);
       copy_key (last, rec, "id", "restore_point");
+      json_object *idv;
+      if (json_object_object_get_ex (rec, "id", &idv))
+        add_restore_image (last, json_object_get_string (idv));
       copy_key (last, rec, "bytes_copied", NULL);
       copy_key (last, rec, "reason", NULL);
       copy_key (last, rec, "quiesced", NULL);

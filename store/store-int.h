@@ -44,8 +44,6 @@ char *store_vm_dir (const store *st, const char *vm);
 /* Format the id of second T_US with sequence SEQ (1: no suffix) into BUF. */
 void store_id_format (int64_t t_us, int seq, char *buf, size_t len);
 
-/* The display name of ID ("2026-11-26T04:50:00Z[_02]") into BUF; -1 if ID is bad. */
-int store_id_display (const char *id, char *buf, size_t len);
 
 /* True for a well-formed id of this store ("YYYYMMDDTHHMMSSZ[_NN]"). */
 bool store_id_valid (const char *id);

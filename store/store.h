@@ -177,6 +177,10 @@ int store_recover (store *st, const char *vm);
  * record (used by qmprebase after merging).  Caller holds the lock. */
 int store_point_remove (store *st, const char *vm, const char *id);
 
+/* The mount's name of restore point ID without ".img"
+ * ("2026-11-26T04:50:00Z[_02]") into BUF; -1 if ID is not one of ours. */
+int store_id_display (const char *id, char *buf, size_t len);
+
 /* Parse "YYYYMMDDTHHMMSSZ[_NN]" or a seed epoch name part; 0 on success. */
 int store_id_parse (const char *id, int64_t *time_us, int *seq);
 

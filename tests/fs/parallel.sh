@@ -2,7 +2,8 @@
 # Backups of different VMs run in parallel through one mount: two full
 # backups triggered at once (jobs limited to 4 MiB/s so they overlap) are
 # both running at the same moment, both succeed, and both restore images are
-# byte-exact; meanwhile the mount keeps answering (ls, status).
+# byte-exact, and status names each new restore image; meanwhile the mount
+# keeps answering (ls, status).
 set -euo pipefail
 . "$QB_SOURCE_DIR/tests/lib/vm.sh"
 . "$QB_SOURCE_DIR/tests/fs/lib.sh"
@@ -41,6 +42,8 @@ for vm in pa pb; do
   p=$(qb_fs_points "$mnt/$vm/drive0/restore" | tail -1)
   [ -n "$p" ] || qb_die "$vm: no restore point"
   qb_cmp "$mnt/$vm/drive0/restore/$p" "$T/$vm.raw"
+  img=$(qb_json <(cat "$mnt/$vm/status") 'd["last"]["restore_image"]')
+  [ "$img" = "$p" ] || qb_die "$vm: status names the new point $img, the mount $p"
 done
 qb_fs_unmount "$mnt"
 echo "parallel: ok"
