@@ -145,8 +145,6 @@ bool restore_find (const store_vm *v, const char *disk, const char *display,
 /* The newest undamaged point of DISK ("display" string), or NULL. */
 const store_layer *restore_latest (const store_vm *v, const char *disk);
 
-/* Virtual size of layer (record, else the qcow2 header). */
-uint64_t restore_layer_size (const store_layer *l);
 
 /* Damage text for point IDX of CHAIN (itself or a layer below), or NULL. */
 const char *restore_damage (const store_chain *c, size_t idx);

@@ -150,18 +150,6 @@ restore_latest (const store_vm *v, const char *disk)
   return best;
 }
 
-/* Virtual size of layer L (record, else the qcow2 header; 0 if unreadable). */
-uint64_t
-restore_layer_size (const store_layer *l)
-{
-  uint64_t size = l->virtual_size;
-  if (size == 0 && qcow2_virtual_size (l->path, &size) == -1) {
-    qb_error_clear ();
-    size = 0;
-  }
-  return size;
-}
-
 /* Identity of the files of layers 0..IDX (path, inode, mtime, size). */
 static char *
 layers_sig (const store_chain *c, size_t idx)

@@ -203,7 +203,7 @@ node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
     }
     const store_layer *l = &c->layers[idx];
     attr_base (st, n, S_IFREG | 0440);
-    st->st_size = restore_layer_size (l);
+    st->st_size = l->virtual_size;   /* from the record or the qcow2 header (scan) */
     st->st_mtime = st->st_ctime = st->st_atime = l->time_us / 1000000;
     uint64_t stored = 0;
     for (size_t i = 0; i <= idx; i++)
@@ -362,18 +362,29 @@ op_forget (fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
   fuse_reply_none (req);
 }
 
+/* The node of INO with its attributes in *ST and their timeout in *AT, or
+ * NULL after replying the error to REQ. */
+static node *
+node_stat_or_reply (fuse_req_t req, fuse_ino_t ino, struct stat *st, double *at)
+{
+  node *n = node_by_ino (ino);
+  double et;
+  int r = n ? node_stat (n, st, &et, at) : -ENOENT;
+  if (r < 0) {
+    fuse_reply_err (req, -r);
+    return NULL;
+  }
+  return n;
+}
+
 /* FUSE getattr. */
 static void
 op_getattr (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   (void) fi;
-  node *n = node_by_ino (ino);
   struct stat st;
-  double et, at;
-  int r = n ? node_stat (n, &st, &et, &at) : -ENOENT;
-  if (r < 0)
-    fuse_reply_err (req, -r);
-  else
+  double at;
+  if (node_stat_or_reply (req, ino, &st, &at))
     fuse_reply_attr (req, &st, at);
 }
 
@@ -384,14 +395,11 @@ op_setattr (fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 {
   (void) attr;
   (void) fi;
-  node *n = node_by_ino (ino);
   struct stat st;
-  double et, at;
-  int r = n ? node_stat (n, &st, &et, &at) : -ENOENT;
-  if (r < 0) {
-    fuse_reply_err (req, -r);
+  double at;
+  node *n = node_stat_or_reply (req, ino, &st, &at);
+  if (!n)
     return;
-  }
   if (n->kind != N_CONTROL) {
     fuse_reply_err (req, S_ISDIR (st.st_mode) ? EPERM : EACCES);
     return;
@@ -406,12 +414,13 @@ op_setattr (fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
   if ((valid & times) && !(valid & FUSE_SET_ATTR_SIZE)) {
     fs_vm *vm = vms_find (n->vm);
     atomic_fetch_add (&n->opens, 1);
-    r = vm ? control_touch (req, vm) : -ENOENT;
+    int r = vm ? control_touch (req, vm) : -ENOENT;
     atomic_fetch_sub (&n->opens, 1);
     if (r < 0) {
       fuse_reply_err (req, -r);
       return;
     }
+    double et;
     node_stat (n, &st, &et, &at);
   }
   fuse_reply_attr (req, &st, at);
@@ -468,14 +477,11 @@ dirbuf_add (fuse_req_t req, dirbuf *b, const char *name, node *n, fuse_ino_t ino
 static void
 op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-  node *n = node_by_ino (ino);
   struct stat st;
-  double et, at;
-  int r = n ? node_stat (n, &st, &et, &at) : -ENOENT;
-  if (r < 0) {
-    fuse_reply_err (req, -r);
+  double at;
+  node *n = node_stat_or_reply (req, ino, &st, &at);
+  if (!n)
     return;
-  }
   if (!S_ISDIR (st.st_mode)) {
     fuse_reply_err (req, ENOTDIR);
     return;
@@ -576,14 +582,11 @@ typedef struct text_handle {
 static void
 op_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-  node *n = node_by_ino (ino);
   struct stat st;
-  double et, at;
-  int r = n ? node_stat (n, &st, &et, &at) : -ENOENT;
-  if (r < 0) {
-    fuse_reply_err (req, -r);
+  double at;
+  node *n = node_stat_or_reply (req, ino, &st, &at);
+  if (!n)
     return;
-  }
   int acc = fi->flags & O_ACCMODE;
   switch (n->kind) {
   case N_STATUS_ALL: case N_METRICS: case N_VMSTATUS: {
@@ -629,6 +632,7 @@ op_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     size_t idx;
     char *display = qb_strdup (n->name);
     display[strlen (display) - 4] = '\0';
+    int r;
     if (!restore_find (s->v, n->disk, display, &c, &idx))
       r = -ENOENT;
     else

@@ -10,24 +10,16 @@ qb_need qemu-img qemu-io "$QMPREBASE"
 qb_tmpdir
 
 dir=$T/store/seedvm/disk0
-mkdir -p "$dir"
 size=$((32 << 20))
 ref=$T/ref.raw
-truncate -s $size "$ref"
 epoch=1700000000
 
-# Apply qemu-io command CMD to the reference raw image and to layer LAYER.
-both() {
-  qemu-io -f raw -c "$2" "$ref" >/dev/null
-  qemu-io -f qcow2 -c "$2" "$1" >/dev/null
-}
+# Apply qemu-io command CMD to layer LAYER and to the reference.
+both() { qb_seed_write "$ref" "$1" "$2"; }
 
 # FULL: data everywhere we will later change.
+qb_seed_full "$dir" $epoch disk0 $size "$ref"
 full=$dir/FULL-$epoch-disk0.qcow2
-qemu-img create -q -f qcow2 "$full" $size
-both "$full" "write -P 0x11 0 8M"
-both "$full" "write -P 0x12 16M 4M"
-both "$full" "write -P 0x13 31M 1M"
 cp "$ref" "$T/expect-0.raw"
 ids=("$epoch")
 layers=("FULL-$epoch-disk0.qcow2")

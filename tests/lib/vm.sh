@@ -335,3 +335,23 @@ qb_cmp() {
     return 1
   fi
 }
+
+# Apply qemu-io command CMD to the raw reference REF and to qcow2 layer LAYER.
+qb_seed_write() {
+  qemu-io -f raw -c "$3" "$1" >/dev/null
+  qemu-io -f qcow2 -c "$3" "$2" >/dev/null
+}
+
+# Start a chain the way the Python qmpbackup names it, in DIR:
+# FULL-EPOCH-NAME.qcow2 of SIZE bytes with data at 0-8M, 16-20M and 31-32M,
+# and its raw reference REF (created here).
+qb_seed_full() {
+  local dir=$1 epoch=$2 name=$3 size=$4 ref=$5 full
+  full=$dir/FULL-$epoch-$name.qcow2
+  mkdir -p "$dir"
+  truncate -s "$size" "$ref"
+  qemu-img create -q -f qcow2 "$full" "$size"
+  qb_seed_write "$ref" "$full" "write -P 0x11 0 8M"
+  qb_seed_write "$ref" "$full" "write -P 0x12 16M 4M"
+  qb_seed_write "$ref" "$full" "write -P 0x13 31M 1M"
+}
