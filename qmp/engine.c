@@ -25,6 +25,7 @@
 #include "qmp/engine.h"
 #include "qmp/disks.h"
 #include "qmp/qga.h"
+#include "qmp/thawguard.h"
 #include "store/chain.h"
 #include "common/error.h"
 #include "common/util.h"
@@ -34,7 +35,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdarg.h>
 #include <sys/stat.h>
+
+#define ENGINE_THAW_BUDGET_MS 30000   /* our own thaw attempts, then the guard's turn */
+#define ENGINE_THAW_TRIES 3
 
 /* One disk of a backup run. */
 typedef struct eng_disk {
@@ -59,7 +64,10 @@ typedef struct eng_run {
   backup_result *res;
   qmp *q;
   qga *g;
-  bool frozen;
+  thawguard *guard;          /* thaws the guest if we die while it may be frozen */
+  bool frozen;               /* a freeze may have been sent and no thaw confirmed */
+  bool thaw_failed;          /* our thaw failed: the guest may still be frozen */
+  char thaw_warning[400];
   store_vm *scan;
   store_txn *txn;
   vm_disk *all;
@@ -352,20 +360,82 @@ bitmap_remove (qmp *q, const char *node, const char *name)
   return qmp_run (q, "block-dirty-bitmap-remove", args, QMP_COMMAND_TIMEOUT_MS);
 }
 
-/* Thaw the guest if this run froze it (ignores the cancel flag). */
+/* Append to RES's quiesce note ("; " between parts). */
+static void __attribute__ ((format (printf, 2, 3)))
+quiesce_note (eng_run *r, const char *fmt, ...)
+{
+  if (!r->res)
+    return;
+  char part[400];
+  va_list ap;
+  va_start (ap, fmt);
+  vsnprintf (part, sizeof part, fmt, ap);
+  va_end (ap);
+  char *n = r->res->quiesce_note;
+  size_t len = strlen (n);
+  snprintf (n + len, sizeof r->res->quiesce_note - len, "%s%s", len ? "; " : "", part);
+}
+
+/* Thaw the guest if a freeze may have been sent.  Not subject to the cancel
+ * flag; the first command resynchronises (the freeze's reply may still be in
+ * flight); bounded by ENGINE_THAW_BUDGET_MS; confirmed with
+ * guest-fsfreeze-status.  On success the guard is told and exits; on
+ * failure our agent connection is closed and the guard takes over, and the
+ * failure goes into the quiesce note and r->thaw_warning.  Keeps the
+ * current error.  Closes the agent connection in every case. */
 static void
 thaw (eng_run *r)
 {
-  if (!r->frozen)
+  if (!r->frozen) {
+    qga_close (r->g);
+    r->g = NULL;
     return;
-  qga_set_cancel (r->g, NULL);
-  int rc = qga_thaw (r->g, QGA_TIMEOUT_MS);
-  if (rc < 0)
-    rc = qga_thaw (r->g, QGA_TIMEOUT_MS);
-  if (rc < 0 && r->res)
-    snprintf (r->res->quiesce_note, sizeof r->res->quiesce_note,
-              "WARNING: thawing the guest failed: %s", qb_error_msg ());
+  }
   r->frozen = false;
+  qb_err code = qb_error_code ();
+  char *msg = qb_strdup (qb_error_msg ());
+  uint64_t deadline = qb_mono_ms () + ENGINE_THAW_BUDGET_MS;
+  bool ok = false;
+  char why[256] = "no connection to the guest agent";
+  if (r->g) {
+    qga_set_cancel (r->g, NULL);
+    for (int i = 0; i < ENGINE_THAW_TRIES && !ok; i++) {
+      uint64_t now = qb_mono_ms ();
+      if (now >= deadline)
+        break;
+      int step = deadline - now < QGA_TIMEOUT_MS ? (int) (deadline - now) : QGA_TIMEOUT_MS;
+      if (qga_thaw (r->g, step) >= 0) {
+        int st = qga_frozen (r->g, QGA_TIMEOUT_MS);
+        if (st == 0 || (st < 0 && qb_error_code () == QB_EQMP))
+          ok = true;   /* thawed, or thaw answered and status refused */
+        else if (st == 1)
+          qb_error_set (QB_EIO, "the guest agent still reports the guest frozen after a thaw");
+      }
+      if (!ok) {
+        snprintf (why, sizeof why, "%s", qb_error_msg ());
+        if (qb_error_code () == QB_EHOSTDOWN)
+          break;       /* our connection is gone: a fresh one is the guard's */
+      }
+    }
+  }
+  qga_close (r->g);   /* the guard can connect only once we are gone */
+  r->g = NULL;
+  if (ok)
+    thawguard_release (r->guard, true);
+  else {
+    r->thaw_failed = true;
+    char guard[64] = "";
+    if (r->guard)
+      snprintf (guard, sizeof guard, "; a thaw guard process keeps trying for %d s",
+                THAWGUARD_BUDGET_MS / 1000);
+    snprintf (r->thaw_warning, sizeof r->thaw_warning,
+              "WARNING: the guest may still be frozen: thaw failed: %.160s%s", why, guard);
+    quiesce_note (r, "%s", r->thaw_warning);
+    thawguard_release (r->guard, false);
+  }
+  r->guard = NULL;
+  qb_error_set (code, "%s", msg);
+  free (msg);
 }
 
 /* ---- The steps of a backup ---- */
@@ -518,7 +588,11 @@ target_flush (eng_run *r, eng_disk *d)
   return 0;
 }
 
-/* Freeze the guest's filesystems as the options ask. */
+/* Freeze the guest's filesystems as the options ask.  "Quiesced" means at
+ * least one filesystem was frozen: a freeze of none, like an agent that does
+ * not answer, fails an explicit quiesce and makes a default one fall back to
+ * crash-consistent with a note.  A thaw guard is started before the freeze
+ * is sent; from then on every path thaws (thaw()). */
 static int
 quiesce (eng_run *r, const char *qga_path)
 {
@@ -535,32 +609,40 @@ quiesce (eng_run *r, const char *qga_path)
   r->g = qga_connect (qga_path, QGA_TIMEOUT_MS);
   int n = -1;
   if (r->g) {
-    qga_set_cancel (r->g, r->opts->cancel);
-    n = qga_freeze (r->g, QGA_TIMEOUT_MS);
+    r->guard = thawguard_start (qga_path, THAWGUARD_BUDGET_MS);
+    if (!r->guard)
+      qb_error_prefix ("not freezing the guest without a thaw guard");
+    else {
+      qga_set_cancel (r->g, r->opts->cancel);
+      r->frozen = true;   /* from here on a freeze may be running in the guest */
+      n = qga_freeze (r->g, QGA_TIMEOUT_MS);
+    }
   }
-  if (n >= 0) {
-    r->frozen = true;
-    if (r->res)
+  if (n > 0) {
+    if (r->res) {
       r->res->quiesced = true;
+      r->res->frozen_fs = n;
+    }
     return 0;
   }
+  if (n == 0)
+    qb_error_set (QB_EQMP, "the guest agent froze no filesystem (guest-fsfreeze-freeze "
+                  "returned 0: nothing in the guest it can freeze)");
+  /* Canceled, timed out, failed or froze nothing: a freeze may still
+   * complete in the guest, so thaw in every case. */
+  thaw (r);
   if (qb_error_code () == QB_ECANCELED)
     return -1;
-  if (r->g) {
-    /* A freeze that timed out may still complete in the guest: thaw anyway. */
-    r->frozen = true;
-    thaw (r);
-  }
   if (m == QUIESCE_ON) {
     qb_error_prefix ("quiescing the guest (the backup needs it; retry without quiesce "
                      "for a crash-consistent backup)");
     return -1;
   }
-  if (r->res)
-    snprintf (r->res->quiesce_note, sizeof r->res->quiesce_note,
-              "not quiesced, crash-consistent: the guest agent failed: %s", qb_error_msg ());
-  qga_close (r->g);
-  r->g = NULL;
+  char why[256];
+  snprintf (why, sizeof why, "%s", qb_error_msg ());
+  /* After the thaw's warning, if any (it comes first: notes are truncated). */
+  quiesce_note (r, "not quiesced, crash-consistent: %s%s", n == 0 ? "" : "the guest agent failed: ",
+                why);
   qb_error_clear ();
   return 0;
 }
@@ -639,6 +721,8 @@ record_extra (eng_run *r)
   json_object_object_add (o, "reason", json_object_new_string (r->res ? r->res->reason : ""));
   json_object_object_add (o, "quiesced", json_object_new_boolean (r->res && r->res->quiesced));
   json_object_object_add (o, "quiesce_note", json_object_new_string (r->res ? r->res->quiesce_note : ""));
+  json_object_object_add (o, "quiesced_filesystems",
+                          json_object_new_int (r->res && r->res->quiesced ? r->res->frozen_fs : 0));
   json_object_object_add (o, "bytes_copied", json_object_new_int64 ((int64_t) r->total));
   json_object_object_add (o, "seconds",
                           json_object_new_double ((double) (qb_mono_ms () - r->start_ms) / 1000.0));
@@ -686,6 +770,11 @@ rollback (eng_run *r)
   }
   store_txn_free (r->txn);
   r->txn = NULL;
+  if (r->thaw_failed && !strstr (msg, r->thaw_warning)) {
+    char *m = qb_asprintf ("%s; %s", msg, r->thaw_warning);
+    free (msg);
+    msg = m;
+  }
   qb_error_set (code, "%s", msg);
   free (msg);
 }
@@ -882,7 +971,8 @@ engine_backup (store *st, const char *vm, const char *qmp_path, const char *qga_
   }
   qb_err code = qb_error_code ();
   char *msg = rc < 0 ? qb_strdup (qb_error_msg ()) : NULL;
-  qga_close (r.g);
+  thaw (&r);            /* no-op: every path has thawed already */
+  thawguard_release (r.guard, !r.thaw_failed);
   qmp_close (r.q);
   for (size_t i = 0; i < r.n; i++) {
     free (r.d[i].reason);

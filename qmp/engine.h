@@ -52,8 +52,10 @@ typedef struct backup_result {
   char id[40];              /* the new restore point's id */
   backup_level level;       /* the level taken (FULL, INC or COPY) */
   char reason[512];         /* why auto took a full ("" otherwise) */
-  bool quiesced;
-  char quiesce_note[256];   /* why not quiesced, when a default quiesce fell back */
+  bool quiesced;            /* at least one guest filesystem was frozen */
+  int frozen_fs;            /* how many the guest agent froze (0 when not quiesced) */
+  char quiesce_note[256];   /* any WARNING that the guest may still be frozen, then
+                             * why not quiesced (a default quiesce fell back) */
   size_t ndisks;
   uint64_t bytes_copied;    /* bytes the jobs copied */
   uint64_t bytes_stored;    /* bytes the new files take in the store */

@@ -117,6 +117,17 @@ qga_set_cancel (qga *g, const atomic_int *cancel)
   jsonio_set_cancel (g->io, cancel);
 }
 
+/* Render guest-sent string S (any JSON value; DFLT when NULL) printable
+ * into OUT (OUTLEN bytes): control bytes, ESC, newlines, non-ASCII escaped. */
+static void
+guest_text (json_object *s, const char *dflt, char *out, size_t outlen)
+{
+  const char *t = s ? json_object_get_string (s) : dflt;
+  size_t len = s && json_object_is_type (s, json_type_string)
+    ? (size_t) json_object_get_string_len (s) : strlen (t ? t : "");
+  jsonio_sanitize (t ? t : "", len, out, outlen);
+}
+
 json_object *
 qga_execute (qga *g, const char *cmd, json_object *args, int timeout_ms)
 {
@@ -151,9 +162,11 @@ qga_execute (qga *g, const char *cmd, json_object *args, int timeout_ms)
     json_object *cls = NULL, *desc = NULL;
     json_object_object_get_ex (err, "class", &cls);
     json_object_object_get_ex (err, "desc", &desc);
-    qb_error_set (QB_EQMP, "guest agent: %s: %s: %s", cmd,
-                  cls ? json_object_get_string (cls) : "GenericError",
-                  desc ? json_object_get_string (desc) : "(no description)");
+    /* Guest text: escaped before it reaches any message, log or terminal. */
+    char cbuf[64], dbuf[QGA_TEXT_MAX];
+    guest_text (cls, "GenericError", cbuf, sizeof cbuf);
+    guest_text (desc, "(no description)", dbuf, sizeof dbuf);
+    qb_error_set (QB_EQMP, "guest agent: %s: %s: %s", cmd, cbuf, dbuf);
     json_object_put (m);
     return NULL;
   }
@@ -214,8 +227,11 @@ qga_frozen (qga *g, int timeout_ms)
     return -1;
   const char *s = json_object_is_type (r, json_type_string) ? json_object_get_string (r) : "";
   int v = strcmp (s, "frozen") == 0 ? 1 : strcmp (s, "thawed") == 0 ? 0 : -2;
-  if (v == -2)
-    qb_error_set (QB_EPROTO, "guest agent: unexpected fsfreeze status \"%s\"", s);
+  if (v == -2) {
+    char buf[QGA_TEXT_MAX];
+    guest_text (r, "", buf, sizeof buf);
+    qb_error_set (QB_EPROTO, "guest agent: unexpected fsfreeze status \"%s\"", buf);
+  }
   json_object_put (r);
   return v < 0 ? -1 : v;
 }

@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 
 #define QGA_TIMEOUT_MS 10000
+#define QGA_TEXT_MAX 256          /* guest text kept in a message, escaped */
 
 typedef struct qga qga;
 
@@ -34,8 +35,9 @@ int qga_frozen (qga *g, int timeout_ms);
 
 /* Run agent command CMD with ARGS (consumed; may be NULL) within TIMEOUT_MS:
  * the "return" value (new reference), or NULL with QB_EQMP "guest agent:
- * CMD: Class: desc" or a transport error.  Resynchronises first when an
- * earlier reply was lost. */
+ * CMD: Class: desc" (the guest's class and desc escaped: no control byte,
+ * ESC, newline or non-ASCII byte, at most QGA_TEXT_MAX) or a transport
+ * error.  Resynchronises first when an earlier reply was lost. */
 json_object *qga_execute (qga *g, const char *cmd, json_object *args, int timeout_ms);
 
 #endif
