@@ -15,7 +15,7 @@ guest-fsfreeze-freeze marks the fake guest frozen at once (when it freezes
 N > 0 filesystems), then answers N after SEC seconds; with "never" it never
 answers (the reply is lost) but goes on with the next command; with
 --freeze-error it answers that error (TEXT may hold any byte) and stays
-thawed.  --mute accepts connections and never answers anything.
+thawed.  --mute reads and logs commands and never answers anything.
 
 LOG gets one line per event, flushed: "recv CMD", "done CMD STATE",
 "connect", "close".  LOG.state holds the state ("frozen" or "thawed"),
@@ -125,8 +125,6 @@ def serve(conn):
             data = b""
         if not data:
             return
-        if opt.mute:
-            continue
         buf += data
         if b"\xff" in buf:
             buf = buf[buf.rindex(b"\xff") + 1:]
@@ -140,7 +138,8 @@ def serve(conn):
                 answer(conn, {"error": {"class": "GenericError", "desc": "invalid JSON"}})
                 continue
             log("recv %s" % (msg.get("execute", "?") if isinstance(msg, dict) else "?"))
-            commands.put((conn, msg))
+            if not opt.mute:
+                commands.put((conn, msg))
 
 
 set_state("thawed")
