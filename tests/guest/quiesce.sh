@@ -17,6 +17,8 @@
 #  4. With QMPBACKUPFS: the same through the mount (`touch` quiesces by
 #     default, then "inc quiesce"); each restore image is clean, holds the
 #     files, and loop-mounts read-only.
+#  5. qmpbackup SIGKILLed while the guest is frozen (a relay keeps back the
+#     freeze's reply): its thaw guard thaws the guest; the writer goes on.
 # Skips (77) when the guest cannot be built or qmpbackup is not built yet.
 set -euo pipefail
 
@@ -319,6 +321,51 @@ if [ -n "$QMPBACKUPFS" ] && [ -x "$QMPBACKUPFS" ] && [ -c /dev/fuse ]; then
 else
   qb_log "qmpbackupfs or /dev/fuse missing: the mount part was not run"
 fi
+
+# ---- 5. qmpbackup killed with SIGKILL while the guest is frozen ------------
+# A relay (qgaproxy.py) between qmpbackup and the agent keeps back the reply
+# to the freeze: the guest is frozen and qmpbackup waits.  SIGKILL it then:
+# its thaw guard must connect (through the relay, a new connection to the
+# chardev) and thaw the real guest; the writer goes on.
+
+proxy=$T/sockets/proxy.qga
+python3 "$QB_SOURCE_DIR/tests/guest/qgaproxy.py" "$qga" "$proxy" "$T/proxy.log" \
+  --hold-freeze-reply 2>>"$T/proxy.err" &
+qb_register_pid $!
+for ((i = 0; i < 100; i++)); do [ -S "$proxy" ] && break; sleep 0.1; done
+[ -S "$proxy" ] || qb_die "the agent relay did not start: $(cat "$T/proxy.err")"
+"$QMPBACKUP" --socket "$qmp" --agent-socket "$proxy" backup --level inc --target "$T/store/vm" \
+  --quiesce >"$T/scratch/backup.out" 2>&1 &
+cli=$!
+for ((i = 0; i < 600; i++)); do
+  grep -q 'held freeze reply' "$T/proxy.log" 2>/dev/null && break
+  _qb_alive "$cli" || break
+  sleep 0.1
+done
+grep -q 'held freeze reply: {"return": 1}' "$T/proxy.log" \
+  || qb_die "SIGKILL case: the guest did not freeze: $(cat "$T/proxy.log" "$T/scratch/backup.out")"
+n1=$(wrote_max)
+kill -KILL "$cli"
+wait "$cli" 2>/dev/null || true
+t_kill=$(date +%s%N)
+# The guest stays frozen until the guard thaws it: ask the agent (a third
+# client: it waits while the guard is connected).
+s=frozen
+for ((i = 0; i < 60; i++)); do
+  s=$("$QGASTATUS" "$qga" status 2>/dev/null) || s=error
+  [ "$s" = thawed ] && break
+  check_guest
+  sleep 1
+done
+[ "$s" = thawed ] || qb_die "SIGKILL of qmpbackup during the freeze left the guest $s for 60 s"
+qb_log "SIGKILL during the freeze: thawed by the guard after" \
+  "$(( ($(date +%s%N) - t_kill) / 1000000 )) ms; relay log: $(tr '\n' ';' < "$T/proxy.log")"
+wait_wrote_beyond "$((n1 + 1))"
+# The next backup cleans what the killed one left and is quiesced.
+run_backup "quiesced inc after the kill" --agent-socket "$qga" \
+  backup --level inc --target "$T/store/vm" --quiesce
+assert_thawed "the inc after the kill"
+check_record true "quiesced inc after the kill"
 
 "$QMPCMD" "$testqmp" quit >/dev/null 2>&1 || true
 _qb_wait_gone "$qemu_pid"
