@@ -405,7 +405,9 @@ thaw (eng_run *r)
         break;
       int step = deadline - now < QGA_TIMEOUT_MS ? (int) (deadline - now) : QGA_TIMEOUT_MS;
       if (qga_thaw (r->g, step) >= 0) {
-        int st = qga_frozen (r->g, QGA_TIMEOUT_MS);
+        now = qb_mono_ms ();
+        int left = now < deadline ? (int) (deadline - now) : 0;
+        int st = qga_frozen (r->g, left < 2000 ? 2000 : left > QGA_TIMEOUT_MS ? QGA_TIMEOUT_MS : left);
         if (st == 0 || (st < 0 && qb_error_code () == QB_EQMP))
           ok = true;   /* thawed, or thaw answered and status refused */
         else if (st == 1)

@@ -6,8 +6,12 @@
  * (block-dirty-bitmap-add/clear + blockdev-backup, grouped completion,
  * auto-finalize off), waits for every job, flushes and detaches the targets,
  * commits the restore point through store_txn_* and only then resets the
- * chain's bitmap (details in engine.c).  It thaws on every path
- * and lets go of the socket when done.  Semantics: see SPEC.md "Backup
+ * chain's bitmap (details in engine.c).  Once a freeze may have been sent
+ * it thaws on every path (cancel, timeout, error: not subject to the cancel
+ * flag, bounded, confirmed with guest-fsfreeze-status), and a thaw guard
+ * process (thawguard.h) thaws if this process dies meanwhile; a thaw that
+ * failed is a WARNING in quiesce_note and in the error.  It lets go of the
+ * sockets when done.  Semantics: see SPEC.md "Backup
  * semantics".  Bitmaps are named "qmpbackup-<chain id>". */
 #ifndef QB_ENGINE_H
 #define QB_ENGINE_H
