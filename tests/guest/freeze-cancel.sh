@@ -11,8 +11,8 @@
 # descriptor); a freeze that never answers (timeout, thawed, crash-consistent
 # with a note); a freeze of 0 filesystems (not quiesced, count 0 in the
 # record; --quiesce fails); an agent error with ESC/newlines (escaped).
-# The mount (-o vm=NAME:QMP:QGA): the writer of `backup` killed, SIGTERM and
-# SIGKILL of the daemon during the freeze; a freeze of 0 filesystems (status
+# The mount (-o vm=NAME:QMP:QGA): the writer of `backup` killed, a lazy
+# unmount, SIGTERM and SIGKILL of the daemon during the freeze; a freeze of 0 filesystems (status
 # and record say not quiesced, "full quiesce" is EIO).  Each case asserts that
 # a thaw reached the agent after the freeze and that it reports "thawed"
 # within a bounded time.
@@ -185,8 +185,20 @@ assert not any(ord(c) < 0x20 or ord(c) == 0x7f for c in e), repr(e)
 ' "$T/status.json" || qb_die "agent text in status not escaped: $(cat "$T/status.json")"
 LC_ALL=C grep -q $'\e' "$T/fs.log" && qb_die "raw ESC from the agent reached the daemon's log"
 
+# Unmounted (lazily: the writer holds the control file) while the freeze is
+# pending: the daemon ends once the backup is over, and the guest is thawed.
+fake_start "$agent" --freeze-delay "$DELAY"
+start_writer "inc\n"
+fake_wait 'recv guest-fsfreeze-freeze'
+fusermount3 -u -z "$mnt"
+reap "$WRITER"
+reap "$FS_PID"
+[ "$RC" = 0 ] || qb_die "qmpbackupfs exited $RC after an unmount during a freeze"
+fake_assert_thawed "unmount during the freeze"
+
 # SIGTERM of the daemon while the freeze is pending: clean exit, thawed.
 fake_start "$agent" --freeze-delay "$DELAY"
+qb_fs_mount "$store" "$mnt" -o "vm=vm1:$qmp:$agent"
 start_writer "inc\n"
 fake_wait 'recv guest-fsfreeze-freeze'
 kill -TERM "$FS_PID"
