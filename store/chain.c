@@ -53,6 +53,11 @@
  * array per 512-byte L2 table and data cluster, with 512-byte clusters). */
 #define MAP_BUDGET_BASE ((uint64_t) 64 << 20)
 #define MAP_BUDGET_RATIO 64
+/* The chunk headers (16 bytes per 4096 clusters of virtual size) may take
+ * this much, plus HEAD_BUDGET_RATIO bytes per byte of the layer files: 16
+ * MiB cover a sparse 256 TiB disk in 64 KiB clusters (2 TiB in 512 bytes). */
+#define HEAD_BUDGET_BASE ((uint64_t) 16 << 20)
+#define HEAD_BUDGET_RATIO 8
 
 /* Map entry kinds; K_ZERO is used for runs only: zero clusters are stored as
  * K_UNALLOC (both read as zeros), so they never make a chunk irregular. */
@@ -680,22 +685,25 @@ chain_open_fds (const int *fds, const char *const *names, size_t n)
 
   ci->size = ci->layers[n - 1].h.size;
   ci->cbits = 21;
-  ci->map_budget = MAP_BUDGET_BASE;
+  uint64_t files = 0;
   for (size_t k = 0; k < n; k++) {
     const layer *ly = &ci->layers[k];
     if (ly->h.cluster_bits < ci->cbits)
       ci->cbits = ly->h.cluster_bits;
-    uint64_t add = ly->file_size > UINT64_MAX / MAP_BUDGET_RATIO / 2
-      ? UINT64_MAX / 2 : ly->file_size * MAP_BUDGET_RATIO;
-    ci->map_budget = ci->map_budget > UINT64_MAX / 2 ? UINT64_MAX / 2 : ci->map_budget + add;
+    files = ly->file_size > ((uint64_t) 1 << 56) - files ? (uint64_t) 1 << 56
+      : files + ly->file_size;
   }
+  ci->map_budget = MAP_BUDGET_BASE + files * MAP_BUDGET_RATIO;
   ci->step = (uint64_t) 1 << (ci->cbits - 9 + 18);
   ci->nentries = (ci->size + (1ull << ci->cbits) - 1) >> ci->cbits;
   uint64_t nchunks = (ci->nentries + CHUNK_MASK) >> CHUNK_BITS;
-  if (nchunks > MAX_CHUNKS || nchunks * sizeof (chunk) > ci->map_budget) {
+  if (nchunks > MAX_CHUNKS
+      || nchunks * sizeof (chunk) > HEAD_BUDGET_BASE + files * HEAD_BUDGET_RATIO) {
     qb_error_set (QB_EDAMAGED, "%s: a virtual size of %llu bytes in clusters of %u bytes "
-                  "is too big for the chain reader (or for layers of this size)", names[n - 1],
-                  (unsigned long long) ci->size, 1u << ci->cbits);
+                  "is too big for the chain reader with layers of %llu bytes: the header "
+                  "is damaged (or the disk is a huge, nearly empty one with tiny clusters)",
+                  names[n - 1], (unsigned long long) ci->size, 1u << ci->cbits,
+                  (unsigned long long) files);
     goto fail;
   }
   if (!(ci->chunks = try_calloc ((size_t) nchunks, sizeof *ci->chunks)))
@@ -780,7 +788,8 @@ chain_map_clusters (const chain_image *ci)
 static int
 damaged (const chain_image *ci, const run *r, uint64_t off)
 {
-  return qb_error_set (QB_EDAMAGED, "%s: damaged qcow2 metadata, or data outside the file, for guest offset %llu",
+  return qb_error_set (QB_EDAMAGED, "%s: damaged qcow2 metadata for guest offset %llu (an invalid L2 entry, "
+                       "or data outside the file or in a cluster that is also used elsewhere)",
                        ci->layers[r->layer].path, (unsigned long long) off);
 }
 
