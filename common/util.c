@@ -350,7 +350,7 @@ qb_openat_nofollow (int dirfd, const char *rel, int flags)
       comp[n] = '\0';
       next = slash
         ? openat (fd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        : openat (fd, comp, flags | O_NOFOLLOW | O_CLOEXEC);
+        : openat (fd, comp, flags | O_NOFOLLOW | O_CLOEXEC, 0600);
       e = errno;
       struct stat sb;
       /* A symbolic link opened as a directory fails with ENOTDIR: say ELOOP. */

@@ -63,7 +63,8 @@ void qb_format_bytes (uint64_t bytes, char *buf, size_t len);
 /* Open REL (relative, '/'-separated, no empty, "." or ".." component)
  * beneath the directory DIRFD without following any symbolic link: each
  * directory is opened O_DIRECTORY|O_NOFOLLOW, the last component with
- * FLAGS|O_NOFOLLOW|O_CLOEXEC.  The fd, or -1 with errno set (ELOOP: a
+ * FLAGS|O_NOFOLLOW|O_CLOEXEC (a file it creates gets mode 0600).  The
+ * fd, or -1 with errno set (ELOOP: a
  * component is a symbolic link; EINVAL: REL is not such a path); no error
  * is recorded, the caller words it. */
 int qb_openat_nofollow (int dirfd, const char *rel, int flags);

@@ -168,7 +168,7 @@ qcow2_virtual_size (const char *path, uint64_t *size)
 {
   qcow2_header h;
   uint64_t file_size;
-  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 
   if (fd < 0)
     return qb_error_set_errno (errno, "open %s", path);
