@@ -495,9 +495,11 @@ store_scan_vm (store *st, const char *vm)
   store_vm *v = NULL;
   scan_file *files = NULL;
   size_t nf = 0;
-  if (store_recs_load (vmfd, &cx.recs, &cx.nrecs, &cx.notes, &cx.nnotes) < 0
-      || find_dirs (&cx) < 0)
+  if (store_recs_load (vmfd, vm, &cx.recs, &cx.nrecs, &cx.notes, &cx.nnotes) < 0
+      || find_dirs (&cx) < 0) {
+    qb_error_prefix ("scanning VM %s", vm);
     goto out;
+  }
   for (size_t i = 0; i < cx.ndirs && !cx.err; i++)
     read_dir_files (&cx, i, &files, &nf);
   if (cx.err) {

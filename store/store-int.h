@@ -95,11 +95,12 @@ json_object *store_json_load_at (int dirfd, const char *name, int *errnum);
 void store_note (char ***notes, size_t *n, const char *fmt, ...)
   __attribute__ ((format (printf, 3, 4)));
 
-/* Load every record of the VM whose directory is VMFD (unparseable ones
+/* Load every record of VM whose directory is VMFD (unparseable ones
  * are skipped; links are not followed and are noted in NOTES when given),
  * sorted by id.  0 with *N = 0 when there is no .points directory; -1 on
  * errors (QB_EAGAIN/QB_ENOMEM when resources ran out: nothing skipped). */
-int store_recs_load (int vmfd, store_rec **recs, size_t *n, char ***notes, size_t *nnotes);
+int store_recs_load (int vmfd, const char *vm, store_rec **recs, size_t *n, char ***notes,
+                     size_t *nnotes);
 
 /* Free an array from store_recs_load. */
 void store_recs_free (store_rec *recs, size_t n);

@@ -649,18 +649,22 @@ points_open (int vmfd, const char *vm, char ***notes, size_t *nnotes)
 
 /* Load and parse every record of the VM directory VMFD, sorted by id. */
 int
-store_recs_load (int vmfd, store_rec **recs, size_t *n, char ***notes, size_t *nnotes)
+store_recs_load (int vmfd, const char *vm, store_rec **recs, size_t *n, char ***notes,
+                 size_t *nnotes)
 {
   *recs = NULL;
   *n = 0;
-  int pfd = points_open (vmfd, "VM", notes, nnotes);
+  int pfd = points_open (vmfd, vm, notes, nnotes);
   if (pfd == -2)
     return 0;
   if (pfd < 0)
     return -1;
   char **ids;
   size_t nids;
-  if (list_record_ids (pfd, STORE_POINTS_DIR, &ids, &nids, notes, nnotes) < 0) {
+  char *pdir = qb_asprintf ("%s/" STORE_POINTS_DIR, vm);
+  int lr = list_record_ids (pfd, pdir, &ids, &nids, notes, nnotes);
+  free (pdir);
+  if (lr < 0) {
     close (pfd);
     return -1;
   }
@@ -673,8 +677,8 @@ store_recs_load (int vmfd, store_rec **recs, size_t *n, char ***notes, size_t *n
     snprintf (name, sizeof name, "%s.json", ids[i]);
     json_object *o = store_json_load_at (pfd, name, &e);
     if (!o && e == ELOOP)
-      store_note (notes, nnotes, STORE_POINTS_DIR "/%s is a symbolic link: not followed, "
-                  "the record is ignored", name);
+      store_note (notes, nnotes, "%s/" STORE_POINTS_DIR "/%s is a symbolic link: not followed, "
+                  "the record is ignored", vm, name);
     else if (!o && e != 0 && e != ENOENT)
       /* never skip a record because descriptors or memory ran out */
       ret = store_fs_error (e, "read record", name);

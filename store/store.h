@@ -181,6 +181,12 @@ const char *store_txn_add_disk (store_txn *t, const char *disk, store_kind kind,
                                 const store_layer *prev, const char *chain_id,
                                 uint64_t virtual_size);
 
+/* Create DISK's temporary path as an empty file of mode 0600 (O_EXCL,
+ * O_NOFOLLOW), for a program that writes the image over it and keeps the
+ * mode (qemu-img create does): the store's files are never readable by
+ * others, not even while being written.  0, or -1. */
+int store_txn_create_target (store_txn *t, const char *disk);
+
 /* The final path DISK's layer will have once committed (owned by the txn);
  * INC targets name it as the backing file of the next INC. */
 const char *store_txn_final_path (const store_txn *t, const char *disk);

@@ -257,6 +257,21 @@ store_txn_add_disk (store_txn *t, const char *disk, store_kind kind,
   return d->tmp;
 }
 
+/* Create DISK's temp as an empty 0600 file of ours. */
+int
+store_txn_create_target (store_txn *t, const char *disk)
+{
+  txn_disk *d = disk ? txn_find (t, disk) : NULL;
+  if (!d)
+    return qb_error_set (QB_ENOENT, "disk %s is not part of restore point %s",
+                         disk ? disk : "", t->id);
+  int fd = open (d->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return store_write_error (t->st, errno, "create", d->tmp);
+  close (fd);
+  return 0;
+}
+
 /* The final path of DISK's layer. */
 const char *
 store_txn_final_path (const store_txn *t, const char *disk)
@@ -523,7 +538,7 @@ store_recover (store *st, const char *vm)
     return qb_error_code () == QB_ENOENT ? (qb_error_clear (), 0) : -1;
   store_rec *recs;
   size_t n;
-  if (store_recs_load (vmfd, &recs, &n, NULL, NULL) < 0) {
+  if (store_recs_load (vmfd, vm, &recs, &n, NULL, NULL) < 0) {
     close (vmfd);
     return -1;
   }
