@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """Write hand-made qcow2 v3 images, valid ones and hostile ones.
 
-    craft_qcow2.py KIND OUT [CLUSTER_BITS]
+    craft_qcow2.py KIND OUT [CLUSTER_BITS [L1_ENTRIES]]
 
 Layout: cluster 0 the header, 1 the refcount table, 2 a refcount block, 3..
 the L1 table, then the L2 tables, then data clusters.  Kinds:
 
   valid           16 MiB, data (0x5a) in clusters 0 and 3, zero cluster 5
   zero-stripes    12 L2 tables of alternating zero and unallocated entries
-  shared-l2       ~800 KiB file whose 100,000 L1 entries all name one L2
-                  table of zero clusters (a virtual size of ~50 TB)
+  shared-l2       ~800 KiB file whose 100,000 L1 entries (or L1_ENTRIES) all
+                  name one L2 table of zero clusters (a virtual size of ~50 TB)
   overlap-l1      the L2 table of L1 entry 0 is the L1 table's own cluster
   overlap-refcount the L2 table of L1 entry 0 is the refcount table
   overlap-data    L1 entry 1's L2 table is a data cluster of L1 entry 0
@@ -95,7 +95,7 @@ class Image:
 TIB = 1 << 40
 
 
-def craft(kind, cb):
+def craft(kind, cb, n_shared=100000):
     c = 1 << cb
     if kind == "valid":
         im = Image(cb, 16 << 20)
@@ -113,7 +113,7 @@ def craft(kind, cb):
                 t[j] = 1
         return im
     if kind == "shared-l2":
-        n = 100000
+        n = n_shared
         span = 1 << (2 * cb - 3)
         im = Image(cb, n * span, n)
         t = im.l2(0)
@@ -159,10 +159,11 @@ def craft(kind, cb):
 
 
 def main():
-    if len(sys.argv) not in (3, 4):
+    if len(sys.argv) not in (3, 4, 5):
         sys.exit(__doc__)
-    cb = int(sys.argv[3]) if len(sys.argv) == 4 else 16
-    craft(sys.argv[1], cb).write(sys.argv[2])
+    cb = int(sys.argv[3]) if len(sys.argv) >= 4 else 16
+    n = int(sys.argv[4]) if len(sys.argv) == 5 else 100000
+    craft(sys.argv[1], cb, n).write(sys.argv[2])
 
 
 if __name__ == "__main__":
