@@ -3,7 +3,9 @@
 one damaged with a message naming the file and the fault, never aborts, and
 never needs memory for what the tables claim: the peak RSS of chaincat on a
 hostile layer may exceed that on a valid one by less than 64 MiB (the
-shared-L2 image once made chain_open ask for gigabytes).
+shared-L2 image once made chain_open ask for gigabytes).  When memory runs
+out while a valid layer is opened (RLIMIT_AS), chaincat fails with
+out-of-memory instead of aborting (not checked in sanitizer builds).
 
     chain-hostile.py CHAINCAT
 """
@@ -113,6 +115,34 @@ def main():
                         fail("%s: peak RSS %d KiB, %d KiB over a valid image"
                              % (name, rss, rss - base_rss))
                 print("ok: %s: damaged, peak RSS %d KiB: %s" % (kind, rss, out.strip()[:160]))
+
+        # Out of memory: a failure with a message, never an abort.
+        sparse = craft("sparse-data", 9)
+        st, out, rss = run([chaincat, "--check", sparse])
+        if st != 0:
+            fail("sparse-data: %s" % out)
+        print("ok: sparse data in 512-byte clusters opens, peak RSS %d KiB" % rss)
+        ldd = subprocess.run(["ldd", chaincat], capture_output=True, text=True).stdout
+        if "libasan" in ldd or "libubsan" in ldd:
+            print("ok: (sanitizer build: the memory limit part is skipped)")
+        else:
+            limit = 48 << 20
+
+            def lim():
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+            p = subprocess.run([chaincat, "--check", valid], preexec_fn=lim,
+                               capture_output=True, text=True)
+            if p.returncode != 0:
+                fail("valid image under a %d MiB address space limit: %s"
+                     % (limit >> 20, p.stderr))
+            p = subprocess.run([chaincat, "--check", sparse], preexec_fn=lim,
+                               capture_output=True, text=True)
+            if p.returncode != 1 or "(out-of-memory)" not in p.stderr \
+               or "nothing is damaged" not in p.stderr:
+                fail("sparse-data under a %d MiB address space limit: exit %d: %s"
+                     % (limit >> 20, p.returncode, p.stderr))
+            print("ok: out of memory under RLIMIT_AS: %s" % p.stderr.strip())
 
         for kind in DAMAGED_CLUSTER:
             path = craft(kind, 16)

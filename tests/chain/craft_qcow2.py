@@ -21,6 +21,9 @@ the L1 table, then the L2 tables, then data clusters.  Kinds:
   cluster-bits    cluster_bits 30
   data-past-eof   L2 entry 1 names data at 1 TiB
   data-shared     L2 entries 0 and 1 name the same data cluster
+  sparse-data     valid: one data cluster every 4096 clusters, each with its
+                  own L2 table (in 512-byte clusters the chain reader's map
+                  needs 32 KiB per 1 KiB of file: 64 MiB for 2048 of them)
 """
 import struct
 import sys
@@ -111,6 +114,13 @@ def craft(kind, cb, n_shared=100000):
             t = im.l2(i)
             for j in range(0, len(t), 2):
                 t[j] = 1
+        return im
+    if kind == "sparse-data":
+        span = 1 << (2 * cb - 3)
+        step = max(1, (4096 << cb) // span)   # L1 entries per 4096 clusters
+        im = Image(cb, 2048 * step * span)
+        for i in range(2048):
+            im.l2(i * step)[0] = im.put_data(0x42) | (1 << 63)
         return im
     if kind == "shared-l2":
         n = n_shared
