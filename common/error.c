@@ -130,6 +130,7 @@ qb_err_from_errno (int errnum)
   }
 }
 
+/* True for QB_EAGAIN and QB_ENOMEM. */
 int
 qb_err_is_transient (qb_err code)
 {

@@ -329,6 +329,7 @@ qb_format_bytes (uint64_t bytes, char *buf, size_t len)
     snprintf (buf, len, "%.1f %s", v, units[u]);
 }
 
+/* Open REL beneath DIRFD, component by component, never following a link. */
 int
 qb_openat_nofollow (int dirfd, const char *rel, int flags)
 {
@@ -371,6 +372,7 @@ qb_openat_nofollow (int dirfd, const char *rel, int flags)
   }
 }
 
+/* True for errno values of a passing resource shortage. */
 bool
 qb_errno_is_transient (int errnum)
 {

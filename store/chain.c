@@ -614,6 +614,7 @@ layer_init (chain_image *ci, size_t i, int fd, const char *name)
   return 0;
 }
 
+/* Word the error of a layer that could not be opened (see chain.h). */
 int
 chain_open_error (int errnum, size_t i, const char *path)
 {
@@ -634,6 +635,7 @@ chain_open_error (int errnum, size_t i, const char *path)
   return qb_error_set_errno (errnum, "open layer %s", path);
 }
 
+/* Open each layer file O_NOFOLLOW and build the map (see chain.h). */
 chain_image *
 chain_open (const char *const *files, size_t n)
 {
@@ -660,6 +662,7 @@ chain_open (const char *const *files, size_t n)
   return ci;
 }
 
+/* Build the map of the open layer files FDS (see chain.h). */
 chain_image *
 chain_open_fds (const int *fds, const char *const *names, size_t n)
 {

@@ -82,6 +82,7 @@ store_vm_dir (const store *st, const char *vm)
   return qb_asprintf ("%s/%s", st->root, vm);
 }
 
+/* The error for ERRNUM on WHAT at PATH: links and shortages worded (see store-int.h). */
 int
 store_fs_error (int errnum, const char *what, const char *path)
 {
@@ -96,6 +97,7 @@ store_fs_error (int errnum, const char *what, const char *path)
   return qb_error_set_errno (errnum, "%s %s", what, path);
 }
 
+/* VM's folder, opened beneath the root without following a link. */
 int
 store_vm_open (const store *st, const char *vm)
 {
@@ -116,6 +118,7 @@ store_vm_open (const store *st, const char *vm)
   return store_fs_error (e, "VM folder", vm);
 }
 
+/* mkdir -p of REL beneath the root, 0700, one component at a time, no link followed. */
 int
 store_mkdirs (const store *st, const char *rel)
 {
@@ -153,6 +156,7 @@ store_mkdirs (const store *st, const char *rel)
   return ret;
 }
 
+/* Append a formatted note to *NOTES. */
 void
 store_note (char ***notes, size_t *n, const char *fmt, ...)
 {
@@ -170,6 +174,7 @@ store_note (char ***notes, size_t *n, const char *fmt, ...)
   (*notes)[(*n)++] = m;
 }
 
+/* Parse the JSON file NAME of DIRFD, not following a link, bounded in size. */
 json_object *
 store_json_load_at (int dirfd, const char *name, int *errnum)
 {
@@ -1044,6 +1049,7 @@ layer_rel (const store *st, const store_layer *l)
   return l->path + rl + 1;
 }
 
+/* LAYER's file, opened beneath the root without following any link. */
 int
 store_layer_open (store *st, const store_layer *l)
 {
@@ -1070,6 +1076,7 @@ store_layer_open (store *st, const store_layer *l)
   return fd;
 }
 
+/* Restore point IDX of C through the chain reader, layers opened safely. */
 chain_image *
 store_point_open (store *st, const store_chain *c, size_t idx)
 {
