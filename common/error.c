@@ -84,6 +84,7 @@ qb_err_name (qb_err code)
   case QB_ENOMEM: return "out-of-memory";
   case QB_ENOCHAIN: return "no-chain";
   case QB_EPERM: return "permission-denied";
+  case QB_EAGAIN: return "temporary";
   }
   return "unknown";
 }
@@ -102,6 +103,7 @@ qb_err_to_errno (qb_err code)
   case QB_ENOSPC: return ENOSPC;
   case QB_ENOMEM: return ENOMEM;
   case QB_EPERM: return EACCES;
+  case QB_EAGAIN: return EAGAIN;
   case QB_EIO: case QB_EDAMAGED: case QB_EPROTO: case QB_EQMP: case QB_ENOCHAIN:
     return EIO;
   }
@@ -122,7 +124,15 @@ qb_err_from_errno (int errnum)
   case ECANCELED: case EINTR: return QB_ECANCELED;
   case ENOSPC: case EDQUOT: return QB_ENOSPC;
   case ENOMEM: return QB_ENOMEM;
+  case EMFILE: case ENFILE: case ENOBUFS: return QB_EAGAIN;
   case EACCES: case EPERM: case EROFS: return QB_EPERM;
   default: return QB_EIO;
   }
+}
+
+/* True for QB_EAGAIN and QB_ENOMEM. */
+int
+qb_err_is_transient (qb_err code)
+{
+  return code == QB_EAGAIN || code == QB_ENOMEM;
 }

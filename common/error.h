@@ -27,6 +27,8 @@ typedef enum qb_err {
   QB_ENOMEM,
   QB_ENOCHAIN,   /* an incremental is impossible (no healthy chain/bitmap) */
   QB_EPERM,      /* permission denied */
+  QB_EAGAIN,     /* a resource ran out for a moment (file descriptors, kernel
+                    memory): nothing is damaged, the same call may work later */
 } qb_err;
 
 /* Record an error for this thread; returns -1 so callers can `return qb_error_set(...)`. */
@@ -58,5 +60,9 @@ int qb_err_to_errno (qb_err code);
 
 /* The code that best describes an errno value. */
 qb_err qb_err_from_errno (int errnum);
+
+/* True for codes that say a resource ran out (QB_EAGAIN, QB_ENOMEM): the
+ * operation may succeed later, so nothing may be recorded as damaged. */
+int qb_err_is_transient (qb_err code);
 
 #endif

@@ -328,3 +328,54 @@ qb_format_bytes (uint64_t bytes, char *buf, size_t len)
   else
     snprintf (buf, len, "%.1f %s", v, units[u]);
 }
+
+/* Open REL beneath DIRFD, component by component, never following a link. */
+int
+qb_openat_nofollow (int dirfd, const char *rel, int flags)
+{
+  size_t len = rel ? strlen (rel) : 0;
+  if (len == 0 || len >= 4096 || rel[0] == '/') {
+    errno = EINVAL;
+    return -1;
+  }
+  char comp[256];
+  int fd = dirfd;
+  const char *p = rel;
+  for (;;) {
+    const char *slash = strchr (p, '/');
+    size_t n = slash ? (size_t) (slash - p) : strlen (p);
+    int next = -1, e = EINVAL;
+    if (n > 0 && n < sizeof comp && !(n == 1 && p[0] == '.')
+        && !(n == 2 && p[0] == '.' && p[1] == '.')) {
+      memcpy (comp, p, n);
+      comp[n] = '\0';
+      next = slash
+        ? openat (fd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        : openat (fd, comp, flags | O_NOFOLLOW | O_CLOEXEC, 0600);
+      e = errno;
+      struct stat sb;
+      /* A symbolic link opened as a directory fails with ENOTDIR: say ELOOP. */
+      if (next < 0 && e == ENOTDIR
+          && fstatat (fd, comp, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK (sb.st_mode))
+        e = ELOOP;
+    }
+    if (fd != dirfd)
+      close (fd);
+    if (next < 0) {
+      errno = e;
+      return -1;
+    }
+    fd = next;
+    if (!slash)
+      return fd;
+    p = slash + 1;
+  }
+}
+
+/* True for errno values of a passing resource shortage. */
+bool
+qb_errno_is_transient (int errnum)
+{
+  return errnum == EMFILE || errnum == ENFILE || errnum == ENOMEM || errnum == ENOBUFS
+    || errnum == EAGAIN || errnum == EINTR;
+}

@@ -60,4 +60,17 @@ void qb_format_utc (int64_t t_us, char *buf, size_t len);
 /* Human-readable byte count ("1.5 GiB") into BUF. */
 void qb_format_bytes (uint64_t bytes, char *buf, size_t len);
 
+/* Open REL (relative, '/'-separated, no empty, "." or ".." component)
+ * beneath the directory DIRFD without following any symbolic link: each
+ * directory is opened O_DIRECTORY|O_NOFOLLOW, the last component with
+ * FLAGS|O_NOFOLLOW|O_CLOEXEC (a file it creates gets mode 0600).  The
+ * fd, or -1 with errno set (ELOOP: a
+ * component is a symbolic link; EINVAL: REL is not such a path); no error
+ * is recorded, the caller words it. */
+int qb_openat_nofollow (int dirfd, const char *rel, int flags);
+
+/* True for errno values that say a resource ran out for a moment (EMFILE,
+ * ENFILE, ENOMEM, ENOBUFS, EAGAIN, EINTR): never a sign of damage. */
+bool qb_errno_is_transient (int errnum);
+
 #endif

@@ -531,6 +531,11 @@ target_create (eng_run *r, eng_disk *d)
     backing = rel_path (dirname (dir), d->prev->path);
     free (dir);
   }
+  /* An empty 0600 file first: qemu-img keeps the mode of a file it writes over. */
+  if (store_txn_create_target (r->txn, d->vd->name) < 0) {
+    free (backing);
+    return -1;
+  }
   char *argv_full[] = { "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1",
                         (char *) d->tmp, size, NULL };
   char *argv_inc[] = { "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1",

@@ -4,7 +4,7 @@
  * for each cluster of the finest cluster size in the chain which layer owns
  * it and how.  One map entry is 64 bits:
  *
- *   bits  0..2   kind (unallocated, zero, data, compressed, damaged)
+ *   bits  0..2   kind (zeros: unallocated or zero cluster; data, compressed, damaged)
  *   bits  3..17  layer index (data, compressed, damaged)
  *   bits 18..63  host offset / 512 (data)
  *
@@ -13,6 +13,14 @@
  * and no array, so sparse images and sequentially written layers cost almost
  * nothing.  The map never changes after chain_open, so reads need no lock;
  * only libqcow handles (compressed clusters) are guarded, one mutex a layer.
+ *
+ * Memory follows what the layers really hold, never what their tables claim:
+ * every L2 table of a layer must be its own cluster inside the file (a
+ * table shared by two L1 entries, or overlapping the header, the L1 or
+ * refcount table or a data cluster, makes the layer damaged), chunks are
+ * compacted after each L2 table, and the map may not grow past a budget of
+ * MAP_BUDGET_BASE plus MAP_BUDGET_RATIO times the layers' file sizes.  No
+ * allocation failure aborts: chain_open fails with QB_ENOMEM instead.
  *
  * Virtual sizes: a layer shows the layer below it only up to its own size,
  * so bytes owned by layer L read as zeros from LIM(L) = the smallest virtual
@@ -31,15 +39,33 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define CHUNK_BITS 12
 #define CHUNK_LEN (1u << CHUNK_BITS)
 #define CHUNK_MASK (CHUNK_LEN - 1)
+#define CHUNK_BYTES (CHUNK_LEN * sizeof (uint64_t))
 #define MAX_LAYERS 0x7fff
 #define MAX_CHUNKS (1u << 24)
+/* Map memory allowed: this much, plus MAP_BUDGET_RATIO bytes per byte of
+ * the layer files (a real layer needs at most about 32: one 32 KiB chunk
+ * array per 512-byte L2 table and data cluster, with 512-byte clusters). */
+#define MAP_BUDGET_BASE ((uint64_t) 64 << 20)
+#define MAP_BUDGET_RATIO 64
+/* The chunk headers (16 bytes per 4096 clusters of virtual size) may take
+ * this much, plus HEAD_BUDGET_RATIO bytes per byte of the layer files: 16
+ * MiB cover a sparse 256 TiB disk in 64 KiB clusters (2 TiB in 512 bytes). */
+#define HEAD_BUDGET_BASE ((uint64_t) 16 << 20)
+#define HEAD_BUDGET_RATIO 8
 
+/* Map entry kinds; K_ZERO is used for runs only: zero clusters are stored as
+ * K_UNALLOC (both read as zeros), so they never make a chunk irregular. */
 enum { K_UNALLOC = 0, K_ZERO = 1, K_DATA = 2, K_COMP = 3, K_DAMAGED = 4 };
+#define E_ZEROS ((uint64_t) 0)
+
+/* What a cluster of a layer file holds, for the checks of layer_apply. */
+enum { U_FREE = 0, U_META = 1, U_L2 = 2, U_DATA = 3 };
 
 #define E_KIND(e)  ((unsigned) ((e) & 7))
 #define E_LAYER(e) ((unsigned) (((e) >> 3) & MAX_LAYERS))
@@ -70,7 +96,16 @@ struct chain_image {
   size_t nchunks;
   chunk *chunks;
   uint64_t allocated;
+  uint64_t map_bytes;      /* chunk headers and arrays */
+  uint64_t map_budget;
+  const char *building;    /* path of the layer being applied (messages) */
 };
+
+/* Per-layer record of which file clusters hold what (2 bits a cluster). */
+typedef struct usage {
+  uint8_t *bits;
+  uint64_t n;              /* clusters of the file */
+} usage;
 
 typedef struct run {
   unsigned kind;           /* K_ZERO, K_DATA, K_COMP or K_DAMAGED */
@@ -103,63 +138,123 @@ map_get (const chain_image *ci, uint64_t idx)
   return chunk_entry (ci, c, idx & CHUNK_MASK);
 }
 
-/* Set entry IDX to V, giving its chunk an array if it needs one. */
+/* calloc that records QB_ENOMEM instead of aborting. */
+static void *
+try_calloc (size_t n, size_t size)
+{
+  void *p = calloc (n ? n : 1, size ? size : 1);
+  if (!p)
+    qb_error_set (QB_ENOMEM, "out of memory while opening a restore point "
+                  "(%zu x %zu bytes): nothing is damaged, try again", n, size);
+  return p;
+}
+
+/* Give chunk C an array holding its current entries; -1 past the budget
+ * (QB_EDAMAGED) or out of memory (QB_ENOMEM). */
+static int
+chunk_expand (chain_image *ci, chunk *c)
+{
+  if (ci->map_bytes + CHUNK_BYTES > ci->map_budget)
+    return qb_error_set (QB_EDAMAGED, "%s: its qcow2 tables need a cluster map of more "
+                         "than %llu MiB, more than layers of this size can describe: "
+                         "the metadata is damaged", ci->building ? ci->building : "chain",
+                         (unsigned long long) (ci->map_budget >> 20));
+  uint64_t *e = malloc (CHUNK_BYTES);
+  if (!e)
+    return qb_error_set (QB_ENOMEM, "out of memory for the cluster map of %s: "
+                         "nothing is damaged, try again", ci->building ? ci->building : "chain");
+  for (uint64_t k = 0; k < CHUNK_LEN; k++)
+    e[k] = chunk_entry (ci, c, k);
+  c->e = e;
+  ci->map_bytes += CHUNK_BYTES;
+  return 0;
+}
+
+/* Drop the array of chunk C, which then holds BASE as its pattern. */
 static void
+chunk_flatten (chain_image *ci, chunk *c, uint64_t base)
+{
+  if (c->e) {
+    free (c->e);
+    c->e = NULL;
+    ci->map_bytes -= CHUNK_BYTES;
+  }
+  c->base = base;
+}
+
+/* Set entry IDX to V, giving its chunk an array if it needs one. */
+static int
 map_set (chain_image *ci, uint64_t idx, uint64_t v)
 {
   chunk *c = &ci->chunks[idx >> CHUNK_BITS];
   if (!c->e) {
     if (chunk_entry (ci, c, idx & CHUNK_MASK) == v)
-      return;
-    c->e = qb_calloc (CHUNK_LEN, sizeof (uint64_t));
-    for (uint64_t k = 0; k < CHUNK_LEN; k++)
-      c->e[k] = chunk_entry (ci, c, k);
+      return 0;
+    if (chunk_expand (ci, c) < 0)
+      return -1;
   }
   c->e[idx & CHUNK_MASK] = v;
+  return 0;
 }
 
-/* Set entries [LO, HI) to the non-data entry V (whole chunks without arrays). */
-static void
-map_fill (chain_image *ci, uint64_t lo, uint64_t hi, uint64_t v)
+/* Set entries [LO, HI) to V, V + D, V + 2D, ... (D: 0, or ci->step for
+ * contiguous data); whole chunks get no array. */
+static int
+map_fill_run (chain_image *ci, uint64_t lo, uint64_t hi, uint64_t v, uint64_t d)
 {
+  uint64_t first = lo;
   if (hi > ci->nentries)
     hi = ci->nentries;
   while (lo < hi) {
     if ((lo & CHUNK_MASK) == 0 && (lo + CHUNK_LEN <= hi || hi == ci->nentries)) {
-      chunk *c = &ci->chunks[lo >> CHUNK_BITS];
-      free (c->e);
-      c->e = NULL;
-      c->base = v;
+      chunk_flatten (ci, &ci->chunks[lo >> CHUNK_BITS], v + (lo - first) * d);
       lo += CHUNK_LEN;
       continue;
     }
-    map_set (ci, lo++, v);
+    if (map_set (ci, lo, v + (lo - first) * d) < 0)
+      return -1;
+    lo++;
   }
+  return 0;
 }
 
-/* Drop the array of every chunk whose entries follow one pattern. */
-static void
-map_compact (chain_image *ci)
+/* Set entries [LO, HI) to the non-data entry V. */
+static int
+map_fill (chain_image *ci, uint64_t lo, uint64_t hi, uint64_t v)
 {
-  for (size_t i = 0; i < ci->nchunks; i++) {
-    chunk *c = &ci->chunks[i];
-    if (!c->e)
-      continue;
-    uint64_t cnt = CHUNK_LEN;
-    if (i == ci->nchunks - 1 && (ci->nentries & CHUNK_MASK))
-      cnt = ci->nentries & CHUNK_MASK;
-    uint64_t b = c->e[0];
-    uint64_t d = E_KIND (b) == K_DATA ? ci->step : 0;
-    uint64_t k;
-    for (k = 1; k < cnt; k++)
-      if (c->e[k] != b + k * d)
-        break;
-    if (k == cnt) {
-      free (c->e);
-      c->e = NULL;
-      c->base = b;
-    }
-  }
+  return map_fill_run (ci, lo, hi, v, 0);
+}
+
+/* Drop the array of chunk I if its entries follow one pattern. */
+static void
+chunk_compact (chain_image *ci, size_t i)
+{
+  chunk *c = &ci->chunks[i];
+  if (!c->e)
+    return;
+  uint64_t cnt = CHUNK_LEN;
+  if (i == ci->nchunks - 1 && (ci->nentries & CHUNK_MASK))
+    cnt = ci->nentries & CHUNK_MASK;
+  uint64_t b = c->e[0];
+  uint64_t d = E_KIND (b) == K_DATA ? ci->step : 0;
+  uint64_t k;
+  for (k = 1; k < cnt; k++)
+    if (c->e[k] != b + k * d)
+      break;
+  if (k == cnt)
+    chunk_flatten (ci, c, b);
+}
+
+/* Compact the chunks holding entries [LO, HI). */
+static void
+map_compact_range (chain_image *ci, uint64_t lo, uint64_t hi)
+{
+  if (hi > ci->nentries)
+    hi = ci->nentries;
+  if (lo >= hi)
+    return;
+  for (size_t i = (size_t) (lo >> CHUNK_BITS); i <= (size_t) ((hi - 1) >> CHUNK_BITS); i++)
+    chunk_compact (ci, i);
 }
 
 /* Read exactly LEN bytes at OFF of the layer's file; -1 with QB_EIO otherwise. */
@@ -172,7 +267,9 @@ layer_read (const layer *ly, void *buf, size_t len, uint64_t off)
     if (r < 0 && errno == EINTR)
       continue;
     if (r < 0)
-      return qb_error_set (QB_EIO, "%s: read at offset %llu failed: %s", ly->path,
+      return qb_error_set (!qb_errno_is_transient (errno) ? QB_EIO
+                           : errno == ENOMEM ? QB_ENOMEM : QB_EAGAIN,
+                           "%s: read at offset %llu failed: %s", ly->path,
                            (unsigned long long) off, strerror (errno));
     if (r == 0)
       return qb_error_set (QB_EIO, "%s: unexpected end of file at offset %llu "
@@ -184,17 +281,36 @@ layer_read (const layer *ly, void *buf, size_t len, uint64_t off)
   return 0;
 }
 
-/* Bytes [LO, HI) of the guest, as map entries (clamped to the map). */
-static void
-map_fill_bytes (chain_image *ci, uint64_t lo, uint64_t hi, uint64_t v)
+/* What file cluster C of a layer holds (U_*). */
+static unsigned
+usage_get (const usage *u, uint64_t c)
 {
-  uint64_t c = 1ull << ci->cbits;
-  map_fill (ci, lo >> ci->cbits, (hi + c - 1) >> ci->cbits, v);
+  return (u->bits[c >> 2] >> ((c & 3) * 2)) & 3;
 }
 
-/* Apply the L2 table L2 (covering guest bytes [G0, G1)) of layer L to the map. */
+/* Note that file cluster C holds V. */
 static void
-layer_apply_l2 (chain_image *ci, unsigned l, const uint64_t *l2, uint64_t g0, uint64_t g1)
+usage_set (usage *u, uint64_t c, unsigned v)
+{
+  u->bits[c >> 2] = (uint8_t) ((u->bits[c >> 2] & ~(3u << ((c & 3) * 2))) | (v << ((c & 3) * 2)));
+}
+
+/* Note that bytes [OFF, OFF + LEN) of the file are metadata (clamped to the file). */
+static void
+usage_meta (usage *u, unsigned cbits, uint64_t off, uint64_t len)
+{
+  if (len == 0)
+    return;
+  for (uint64_t c = off >> cbits; c <= (off + len - 1) >> cbits && c < u->n; c++)
+    usage_set (u, c, U_META);
+}
+
+/* Apply the L2 table L2 (covering guest bytes [G0, G1)) of layer L to the
+ * map.  A data cluster that another entry or a table already uses is
+ * damaged.  -1 only when memory runs out or the map outgrows its budget. */
+static int
+layer_apply_l2 (chain_image *ci, unsigned l, const uint64_t *l2, uint64_t g0, uint64_t g1,
+                usage *u)
 {
   layer *ly = &ci->layers[l];
   unsigned cb = ly->h.cluster_bits;
@@ -205,40 +321,73 @@ layer_apply_l2 (chain_image *ci, unsigned l, const uint64_t *l2, uint64_t g0, ui
     uint64_t needed = ly->h.size - g < cl ? ly->h.size - g : cl;
     uint64_t host;
     uint64_t idx = g >> ci->cbits;
+    int r = 0;
     switch (qcow2_l2_decode (be64toh (l2[j]), &ly->h, ly->file_size, needed, &host)) {
     case QCOW2_UNALLOCATED:
       break;
     case QCOW2_ZERO:
-      map_fill (ci, idx, idx + sub, entry_make (K_ZERO, 0, 0));
+      r = map_fill (ci, idx, idx + sub, E_ZEROS);
       break;
     case QCOW2_COMPRESSED:
-      map_fill (ci, idx, idx + sub, entry_make (K_COMP, l, 0));
+      r = map_fill (ci, idx, idx + sub, entry_make (K_COMP, l, 0));
       break;
     case QCOW2_BAD:
-      map_fill (ci, idx, idx + sub, entry_make (K_DAMAGED, l, 0));
+      r = map_fill (ci, idx, idx + sub, entry_make (K_DAMAGED, l, 0));
       break;
     case QCOW2_DATA:
-      for (uint64_t k = 0; k < sub && idx + k < ci->nentries; k++)
-        map_set (ci, idx + k, entry_make (K_DATA, l, host + (k << ci->cbits)));
+      if (usage_get (u, host >> cb) != U_FREE) {
+        /* the cluster is a table or another guest cluster's data */
+        r = map_fill (ci, idx, idx + sub, entry_make (K_DAMAGED, l, 0));
+        break;
+      }
+      usage_set (u, host >> cb, U_DATA);
+      r = map_fill_run (ci, idx, idx + sub, entry_make (K_DATA, l, host), ci->step);
       break;
     }
+    if (r < 0)
+      return -1;
   }
+  return 0;
 }
 
-/* Lay layer L over the map built from the layers below it.  Damaged
- * tables mark their clusters damaged; -1 only on I/O errors. */
+/* Fail: the L2 table at L2_OFF named by L1 entry I of layer LY is not a
+ * cluster of its own (USE says what else is there). */
+static int
+l2_shared (const layer *ly, uint64_t i, uint64_t l2_off, unsigned use)
+{
+  const char *what = use == U_L2 ? "is also the L2 table of an earlier L1 entry "
+                                   "(shared or overlapping L2 tables)"
+    : use == U_DATA ? "overlaps a data cluster"
+    : "overlaps the header, the L1 table or the refcount table";
+  return qb_error_set (QB_EDAMAGED, "%s: the L2 table at offset %llu of L1 entry %llu %s: "
+                       "the qcow2 metadata is damaged", ly->path,
+                       (unsigned long long) l2_off, (unsigned long long) i, what);
+}
+
+/* Lay layer L over the map built from the layers below it.  Invalid L1
+ * entries and L2 tables that are not clusters of their own make the layer
+ * damaged (-1, QB_EDAMAGED); invalid L2 entries mark their clusters damaged
+ * (reads of them fail).  -1 also on I/O errors and when memory runs out. */
 static int
 layer_apply (chain_image *ci, unsigned l)
 {
   layer *ly = &ci->layers[l];
   const qcow2_header *h = &ly->h;
-  uint64_t cl = 1ull << h->cluster_bits;
-  uint64_t span = 1ull << (2 * h->cluster_bits - 3);
-  uint64_t nl1 = qcow2_l1_needed (h);
-  uint64_t *l1 = qb_calloc (nl1 ? nl1 : 1, sizeof (uint64_t));
-  uint64_t *l2 = qb_calloc (cl / 8, sizeof (uint64_t));
+  unsigned cb = h->cluster_bits;
+  uint64_t cl = 1ull << cb;
+  uint64_t span = 1ull << (2 * cb - 3);
+  uint64_t nl1 = qcow2_l1_needed (h);   /* header check: nl1 * 8 bytes lie in the file */
+  usage u = { NULL, (ly->file_size + cl - 1) >> cb };
+  uint64_t *l1 = try_calloc (nl1, sizeof (uint64_t));
+  uint64_t *l2 = l1 ? try_calloc (cl / 8, sizeof (uint64_t)) : NULL;
   int ret = -1;
 
+  ci->building = ly->path;
+  if (!l2 || !(u.bits = try_calloc ((size_t) ((u.n + 3) / 4), 1)))
+    goto out;
+  usage_meta (&u, cb, 0, cl);
+  usage_meta (&u, cb, h->l1_offset, nl1 * 8);
+  usage_meta (&u, cb, h->refcount_offset, (uint64_t) h->refcount_clusters << cb);
   if (nl1 && layer_read (ly, l1, nl1 * 8, h->l1_offset) < 0)
     goto out;
   for (uint64_t i = 0; i < nl1; i++) {
@@ -248,24 +397,35 @@ layer_apply (chain_image *ci, unsigned l)
     if (g1 > h->size)
       g1 = h->size;
     if (qcow2_l1_decode (be64toh (l1[i]), h, ly->file_size, &l2_off) < 0) {
-      map_fill_bytes (ci, g0, g1, entry_make (K_DAMAGED, l, 0));
-      continue;
+      qb_error_set (QB_EDAMAGED, "%s: L1 entry %llu (0x%016llx) is invalid: reserved bits, "
+                    "a misaligned offset, or an L2 table outside the file (%llu bytes): "
+                    "the file is truncated or damaged", ly->path, (unsigned long long) i,
+                    (unsigned long long) be64toh (l1[i]), (unsigned long long) ly->file_size);
+      goto out;
     }
     if (l2_off == 0)
       continue;
-    if (layer_read (ly, l2, cl, l2_off) < 0) {
-      map_fill_bytes (ci, g0, g1, entry_make (K_DAMAGED, l, 0));
-      continue;
+    unsigned use = usage_get (&u, l2_off >> cb);
+    if (use != U_FREE) {
+      l2_shared (ly, i, l2_off, use);
+      goto out;
     }
-    layer_apply_l2 (ci, l, l2, g0, g1);
+    usage_set (&u, l2_off >> cb, U_L2);
+    if (layer_read (ly, l2, cl, l2_off) < 0
+        || layer_apply_l2 (ci, l, l2, g0, g1, &u) < 0)
+      goto out;
+    map_compact_range (ci, g0 >> ci->cbits, (g1 + (1ull << ci->cbits) - 1) >> ci->cbits);
   }
   /* Beyond this layer's end the layers below are not visible. */
-  if (h->size < ci->size)
-    map_fill (ci, (h->size + (1ull << ci->cbits) - 1) >> ci->cbits, ci->nentries,
-              entry_make (K_ZERO, 0, 0));
-  map_compact (ci);
+  if (h->size < ci->size
+      && map_fill (ci, (h->size + (1ull << ci->cbits) - 1) >> ci->cbits, ci->nentries,
+                   E_ZEROS) < 0)
+    goto out;
+  map_compact_range (ci, 0, ci->nentries);
   ret = 0;
  out:
+  ci->building = NULL;
+  free (u.bits);
   free (l1);
   free (l2);
   return ret;
@@ -359,8 +519,12 @@ layer_qcow_open (chain_image *ci, unsigned l, char *msg, size_t msglen)
 
   if (ly->qf)
     return 0;
+  /* libqcow opens by name: give it the name of our own descriptor, which
+     nothing in the store can redirect. */
+  char fdpath[64];
+  snprintf (fdpath, sizeof fdpath, "/proc/self/fd/%d", ly->fd);
   if (libqcow_file_initialize (&qf, &err) != 1
-      || libqcow_file_open (qf, ly->path, LIBQCOW_OPEN_READ, &err) != 1)
+      || libqcow_file_open (qf, fdpath, LIBQCOW_OPEN_READ, &err) != 1)
     goto fail;
   if (ly->h.backing_offset != 0 && ly->h.backing_size != 0) {
     if (l == 0) {
@@ -429,25 +593,49 @@ map_allocated (const chain_image *ci)
   return sum;
 }
 
-/* Open layer I's file and check its header. */
+/* Take FD as layer I's file (NAME for messages) and check its header. */
 static int
-layer_open (chain_image *ci, size_t i, const char *path)
+layer_init (chain_image *ci, size_t i, int fd, const char *name)
 {
   layer *ly = &ci->layers[i];
+  struct stat sb;
 
-  ly->path = qb_strdup (path);
-  ly->fd = open (path, O_RDONLY | O_CLOEXEC);
-  if (ly->fd < 0) {
-    if (errno == ENOENT)
-      return qb_error_set (QB_EDAMAGED, "layer %zu of the chain is missing: %s", i, path);
-    return qb_error_set_errno (errno, "open layer %s", path);
-  }
-  if (qcow2_header_read (ly->fd, path, &ly->h, &ly->file_size) < 0
-      || qcow2_header_check (&ly->h, ly->file_size, path) < 0)
+  ly->fd = fd;
+  ly->path = strdup (name);
+  if (!ly->path)
+    return qb_error_set (QB_ENOMEM, "out of memory opening %s", name);
+  if (fstat (fd, &sb) < 0)
+    return qb_error_set_errno (errno, "stat layer %s", name);
+  if (!S_ISREG (sb.st_mode))
+    return qb_error_set (QB_EDAMAGED, "layer %s is not a regular file", name);
+  if (qcow2_header_read (fd, name, &ly->h, &ly->file_size) < 0
+      || qcow2_header_check (&ly->h, ly->file_size, name) < 0)
     return -1;
   return 0;
 }
 
+/* Word the error of a layer that could not be opened (see chain.h). */
+int
+chain_open_error (int errnum, size_t i, const char *path)
+{
+  if (errnum == ENOENT)
+    return qb_error_set (QB_EDAMAGED, "layer %zu of the chain is missing: %s", i, path);
+  if (errnum == ELOOP)
+    return qb_error_set (QB_EDAMAGED, "layer %s is a symbolic link (or lies behind one): "
+                         "links in the store are never followed; replace it with the file",
+                         path);
+  if (errnum == ENOTDIR)
+    return qb_error_set (QB_EDAMAGED, "layer %s: a folder on its path is not a directory",
+                         path);
+  if (qb_errno_is_transient (errnum))
+    return qb_error_set (errnum == ENOMEM ? QB_ENOMEM : QB_EAGAIN,
+                         "cannot open layer %s now: %s (a temporary shortage of file "
+                         "descriptors or memory: nothing is damaged, try again)",
+                         path, strerror (errnum));
+  return qb_error_set_errno (errnum, "open layer %s", path);
+}
+
+/* Open each layer file O_NOFOLLOW and build the map (see chain.h). */
 chain_image *
 chain_open (const char *const *files, size_t n)
 {
@@ -455,46 +643,94 @@ chain_open (const char *const *files, size_t n)
     qb_error_set (QB_EINVAL, "a chain needs 1 to %d layers, not %zu", MAX_LAYERS, n);
     return NULL;
   }
-  chain_image *ci = qb_calloc (1, sizeof *ci);
-  ci->layers = qb_calloc (n, sizeof *ci->layers);
+  int *fds = try_calloc (n, sizeof *fds);
+  if (!fds)
+    return NULL;
   for (size_t i = 0; i < n; i++) {
-    ci->layers[i].fd = -1;
-    pthread_mutex_init (&ci->layers[i].lock, NULL);
+    /* O_NONBLOCK: a FIFO put in place of a layer must not hang the open */
+    fds[i] = open (files[i], O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fds[i] < 0) {
+      chain_open_error (errno, i, files[i]);
+      while (i-- > 0)
+        close (fds[i]);
+      free (fds);
+      return NULL;
+    }
+  }
+  chain_image *ci = chain_open_fds (fds, files, n);
+  free (fds);
+  return ci;
+}
+
+/* Build the map of the open layer files FDS (see chain.h). */
+chain_image *
+chain_open_fds (const int *fds, const char *const *names, size_t n)
+{
+  chain_image *ci = NULL;
+  size_t i = 0;
+
+  if (n == 0 || n > MAX_LAYERS) {
+    qb_error_set (QB_EINVAL, "a chain needs 1 to %d layers, not %zu", MAX_LAYERS, n);
+    goto fail_fds;
+  }
+  if (!(ci = try_calloc (1, sizeof *ci)) || !(ci->layers = try_calloc (n, sizeof *ci->layers)))
+    goto fail_fds;
+  for (size_t k = 0; k < n; k++) {
+    ci->layers[k].fd = -1;
+    pthread_mutex_init (&ci->layers[k].lock, NULL);
   }
   ci->n = n;
-  for (size_t i = 0; i < n; i++)
-    if (layer_open (ci, i, files[i]) < 0)
-      goto fail;
+  for (; i < n; i++)
+    if (layer_init (ci, i, fds[i], names[i]) < 0) {
+      i++;
+      goto fail_fds;
+    }
 
   ci->size = ci->layers[n - 1].h.size;
   ci->cbits = 21;
-  for (size_t i = 0; i < n; i++)
-    if (ci->layers[i].h.cluster_bits < ci->cbits)
-      ci->cbits = ci->layers[i].h.cluster_bits;
+  uint64_t files = 0;
+  for (size_t k = 0; k < n; k++) {
+    const layer *ly = &ci->layers[k];
+    if (ly->h.cluster_bits < ci->cbits)
+      ci->cbits = ly->h.cluster_bits;
+    files = ly->file_size > ((uint64_t) 1 << 56) - files ? (uint64_t) 1 << 56
+      : files + ly->file_size;
+  }
+  ci->map_budget = MAP_BUDGET_BASE + files * MAP_BUDGET_RATIO;
   ci->step = (uint64_t) 1 << (ci->cbits - 9 + 18);
   ci->nentries = (ci->size + (1ull << ci->cbits) - 1) >> ci->cbits;
   uint64_t nchunks = (ci->nentries + CHUNK_MASK) >> CHUNK_BITS;
-  if (nchunks > MAX_CHUNKS) {
-    qb_error_set (QB_EINVAL, "%s: a virtual size of %llu bytes in clusters of %u bytes "
-                  "is too big for the chain reader", files[n - 1],
-                  (unsigned long long) ci->size, 1u << ci->cbits);
+  if (nchunks > MAX_CHUNKS
+      || nchunks * sizeof (chunk) > HEAD_BUDGET_BASE + files * HEAD_BUDGET_RATIO) {
+    qb_error_set (QB_EDAMAGED, "%s: a virtual size of %llu bytes in clusters of %u bytes "
+                  "is too big for the chain reader with layers of %llu bytes: the header "
+                  "is damaged (or the disk is a huge, nearly empty one with tiny clusters)",
+                  names[n - 1], (unsigned long long) ci->size, 1u << ci->cbits,
+                  (unsigned long long) files);
     goto fail;
   }
+  if (!(ci->chunks = try_calloc ((size_t) nchunks, sizeof *ci->chunks)))
+    goto fail;
   ci->nchunks = (size_t) nchunks;
-  ci->chunks = qb_calloc (ci->nchunks ? ci->nchunks : 1, sizeof *ci->chunks);
+  ci->map_bytes = ci->nchunks * sizeof (chunk);
 
   uint64_t lim = UINT64_MAX;
-  for (size_t i = n; i-- > 0; ) {
-    if (ci->layers[i].h.size < lim)
-      lim = ci->layers[i].h.size;
-    ci->layers[i].lim = lim;
+  for (size_t k = n; k-- > 0; ) {
+    if (ci->layers[k].h.size < lim)
+      lim = ci->layers[k].h.size;
+    ci->layers[k].lim = lim;
   }
-  for (size_t i = 0; i < n; i++)
-    if (layer_apply (ci, (unsigned) i) < 0)
+  for (size_t k = 0; k < n; k++)
+    if (layer_apply (ci, (unsigned) k) < 0)
       goto fail;
   ci->allocated = map_allocated (ci);
   return ci;
 
+ fail_fds:
+  /* the descriptors not yet taken by a layer */
+  for (; i < n; i++)
+    if (fds[i] >= 0)
+      close (fds[i]);
  fail:
   chain_close (ci);
   return NULL;
@@ -555,7 +791,8 @@ chain_map_clusters (const chain_image *ci)
 static int
 damaged (const chain_image *ci, const run *r, uint64_t off)
 {
-  return qb_error_set (QB_EDAMAGED, "%s: damaged qcow2 metadata, or data outside the file, for guest offset %llu",
+  return qb_error_set (QB_EDAMAGED, "%s: damaged qcow2 metadata for guest offset %llu (an invalid L2 entry, "
+                       "or data outside the file or in a cluster that is also used elsewhere)",
                        ci->layers[r->layer].path, (unsigned long long) off);
 }
 

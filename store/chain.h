@@ -10,6 +10,14 @@
  * as zeros.  Damaged metadata or an unreadable layer never yields other bytes:
  * chain_open or the read that needs it fails with QB_EDAMAGED/QB_EIO.
  *
+ * Errors of chain_open/chain_open_fds: QB_EDAMAGED for bad content (not a
+ * qcow2 image, tables outside the file or shared, a missing layer, a layer
+ * that is a symbolic link or not a regular file); QB_EAGAIN or QB_ENOMEM
+ * (qb_err_is_transient) when descriptors or memory ran out for a moment,
+ * which is never damage: the same call may succeed later; QB_EIO for I/O
+ * errors; QB_EINVAL for a bad layer count.  Memory is bounded by the layers'
+ * file sizes, never by what their tables claim; no allocation failure aborts.
+ *
  * A chain_image may be read from many threads at once. */
 #ifndef QB_CHAIN_H
 #define QB_CHAIN_H
@@ -21,8 +29,20 @@
 
 typedef struct chain_image chain_image;
 
-/* Open the restore point made of FILES[0] (FULL or COPY) .. FILES[N-1] (the point itself). */
+/* Open the restore point made of FILES[0] (FULL or COPY) .. FILES[N-1] (the
+ * point itself).  The last component of each path is opened O_NOFOLLOW (a
+ * symbolic link is damage); the store's callers use store_point_open, which
+ * follows no link anywhere below the store root. */
 chain_image *chain_open (const char *const *files, size_t n);
+
+/* Like chain_open, on the open files FDS[0..N-1] (read-only, regular files)
+ * named NAMES[i] in messages.  Takes every descriptor, also on failure. */
+chain_image *chain_open_fds (const int *fds, const char *const *names, size_t n);
+
+/* Record the error of layer I (PATH) that could not be opened with ERRNUM,
+ * as chain_open words it (ENOENT, ELOOP: QB_EDAMAGED; EMFILE, ENFILE,
+ * ENOMEM, EAGAIN, EINTR: QB_EAGAIN/QB_ENOMEM).  Returns -1. */
+int chain_open_error (int errnum, size_t i, const char *path);
 
 /* Close and free. NULL is fine. */
 void chain_close (chain_image *ci);

@@ -66,6 +66,8 @@ qcow2_header_parse (const uint8_t *buf, size_t len, const char *name, qcow2_head
   h->crypt_method = get_be32 (buf + 32);
   h->l1_size = get_be32 (buf + 36);
   h->l1_offset = get_be64 (buf + 40);
+  h->refcount_offset = get_be64 (buf + 48);
+  h->refcount_clusters = get_be32 (buf + 56);
   h->header_length = QCOW2_V2_HEADER_LENGTH;
   if (h->version == 3) {
     if (len < QCOW2_V3_HEADER_MIN)
@@ -125,6 +127,13 @@ qcow2_header_check (const qcow2_header *h, uint64_t file_size, const char *name)
     return qb_error_set (QB_EDAMAGED, "%s: L1 table at offset %llu lies outside the file "
                          "(%llu bytes): the file is truncated or damaged", name,
                          (unsigned long long) h->l1_offset, (unsigned long long) file_size);
+  if (h->refcount_clusters > 0
+      && ((h->refcount_offset & (cluster - 1)) != 0 || h->refcount_offset == 0 || h->refcount_offset >= file_size
+          || h->refcount_clusters > (file_size - h->refcount_offset + cluster - 1) >> h->cluster_bits))
+    return qb_error_set (QB_EDAMAGED, "%s: refcount table at offset %llu (%u clusters) lies "
+                         "outside the file (%llu bytes): the file is truncated or damaged",
+                         name, (unsigned long long) h->refcount_offset, h->refcount_clusters,
+                         (unsigned long long) file_size);
   return 0;
 }
 
@@ -159,7 +168,7 @@ qcow2_virtual_size (const char *path, uint64_t *size)
 {
   qcow2_header h;
   uint64_t file_size;
-  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 
   if (fd < 0)
     return qb_error_set_errno (errno, "open %s", path);

@@ -25,6 +25,8 @@ typedef struct qcow2_header {
   uint32_t crypt_method;
   uint32_t l1_size;        /* entries in the active L1 table */
   uint64_t l1_offset;
+  uint64_t refcount_offset;   /* the refcount table */
+  uint32_t refcount_clusters; /* its length in clusters */
   uint64_t incompatible;   /* v3 incompatible feature bits (0 for v2) */
   uint32_t header_length;  /* 72 for v2 */
   uint8_t compression_type;/* 0 = zlib */
@@ -38,7 +40,8 @@ int qcow2_header_parse (const uint8_t *buf, size_t len, const char *name, qcow2_
 /* Check that this reader can read the image whose header is H, in a file of
  * FILE_SIZE bytes: not encrypted, not marked corrupt, no external data file,
  * no extended L2 entries, zlib compression, no unknown incompatible feature,
- * an L1 table large enough for the virtual size and inside the file.
+ * an L1 table large enough for the virtual size and inside the file, a
+ * refcount table inside the file.
  * 0, or -1 with QB_EDAMAGED and a message that names NAME. */
 int qcow2_header_check (const qcow2_header *h, uint64_t file_size, const char *name);
 

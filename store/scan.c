@@ -6,7 +6,12 @@
  * follow the layer the record names, an INC without a record joins the
  * current FULL chain of its directory.  Anything that does not fit marks
  * that layer and every later layer of its chain damaged; it never attaches
- * an INC to a chain it does not belong to. */
+ * an INC to a chain it does not belong to.
+ *
+ * Every folder and file is opened relative to the VM's folder with
+ * O_NOFOLLOW: symbolic links are never followed, only listed in skipped.
+ * A shortage of descriptors or memory fails the whole scan (QB_EAGAIN /
+ * QB_ENOMEM) rather than leaving out what could not be read. */
 #include "store-int.h"
 #include "qcow2.h"
 #include "common/error.h"
@@ -40,6 +45,8 @@ typedef struct scan_file {
   const store_rec *rec;  /* NULL: no record names this file */
   const store_rec_disk *rd;
   bool ours;             /* named with our id format (so it must have a record) */
+  uint64_t hdr_size;     /* virtual size from the header (read when no record gives it) */
+  char *hdr_damage;      /* why the header is not that of a readable qcow2 image */
 } scan_file;
 
 /* A layer that a record names but that is not on disk. */
@@ -56,22 +63,64 @@ typedef struct scan_chain {
 } scan_chain;
 
 typedef struct scan_ctx {
+  const char *vm;
   const char *vmdir;
+  int vmfd;
   scan_dir *dirs;
   size_t ndirs;
   store_rec *recs;
   size_t nrecs;
+  char **notes;          /* what was left out, and why */
+  size_t nnotes;
+  int err;               /* first resource shortage (errno), 0 if none */
 } scan_ctx;
 
-static bool
-is_dir_entry (int dfd, struct dirent *de)
+/* Note errno E met on WHAT: a shortage fails the scan, a link is noted. */
+static void
+scan_errno (scan_ctx *cx, int e, const char *what)
 {
-  if (de->d_type == DT_DIR)
-    return true;
-  if (de->d_type != DT_UNKNOWN)
-    return false;
+  if (qb_errno_is_transient (e)) {
+    if (!cx->err)
+      cx->err = e;
+  } else if (e == ELOOP)
+    store_note (&cx->notes, &cx->nnotes, "%s/%s is a symbolic link: not followed", cx->vm, what);
+}
+
+/* 'd' for a directory, 'l' for a symbolic link, 'f' for a regular file,
+ * 'o' for anything else, 0 when it cannot be told (errno noted). */
+static char
+entry_type (scan_ctx *cx, int dfd, struct dirent *de, const char *rel)
+{
+  switch (de->d_type) {
+  case DT_DIR: return 'd';
+  case DT_LNK: return 'l';
+  case DT_REG: return 'f';
+  case DT_UNKNOWN: break;
+  default: return 'o';
+  }
   struct stat sb;
-  return fstatat (dfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR (sb.st_mode);
+  if (fstatat (dfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0) {
+    scan_errno (cx, errno, rel);
+    return 0;
+  }
+  return S_ISDIR (sb.st_mode) ? 'd' : S_ISLNK (sb.st_mode) ? 'l' : S_ISREG (sb.st_mode) ? 'f' : 'o';
+}
+
+/* Open directory REL of the VM without following links, for readdir. */
+static DIR *
+scan_opendir (scan_ctx *cx, const char *rel)
+{
+  int fd = rel ? qb_openat_nofollow (cx->vmfd, rel, O_RDONLY | O_DIRECTORY)
+    : openat (cx->vmfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR *d = fd >= 0 ? fdopendir (fd) : NULL;
+  if (!d) {
+    int e = errno;
+    if (fd >= 0)
+      close (fd);
+    if (e != ENOENT)
+      scan_errno (cx, e, rel ? rel : ".");
+  }
+  return d;
 }
 
 static void
@@ -84,31 +133,43 @@ add_dir (scan_ctx *cx, const char *month, const char *disk)
   d->rel = month ? qb_asprintf ("%s/%s", month, disk) : qb_strdup (disk);
 }
 
-/* Find the candidate disk directories: safe subdirs, and safe subdirs of month dirs. */
+/* Find the candidate disk directories: safe subdirs, and safe subdirs of
+ * month dirs; symbolic links among them are noted and left out. */
 static int
 find_dirs (scan_ctx *cx)
 {
-  DIR *d = opendir (cx->vmdir);
+  DIR *d = scan_opendir (cx, NULL);
   if (!d)
-    return qb_error_set_errno (errno, "read %s", cx->vmdir);
+    return cx->err ? 0 : qb_error_set_errno (errno, "read %s", cx->vmdir);
   struct dirent *de;
   while ((de = readdir (d)) != NULL) {
-    if (!qb_name_is_safe (de->d_name) || !is_dir_entry (dirfd (d), de))
+    if (!qb_name_is_safe (de->d_name))
+      continue;
+    char t = entry_type (cx, dirfd (d), de, de->d_name);
+    if (t == 'l')
+      store_note (&cx->notes, &cx->nnotes, "%s/%s is a symbolic link: not followed",
+                  cx->vm, de->d_name);
+    if (t != 'd')
       continue;
     add_dir (cx, NULL, de->d_name);
     if (!store_is_month (de->d_name))
       continue;
-    int mfd = openat (dirfd (d), de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    DIR *m = mfd >= 0 ? fdopendir (mfd) : NULL;
-    if (!m) {
-      if (mfd >= 0)
-        close (mfd);
+    DIR *m = scan_opendir (cx, de->d_name);
+    if (!m)
       continue;
-    }
     struct dirent *me;
-    while ((me = readdir (m)) != NULL)
-      if (qb_name_is_safe (me->d_name) && is_dir_entry (dirfd (m), me))
+    while ((me = readdir (m)) != NULL) {
+      if (!qb_name_is_safe (me->d_name))
+        continue;
+      char *rel = qb_asprintf ("%s/%s", de->d_name, me->d_name);
+      char mt = entry_type (cx, dirfd (m), me, rel);
+      if (mt == 'l')
+        store_note (&cx->notes, &cx->nnotes, "%s/%s is a symbolic link: not followed",
+                    cx->vm, rel);
+      else if (mt == 'd')
         add_dir (cx, de->d_name, me->d_name);
+      free (rel);
+    }
     closedir (m);
   }
   closedir (d);
@@ -147,14 +208,39 @@ find_record (scan_ctx *cx, const scan_dir *dir, const char *name, const char *id
   }
 }
 
+/* Read the qcow2 header of layer file NAME in directory DFD (REL in
+ * messages) when no record gives its virtual size: F->hdr_size, or
+ * F->hdr_damage when it is not a valid image. */
+static void
+read_header (scan_ctx *cx, int dfd, const char *rel, scan_file *f)
+{
+  int fd = openat (dfd, f->name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    scan_errno (cx, errno, rel);
+    return;
+  }
+  qcow2_header h;
+  uint64_t fsize;
+  char *what = qb_asprintf ("%s/%s", cx->vm, rel);
+  if (qcow2_header_read (fd, what, &h, &fsize) == 0 && qcow2_header_check (&h, fsize, what) == 0)
+    f->hdr_size = h.size;
+  else if (qb_err_is_transient (qb_error_code ())) {
+    if (!cx->err)
+      cx->err = qb_error_code () == QB_ENOMEM ? ENOMEM : EMFILE;
+  } else
+    f->hdr_damage = qb_asprintf ("layer %s is not a valid qcow2 image (%s)", f->name,
+                                 qb_error_msg ());
+  qb_error_clear ();
+  free (what);
+  close (fd);
+}
+
 /* Read directory DIRIDX and append its layer files to *FILES. */
 static void
 read_dir_files (scan_ctx *cx, size_t diridx, scan_file **files, size_t *n)
 {
   const scan_dir *sd = &cx->dirs[diridx];
-  char *path = qb_asprintf ("%s/%s", cx->vmdir, sd->rel);
-  DIR *d = opendir (path);
-  free (path);
+  DIR *d = scan_opendir (cx, sd->rel);
   if (!d)
     return;
   struct dirent *de;
@@ -165,9 +251,20 @@ read_dir_files (scan_ctx *cx, size_t diridx, scan_file **files, size_t *n)
     int seq;
     if (!store_layer_name_parse (de->d_name, &kind, id, &t, &seq))
       continue;
+    char *rel = qb_asprintf ("%s/%s", sd->rel, de->d_name);
     struct stat sb;
-    if (fstatat (dirfd (d), de->d_name, &sb, 0) < 0 || !S_ISREG (sb.st_mode))
+    if (fstatat (dirfd (d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0) {
+      scan_errno (cx, errno, rel);
+      free (rel);
       continue;
+    }
+    if (S_ISLNK (sb.st_mode))
+      store_note (&cx->notes, &cx->nnotes, "%s/%s is a symbolic link: not followed, "
+                  "the layer is not served", cx->vm, rel);
+    if (!S_ISREG (sb.st_mode)) {
+      free (rel);
+      continue;
+    }
     *files = qb_realloc (*files, (*n + 1) * sizeof **files);
     scan_file *f = &(*files)[(*n)++];
     memset (f, 0, sizeof *f);
@@ -181,6 +278,9 @@ read_dir_files (scan_ctx *cx, size_t diridx, scan_file **files, size_t *n)
     const char *rest = strchr (de->d_name, '-') + 1;
     f->ours = strlen (rest) >= 16 && rest[8] == 'T' && rest[15] == 'Z';
     find_record (cx, sd, f->name, f->id, &f->rec, &f->rd);
+    if (!f->rd || f->rd->virtual_size == 0)
+      read_header (cx, dirfd (d), rel, f);
+    free (rel);
   }
   closedir (d);
 }
@@ -249,13 +349,8 @@ fill_layer (scan_ctx *cx, const scan_file *f, store_layer *l)
   l->quiesced = f->rec ? f->rec->quiesced : false;
   l->chain_id = f->rd ? qb_strdup (f->rd->chain) : NULL;
   l->virtual_size = f->rd ? f->rd->virtual_size : 0;
-  if (l->virtual_size == 0) {
-    uint64_t vs;
-    if (qcow2_virtual_size (l->path, &vs) == 0)
-      l->virtual_size = vs;
-    else
-      qb_error_clear ();
-  }
+  if (l->virtual_size == 0)
+    l->virtual_size = f->hdr_size;
 }
 
 static scan_chain *
@@ -361,6 +456,8 @@ build_chains (scan_ctx *cx, const char *disk, scan_file *files, size_t nf, store
     }
     store_layer *l = chain_append (c);
     fill_layer (cx, f, l);
+    if (!damage && f->hdr_damage)
+      damage = qb_strdup (f->hdr_damage);
     if (damage) {
       l->damage = damage;
       if (!c->damage)
@@ -390,23 +487,25 @@ cmp_file_disk (const void *a, const void *b, void *arg)
 store_vm *
 store_scan_vm (store *st, const char *vm)
 {
-  char *vmdir = store_vm_dir (st, vm);
-  if (!vmdir)
+  int vmfd = store_vm_open (st, vm);
+  if (vmfd < 0)
     return NULL;
-  struct stat sb;
-  if (stat (vmdir, &sb) < 0 || !S_ISDIR (sb.st_mode)) {
-    qb_error_set (QB_ENOENT, "no VM %s in the store", vm);
-    free (vmdir);
-    return NULL;
-  }
-  scan_ctx cx = { .vmdir = vmdir };
+  char *vmdir = qb_asprintf ("%s/%s", store_root (st), vm);
+  scan_ctx cx = { .vm = vm, .vmdir = vmdir, .vmfd = vmfd };
   store_vm *v = NULL;
   scan_file *files = NULL;
   size_t nf = 0;
-  if (store_recs_load (vmdir, &cx.recs, &cx.nrecs) < 0 || find_dirs (&cx) < 0)
+  if (store_recs_load (vmfd, vm, &cx.recs, &cx.nrecs, &cx.notes, &cx.nnotes) < 0
+      || find_dirs (&cx) < 0) {
+    qb_error_prefix ("scanning VM %s", vm);
     goto out;
-  for (size_t i = 0; i < cx.ndirs; i++)
+  }
+  for (size_t i = 0; i < cx.ndirs && !cx.err; i++)
     read_dir_files (&cx, i, &files, &nf);
+  if (cx.err) {
+    store_fs_error (cx.err, "scanning VM", vm);
+    goto out;
+  }
   if (nf > 1)
     qsort_r (files, nf, sizeof *files, cmp_file_disk, &cx);
 
@@ -424,9 +523,15 @@ store_scan_vm (store *st, const char *vm)
     build_chains (&cx, disk, files + i, j - i, d);
     i = j;
   }
+  v->skipped = cx.notes;
+  v->nskipped = cx.nnotes;
+  cx.notes = NULL;
+  cx.nnotes = 0;
  out:
-  for (size_t i = 0; i < nf; i++)
+  for (size_t i = 0; i < nf; i++) {
     free (files[i].name);
+    free (files[i].hdr_damage);
+  }
   free (files);
   for (size_t i = 0; i < cx.ndirs; i++) {
     free (cx.dirs[i].rel);
@@ -434,7 +539,9 @@ store_scan_vm (store *st, const char *vm)
     free (cx.dirs[i].month);
   }
   free (cx.dirs);
+  store_names_free (cx.notes, cx.nnotes);
   store_recs_free (cx.recs, cx.nrecs);
+  close (vmfd);
   free (vmdir);
   return v;
 }
@@ -464,6 +571,7 @@ store_vm_free (store_vm *v)
     free (d->name);
   }
   free (v->disks);
+  store_names_free (v->skipped, v->nskipped);
   free (v->name);
   free (v);
 }

@@ -13,9 +13,11 @@
 #define STORE_LOCK_FILE ".lock"
 #define STORE_TMP_PREFIX ".tmp-"
 #define STORE_ID_MAX 40
+#define STORE_RECORD_MAX (1 << 20)   /* a record file bigger than this is not read */
 
 struct store {
-  char *root;            /* absolute */
+  char *root;            /* absolute, no symbolic link in it */
+  int rootfd;            /* O_PATH descriptor of the root: walks start here */
 };
 
 /* One disk entry of a record. */
@@ -67,9 +69,38 @@ bool store_rec_parse (json_object *obj, store_rec *rec);
 /* Free a record's contents. */
 void store_rec_clear (store_rec *rec);
 
-/* Load every record of the VM at VMDIR (unparseable ones are skipped),
- * sorted by id.  0 with *N = 0 when there is no .points directory. */
-int store_recs_load (const char *vmdir, store_rec **recs, size_t *n);
+/* Open VM's directory (O_RDONLY|O_DIRECTORY) beneath the root without
+ * following a link: the descriptor, or -1 with QB_ENOENT (no such VM),
+ * QB_EPERM (a symbolic link, or not a directory), QB_EAGAIN/QB_ENOMEM
+ * (resources ran out), QB_EINVAL (unsafe name). */
+int store_vm_open (const store *st, const char *vm);
+
+/* Make the directories of REL (relative to the root, safe components)
+ * with mode 0700, following no link: 0, or -1 (QB_EPERM when a component
+ * is a symbolic link or not a directory). */
+int store_mkdirs (const store *st, const char *rel);
+
+/* Set the error for ERRNUM met on WHAT at PATH: a symbolic link is never
+ * followed (QB_EPERM, "not followed"), EMFILE/ENFILE/ENOMEM/EAGAIN/EINTR are
+ * QB_EAGAIN or QB_ENOMEM (nothing is damaged), others as qb_error_set_errno.
+ * Returns -1. */
+int store_fs_error (int errnum, const char *what, const char *path);
+
+/* The JSON value in file NAME of directory DIRFD, opened without following
+ * a link, at most STORE_RECORD_MAX bytes: a new reference, or NULL with
+ * *ERRNUM set to the errno (0: the file is not valid JSON or too big). */
+json_object *store_json_load_at (int dirfd, const char *name, int *errnum);
+
+/* Append a malloc'd message to the list *NOTES (*N entries). */
+void store_note (char ***notes, size_t *n, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
+/* Load every record of VM whose directory is VMFD (unparseable ones
+ * are skipped; links are not followed and are noted in NOTES when given),
+ * sorted by id.  0 with *N = 0 when there is no .points directory; -1 on
+ * errors (QB_EAGAIN/QB_ENOMEM when resources ran out: nothing skipped). */
+int store_recs_load (int vmfd, const char *vm, store_rec **recs, size_t *n, char ***notes,
+                     size_t *nnotes);
 
 /* Free an array from store_recs_load. */
 void store_recs_free (store_rec *recs, size_t n);

@@ -1,5 +1,6 @@
 /* qmpbackupfs — the store: opening, names and ids, records, locks (see store.h). */
 #include "store-int.h"
+#include "chain.h"
 #include "common/error.h"
 #include "common/util.h"
 
@@ -7,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,8 +41,15 @@ store_open (const char *root, bool create)
     free (abs);
     return NULL;
   }
+  int fd = open (abs, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    qb_error_set_errno (errno, "store %s", root);
+    free (abs);
+    return NULL;
+  }
   store *st = qb_calloc (1, sizeof *st);
   st->root = abs;
+  st->rootfd = fd;
   return st;
 }
 
@@ -50,6 +59,7 @@ store_close (store *st)
 {
   if (!st)
     return;
+  close (st->rootfd);
   free (st->root);
   free (st);
 }
@@ -70,6 +80,157 @@ store_vm_dir (const store *st, const char *vm)
     return NULL;
   }
   return qb_asprintf ("%s/%s", st->root, vm);
+}
+
+/* The error for ERRNUM on WHAT at PATH: links and shortages worded (see store-int.h). */
+int
+store_fs_error (int errnum, const char *what, const char *path)
+{
+  if (errnum == ELOOP)
+    return qb_error_set (QB_EPERM, "%s %s: it is a symbolic link (or lies behind one), "
+                         "and links in the store are never followed: replace it with "
+                         "the real file or folder", what, path);
+  if (qb_errno_is_transient (errnum))
+    return qb_error_set (errnum == ENOMEM ? QB_ENOMEM : QB_EAGAIN,
+                         "%s %s: %s (a temporary shortage of file descriptors or memory: "
+                         "nothing is damaged, try again)", what, path, strerror (errnum));
+  return qb_error_set_errno (errnum, "%s %s", what, path);
+}
+
+/* VM's folder, opened beneath the root without following a link. */
+int
+store_vm_open (const store *st, const char *vm)
+{
+  if (!qb_name_is_safe (vm))
+    return qb_error_set (QB_EINVAL, "invalid VM name \"%s\"", vm ? vm : "");
+  int fd = openat (st->rootfd, vm, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd >= 0)
+    return fd;
+  int e = errno;
+  struct stat sb;
+  if (e == ENOENT)
+    return qb_error_set (QB_ENOENT, "no VM %s in the store", vm);
+  if ((e == ENOTDIR || e == ELOOP)
+      && fstatat (st->rootfd, vm, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK (sb.st_mode))
+    e = ELOOP;
+  if (e == ENOTDIR)
+    return qb_error_set (QB_EPERM, "%s/%s is not a directory", st->root, vm);
+  return store_fs_error (e, "VM folder", vm);
+}
+
+/* mkdir -p of REL beneath the root, 0700, one component at a time, no link followed. */
+int
+store_mkdirs (const store *st, const char *rel)
+{
+  char *p = qb_strdup (rel), *save = NULL;
+  int fd = st->rootfd, ret = 0;
+  for (char *comp = strtok_r (p, "/", &save); comp; comp = strtok_r (NULL, "/", &save)) {
+    if (!qb_name_is_safe (comp) && strcmp (comp, STORE_POINTS_DIR) != 0) {
+      ret = qb_error_set (QB_EINVAL, "invalid folder name \"%s\"", comp);
+      break;
+    }
+    if (mkdirat (fd, comp, 0700) < 0 && errno != EEXIST) {
+      ret = store_write_error (st, errno, "create directory", rel);
+      break;
+    }
+    int next = openat (fd, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int e = errno;
+    struct stat sb;
+    if (next < 0 && e == ENOTDIR
+        && fstatat (fd, comp, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK (sb.st_mode))
+      e = ELOOP;
+    if (fd != st->rootfd)
+      close (fd);
+    fd = st->rootfd;
+    if (next < 0) {
+      ret = e == ENOTDIR ? qb_error_set (QB_EPERM, "%s/%s: %s is not a directory",
+                                         st->root, rel, comp)
+        : store_fs_error (e, "folder", rel);
+      break;
+    }
+    fd = next;
+  }
+  if (fd != st->rootfd)
+    close (fd);
+  free (p);
+  return ret;
+}
+
+/* Append a formatted note to *NOTES. */
+void
+store_note (char ***notes, size_t *n, const char *fmt, ...)
+{
+  if (!notes)
+    return;
+  va_list ap;
+  char *m;
+  va_start (ap, fmt);
+  if (vasprintf (&m, fmt, ap) < 0)
+    m = NULL;
+  va_end (ap);
+  if (!m)
+    return;
+  *notes = qb_realloc (*notes, (*n + 1) * sizeof **notes);
+  (*notes)[(*n)++] = m;
+}
+
+/* Parse the JSON file NAME of DIRFD, not following a link, bounded in size. */
+json_object *
+store_json_load_at (int dirfd, const char *name, int *errnum)
+{
+  *errnum = 0;
+  int fd = openat (dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    *errnum = errno;
+    return NULL;
+  }
+  struct stat sb;
+  if (fstat (fd, &sb) < 0) {
+    *errnum = errno;
+    close (fd);
+    return NULL;
+  }
+  if (!S_ISREG (sb.st_mode) || sb.st_size > STORE_RECORD_MAX) {
+    close (fd);
+    return NULL;
+  }
+  char *buf = malloc ((size_t) sb.st_size + 1);
+  if (!buf) {
+    *errnum = ENOMEM;
+    close (fd);
+    return NULL;
+  }
+  size_t got = 0;
+  while (got < (size_t) sb.st_size) {
+    ssize_t r = read (fd, buf + got, (size_t) sb.st_size - got);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0) {
+      *errnum = errno;
+      break;
+    }
+    if (r == 0)
+      break;
+    got += (size_t) r;
+  }
+  close (fd);
+  buf[got] = '\0';
+  json_object *o = NULL;
+  if (*errnum == 0) {
+    json_tokener *tok = json_tokener_new ();
+    if (!tok)
+      *errnum = ENOMEM;
+    else {
+      o = json_tokener_parse_ex (tok, buf, (int) got);
+      if (o && json_tokener_get_error (tok) != json_tokener_success) {
+        json_object_put (o);
+        o = NULL;
+      }
+      json_tokener_free (tok);
+    }
+  }
+  free (buf);
+  return o;
 }
 
 static int
@@ -94,7 +255,8 @@ store_list_vms (store *st, char ***names, size_t *n)
     if (!qb_name_is_safe (de->d_name))
       continue;
     struct stat sb;
-    if (fstatat (dirfd (d), de->d_name, &sb, 0) < 0 || !S_ISDIR (sb.st_mode))
+    /* a link is never followed out of the store: not a VM */
+    if (fstatat (dirfd (d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR (sb.st_mode))
       continue;
     v = qb_realloc (v, (cnt + 1) * sizeof *v);
     v[cnt++] = qb_strdup (de->d_name);
@@ -422,17 +584,20 @@ cmp_rec (const void *a, const void *b)
   return strcmp (((const store_rec *) a)->id, ((const store_rec *) b)->id);
 }
 
-/* The ids of the record files in the .points dir at PDIR (sorted). */
+/* The ids of the record files in the .points directory PFD (sorted; PFD
+ * stays open).  Record files that are symbolic links are noted, not listed. */
 static int
-list_record_ids (const char *pdir, char ***ids, size_t *n)
+list_record_ids (int pfd, const char *pdir, char ***ids, size_t *n, char ***notes,
+                 size_t *nnotes)
 {
   *ids = NULL;
   *n = 0;
-  DIR *d = opendir (pdir);
+  int fd = openat (pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR *d = fd >= 0 ? fdopendir (fd) : NULL;
   if (!d) {
-    if (errno == ENOENT)
-      return 0;
-    return qb_error_set_errno (errno, "read %s", pdir);
+    if (fd >= 0)
+      close (fd);
+    return store_fs_error (errno, "read", pdir);
   }
   struct dirent *de;
   char **v = NULL;
@@ -447,6 +612,13 @@ list_record_ids (const char *pdir, char ***ids, size_t *n)
     id[len - 5] = '\0';
     if (!parse_our_id (id, NULL, NULL))
       continue;
+    struct stat sb;
+    if (de->d_type == DT_LNK || (de->d_type == DT_UNKNOWN
+        && fstatat (pfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK (sb.st_mode))) {
+      store_note (notes, nnotes, "%s/%s is a symbolic link: not followed, the record is "
+                  "ignored", pdir, de->d_name);
+      continue;
+    }
     v = qb_realloc (v, (cnt + 1) * sizeof *v);
     v[cnt++] = qb_strdup (id);
   }
@@ -458,25 +630,63 @@ list_record_ids (const char *pdir, char ***ids, size_t *n)
   return 0;
 }
 
-/* Load and parse every record under VMDIR/.points, sorted by id. */
+/* Open the .points directory of the VM directory VMFD: the descriptor, -2
+ * when there is none (or it is a link, noted), or -1 with the error. */
+static int
+points_open (int vmfd, const char *vm, char ***notes, size_t *nnotes)
+{
+  int fd = openat (vmfd, STORE_POINTS_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd >= 0)
+    return fd;
+  int e = errno;
+  struct stat sb;
+  if (e == ENOENT)
+    return -2;
+  if ((e == ENOTDIR || e == ELOOP)
+      && fstatat (vmfd, STORE_POINTS_DIR, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+    if (S_ISLNK (sb.st_mode))
+      store_note (notes, nnotes, "%s/" STORE_POINTS_DIR " is a symbolic link: not followed, "
+                  "no record is read", vm);
+    return -2;
+  }
+  return store_fs_error (e, "read", STORE_POINTS_DIR);
+}
+
+/* Load and parse every record of the VM directory VMFD, sorted by id. */
 int
-store_recs_load (const char *vmdir, store_rec **recs, size_t *n)
+store_recs_load (int vmfd, const char *vm, store_rec **recs, size_t *n, char ***notes,
+                 size_t *nnotes)
 {
   *recs = NULL;
   *n = 0;
-  char *pdir = qb_asprintf ("%s/" STORE_POINTS_DIR, vmdir);
+  int pfd = points_open (vmfd, vm, notes, nnotes);
+  if (pfd == -2)
+    return 0;
+  if (pfd < 0)
+    return -1;
   char **ids;
   size_t nids;
-  if (list_record_ids (pdir, &ids, &nids) < 0) {
-    free (pdir);
+  char *pdir = qb_asprintf ("%s/" STORE_POINTS_DIR, vm);
+  int lr = list_record_ids (pfd, pdir, &ids, &nids, notes, nnotes);
+  free (pdir);
+  if (lr < 0) {
+    close (pfd);
     return -1;
   }
   store_rec *v = qb_calloc (nids, sizeof *v);
   size_t cnt = 0;
-  for (size_t i = 0; i < nids; i++) {
-    char *path = qb_asprintf ("%s/%s.json", pdir, ids[i]);
-    json_object *o = json_object_from_file (path);
-    free (path);
+  int ret = 0;
+  for (size_t i = 0; i < nids && ret == 0; i++) {
+    char name[STORE_ID_MAX + 8];
+    int e;
+    snprintf (name, sizeof name, "%s.json", ids[i]);
+    json_object *o = store_json_load_at (pfd, name, &e);
+    if (!o && e == ELOOP)
+      store_note (notes, nnotes, "%s/" STORE_POINTS_DIR "/%s is a symbolic link: not followed, "
+                  "the record is ignored", vm, name);
+    else if (!o && e != 0 && e != ENOENT)
+      /* never skip a record because descriptors or memory ran out */
+      ret = store_fs_error (e, "read record", name);
     if (o && store_rec_parse (o, &v[cnt]) && strcmp (v[cnt].id, ids[i]) == 0)
       cnt++;
     else
@@ -484,7 +694,11 @@ store_recs_load (const char *vmdir, store_rec **recs, size_t *n)
     json_object_put (o);
   }
   store_names_free (ids, nids);
-  free (pdir);
+  close (pfd);
+  if (ret < 0) {
+    store_recs_free (v, cnt);
+    return -1;
+  }
   qsort (v, cnt, sizeof *v, cmp_rec);
   *recs = v;
   *n = cnt;
@@ -508,23 +722,35 @@ store_record_read (store *st, const char *vm, const char *id)
     qb_error_set (QB_EINVAL, "invalid restore point id \"%s\"", id ? id : "");
     return NULL;
   }
-  char *vmdir = store_vm_dir (st, vm);
-  if (!vmdir)
-    return NULL;
-  char *path = qb_asprintf ("%s/" STORE_POINTS_DIR "/%s.json", vmdir, id);
-  free (vmdir);
-  if (access (path, F_OK) < 0) {
-    qb_error_set (QB_ENOENT, "no restore point %s of VM %s", id, vm);
-    free (path);
+  if (!qb_name_is_safe (vm)) {
+    qb_error_set (QB_EINVAL, "invalid VM name \"%s\"", vm ? vm : "");
     return NULL;
   }
-  json_object *o = json_object_from_file (path);
-  if (!o || !json_object_is_type (o, json_type_object)) {
-    qb_error_set (QB_EDAMAGED, "record %s is not valid JSON", path);
+  char *rel = qb_asprintf ("%s/" STORE_POINTS_DIR, vm);
+  char name[STORE_ID_MAX + 8];
+  snprintf (name, sizeof name, "%s.json", id);
+  json_object *o = NULL;
+  int e = 0;
+  int pfd = qb_openat_nofollow (st->rootfd, rel, O_RDONLY | O_DIRECTORY);
+  if (pfd < 0)
+    e = errno;
+  else {
+    o = store_json_load_at (pfd, name, &e);
+    close (pfd);
+  }
+  if (!o) {
+    if (e == ENOENT)
+      qb_error_set (QB_ENOENT, "no restore point %s of VM %s", id, vm);
+    else if (e != 0)
+      store_fs_error (e, "read record", rel);
+    else
+      qb_error_set (QB_EDAMAGED, "record %s/%s/%s is not valid JSON", st->root, rel, name);
+  } else if (!json_object_is_type (o, json_type_object)) {
+    qb_error_set (QB_EDAMAGED, "record %s/%s/%s is not valid JSON", st->root, rel, name);
     json_object_put (o);
     o = NULL;
   }
-  free (path);
+  free (rel);
   return o;
 }
 
@@ -532,21 +758,30 @@ store_record_read (store *st, const char *vm, const char *id)
 json_object *
 store_record_latest (store *st, const char *vm)
 {
-  char *vmdir = store_vm_dir (st, vm);
-  if (!vmdir)
+  int vfd = store_vm_open (st, vm);
+  if (vfd < 0)
     return NULL;
-  char *pdir = qb_asprintf ("%s/" STORE_POINTS_DIR, vmdir);
-  free (vmdir);
-  char **ids;
-  size_t n;
-  int r = list_record_ids (pdir, &ids, &n);
-  free (pdir);
-  if (r < 0)
+  int pfd = points_open (vfd, vm, NULL, NULL);
+  close (vfd);
+  char **ids = NULL;
+  size_t n = 0;
+  if (pfd == -1)
     return NULL;
+  if (pfd >= 0) {
+    int r = list_record_ids (pfd, STORE_POINTS_DIR, &ids, &n, NULL, NULL);
+    close (pfd);
+    if (r < 0)
+      return NULL;
+  }
   json_object *o = NULL;
   /* Newest first; skip records that cannot be read. */
-  for (size_t i = n; i-- > 0 && !o;)
+  for (size_t i = n; i-- > 0 && !o;) {
     o = store_record_read (st, vm, ids[i]);
+    if (!o && qb_err_is_transient (qb_error_code ())) {
+      store_names_free (ids, n);
+      return NULL;            /* never an older record for want of resources */
+    }
+  }
   store_names_free (ids, n);
   if (!o)
     qb_error_set (QB_ENOENT, "VM %s has no restore point records", vm);
@@ -580,30 +815,37 @@ write_all (int fd, const char *buf, size_t len)
   return 0;
 }
 
-/* Write record REC of restore point ID atomically (tmp, fsync, rename, fsync dir). */
+/* Write record REC of restore point ID atomically (tmp, fsync, rename, fsync
+ * dir), all relative to the .points directory opened without following links. */
 int
 store_record_write (store *st, const char *vm, const char *id, json_object *rec, bool replace)
 {
   if (!store_id_valid (id))
     return qb_error_set (QB_EINVAL, "invalid restore point id \"%s\"", id ? id : "");
-  char *vmdir = store_vm_dir (st, vm);
-  if (!vmdir)
-    return -1;
-  char *pdir = qb_asprintf ("%s/" STORE_POINTS_DIR, vmdir);
-  char *tmp = qb_asprintf ("%s/" STORE_TMP_PREFIX "%s.json", pdir, id);
-  char *final = qb_asprintf ("%s/%s.json", pdir, id);
-  free (vmdir);
-  int ret = -1, fd = -1;
-  if (qb_mkdir_p (pdir, 0700) < 0)
+  if (!qb_name_is_safe (vm))
+    return qb_error_set (QB_EINVAL, "invalid VM name \"%s\"", vm ? vm : "");
+  char *prel = qb_asprintf ("%s/" STORE_POINTS_DIR, vm);
+  char *pdir = qb_asprintf ("%s/%s", st->root, prel);
+  char *tmp = qb_asprintf (STORE_TMP_PREFIX "%s.json", id);
+  char *final = qb_asprintf ("%s.json", id);
+  int ret = -1, fd = -1, pfd = -1;
+  struct stat sb;
+  if (store_mkdirs (st, prel) < 0)
     goto out;
-  if (!replace && access (final, F_OK) == 0) {
+  pfd = qb_openat_nofollow (st->rootfd, prel, O_RDONLY | O_DIRECTORY);
+  if (pfd < 0) {
+    store_fs_error (errno, "open", pdir);
+    goto out;
+  }
+  if (!replace && fstatat (pfd, final, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
     qb_error_set (QB_EINVAL, "restore point %s of VM %s exists already", id, vm);
     goto out;
   }
   const char *text = json_object_to_json_string_ext (rec, JSON_C_TO_STRING_PRETTY
                                                      | JSON_C_TO_STRING_SPACED
                                                      | JSON_C_TO_STRING_NOSLASHESCAPE);
-  fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  unlinkat (pfd, tmp, 0);
+  fd = openat (pfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) {
     store_write_error (st, errno, "create", tmp);
     goto out;
@@ -619,14 +861,15 @@ store_record_write (store *st, const char *vm, const char *id, json_object *rec,
     goto out_unlink;
   }
   fd = -1;
-  if (rename (tmp, final) < 0) {
+  if (renameat (pfd, tmp, pfd, final) < 0) {
     store_write_error (st, errno, "rename", tmp);
     goto out_unlink;
   }
-  if (qb_fsync_dir (pdir) < 0) {
+  if (fsync (pfd) < 0) {
+    qb_error_set_errno (errno, "fsync directory %s", pdir);
     /* A new record may or may not survive a crash: take it back. */
     if (!replace)
-      unlink (final);
+      unlinkat (pfd, final, 0);
     goto out;
   }
   ret = 0;
@@ -635,10 +878,13 @@ store_record_write (store *st, const char *vm, const char *id, json_object *rec,
   if (fd >= 0)
     close (fd);
   fd = -1;
-  unlink (tmp);
+  unlinkat (pfd, tmp, 0);
  out:
   if (fd >= 0)
     close (fd);
+  if (pfd >= 0)
+    close (pfd);
+  free (prel);
   free (pdir);
   free (tmp);
   free (final);
@@ -655,18 +901,18 @@ struct store_lock {
 store_lock *
 store_lock_vm (store *st, const char *vm, int timeout_ms)
 {
-  char *vmdir = store_vm_dir (st, vm);
-  if (!vmdir)
-    return NULL;
-  if (qb_mkdir_p (vmdir, 0700) < 0) {
-    free (vmdir);
+  if (!qb_name_is_safe (vm)) {
+    qb_error_set (QB_EINVAL, "invalid VM name \"%s\"", vm ? vm : "");
     return NULL;
   }
-  char *path = qb_asprintf ("%s/" STORE_LOCK_FILE, vmdir);
-  free (vmdir);
-  int fd = open (path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (store_mkdirs (st, vm) < 0)
+    return NULL;
+  char *rel = qb_asprintf ("%s/" STORE_LOCK_FILE, vm);
+  char *path = qb_asprintf ("%s/%s", st->root, rel);
+  int fd = qb_openat_nofollow (st->rootfd, rel, O_RDWR | O_CREAT);
+  free (rel);
   if (fd < 0) {
-    qb_error_set_errno (errno, "open lock %s", path);
+    store_fs_error (errno, "open lock", path);
     free (path);
     return NULL;
   }
@@ -735,6 +981,34 @@ store_new_chain_id (char *buf, size_t len)
   snprintf (buf, len, "%s", tmp);
 }
 
+/* Remove the file REL (relative to the root) and fsync its directory,
+ * following no link on the way; a missing file is fine. */
+static int
+unlink_beneath (store *st, const char *rel)
+{
+  char *dir = qb_strdup (rel);
+  char *slash = strrchr (dir, '/');
+  int ret = 0;
+  if (!slash) {
+    free (dir);
+    return qb_error_set (QB_EINVAL, "invalid path %s", rel);
+  }
+  *slash = '\0';
+  int dfd = qb_openat_nofollow (st->rootfd, dir, O_RDONLY | O_DIRECTORY);
+  if (dfd < 0) {
+    if (errno != ENOENT)
+      ret = store_fs_error (errno, "open", dir);
+  } else {
+    if (unlinkat (dfd, slash + 1, 0) < 0 && errno != ENOENT)
+      ret = qb_error_set_errno (errno, "remove %s/%s", st->root, rel);
+    else
+      fsync (dfd);
+    close (dfd);
+  }
+  free (dir);
+  return ret;
+}
+
 /* Remove point ID: first the files its record names, then the record. */
 int
 store_point_remove (store *st, const char *vm, const char *id)
@@ -748,31 +1022,93 @@ store_point_remove (store *st, const char *vm, const char *id)
     return qb_error_set (QB_EDAMAGED, "record %s of VM %s is not valid", id, vm);
   }
   json_object_put (o);
-  char *vmdir = store_vm_dir (st, vm);
   int ret = 0;
   for (size_t i = 0; i < rec.ndisks && ret == 0; i++) {
-    char *path = qb_asprintf ("%s/%s", vmdir, rec.disks[i].file);
-    if (unlink (path) < 0 && errno != ENOENT)
-      ret = qb_error_set_errno (errno, "remove %s", path);
-    else {
-      char *slash = strrchr (path, '/');
-      *slash = '\0';
-      qb_fsync_dir (path);
-    }
-    free (path);
+    char *rel = qb_asprintf ("%s/%s", vm, rec.disks[i].file);
+    ret = unlink_beneath (st, rel);
+    free (rel);
   }
   if (ret == 0) {
-    char *rpath = qb_asprintf ("%s/" STORE_POINTS_DIR "/%s.json", vmdir, id);
-    if (unlink (rpath) < 0 && errno != ENOENT)
-      ret = qb_error_set_errno (errno, "remove %s", rpath);
-    else {
-      char *pdir = qb_asprintf ("%s/" STORE_POINTS_DIR, vmdir);
-      qb_fsync_dir (pdir);
-      free (pdir);
-    }
-    free (rpath);
+    char *rel = qb_asprintf ("%s/" STORE_POINTS_DIR "/%s.json", vm, id);
+    ret = unlink_beneath (st, rel);
+    free (rel);
   }
-  free (vmdir);
   store_rec_clear (&rec);
   return ret;
+}
+
+/* ---- Opening layers for reading ---- */
+
+/* LAYER's path relative to the root, or NULL if it is not under the root. */
+static const char *
+layer_rel (const store *st, const store_layer *l)
+{
+  size_t rl = strlen (st->root);
+  if (!l->path || strncmp (l->path, st->root, rl) != 0 || l->path[rl] != '/')
+    return NULL;
+  return l->path + rl + 1;
+}
+
+/* LAYER's file, opened beneath the root without following any link. */
+int
+store_layer_open (store *st, const store_layer *l)
+{
+  const char *rel = layer_rel (st, l);
+  if (!rel)
+    return qb_error_set (QB_EINVAL, "layer %s is not in the store %s",
+                         l->path ? l->path : "?", st->root);
+  int fd = qb_openat_nofollow (st->rootfd, rel, O_RDONLY | O_NONBLOCK);
+  if (fd < 0) {
+    if (errno == ENOENT)
+      return qb_error_set (QB_ENOENT, "layer %s is gone", l->path);
+    if (errno == ELOOP)
+      return qb_error_set (QB_EDAMAGED, "layer %s is a symbolic link (or lies behind one): "
+                           "links in the store are never followed", l->path);
+    return store_fs_error (errno, "open layer", l->path);
+  }
+  struct stat sb;
+  if (fstat (fd, &sb) < 0 || !S_ISREG (sb.st_mode)) {
+    close (fd);
+    return qb_error_set (QB_EDAMAGED, "layer %s is not a regular file", l->path);
+  }
+  /* regular file: O_NONBLOCK (there against FIFOs) is of no use any more */
+  fcntl (fd, F_SETFL, fcntl (fd, F_GETFL) & ~O_NONBLOCK);
+  return fd;
+}
+
+/* Restore point IDX of C through the chain reader, layers opened safely. */
+chain_image *
+store_point_open (store *st, const store_chain *c, size_t idx)
+{
+  if (!c || idx >= c->n) {
+    qb_error_set (QB_EINVAL, "no restore point %zu in this chain", idx);
+    return NULL;
+  }
+  int *fds = calloc (idx + 1, sizeof *fds);
+  const char **names = calloc (idx + 1, sizeof *names);
+  if (!fds || !names) {
+    free (fds);
+    free (names);
+    qb_error_set (QB_ENOMEM, "out of memory opening a restore point: nothing is damaged, "
+                  "try again");
+    return NULL;
+  }
+  for (size_t i = 0; i <= idx; i++) {
+    names[i] = c->layers[i].path;
+    fds[i] = store_layer_open (st, &c->layers[i]);
+    if (fds[i] < 0) {
+      if (qb_error_code () == QB_ENOENT)
+        qb_error_set (QB_EDAMAGED, "layer %zu of the chain is missing: %s", i,
+                      c->layers[i].path);
+      while (i-- > 0)
+        close (fds[i]);
+      free (fds);
+      free (names);
+      return NULL;
+    }
+  }
+  chain_image *ci = chain_open_fds (fds, names, idx + 1);
+  free (fds);
+  free (names);
+  return ci;
 }

@@ -34,6 +34,8 @@
 #ifndef QB_STORE_H
 #define QB_STORE_H
 
+#include "chain.h"
+
 #include <json-c/json.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -52,7 +54,8 @@ void store_close (store *st);
 /* The store's root directory. */
 const char *store_root (const store *st);
 
-/* Names of the VMs in the store (directories with a safe name), sorted.
+/* Names of the VMs in the store (directories with a safe name, never a
+ * symbolic link), sorted.
  * *NAMES is a malloc'd array of malloc'd strings; free with store_names_free. */
 int store_list_vms (store *st, char ***names, size_t *n);
 
@@ -96,10 +99,20 @@ typedef struct store_vm {
   char *name;
   size_t ndisks;
   store_disk *disks;   /* sorted by name */
+  size_t nskipped;
+  char **skipped;      /* why entries were left out: symbolic links (never
+                          followed), e.g. "web1/drive0/FULL-... is a symbolic
+                          link: not followed" */
 } store_vm;
 
 /* Scan one VM's directory: disks, chains, layers, records.  Damage is
- * reported in store_layer.damage, not as an error.  QB_ENOENT if no such VM. */
+ * reported in store_layer.damage, not as an error; a layer that is not a
+ * valid qcow2 image (read when no record gives its size) is damaged.
+ * Symbolic links are never followed: a linked month/disk folder, layer or
+ * record is left out and listed in skipped.  Errors: QB_ENOENT if no such
+ * VM, QB_EPERM if its folder is a symbolic link, QB_EAGAIN/QB_ENOMEM when
+ * descriptors or memory ran out (nothing may be concluded from such a scan:
+ * try again later; no layer is ever marked damaged for it). */
 store_vm *store_scan_vm (store *st, const char *vm);
 
 /* Free a scan. NULL is fine. */
@@ -107,6 +120,21 @@ void store_vm_free (store_vm *v);
 
 /* The disk called NAME in a scan, or NULL. */
 const store_disk *store_vm_disk (const store_vm *v, const char *name);
+
+/* Open the file of LAYER (a layer of a scan of ST) for reading, walking
+ * from the store root with O_NOFOLLOW|O_DIRECTORY per folder, so no
+ * symbolic link is ever followed.  The descriptor (a regular file, the
+ * caller closes it), or -1: QB_ENOENT (gone), QB_EDAMAGED (a symbolic link,
+ * or not a regular file), QB_EAGAIN/QB_ENOMEM (resources ran out for a
+ * moment: not damage), QB_EPERM/QB_EIO otherwise. */
+int store_layer_open (store *st, const store_layer *layer);
+
+/* Open restore point IDX of chain C (layers 0..IDX) for reading through
+ * the chain reader, every layer opened as store_layer_open does.  NULL with
+ * the errors of chain_open_fds (QB_EDAMAGED for bad content, a missing
+ * layer or a link; QB_EAGAIN/QB_ENOMEM for resource shortages, which are
+ * never damage). */
+chain_image *store_point_open (store *st, const store_chain *c, size_t idx);
 
 /* The record of restore point ID (new reference), or NULL (QB_ENOENT). */
 json_object *store_record_read (store *st, const char *vm, const char *id);
@@ -152,6 +180,12 @@ const char *store_txn_id (const store_txn *t);
 const char *store_txn_add_disk (store_txn *t, const char *disk, store_kind kind,
                                 const store_layer *prev, const char *chain_id,
                                 uint64_t virtual_size);
+
+/* Create DISK's temporary path as an empty file of mode 0600 (O_EXCL,
+ * O_NOFOLLOW), for a program that writes the image over it and keeps the
+ * mode (qemu-img create does): the store's files are never readable by
+ * others, not even while being written.  0, or -1. */
+int store_txn_create_target (store_txn *t, const char *disk);
 
 /* The final path DISK's layer will have once committed (owned by the txn);
  * INC targets name it as the backing file of the next INC. */

@@ -130,7 +130,7 @@ store_txn_begin (store *st, const char *vm, int64_t now_us, bool monthly)
   char *vmdir = store_vm_dir (st, vm);
   if (!vmdir)
     return NULL;
-  if (qb_mkdir_p (vmdir, 0700) < 0) {
+  if (store_mkdirs (st, vm) < 0) {
     free (vmdir);
     return NULL;
   }
@@ -213,13 +213,18 @@ store_txn_add_disk (store_txn *t, const char *disk, store_kind kind,
     return NULL;
   }
   char *mdir = t->month ? qb_asprintf ("%s/%s", t->vmdir, t->month) : NULL;
-  if (mdir && !t->made_month && access (mdir, F_OK) < 0)
+  struct stat sb;
+  if (mdir && !t->made_month && lstat (mdir, &sb) < 0)
     t->made_month = true;
   char *rdir = t->month ? qb_asprintf ("%s/%s", t->month, disk) : qb_strdup (disk);
   char *dir = qb_asprintf ("%s/%s", t->vmdir, rdir);
-  bool made = access (dir, F_OK) < 0;
+  char *srel = qb_asprintf ("%s/%s", t->vm, rdir);
+  bool made = lstat (dir, &sb) < 0;
   free (mdir);
-  if (qb_mkdir_p (dir, 0700) < 0) {
+  /* 0700, and never through a symbolic link */
+  int mk = store_mkdirs (t->st, srel);
+  free (srel);
+  if (mk < 0) {
     free (rdir);
     free (dir);
     return NULL;
@@ -250,6 +255,21 @@ store_txn_add_disk (store_txn *t, const char *disk, store_kind kind,
   /* A leftover of an earlier attempt with this id must not be mistaken for our target. */
   unlink (d->tmp);
   return d->tmp;
+}
+
+/* Create DISK's temp as an empty 0600 file of ours. */
+int
+store_txn_create_target (store_txn *t, const char *disk)
+{
+  txn_disk *d = disk ? txn_find (t, disk) : NULL;
+  if (!d)
+    return qb_error_set (QB_ENOENT, "disk %s is not part of restore point %s",
+                         disk ? disk : "", t->id);
+  int fd = open (d->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return store_write_error (t->st, errno, "create", d->tmp);
+  close (fd);
+  return 0;
 }
 
 /* The final path of DISK's layer. */
@@ -314,11 +334,11 @@ txn_write_record (store_txn *t, json_object *rec)
   return store_record_write (t->st, t->vm, t->id, rec, false);
 }
 
-/* fsync the file at PATH; its size on disk into *BYTES. */
+/* fsync the file at PATH, make it 0600; its size on disk into *BYTES. */
 static int
 txn_sync_target (store_txn *t, const char *path, uint64_t *bytes)
 {
-  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ENOENT)
       return qb_error_set (QB_ENOENT, "the backup target %s was not written", path);
@@ -330,9 +350,17 @@ txn_sync_target (store_txn *t, const char *path, uint64_t *bytes)
     close (fd);
     return store_write_error (t->st, e, "fsync", path);
   }
-  close (fd);
-  if (!S_ISREG (sb.st_mode))
+  if (!S_ISREG (sb.st_mode)) {
+    close (fd);
     return qb_error_set (QB_EIO, "the backup target %s is not a regular file", path);
+  }
+  /* the store holds every VM's disks: owner only, whoever created the file */
+  if ((sb.st_mode & 07777) != 0600 && fchmod (fd, 0600) < 0) {
+    int e = errno;
+    close (fd);
+    return qb_error_set_errno (e, "chmod 0600 %s", path);
+  }
+  close (fd);
   *bytes = (uint64_t) sb.st_blocks * 512;
   return 0;
 }
@@ -436,14 +464,16 @@ named_by_record (const store_rec *recs, size_t n, const char *dirrel, const char
   return false;
 }
 
-/* In disk dir VMDIR/DIRREL, delete temps that no record names; count them. */
+/* In disk dir DIRREL of the VM folder VMFD, delete temps that no record
+ * names (the folder is opened without following links); count them. */
 static int
-recover_dir (const char *vmdir, const char *dirrel, const store_rec *recs, size_t n)
+recover_dir (int vmfd, const char *dirrel, const store_rec *recs, size_t n)
 {
-  char *path = qb_asprintf ("%s/%s", vmdir, dirrel);
-  DIR *d = opendir (path);
+  int fd = qb_openat_nofollow (vmfd, dirrel, O_RDONLY | O_DIRECTORY);
+  DIR *d = fd >= 0 ? fdopendir (fd) : NULL;
   if (!d) {
-    free (path);
+    if (fd >= 0)
+      close (fd);
     return 0;
   }
   int count = 0;
@@ -462,93 +492,111 @@ recover_dir (const char *vmdir, const char *dirrel, const store_rec *recs, size_
     if (!keep && unlinkat (dirfd (d), de->d_name, 0) == 0)
       count++;
   }
-  closedir (d);
   if (count)
-    qb_fsync_dir (path);
-  free (path);
+    fsync (dirfd (d));
+  closedir (d);
   return count;
+}
+
+/* Roll the layer REL (relative to the VM folder VMFD) of a committed
+ * record forward: rename its temp when the final file is missing.
+ * 1 when renamed, 0 when nothing to do, -1 on errors. */
+static int
+recover_layer (int vmfd, const char *rel)
+{
+  char *dir = qb_strdup (rel);
+  char *slash = strrchr (dir, '/');
+  int ret = 0;
+  *slash = '\0';
+  int dfd = qb_openat_nofollow (vmfd, dir, O_RDONLY | O_DIRECTORY);
+  if (dfd >= 0) {
+    const char *base = slash + 1;
+    char *tmp = qb_asprintf (STORE_TMP_PREFIX "%s", base);
+    struct stat sb;
+    if (fstatat (dfd, base, &sb, AT_SYMLINK_NOFOLLOW) < 0
+        && fstatat (dfd, tmp, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG (sb.st_mode)) {
+      if (renameat (dfd, tmp, dfd, base) < 0)
+        ret = qb_error_set_errno (errno, "rename %s/%s", dir, tmp);
+      else {
+        fsync (dfd);
+        ret = 1;
+      }
+    }
+    free (tmp);
+    close (dfd);
+  }
+  free (dir);
+  return ret;
 }
 
 /* Roll committed points of VM forward and delete uncommitted temps. */
 int
 store_recover (store *st, const char *vm)
 {
-  char *vmdir = store_vm_dir (st, vm);
-  if (!vmdir)
-    return -1;
-  struct stat sb;
-  if (stat (vmdir, &sb) < 0) {
-    free (vmdir);
-    return 0;
-  }
+  int vmfd = store_vm_open (st, vm);
+  if (vmfd < 0)
+    return qb_error_code () == QB_ENOENT ? (qb_error_clear (), 0) : -1;
   store_rec *recs;
   size_t n;
-  if (store_recs_load (vmdir, &recs, &n) < 0) {
-    free (vmdir);
+  if (store_recs_load (vmfd, vm, &recs, &n, NULL, NULL) < 0) {
+    close (vmfd);
     return -1;
   }
   int count = 0, ret = 0;
   /* Roll forward: a record whose final file is missing but whose temp exists. */
   for (size_t r = 0; r < n; r++)
     for (size_t i = 0; i < recs[r].ndisks; i++) {
-      const char *rel = recs[r].disks[i].file;
-      char *final = qb_asprintf ("%s/%s", vmdir, rel);
-      char *slash = strrchr (final, '/');
-      *slash = '\0';
-      char *tmp = qb_asprintf ("%s/" STORE_TMP_PREFIX "%s", final, slash + 1);
-      *slash = '/';
-      if (access (final, F_OK) < 0 && access (tmp, F_OK) == 0) {
-        if (rename (tmp, final) < 0)
-          ret = qb_error_set_errno (errno, "rename %s", tmp);
-        else {
-          count++;
-          *slash = '\0';
-          qb_fsync_dir (final);
-        }
-      }
-      free (final);
-      free (tmp);
+      int k = recover_layer (vmfd, recs[r].disks[i].file);
+      if (k < 0)
+        ret = -1;
+      else
+        count += k;
     }
-  /* Delete temps no record names, in every disk directory. */
-  DIR *d = opendir (vmdir);
+  /* Delete temps no record names, in every disk directory (never a link). */
+  int dfd = openat (vmfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR *d = dfd >= 0 ? fdopendir (dfd) : NULL;
+  if (!d && dfd >= 0)
+    close (dfd);
   struct dirent *de;
   while (d && (de = readdir (d)) != NULL) {
     if (!qb_name_is_safe (de->d_name))
       continue;
-    count += recover_dir (vmdir, de->d_name, recs, n);
+    count += recover_dir (vmfd, de->d_name, recs, n);
     if (!store_is_month (de->d_name))
       continue;
-    char *mpath = qb_asprintf ("%s/%s", vmdir, de->d_name);
-    DIR *m = opendir (mpath);
+    int mfd = qb_openat_nofollow (vmfd, de->d_name, O_RDONLY | O_DIRECTORY);
+    DIR *m = mfd >= 0 ? fdopendir (mfd) : NULL;
+    if (!m && mfd >= 0)
+      close (mfd);
     struct dirent *me;
     while (m && (me = readdir (m)) != NULL) {
       if (!qb_name_is_safe (me->d_name))
         continue;
       char *rel = qb_asprintf ("%s/%s", de->d_name, me->d_name);
-      count += recover_dir (vmdir, rel, recs, n);
+      count += recover_dir (vmfd, rel, recs, n);
       free (rel);
     }
     if (m)
       closedir (m);
-    free (mpath);
   }
   if (d)
     closedir (d);
   /* Stale record temps. */
-  char *pdir = qb_asprintf ("%s/" STORE_POINTS_DIR, vmdir);
-  d = opendir (pdir);
+  int pfd = openat (vmfd, STORE_POINTS_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  d = pfd >= 0 ? fdopendir (pfd) : NULL;
+  if (!d && pfd >= 0)
+    close (pfd);
   int pc = 0;
   while (d && (de = readdir (d)) != NULL)
     if (strncmp (de->d_name, STORE_TMP_PREFIX, strlen (STORE_TMP_PREFIX)) == 0
         && unlinkat (dirfd (d), de->d_name, 0) == 0)
       pc++;
+  if (d && pc)
+    fsync (dirfd (d));
   if (d)
     closedir (d);
-  if (pc)
-    qb_fsync_dir (pdir);
   count += pc;
-  free (pdir);
   store_recs_free (recs, n);
-  free (vmdir);
+  close (vmfd);
   return ret < 0 ? -1 : count;
 }

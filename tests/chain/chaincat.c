@@ -6,11 +6,14 @@
  *   chaincat --range OFF LEN FILE...             LEN bytes at OFF on stdout
  *   chaincat --verify REF FILE...                compare with the raw file REF:
  *       every data extent, samples of holes, and random reads near boundaries
+ *   chaincat --check FILE...                     chain_verify: "ok" or the error
  *
  * FILEs are the layers, base first.  The default mode reads with chain_pread
  * in odd-sized pieces; --extents copies through chain_extent_at (pread from
  * the layer for data extents); --threads reads stripes from N threads at once
- * and needs stdout to be a regular file.  Exit 1 with the error on failure. */
+ * and needs stdout to be a regular file.  Exit 1 with the error on failure.
+ * With CHAINCAT_PEAK_RSS set in the environment, the peak resident memory
+ * of the process ("peak_rss_kib N", from VmHWM) goes to stderr at exit. */
 #include "store/chain.h"
 #include "store/qcow2.h"
 #include "common/error.h"
@@ -26,6 +29,19 @@
 #define BUF_MAX (4u << 20)
 
 static const size_t pieces[] = { 1, 511, 4097, 65535, 3, 1048573, 131073, 777, 2097169, 65536 };
+
+/* Print "peak_rss_kib N" (VmHWM of this process) to stderr. */
+static void
+print_peak_rss (void)
+{
+  FILE *f = fopen ("/proc/self/status", "r");
+  char line[256];
+  while (f && fgets (line, sizeof line, f))
+    if (strncmp (line, "VmHWM:", 6) == 0)
+      fprintf (stderr, "peak_rss_kib %lld\n", strtoll (line + 6, NULL, 10));
+  if (f)
+    fclose (f);
+}
 
 /* Print the last error and exit 1. */
 static void __attribute__ ((noreturn))
@@ -311,16 +327,20 @@ cat_threads (chain_image *ci, int n)
 int
 main (int argc, char **argv)
 {
-  enum { CAT, EXTENTS, MAP, STATS, THREADS, RANGE, VERIFY } mode = CAT;
+  enum { CAT, EXTENTS, MAP, STATS, THREADS, RANGE, VERIFY, CHECK } mode = CAT;
   int nthreads = 0, i = 1;
   uint64_t range_off = 0, range_len = 0;
   const char *ref = NULL;
 
+  if (getenv ("CHAINCAT_PEAK_RSS"))
+    atexit (print_peak_rss);
   for (; i < argc && strncmp (argv[i], "--", 2) == 0; i++) {
     if (strcmp (argv[i], "--map") == 0)
       mode = MAP;
     else if (strcmp (argv[i], "--extents") == 0)
       mode = EXTENTS;
+    else if (strcmp (argv[i], "--check") == 0)
+      mode = CHECK;
     else if (strcmp (argv[i], "--stats") == 0)
       mode = STATS;
     else if (strcmp (argv[i], "--threads") == 0 && i + 1 < argc) {
@@ -336,12 +356,12 @@ main (int argc, char **argv)
       mode = VERIFY;
       ref = argv[++i];
     } else {
-      fprintf (stderr, "usage: chaincat [--map|--extents|--stats|--threads N|--range OFF LEN|--verify REF] FILE...\n");
+      fprintf (stderr, "usage: chaincat [--map|--extents|--stats|--check|--threads N|--range OFF LEN|--verify REF] FILE...\n");
       return 2;
     }
   }
   if (i >= argc) {
-    fprintf (stderr, "usage: chaincat [--map|--extents|--stats|--threads N|--range OFF LEN|--verify REF] FILE...\n");
+    fprintf (stderr, "usage: chaincat [--map|--extents|--stats|--check|--threads N|--range OFF LEN|--verify REF] FILE...\n");
     return 2;
   }
   chain_image *ci = chain_open ((const char *const *) argv + i, (size_t) (argc - i));
@@ -357,6 +377,11 @@ main (int argc, char **argv)
   case THREADS: cat_threads (ci, nthreads); break;
   case RANGE: cat_range (ci, range_off, (size_t) range_len); break;
   case VERIFY: verify (ci, ref, buf); break;
+  case CHECK:
+    if (chain_verify (ci) < 0)
+      die ("check");
+    printf ("ok\n");
+    break;
   case STATS:
     printf ("size %llu\nallocated %llu\nmap_bytes %zu\nmap_clusters %llu\n",
             (unsigned long long) chain_size (ci),

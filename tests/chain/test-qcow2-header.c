@@ -38,6 +38,8 @@ make_header (uint8_t *b, uint32_t v)
   put64 (b + 24, 1ull << 30);
   put32 (b + 36, 2);
   put64 (b + 40, 196608);
+  put64 (b + 48, 65536);
+  put32 (b + 56, 1);
   if (v == 3) {
     put32 (b + 96, 4);
     put32 (b + 100, 112);
@@ -87,6 +89,10 @@ main (void)
     { 72, 16, 1, "extended L2" },
     { 72, 1ull << 40, 1, "incompatible" },
     { 36, 1, 0, "L1 table size" },
+    { 36, 0x7fffffff, 0, "L1 table size" },
+    { 48, 65537, 1, "refcount table" },
+    { 48, 1u << 20, 1, "refcount table" },
+    { 56, 17, 0, "refcount table" },
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     make_header (b, 3);

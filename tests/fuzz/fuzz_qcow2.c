@@ -4,7 +4,8 @@
  * against is the input's size, or (when the input ends in "SIZE" and 8
  * bytes) a size of the fuzzer's choice.  Invariants: whatever the header
  * check accepts and the entry decoders return lies inside that file, is
- * aligned as qcow2 requires, and covers the virtual size. */
+ * aligned as qcow2 requires, and covers the virtual size; an accepted L1
+ * table has at most 4 Mi entries and a refcount table lies in the file. */
 #include "fuzz.h"
 #include "common/error.h"
 #include "store/qcow2.h"
@@ -75,6 +76,14 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   FUZZ_CHECK (need * span >= h.size && (need == 0 || (need - 1) * span < h.size),
               "L1 of %llu entries does not just cover %llu bytes",
               (unsigned long long) need, (unsigned long long) h.size);
+  FUZZ_CHECK (h.l1_size <= 4u * 1024 * 1024, "L1 table of %u entries accepted", h.l1_size);
+  if (h.refcount_clusters > 0)
+    FUZZ_CHECK (h.refcount_offset != 0 && (h.refcount_offset & (cluster - 1)) == 0
+                && h.refcount_offset < fsize
+                && h.refcount_clusters <= (fsize - h.refcount_offset + cluster - 1) / cluster,
+                "refcount table at %llu (%u clusters) outside the file (%llu)",
+                (unsigned long long) h.refcount_offset, h.refcount_clusters,
+                (unsigned long long) fsize);
   if (need == 0)
     return 0;
   FUZZ_CHECK (h.l1_offset != 0 && (h.l1_offset & (cluster - 1)) == 0

@@ -80,4 +80,18 @@ pair v3 top
 pair v2 small
 pair comp top
 pair big v3
+# Hostile tables made by tests/chain/craft_qcow2.py (512-byte clusters, a few
+# KB each): every L1 entry naming one L2 table, L2 tables overlapping the L1
+# or refcount table or a data cluster, shared data clusters, tables and data
+# past the end; with valid and zero-striped ones to mutate from.
+craft=$here/../chain/craft_qcow2.py
+for k in valid zero-stripes shared-l2 overlap-l1 overlap-refcount overlap-data data-shared \
+         data-past-eof l2-past-eof; do
+  python3 "$craft" "$k" "$tmp/$k.qcow2" 9 64
+  cp "$tmp/$k.qcow2" "$c/qcow2/$k"
+  { printf '\x00'; cat "$tmp/$k.qcow2"; } > "$c/chain/$k"
+done
+pair valid shared-l2
+pair shared-l2 valid
+pair v3 overlap-data
 ls -l "$c"/*
