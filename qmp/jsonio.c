@@ -329,13 +329,13 @@ limit_error (jsonio *j, const char *over, const unsigned char *p, size_t n)
   jsonio_sanitize (j->head, j->head_len, snip, sizeof snip);
   if (strcmp (over, "bytes") == 0)
     snprintf (j->broken_why, sizeof j->broken_why,
-              "the peer sent a message larger than the limit of %zu bytes; it may be hostile, "
-              "so the connection was closed (message start: \"%s...\")", j->max_bytes, snip);
+              "refused a message larger than the limit of %zu bytes from a possibly hostile "
+              "peer; connection closed (message start: \"%s...\")", j->max_bytes, snip);
   else
     snprintf (j->broken_why, sizeof j->broken_why,
-              "the peer sent a message of more than %zu JSON values (the limit of this "
-              "connection); it may be hostile, so the connection was closed (message start: "
-              "\"%s...\")", j->max_values, snip);
+              "refused a message of more than %zu JSON values (the limit) from a possibly "
+              "hostile peer; connection closed (message start: \"%s...\")",
+              j->max_values, snip);
   j->broken = true;
   shutdown (j->fd, SHUT_RDWR);
   j->rpos = j->rlen = 0;
@@ -488,9 +488,9 @@ jsonio_skip_to_delimiter (jsonio *j, int timeout_ms)
     if (j->junk > 2 * j->max_bytes) {
       /* Bounds also a caller that resynchronises in a loop on junk. */
       snprintf (j->broken_why, sizeof j->broken_why,
-                "the peer sent more than %zu bytes of junk (garbage or data without "
-                "the 0xFF delimiter) without a valid message; it may be hostile, so the "
-                "connection was closed", 2 * j->max_bytes);
+                "refused more than %zu bytes of junk (garbage, or data without the 0xFF "
+                "delimiter) from a possibly hostile peer; connection closed",
+                2 * j->max_bytes);
       j->broken = true;
       shutdown (j->fd, SHUT_RDWR);
       j->rpos = j->rlen = 0;
