@@ -24,7 +24,6 @@
 /* What the value scanner knows about the current message. */
 typedef struct scan {
   bool in_str, esc;         /* inside a string; after a backslash in it */
-  bool ended;               /* the outermost container closed */
   size_t depth;             /* open containers */
   size_t values;            /* '{' '[' ',' ':' seen outside strings */
 } scan;
@@ -297,10 +296,8 @@ scan_run (const jsonio *j, scan *sc, const unsigned char *p, size_t n, const cha
       }
       break;
     case '}': case ']':
-      if (sc->depth > 0 && --sc->depth == 0) {
-        sc->ended = true;
+      if (sc->depth > 0 && --sc->depth == 0)
         return i + 1;
-      }
       break;
     default:
       break;
