@@ -136,6 +136,12 @@ main (void)
 
   qmp_close (q);
   test_cleanup ();
+  for (int i = 9; i < argc; i++)
+    if (strcmp (argv[i], "-drive") != 0)
+      free (argv[i]);
+  free (sock);
+  free (qmparg);
+  free (log);
   printf ("qmp limits: real replies pass with %dx margin\n", MARGIN);
   return 0;
 }
