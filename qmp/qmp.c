@@ -43,14 +43,25 @@ dequeue_event (qmp *q)
   return ev;
 }
 
-/* EV (consumed) without its "data": {"event", "timestamp", "data-dropped"}. */
+#define STUB_NAME_MAX 64   /* event names are short: QEMU's longest is ~30 */
+
+/* EV (consumed) reduced to a small stub: {"event": its name (a string of
+ * at most STUB_NAME_MAX bytes), "timestamp" (only when it is an object of
+ * two integers, as QEMU sends it), "data-dropped": true}. */
 static json_object *
 event_stub (json_object *ev)
 {
-  json_object *stub = json_object_new_object (), *v;
-  if (json_object_object_get_ex (ev, "event", &v))
-    json_object_object_add (stub, "event", json_object_get (v));
-  if (json_object_object_get_ex (ev, "timestamp", &v))
+  json_object *stub = json_object_new_object (), *v, *sec, *usec;
+  const char *name = "";
+  if (json_object_object_get_ex (ev, "event", &v) && json_object_is_type (v, json_type_string))
+    name = json_object_get_string (v);
+  size_t len = strnlen (name, STUB_NAME_MAX);
+  json_object_object_add (stub, "event", json_object_new_string_len (name, (int) len));
+  if (json_object_object_get_ex (ev, "timestamp", &v) && json_object_is_type (v, json_type_object)
+      && json_object_object_length (v) == 2
+      && json_object_object_get_ex (v, "seconds", &sec) && json_object_is_type (sec, json_type_int)
+      && json_object_object_get_ex (v, "microseconds", &usec)
+      && json_object_is_type (usec, json_type_int))
     json_object_object_add (stub, "timestamp", json_object_get (v));
   json_object_object_add (stub, "data-dropped", json_object_new_boolean (1));
   json_object_put (ev);

@@ -574,6 +574,48 @@ qmp_amp_events (void)
 }
 
 static void
+script_amp_stub (jsonio *srv, const char *id)
+{
+  /* The amplification where a stub might keep it: name and timestamp. */
+  size_t n = 10000;
+  char *amp = malloc (3 * n + 3);
+  for (size_t i = 0; i + 1 < n; i++)
+    memcpy (amp + 3 * i, "{},", 3);
+  memcpy (amp + 3 * (n - 1), "{}", 3);
+  char *e = qb_asprintf ("{\"event\": [%s], \"timestamp\": [%s], \"data\": 1}\n", amp, amp);
+  for (int i = 0; i < 300; i++)
+    if (jsonio_send_raw (srv, e, strlen (e), 30000) < 0)
+      break;
+  free (e);
+  free (amp);
+  char *r = qb_asprintf ("{\"return\": {}, \"id\": \"%s\"}\n", id);
+  jsonio_send_raw (srv, r, strlen (r), 5000);
+  free (r);
+}
+
+/* 300 events whose name and timestamp are 10,000 "{}" each: the queued
+ * stubs keep neither. */
+static void
+qmp_amp_stub (void)
+{
+  server s;
+  qmp *q = server_start (&s, script_amp_stub);
+  CHECK (qmp_run (q, "cont", NULL, 60000) == 0);
+  json_object *ev, *name;
+  int n = 0;
+  while ((ev = qmp_next_event (q, 0))) {
+    CHECK (json_object_object_get_ex (ev, "event", &name)
+           && json_object_is_type (name, json_type_string));
+    CHECK (!json_object_object_get_ex (ev, "timestamp", NULL));
+    CHECK (json_object_object_get_ex (ev, "data-dropped", NULL));
+    json_object_put (ev);
+    n++;
+  }
+  CHECK (n == QMP_EVENT_QUEUE_MAX);
+  server_stop (&s, q);
+}
+
+static void
 script_small_events (jsonio *srv, const char *id)
 {
   send_events (srv, 5000, 10 << 10, false, id);
@@ -712,6 +754,7 @@ main (void)
   run_case ("guest agent client, 60 MB reply", agent_client_60mb);
   run_case ("qmp client, 1100 events of 64 KB", qmp_big_events);
   run_case ("qmp client, 300 events of 64 KB {}", qmp_amp_events);
+  run_case ("qmp client, 300 events, {} in name/time", qmp_amp_stub);
   run_case ("qmp client, 5000 events of 10 KB", qmp_many_events);
   run_case ("qmp client, endless events/replies", qmp_endless);
   run_case ("qmp client, 60 MB reply", qmp_amp_reply);
