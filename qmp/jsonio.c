@@ -473,6 +473,10 @@ jsonio_skip_to_delimiter (jsonio *j, int timeout_ms)
   uint64_t deadline = deadline_of (timeout_ms);
   if (j->broken)
     return broken_error (j);
+  /* Resynchronising is never instant: a caller looping on it with what is
+   * left of a deadline stops once nothing is left, however fast junk comes. */
+  if (timeout_ms <= 0)
+    return qb_error_set (QB_ETIMEDOUT, "no time left to wait for the 0xFF delimiter");
   reset_message (j);
   for (bool first = true;; first = false) {
     if (!first && remaining_ms (deadline) == 0)

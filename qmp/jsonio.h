@@ -78,8 +78,10 @@ int jsonio_send_raw (jsonio *j, const void *buf, size_t len, int timeout_ms);
 json_object *jsonio_recv (jsonio *j, int timeout_ms);
 
 /* Discard input up to and including the first byte 0xFF (guest-agent
- * delimiter), within TIMEOUT_MS; resets the parser.  More than twice the
- * byte limit of junk before it breaks the connection (QB_EPROTO). */
+ * delimiter), within TIMEOUT_MS; resets the parser.  TIMEOUT_MS <= 0 fails
+ * at once with QB_ETIMEDOUT (so a resync loop ends at its deadline).  More
+ * than twice the byte limit of junk since the last good message breaks the
+ * connection (QB_EPROTO). */
 int jsonio_skip_to_delimiter (jsonio *j, int timeout_ms);
 
 /* Connect to the unix stream socket at PATH (non-blocking, close-on-exec),

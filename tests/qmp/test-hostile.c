@@ -340,6 +340,7 @@ typedef struct agent {
   int lfd;
   const char *unit;   /* repeated in the reply to the first command after sync */
   size_t count;
+  bool wrong_ids;     /* answer the sync with wrong ids, forever */
 } agent;
 
 /* Thread: accept one client, answer guest-sync-delimited, then answer the
@@ -352,8 +353,15 @@ agent_main (void *arg)
   if (fd < 0)
     return NULL;
   jsonio *j = jsonio_new (fd);
-  json_object *m, *args, *id;
-  if (jsonio_skip_to_delimiter (j, 5000) == 0 && (m = jsonio_recv (j, 5000))) {
+  json_object *m = NULL, *args, *id;
+  if (jsonio_skip_to_delimiter (j, 5000) == 0)
+    m = jsonio_recv (j, 5000);
+  if (m && a->wrong_ids) {
+    json_object_put (m);
+    feed f = { .fd = fd, .prefix = "", .unit = "\xff{\"return\": 5}\n", .suffix = "" };
+    feeder_main (&f);
+  }
+  else if (m) {
     if (json_object_object_get_ex (m, "arguments", &args)
         && json_object_object_get_ex (args, "id", &id)) {
       char *r = qb_asprintf ("\xff{\"return\": %lld}\n", (long long) json_object_get_int64 (id));
@@ -416,6 +424,26 @@ agent_client (size_t size)
 }
 
 static void agent_client_8mb (void) { agent_client (8u << 20); }
+
+/* An agent that floods sync replies with the wrong id, fast and forever:
+ * the connect gives up at its timeout. */
+static void
+agent_sync_flood (void)
+{
+  char *path;
+  agent a = { .wrong_ids = true };
+  a.lfd = listen_unix ("qga.sock", &path);
+  pthread_t t;
+  CHECK (pthread_create (&t, NULL, agent_main, &a) == 0);
+  uint64_t t0 = qb_mono_ms ();
+  CHECK (qga_connect (path, 1000) == NULL);
+  CHECK_ERR (QB_ETIMEDOUT, "sync handshake");
+  CHECK (qb_mono_ms () - t0 < 1000 + SLACK_MS);
+  pthread_join (t, NULL);
+  close (a.lfd);
+  free (path);
+  test_cleanup ();
+}
 static void agent_client_60mb (void) { agent_client (60u << 20); }
 
 /* ---- the QMP client against a fake QEMU ---- */
@@ -752,6 +780,7 @@ main (void)
   run_case ("endless streams", endless_streams);
   run_case ("guest agent client, 8 MB reply", agent_client_8mb);
   run_case ("guest agent client, 60 MB reply", agent_client_60mb);
+  run_case ("guest agent client, endless wrong syncs", agent_sync_flood);
   run_case ("qmp client, 1100 events of 64 KB", qmp_big_events);
   run_case ("qmp client, 300 events of 64 KB {}", qmp_amp_events);
   run_case ("qmp client, 300 events, {} in name/time", qmp_amp_stub);
