@@ -506,6 +506,23 @@ cmd_merge (const opts *o)
 
 /* ---- rebase: merge into the FULL in place ---- */
 
+/* 0 if only we (or root) can change directory DIR, where rebase renames and
+ * writes files in place; else -1 with QB_EPERM saying what to do. */
+static int
+dir_private (const char *dir)
+{
+  struct stat sb;
+  if (stat (dir, &sb) < 0)
+    return qb_error_set_errno (errno, "%s", dir);
+  if (sb.st_mode & 022)
+    return qb_error_set (QB_EPERM, "%s is writable by other users, who could plant files "
+                         "where rebase writes; make it private (chmod go-w) and retry", dir);
+  if (sb.st_uid != geteuid () && sb.st_uid != 0)
+    return qb_error_set (QB_EPERM, "%s belongs to another user (uid %u); rebase works in "
+                         "place and refuses it", dir, (unsigned) sb.st_uid);
+  return 0;
+}
+
 /* Index of this disk's entry (file REL/NAME) in record OBJ's "disks", or -1. */
 static int
 record_disk_index (json_object *obj, const where *w, const char *name)
@@ -600,7 +617,7 @@ cmd_rebase (const opts *o)
   int rc = 1;
   char *newname = NULL, *newpath = NULL, *mpath = NULL, *mname = NULL;
 
-  if (where_parse (o->dir, &w) < 0) {
+  if (where_parse (o->dir, &w) < 0 || dir_private (w.dir) < 0) {
     rc = fail ("rebase");
     goto out;
   }

@@ -4,7 +4,7 @@
 # target itself, pointing to files outside, are never followed; the outside
 # files keep their bytes; the result is a regular file, mode 0600, and equal
 # byte for byte to the restore point; no temporary is left behind, also when
-# the conversion fails.
+# the conversion fails.  `rebase` refuses a disk folder others can write.
 set -euo pipefail
 . "$QB_SOURCE_DIR/tests/lib/vm.sh"
 . "$QB_SOURCE_DIR/tests/lib/cli.sh"
@@ -102,4 +102,18 @@ if "$QMPREBASE" merge --dir "$dir" --targetfile "$T/nowhere/W.raw" >/dev/null 2>
 fi
 grep -q "nowhere" "$T/err" || qb_die "unexpected error: $(cat "$T/err")"
 check_victims
+
+# `rebase` renames and writes in place in the disk folder: one that other
+# users can write is refused, with the way out, and nothing changes.
+sums=$(cd "$dir" && md5sum ./* | sort)
+chmod 0777 "$dir"
+if "$QMPREBASE" rebase --dir "$dir" >/dev/null 2>"$T/err"; then
+  qb_die "rebase in a folder writable by others succeeded"
+fi
+grep -q "writable by other users" "$T/err" && grep -q "chmod go-w" "$T/err" \
+  || qb_die "unexpected error: $(cat "$T/err")"
+[ "$(cd "$dir" && md5sum ./* | sort)" = "$sums" ] || qb_die "a refused rebase changed the chain"
+chmod 0700 "$dir"
+"$QMPREBASE" rebase --dir "$dir" >/dev/null || qb_die "rebase in a private folder failed"
+qb_check_merge "$dir" "$((epoch + 3600))" "$T/ref.raw"
 qb_log "ok: planted symlinks not followed, results 0600 and exact, no temporaries left"
