@@ -19,6 +19,14 @@
 #define RBUF_SIZE (64 * 1024)
 #define HEAD_SIZE 40          /* bytes of a message kept for error messages */
 #define POLL_SLICE_MS 100
+#define TOKENER_KEEP (256 * 1024) /* after a bigger message, a fresh tokener frees its buffer */
+
+/* What the value scanner knows about the current message. */
+typedef struct scan {
+  bool in_str, esc;         /* inside a string; after a backslash in it */
+  size_t depth;             /* open containers */
+  size_t values;            /* '{' '[' ',' ':' seen outside strings */
+} scan;
 
 struct jsonio {
   int fd;
@@ -27,6 +35,12 @@ struct jsonio {
   unsigned char *rbuf;
   size_t rpos, rlen;        /* unread bytes are rbuf[rpos..rlen) */
   size_t msg_bytes;         /* bytes of the current message fed so far */
+  scan sc;                  /* scanner state after those bytes */
+  size_t max_bytes, max_values;
+  size_t last_bytes, last_values;
+  size_t junk;              /* bytes skipped or refused since the last good message */
+  bool broken;              /* a message was refused: no more traffic */
+  char broken_why[400];
   unsigned char head[HEAD_SIZE];
   size_t head_len;
 };
@@ -53,7 +67,40 @@ jsonio_new (int fd)
   j->fd = fd;
   j->tok = tokener_make ();
   j->rbuf = qb_calloc (1, RBUF_SIZE);
+  j->max_bytes = JSONIO_QMP_MAX_BYTES;
+  j->max_values = JSONIO_QMP_MAX_VALUES;
   return j;
+}
+
+void
+jsonio_set_limits (jsonio *j, size_t max_bytes, size_t max_values)
+{
+  if (max_bytes)
+    j->max_bytes = max_bytes;
+  if (max_values)
+    j->max_values = max_values;
+}
+
+void
+jsonio_last_size (jsonio *j, size_t *bytes, size_t *values)
+{
+  if (bytes)
+    *bytes = j->last_bytes;
+  if (values)
+    *values = j->last_values;
+}
+
+bool
+jsonio_broken (jsonio *j)
+{
+  return j->broken;
+}
+
+/* The error of a call on a broken connection: -1 with QB_EPROTO. */
+static int
+broken_error (jsonio *j)
+{
+  return qb_error_set (QB_EPROTO, "%s", j->broken_why);
 }
 
 void
@@ -153,6 +200,8 @@ jsonio_send_raw (jsonio *j, const void *buf, size_t len, int timeout_ms)
 {
   const char *p = buf;
   uint64_t deadline = deadline_of (timeout_ms);
+  if (j->broken)
+    return broken_error (j);
   while (len > 0) {
     ssize_t n = send (j->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0 && errno == ENOTSOCK)
@@ -191,13 +240,105 @@ jsonio_send (jsonio *j, json_object *obj, int timeout_ms)
   return r;
 }
 
-/* Forget any partial message: fresh tokener, empty head. */
+/* Forget any partial message: fresh tokener, empty head.  After a big
+ * message the tokener is replaced so its grown buffer is freed. */
 static void
 reset_message (jsonio *j)
 {
-  json_tokener_reset (j->tok);
+  if (j->msg_bytes > TOKENER_KEEP) {
+    json_tokener_free (j->tok);
+    j->tok = tokener_make ();
+  }
+  else
+    json_tokener_reset (j->tok);
   j->msg_bytes = 0;
   j->head_len = 0;
+  memset (&j->sc, 0, sizeof j->sc);
+}
+
+/* Run the scanner SC over up to N bytes of P, a continuation of the current
+ * message of which MSG_BYTES were fed already.  Stops after the byte that
+ * closes the outermost container.  Returns the bytes that may be fed; sets
+ * *OVER to "bytes" or "values" (else NULL) when the byte after those would
+ * cross the limit. */
+static size_t
+scan_run (const jsonio *j, scan *sc, const unsigned char *p, size_t n, const char **over)
+{
+  *over = NULL;
+  size_t room = j->max_bytes > j->msg_bytes ? j->max_bytes - j->msg_bytes : 0;
+  for (size_t i = 0; i < n; i++) {
+    if (i >= room) {
+      *over = "bytes";
+      return i;
+    }
+    unsigned char c = p[i];
+    if (sc->in_str) {
+      if (sc->esc)
+        sc->esc = false;
+      else if (c == '\\')
+        sc->esc = true;
+      else if (c == '"')
+        sc->in_str = false;
+      continue;
+    }
+    switch (c) {
+    case '"':
+      sc->in_str = true;
+      break;
+    case '{': case '[':
+      sc->depth++;
+      /* fall through */
+    case ',': case ':':
+      if (++sc->values > j->max_values) {
+        sc->values--;
+        *over = "values";
+        return i;
+      }
+      break;
+    case '}': case ']':
+      if (sc->depth > 0 && --sc->depth == 0)
+        return i + 1;
+      break;
+    default:
+      break;
+    }
+  }
+  return n;
+}
+
+/* Copy up to the head's free room from P (N bytes) into the head. */
+static void
+head_add (jsonio *j, const unsigned char *p, size_t n)
+{
+  size_t k = n < HEAD_SIZE - j->head_len ? n : HEAD_SIZE - j->head_len;
+  memcpy (j->head + j->head_len, p, k);
+  j->head_len += k;
+}
+
+/* Refuse the current message for crossing the OVER limit ("bytes" or
+ * "values"), P/N being the unfed rest of the buffer: break the connection
+ * (shut down, buffer dropped) and set QB_EPROTO.  Returns NULL. */
+static json_object *
+limit_error (jsonio *j, const char *over, const unsigned char *p, size_t n)
+{
+  char snip[HEAD_SIZE * 4 + 1];
+  head_add (j, p, n);
+  jsonio_sanitize (j->head, j->head_len, snip, sizeof snip);
+  if (strcmp (over, "bytes") == 0)
+    snprintf (j->broken_why, sizeof j->broken_why,
+              "refused a message larger than the limit of %zu bytes from a possibly hostile "
+              "peer; connection closed (message start: \"%s...\")", j->max_bytes, snip);
+  else
+    snprintf (j->broken_why, sizeof j->broken_why,
+              "refused a message of more than %zu JSON values (the limit) from a possibly "
+              "hostile peer; connection closed (message start: \"%s...\")",
+              j->max_values, snip);
+  j->broken = true;
+  shutdown (j->fd, SHUT_RDWR);
+  j->rpos = j->rlen = 0;
+  reset_message (j);
+  broken_error (j);
+  return NULL;
 }
 
 /* Read more bytes into the buffer, waiting until DEADLINE: 0 or -1
@@ -238,6 +379,7 @@ proto_error (jsonio *j, const char *why)
   jsonio_sanitize (j->head, j->head_len, snip, sizeof snip);
   qb_error_set (QB_EPROTO, "the peer sent invalid data (%s): \"%s%s\"",
                 why, snip, j->msg_bytes > j->head_len ? "..." : "");
+  j->junk += j->msg_bytes;
   reset_message (j);
   return NULL;
 }
@@ -246,7 +388,23 @@ json_object *
 jsonio_recv (jsonio *j, int timeout_ms)
 {
   uint64_t deadline = deadline_of (timeout_ms);
-  for (;;) {
+  if (j->broken) {
+    broken_error (j);
+    return NULL;
+  }
+  for (bool first = true;; first = false) {
+    /* A peer that keeps sending must not hold us past the deadline. */
+    if (!first) {
+      if (j->cancel && atomic_load (j->cancel)) {
+        qb_error_set (QB_ECANCELED, "canceled while waiting for a message");
+        return NULL;
+      }
+      if (remaining_ms (deadline) == 0) {
+        qb_error_set (QB_ETIMEDOUT, "no complete message from the peer within %d ms",
+                      timeout_ms);
+        return NULL;
+      }
+    }
     /* Between messages, whitespace (" \t\r\n") is skipped. */
     if (j->msg_bytes == 0)
       while (j->rpos < j->rlen && strchr (" \t\r\n", j->rbuf[j->rpos]) && j->rbuf[j->rpos])
@@ -258,18 +416,23 @@ jsonio_recv (jsonio *j, int timeout_ms)
     }
     const unsigned char *p = j->rbuf + j->rpos;
     size_t n = j->rlen - j->rpos;
-    json_object *obj = json_tokener_parse_ex (j->tok, (const char *) p, (int) n);
+    /* Count what json-c would build before it sees a byte of it. */
+    scan sc = j->sc;
+    const char *over;
+    size_t feed = scan_run (j, &sc, p, n, &over);
+    if (over && feed == 0)
+      return limit_error (j, over, p, n);
+    json_object *obj = json_tokener_parse_ex (j->tok, (const char *) p, (int) feed);
     enum json_tokener_error err = json_tokener_get_error (j->tok);
     size_t used = obj || err == json_tokener_continue || err == json_tokener_success
-      ? json_tokener_get_parse_end (j->tok) : n;
-    if (used > n)
-      used = n;
+      ? json_tokener_get_parse_end (j->tok) : feed;
+    if (used > feed)
+      used = feed;
     if (j->head_len < HEAD_SIZE) {
-      size_t k = used < HEAD_SIZE - j->head_len ? used : HEAD_SIZE - j->head_len;
+      size_t k = used;
       if (err != json_tokener_success && err != json_tokener_continue && k == 0)
-        k = n < HEAD_SIZE - j->head_len ? n : HEAD_SIZE - j->head_len;
-      memcpy (j->head + j->head_len, p, k);
-      j->head_len += k;
+        k = n;
+      head_add (j, p, k);
     }
     j->msg_bytes += used;
     j->rpos += used;
@@ -278,6 +441,9 @@ jsonio_recv (jsonio *j, int timeout_ms)
         json_object_put (obj);
         return proto_error (j, "not a JSON object");
       }
+      j->last_bytes = j->msg_bytes;
+      j->last_values = sc.values;
+      j->junk = 0;
       reset_message (j);
       return obj;
     }
@@ -286,11 +452,13 @@ jsonio_recv (jsonio *j, int timeout_ms)
       return proto_error (j, "not a JSON object");
     }
     if (err == json_tokener_continue) {
-      if (j->msg_bytes > JSONIO_MAX_MESSAGE)
-        return proto_error (j, "message larger than the limit");
+      j->sc = sc;
+      if (over)
+        return limit_error (j, over, p + used, n - used);
       continue;
     }
     /* A syntax error desynchronises the stream: drop what is buffered. */
+    j->junk += n - used;
     j->rpos = j->rlen = 0;
     char why[128];
     snprintf (why, sizeof why, "%s", err == json_tokener_error_depth
@@ -303,19 +471,38 @@ int
 jsonio_skip_to_delimiter (jsonio *j, int timeout_ms)
 {
   uint64_t deadline = deadline_of (timeout_ms);
+  if (j->broken)
+    return broken_error (j);
+  /* Resynchronising is never instant: a caller looping on it with what is
+   * left of a deadline stops once nothing is left, however fast junk comes. */
+  if (timeout_ms <= 0)
+    return qb_error_set (QB_ETIMEDOUT, "no time left to wait for the 0xFF delimiter");
   reset_message (j);
-  for (;;) {
+  for (bool first = true;; first = false) {
+    if (!first && remaining_ms (deadline) == 0)
+      return qb_error_set (QB_ETIMEDOUT, "no 0xFF delimiter from the peer within %d ms",
+                           timeout_ms);
     unsigned char *ff = memchr (j->rbuf + j->rpos, 0xff, j->rlen - j->rpos);
-    if (ff) {
-      j->rpos = (size_t) (ff - j->rbuf) + 1;
-      return 0;
+    size_t skip = ff ? (size_t) (ff - j->rbuf) + 1 - j->rpos : j->rlen - j->rpos;
+    j->junk += skip;
+    j->rpos += skip;
+    if (j->junk > 2 * j->max_bytes) {
+      /* Bounds also a caller that resynchronises in a loop on junk. */
+      snprintf (j->broken_why, sizeof j->broken_why,
+                "refused more than %zu bytes of junk (garbage, or data without the 0xFF "
+                "delimiter) from a possibly hostile peer; connection closed",
+                2 * j->max_bytes);
+      j->broken = true;
+      shutdown (j->fd, SHUT_RDWR);
+      j->rpos = j->rlen = 0;
+      return broken_error (j);
     }
-    j->rpos = j->rlen = 0;
+    if (ff)
+      return 0;
     if (fill (j, deadline, "waiting for the 0xFF delimiter") < 0)
       return -1;
   }
 }
-
 int
 jsonio_connect_unix (const char *path, int timeout_ms)
 {

@@ -93,6 +93,7 @@ qga_connect (const char *path, int timeout_ms)
     return NULL;
   qga *g = qb_calloc (1, sizeof *g);
   g->io = jsonio_new (fd);
+  jsonio_set_limits (g->io, JSONIO_QGA_MAX_BYTES, JSONIO_QGA_MAX_VALUES);
   g->path = qb_strdup (path);
   if (qga_sync (g, deadline) < 0) {
     qga_close (g);

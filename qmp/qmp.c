@@ -15,9 +15,11 @@ struct qmp {
   char *path;
   uint64_t next_id;
   char last_class[64];
-  /* Event queue: a ring of at most QMP_EVENT_QUEUE_MAX events. */
+  /* Event queue: a ring of at most QMP_EVENT_QUEUE_MAX events, with the
+   * wire bytes and values each one cost, and their sums. */
   json_object *events[QMP_EVENT_QUEUE_MAX];
-  size_t ev_head, ev_count;
+  size_t ev_bytes[QMP_EVENT_QUEUE_MAX], ev_values[QMP_EVENT_QUEUE_MAX];
+  size_t ev_head, ev_count, ev_sum_bytes, ev_sum_values;
   bool events_lost;
 };
 
@@ -29,17 +31,71 @@ left_ms (uint64_t deadline)
   return now >= deadline ? 0 : (int) (deadline - now);
 }
 
-/* Append EV (consumed) to the queue, dropping the oldest when full. */
+/* Remove the oldest queued event and return it (the caller owns it). */
+static json_object *
+dequeue_event (qmp *q)
+{
+  json_object *ev = q->events[q->ev_head];
+  q->ev_sum_bytes -= q->ev_bytes[q->ev_head];
+  q->ev_sum_values -= q->ev_values[q->ev_head];
+  q->ev_head = (q->ev_head + 1) % QMP_EVENT_QUEUE_MAX;
+  q->ev_count--;
+  return ev;
+}
+
+#define STUB_NAME_MAX 64   /* event names are short: QEMU's longest is ~30 */
+
+/* EV (consumed) reduced to a small stub: {"event": its name (a string of
+ * at most STUB_NAME_MAX bytes), "timestamp" (only when it is an object of
+ * two integers, as QEMU sends it), "data-dropped": true}. */
+static json_object *
+event_stub (json_object *ev)
+{
+  json_object *stub = json_object_new_object (), *v, *sec, *usec;
+  const char *name = "";
+  if (json_object_object_get_ex (ev, "event", &v) && json_object_is_type (v, json_type_string))
+    name = json_object_get_string (v);
+  size_t len = strnlen (name, STUB_NAME_MAX);
+  json_object_object_add (stub, "event", json_object_new_string_len (name, (int) len));
+  if (json_object_object_get_ex (ev, "timestamp", &v) && json_object_is_type (v, json_type_object)
+      && json_object_object_length (v) == 2
+      && json_object_object_get_ex (v, "seconds", &sec) && json_object_is_type (sec, json_type_int)
+      && json_object_object_get_ex (v, "microseconds", &usec)
+      && json_object_is_type (usec, json_type_int))
+    json_object_object_add (stub, "timestamp", json_object_get (v));
+  json_object_object_add (stub, "data-dropped", json_object_new_boolean (1));
+  json_object_put (ev);
+  return stub;
+}
+
+/* Append EV (consumed, just read from the socket) to the queue: an
+ * oversized event loses its data, the oldest go while the queue is over a
+ * limit in events, bytes or values. */
 static void
 queue_event (qmp *q, json_object *ev)
 {
-  if (q->ev_count == QMP_EVENT_QUEUE_MAX) {
-    json_object_put (q->events[q->ev_head]);
-    q->ev_head = (q->ev_head + 1) % QMP_EVENT_QUEUE_MAX;
-    q->ev_count--;
+  size_t bytes, values;
+  jsonio_last_size (q->io, &bytes, &values);
+  if (bytes > QMP_EVENT_KEEP_BYTES || values > QMP_EVENT_KEEP_VALUES) {
+    ev = event_stub (ev);
+    size_t len;
+    json_object_to_json_string_length (ev, JSON_C_TO_STRING_PLAIN, &len);
+    bytes = len;
+    values = 8;
     q->events_lost = true;
   }
-  q->events[(q->ev_head + q->ev_count) % QMP_EVENT_QUEUE_MAX] = ev;
+  while (q->ev_count > 0 && (q->ev_count == QMP_EVENT_QUEUE_MAX
+                             || q->ev_sum_bytes + bytes > QMP_EVENT_QUEUE_BYTES
+                             || q->ev_sum_values + values > QMP_EVENT_QUEUE_VALUES)) {
+    json_object_put (dequeue_event (q));
+    q->events_lost = true;
+  }
+  size_t slot = (q->ev_head + q->ev_count) % QMP_EVENT_QUEUE_MAX;
+  q->events[slot] = ev;
+  q->ev_bytes[slot] = bytes;
+  q->ev_values[slot] = values;
+  q->ev_sum_bytes += bytes;
+  q->ev_sum_values += values;
   q->ev_count++;
 }
 
@@ -99,8 +155,8 @@ qmp_close (qmp *q)
   if (!q)
     return;
   jsonio_free (q->io);
-  for (size_t i = 0; i < q->ev_count; i++)
-    json_object_put (q->events[(q->ev_head + i) % QMP_EVENT_QUEUE_MAX]);
+  while (q->ev_count > 0)
+    json_object_put (dequeue_event (q));
   free (q->path);
   free (q);
 }
@@ -111,17 +167,29 @@ qmp_set_cancel (qmp *q, const atomic_int *cancel)
   jsonio_set_cancel (q->io, cancel);
 }
 
-/* Turn an {"error": {...}} reply into QB_EQMP "Class: desc"; returns NULL. */
+/* Peer string V (any JSON value, may be NULL) escaped into OUT (OUTLEN
+ * bytes): control and non-ASCII bytes as \xNN; FALLBACK when V is absent. */
+static void
+peer_text (json_object *v, const char *fallback, char *out, size_t outlen)
+{
+  const char *s = v ? json_object_get_string (v) : NULL;
+  if (!s)
+    s = fallback;
+  jsonio_sanitize (s, strlen (s), out, outlen);
+}
+
+/* Turn an {"error": {...}} reply into QB_EQMP "Class: desc", both escaped
+ * so no peer byte reaches a terminal or log raw; returns NULL. */
 static json_object *
 reply_error (qmp *q, const char *cmd, json_object *err)
 {
   json_object *cls = NULL, *desc = NULL;
   json_object_object_get_ex (err, "class", &cls);
   json_object_object_get_ex (err, "desc", &desc);
-  const char *c = cls ? json_object_get_string (cls) : "GenericError";
-  snprintf (q->last_class, sizeof q->last_class, "%s", c ? c : "GenericError");
-  qb_error_set (QB_EQMP, "%s: %s", q->last_class,
-                desc ? json_object_get_string (desc) : "(no description)");
+  char d[1024];
+  peer_text (cls, "GenericError", q->last_class, sizeof q->last_class);
+  peer_text (desc, "(no description)", d, sizeof d);
+  qb_error_set (QB_EQMP, "%s: %s", q->last_class, d);
   (void) cmd;
   return NULL;
 }
@@ -154,6 +222,8 @@ qmp_execute (qmp *q, const char *cmd, json_object *args, int timeout_ms)
     }
     if (json_object_object_get_ex (m, "event", NULL)) {
       queue_event (q, m);
+      if (left_ms (deadline) == 0)
+        goto timeout;
       continue;
     }
     json_object *mid = NULL, *ret = NULL, *err = NULL;
@@ -167,6 +237,8 @@ qmp_execute (qmp *q, const char *cmd, json_object *args, int timeout_ms)
                        : err != NULL;
     if (!ours) {
       json_object_put (m);
+      if (left_ms (deadline) == 0)
+        goto timeout;
       continue;
     }
     if (err) {
@@ -183,6 +255,10 @@ qmp_execute (qmp *q, const char *cmd, json_object *args, int timeout_ms)
     json_object_put (m);
     return ret;
   }
+ timeout:
+  /* The peer kept talking, but not our reply. */
+  qb_error_set (QB_ETIMEDOUT, "QMP command %s: no reply within %d ms", cmd, timeout_ms);
+  return NULL;
 }
 
 int
@@ -210,12 +286,8 @@ qmp_events_lost (qmp *q)
 json_object *
 qmp_next_event (qmp *q, int timeout_ms)
 {
-  if (q->ev_count > 0) {
-    json_object *ev = q->events[q->ev_head];
-    q->ev_head = (q->ev_head + 1) % QMP_EVENT_QUEUE_MAX;
-    q->ev_count--;
-    return ev;
-  }
+  if (q->ev_count > 0)
+    return dequeue_event (q);
   uint64_t deadline = qb_mono_ms () + (timeout_ms > 0 ? (uint64_t) timeout_ms : 0);
   for (;;) {
     json_object *m = jsonio_recv (q->io, left_ms (deadline));
@@ -227,6 +299,10 @@ qmp_next_event (qmp *q, int timeout_ms)
     if (json_object_object_get_ex (m, "event", NULL))
       return m;
     json_object_put (m);   /* a late reply to a command that timed out */
+    if (left_ms (deadline) == 0) {
+      qb_error_set (QB_ETIMEDOUT, "no QMP event within %d ms", timeout_ms);
+      return NULL;
+    }
   }
 }
 

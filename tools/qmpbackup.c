@@ -76,14 +76,68 @@ static const char cleanup_usage[] =
   "Cancels leftover qmpbackup jobs and target nodes in QEMU; with --remove-bitmaps\n"
   "also removes every qmpbackup-* dirty bitmap (the next backup is then a full).\n";
 
+/* Length of the valid UTF-8 sequence at S that encodes a printable
+ * character (not a C1 control U+0080..U+009F), or 0. */
+static size_t
+utf8_printable (const unsigned char *s)
+{
+  size_t n = s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc2 ? 2 : 0;
+  if (n == 0 || s[0] > 0xf4)
+    return 0;
+  for (size_t i = 1; i < n; i++)
+    if ((s[i] & 0xc0) != 0x80)
+      return 0;
+  if (n == 2 && s[0] == 0xc2 && s[1] < 0xa0)
+    return 0;                                   /* C1 control */
+  if ((n == 3 && s[0] == 0xe0 && s[1] < 0xa0) || (n == 4 && s[0] == 0xf0 && s[1] < 0x90)
+      || (n == 4 && s[0] == 0xf4 && s[1] > 0x8f) || (n == 3 && s[0] == 0xed && s[1] > 0x9f))
+    return 0;                                   /* overlong, beyond U+10FFFF, surrogate */
+  return n;
+}
+
+/* S made safe for a terminal or a log (malloc'd): control bytes (ESC,
+ * newline...), DEL, C1 controls and invalid UTF-8 become \xNN, or \u00NN
+ * when JSON is set (then newlines and tabs, which json-c only emits as
+ * layout, stay).  Text from the VM, its guest or QEMU goes through this. */
+static char *
+term_text (const char *s, bool json)
+{
+  const unsigned char *p = (const unsigned char *) s;
+  size_t len = strlen (s), o = 0;
+  char *out = qb_calloc (len * 6 + 1, 1);
+  for (size_t i = 0; i < len;) {
+    size_t n = p[i] >= 0x80 ? utf8_printable (p + i) : 0;
+    if (n > 0 || (p[i] >= 0x20 && p[i] < 0x7f) || (json && (p[i] == '\n' || p[i] == '\t'))) {
+      n = n ? n : 1;
+      memcpy (out + o, p + i, n);
+      o += n;
+      i += n;
+      continue;
+    }
+    o += (size_t) sprintf (out + o, json ? "\\u%04x" : "\\x%02x", p[i]);
+    i++;
+  }
+  out[o] = '\0';
+  return out;
+}
+
+/* fprintf (F, "qmpbackup: %s\n", S) with S made safe by term_text. */
+static void
+print_safe (FILE *f, const char *s)
+{
+  char *t = term_text (s, false);
+  fprintf (f, "qmpbackup: %s\n", t);
+  free (t);
+}
+
 /* Print USAGE to stderr and return the usage exit code. */
 static int
 usage_error (const char *usage, const char *fmt, const char *arg)
 {
   if (fmt) {
-    fprintf (stderr, "qmpbackup: ");
-    fprintf (stderr, fmt, arg);
-    fprintf (stderr, "\n");
+    char *msg = qb_asprintf (fmt, arg);
+    print_safe (stderr, msg);
+    free (msg);
   }
   fputs (usage, stderr);
   return EXIT_USAGE;
@@ -107,7 +161,9 @@ exit_code (void)
 static int
 fail (const char *what)
 {
-  fprintf (stderr, "qmpbackup: %s: %s\n", what, qb_error_msg ());
+  char *msg = qb_asprintf ("%s: %s", what, qb_error_msg ());
+  print_safe (stderr, msg);
+  free (msg);
   return exit_code ();
 }
 
@@ -300,11 +356,14 @@ cmd_backup (int argc, char **argv, const char *sock, const char *agent)
     if (ps.drawn)
       fputc ('\n', stderr);
     if (res.quiesce_note[0] && !quiet)
-      fprintf (stderr, "qmpbackup: %s\n", res.quiesce_note);
+      print_safe (stderr, res.quiesce_note);
     char stored[32];
     qb_format_bytes (res.bytes_stored, stored, sizeof stored);
-    if (res.reason[0])
-      printf ("%s %s (auto took a full: %s)\n", res.id, backup_level_name (res.level), res.reason);
+    if (res.reason[0]) {
+      char *reason = term_text (res.reason, false);
+      printf ("%s %s (auto took a full: %s)\n", res.id, backup_level_name (res.level), reason);
+      free (reason);
+    }
     else
       printf ("%s %s\n", res.id, backup_level_name (res.level));
     if (!quiet)
@@ -356,8 +415,10 @@ cmd_info (int argc, char **argv, const char *sock)
   if (!info)
     rc = fail ("info");
   else {
-    printf ("%s\n", json_object_to_json_string_ext (info, JSON_C_TO_STRING_PRETTY
-                                                    | JSON_C_TO_STRING_SPACED));
+    char *text = term_text (json_object_to_json_string_ext (info, JSON_C_TO_STRING_PRETTY
+                                                            | JSON_C_TO_STRING_SPACED), true);
+    printf ("%s\n", text);
+    free (text);
     json_object_put (info);
   }
   store_close (st);

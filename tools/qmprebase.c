@@ -341,17 +341,94 @@ dir_of (const char *path)
   return d;
 }
 
-/* `merge`: write the point to o->target; exit code. */
+/* A private directory beside the merge target: created by mkdtemp (0700,
+ * unpredictable name), held open so the files in it are reached through the
+ * directory itself even if its name is moved.  Nothing is ever written
+ * through a name another user could have planted. */
+typedef struct privdir {
+  char *path;        /* the directory's name (for removal and messages) */
+  int fd;            /* the directory, O_DIRECTORY | O_NOFOLLOW */
+} privdir;
+
+/* Make the private directory for TARGET in its folder: 0 or -1. */
+static int
+privdir_make (privdir *pd, const char *target)
+{
+  char *dir = dir_of (target);
+  const char *base = strrchr (target, '/') ? strrchr (target, '/') + 1 : target;
+  pd->path = qb_asprintf ("%s/.%s.merge-XXXXXX", dir, base);
+  free (dir);
+  pd->fd = -1;
+  if (!mkdtemp (pd->path)) {
+    int e = errno;
+    free (pd->path);
+    pd->path = NULL;
+    return qb_error_set_errno (e, "create a private directory beside %s", target);
+  }
+  pd->fd = open (pd->path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  struct stat sb;
+  if (pd->fd < 0 || fstat (pd->fd, &sb) < 0 || !S_ISDIR (sb.st_mode)
+      || sb.st_uid != geteuid () || (sb.st_mode & 077) != 0)
+    return qb_error_set (QB_EPERM, "the private directory %s was replaced by someone else",
+                         pd->path);
+  return 0;
+}
+
+/* The name of file NAME inside PD for a child process: a path through our
+ * open directory (/proc/self/fd), so a renamed directory does not matter.
+ * The fd must then be inherited: the caller clears close-on-exec. */
+static char *
+privdir_child_path (const privdir *pd, const char *name)
+{
+  return qb_asprintf ("/proc/self/fd/%d/%s", pd->fd, name);
+}
+
+/* Remove files NAMES (NULL-terminated) from PD and PD itself; free it. */
+static void
+privdir_remove (privdir *pd, const char *const *names)
+{
+  if (pd->fd >= 0) {
+    for (size_t i = 0; names[i]; i++)
+      unlinkat (pd->fd, names[i], 0);
+    close (pd->fd);
+  }
+  if (pd->path)
+    rmdir (pd->path);
+  free (pd->path);
+  pd->path = NULL;
+  pd->fd = -1;
+}
+
+/* Make file NAME in PD mode 0600 and flush it to disk: 0 or -1. */
+static int
+privdir_seal (const privdir *pd, const char *name)
+{
+  int fd = openat (pd->fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0)
+    return qb_error_set_errno (errno, "open %s/%s", pd->path, name);
+  int r = 0;
+  if (fchmod (fd, 0600) < 0 || fsync (fd) < 0)
+    r = qb_error_set_errno (errno, "chmod/fsync %s/%s", pd->path, name);
+  close (fd);
+  return r;
+}
+
+/* `merge`: write the point to o->target; exit code.  The image is written in
+ * a private directory beside the target, then renamed over it: rename
+ * replaces whatever sits at the target's name (a planted symlink too)
+ * instead of following it.  The result is mode 0600. */
 static int
 cmd_merge (const opts *o)
 {
+  static const char *const names[] = { "image.raw", "image.qcow2", NULL };
   where w;
   store *st = NULL;
   store_vm *v = NULL;
   const store_chain *ch;
   size_t k;
   int rc = 1;
-  char *tmp = NULL, *rawtmp = NULL, *tdir = NULL;
+  char *tdir = NULL, *rawpath = NULL, *qcowpath = NULL;
+  privdir pd = { NULL, -1 };
   int fd = -1;
 
   if (where_parse (o->dir, &w) < 0 || locate (&w, o->until, &st, &v, &ch, &k) < 0
@@ -367,53 +444,59 @@ cmd_merge (const opts *o)
   size_t tl = strlen (o->target);
   bool qcow2 = tl > 6 && strcmp (o->target + tl - 6, ".qcow2") == 0;
   tdir = dir_of (o->target);
-  tmp = qb_asprintf ("%s.tmp-XXXXXX", o->target);
-  fd = mkstemp (tmp);
-  if (fd < 0) {
-    qb_error_set_errno (errno, "create %s", tmp);
-    free (tmp);
-    tmp = NULL;
+  if (privdir_make (&pd, o->target) < 0) {
     rc = fail ("merge");
     goto out;
   }
-  fchmod (fd, 0600);
+  fd = openat (pd.fd, names[0], O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    qb_error_set_errno (errno, "create %s/%s", pd.path, names[0]);
+    rc = fail ("merge");
+    goto out;
+  }
   printf ("writing restore point %s of %s/%s (%s) to %s\n", ch->layers[k].display, w.vm,
           w.disk, ch->layers[k].name, o->target);
+  rawpath = qb_asprintf ("%s/%s", pd.path, names[0]);
+  if (write_raw (ch, k, fd, rawpath) < 0) {
+    rc = fail ("merge");
+    goto out;
+  }
+  const char *result = names[0];
   if (qcow2) {
-    /* Raw first, then qemu-img makes the qcow2 into the temporary name. */
-    rawtmp = tmp;
-    tmp = qb_asprintf ("%s.tmp-qcow2", o->target);
-    if (write_raw (ch, k, fd, rawtmp) < 0) {
+    /* qemu-img reads and writes inside the private directory only. */
+    int fl = fcntl (pd.fd, F_GETFD);
+    fcntl (pd.fd, F_SETFD, fl & ~FD_CLOEXEC);
+    char *in = privdir_child_path (&pd, names[0]);
+    qcowpath = privdir_child_path (&pd, names[1]);
+    char *argv[] = { "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", in, qcowpath, NULL };
+    mode_t old = umask (077);
+    int r = qb_run (argv, NULL);
+    umask (old);
+    fcntl (pd.fd, F_SETFD, fl | FD_CLOEXEC);
+    free (in);
+    if (r < 0) {
       rc = fail ("merge");
       goto out;
     }
-    char *argv[] = { "qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", rawtmp, tmp, NULL };
-    if (qb_run (argv, NULL) < 0 || qb_fsync_path (tmp) < 0) {
-      rc = fail ("merge");
-      goto out;
-    }
-  } else if (write_raw (ch, k, fd, tmp) < 0) {
+    result = names[1];
+  }
+  if (privdir_seal (&pd, result) < 0) {
     rc = fail ("merge");
     goto out;
   }
-  if (rename (tmp, o->target) < 0) {
-    qb_error_set_errno (errno, "rename %s to %s", tmp, o->target);
+  if (renameat (pd.fd, result, AT_FDCWD, o->target) < 0) {
+    qb_error_set_errno (errno, "rename %s/%s to %s", pd.path, result, o->target);
     rc = fail ("merge");
     goto out;
   }
-  free (tmp);
-  tmp = NULL;
   qb_fsync_dir (tdir);
   rc = 0;
  out:
   if (fd >= 0)
     close (fd);
-  if (tmp)
-    unlink (tmp);
-  if (rawtmp)
-    unlink (rawtmp);
-  free (tmp);
-  free (rawtmp);
+  privdir_remove (&pd, names);
+  free (rawpath);
+  free (qcowpath);
   free (tdir);
   store_vm_free (v);
   store_close (st);
@@ -422,6 +505,23 @@ cmd_merge (const opts *o)
 }
 
 /* ---- rebase: merge into the FULL in place ---- */
+
+/* 0 if only we (or root) can change directory DIR, where rebase renames and
+ * writes files in place; else -1 with QB_EPERM saying what to do. */
+static int
+dir_private (const char *dir)
+{
+  struct stat sb;
+  if (stat (dir, &sb) < 0)
+    return qb_error_set_errno (errno, "%s", dir);
+  if (sb.st_mode & 022)
+    return qb_error_set (QB_EPERM, "%s is writable by other users, who could plant files "
+                         "where rebase writes; make it private (chmod go-w) and retry", dir);
+  if (sb.st_uid != geteuid () && sb.st_uid != 0)
+    return qb_error_set (QB_EPERM, "%s belongs to another user (uid %u); rebase works in "
+                         "place and refuses it", dir, (unsigned) sb.st_uid);
+  return 0;
+}
 
 /* Index of this disk's entry (file REL/NAME) in record OBJ's "disks", or -1. */
 static int
@@ -517,7 +617,7 @@ cmd_rebase (const opts *o)
   int rc = 1;
   char *newname = NULL, *newpath = NULL, *mpath = NULL, *mname = NULL;
 
-  if (where_parse (o->dir, &w) < 0) {
+  if (where_parse (o->dir, &w) < 0 || dir_private (w.dir) < 0) {
     rc = fail ("rebase");
     goto out;
   }

@@ -55,7 +55,7 @@ for t in "${targets[@]}"; do
   all=("$src/tests/fuzz/fuzz_$t.c" "${srcs[@]}" "${common[@]}")
   bin="$out/fuzz_$t"
   if [ -x "$bin" ] && [ -z "$(find "${all[@]}" "$src"/common/*.h "$src"/qmp/*.h "$src"/store/*.h "$src"/fs/*.h \
-                               "$src/tests/fuzz/fuzz.h" "$0" -newer "$bin" 2>/dev/null)" ]; then
+                               "$src/tests/fuzz/fuzz.h" "$src/tests/fuzz/fuzz-feed.h" "$0" -newer "$bin" 2>/dev/null)" ]; then
     continue
   fi
   echo "fuzz: building $bin"

@@ -1,19 +1,23 @@
 /* Fuzz target: the bounded JSON stream reader (qmp/jsonio.c).
  *
- * Input: one mode byte, then the bytes a peer sends before closing.  Mode
- * bit 0 reads like the guest-agent client (skip to a 0xFF delimiter before
- * each message); bits 1..7 pick the output size for jsonio_sanitize, which
- * is run over the whole input as well.  Invariants: every jsonio_recv gives
- * an object or a recorded error of the documented kinds, each call makes
- * progress, and the end of input is always seen as the peer closing. */
-#include "fuzz.h"
+ * Input: one mode byte, then the bytes a peer sends before closing (from a
+ * thread, so inputs of megabytes reach the limits).  Mode bit 0 reads like
+ * the guest-agent client (skip to a 0xFF delimiter before each message, with
+ * the agent's limits); bit 7 sets tiny limits (4 KiB, 64 values) so small
+ * inputs reach them too; bits 1..7 also pick the output size for
+ * jsonio_sanitize, which is run over the whole input as well.  Invariants:
+ * every jsonio_recv gives an object within the limits or a recorded error
+ * of the documented kinds, each call makes progress, a refused message
+ * breaks the connection for good, and the end of input is always seen as
+ * the peer closing. */
+#include "fuzz-feed.h"
 #include "common/error.h"
 #include "qmp/jsonio.h"
 
 #include <string.h>
 
-#define MAX_INPUT (256 * 1024)
-#define TIMEOUT_MS 50
+#define MAX_INPUT (8u << 20)
+#define TIMEOUT_MS 5000     /* the peer always closes: no wait lasts */
 
 /* Check jsonio_sanitize's output contract on BUF. */
 static void
@@ -43,23 +47,35 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   check_sanitize (data, size, mode >> 1);
   check_sanitize (data, size, 4 * size + 1);
 
-  int sv[2];
-  if (fuzz_peer (data, size, sv) < 0)
-    return 0;
-  jsonio *j = jsonio_new (sv[0]);
+  fuzz_feed f;
+  fuzz_feed_start (&f, data, size);
+  jsonio *j = jsonio_new (f.sv[0]);
   bool agent = mode & 1;
+  size_t max_bytes = JSONIO_QMP_MAX_BYTES, max_values = JSONIO_QMP_MAX_VALUES;
+  if (agent)
+    max_bytes = JSONIO_QGA_MAX_BYTES, max_values = JSONIO_QGA_MAX_VALUES;
+  if (mode & 0x80)
+    max_bytes = 4096, max_values = 64;
+  jsonio_set_limits (j, max_bytes, max_values);
   /* Each call consumes at least one byte or ends the stream. */
   size_t calls = 0, limit = 2 * size + 4;
   for (;;) {
     FUZZ_CHECK (++calls <= limit, "no progress after %zu calls on %zu bytes", calls, size);
     qb_error_clear ();
     if (agent && jsonio_skip_to_delimiter (j, TIMEOUT_MS) < 0) {
-      FUZZ_CHECK (qb_error_code () == QB_EHOSTDOWN, "skip_to_delimiter: %s", qb_error_msg ());
+      /* The peer closed, or sent too much junk: the connection is broken. */
+      FUZZ_CHECK (qb_error_code () == QB_EHOSTDOWN
+                  || (qb_error_code () == QB_EPROTO && jsonio_broken (j)),
+                  "skip_to_delimiter: %s", qb_error_msg ());
       break;
     }
     json_object *o = jsonio_recv (j, TIMEOUT_MS);
     if (o) {
       FUZZ_CHECK (json_object_is_type (o, json_type_object), "recv gave a non-object");
+      size_t bytes, values;
+      jsonio_last_size (j, &bytes, &values);
+      FUZZ_CHECK (bytes <= max_bytes && values <= max_values,
+                  "message of %zu bytes, %zu values passed the limits", bytes, values);
       const char *s = json_object_to_json_string_ext (o, JSON_C_TO_STRING_PLAIN);
       FUZZ_CHECK (s && s[0] == '{', "object does not serialise");
       json_object_put (o);
@@ -70,8 +86,18 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     if (e == QB_EHOSTDOWN)
       break;
     FUZZ_CHECK (e == QB_EPROTO, "unexpected error %s: %s", qb_err_name (e), qb_error_msg ());
+    if (jsonio_broken (j)) {
+      /* Refused for good: every call fails at once, nothing more is read. */
+      FUZZ_CHECK (strstr (qb_error_msg (), "hostile"), "refusal without a reason: %s",
+                  qb_error_msg ());
+      FUZZ_CHECK (jsonio_recv (j, TIMEOUT_MS) == NULL && qb_error_code () == QB_EPROTO,
+                  "a broken connection still reads");
+      FUZZ_CHECK (jsonio_skip_to_delimiter (j, TIMEOUT_MS) < 0 && qb_error_code () == QB_EPROTO,
+                  "a broken connection still skips");
+      break;
+    }
   }
   jsonio_free (j);
-  close (sv[1]);
+  fuzz_feed_stop (&f);
   return 0;
 }

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <sys/un.h>
 
-#define MAX_INPUT (256 * 1024)
+#define MAX_INPUT (8u << 20)   /* megabytes reach the agent limits */
 #define TIMEOUT_MS 50
 
 /* Every random id qga.c asks for is 1. */

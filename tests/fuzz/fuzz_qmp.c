@@ -2,18 +2,19 @@
  *
  * Input: one mode byte, then everything a QMP server says before closing:
  * greeting, replies (the client numbers its commands "qb-1", "qb-2", ...)
- * and events.  After the handshake the client runs a few commands, one HMP
+ * and events, sent from a thread so megabytes of events or an amplifying
+ * reply reach the client's limits.  After the handshake the client runs a few commands, one HMP
  * command, and drains the events, as the backup engine does.  Invariants:
  * no crash, errors are recorded with a message, results have the promised
  * types, the error class is always a terminated short string. */
-#include "fuzz.h"
+#include "fuzz-feed.h"
 #include "common/error.h"
 #include "qmp/qmp.h"
 
 #include <string.h>
 
-#define MAX_INPUT (256 * 1024)
-#define TIMEOUT_MS 50
+#define MAX_INPUT (8u << 20)
+#define TIMEOUT_MS 5000     /* the peer always closes: no wait lasts */
 
 /* An error was recorded, of a kind a peer can cause. */
 static void
@@ -33,14 +34,13 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     return 0;
   unsigned mode = data[0];
   data++, size--;
-  int sv[2];
-  if (fuzz_peer (data, size, sv) < 0)
-    return 0;
+  fuzz_feed f;
+  fuzz_feed_start (&f, data, size);
   qb_error_clear ();
-  qmp *q = qmp_new_fd (sv[0], "fuzz", TIMEOUT_MS);
+  qmp *q = qmp_new_fd (f.sv[0], "fuzz", TIMEOUT_MS);
   if (!q) {
     check_error ("handshake");
-    close (sv[1]);
+    fuzz_feed_stop (&f);
     return 0;
   }
   unsigned ncmd = 1 + (mode & 7);
@@ -73,7 +73,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     if (qb_error_code () == QB_EHOSTDOWN)
       break;
   }
-  for (int i = 0; i < 2000; i++) {
+  for (;;) {
     json_object *ev = qmp_next_event (q, TIMEOUT_MS);
     if (!ev)
       break;
@@ -82,6 +82,6 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   }
   (void) qmp_events_lost (q);
   qmp_close (q);
-  close (sv[1]);
+  fuzz_feed_stop (&f);
   return 0;
 }

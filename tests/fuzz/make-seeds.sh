@@ -45,6 +45,9 @@ seed "$c/qga/freeze-thaw" '\x07junk\xff{"return": 1}\n{"return": {}}\n{"return":
 seed "$c/qga/error" '\x03\xff{"return": 7}\n\xff{"return": 1}\n{"error": {"class": "CommandDisabled", "desc": "no"}}\n\xff{"return": 1}\n{"return": "thawed"}\n'
 seed "$c/qga/resync" '\x01\xff{"return": 1}\n{"return": {}}\n{"return": 3}\n'
 
+# Amplification payloads (megabyte-class heap from kilobytes of JSON).
+python3 "$here/make-amp-seeds.py" "$c"
+
 # qcow2 images: 512-byte clusters, 64 KiB virtual size, a few KB each.
 img () { qemu-img create -q -f qcow2 -o "cluster_size=512,$1" "$2" 64K ${3:+-b "$3" -F qcow2}; }
 io () { local f=$1 cmd; shift; local a=(); for cmd in "$@"; do a+=(-c "$cmd"); done; qemu-io -f qcow2 "${a[@]}" "$f" >/dev/null; }

@@ -195,7 +195,7 @@ test_flood (void)
   qmp *q = start (&s, script_flood);
   CHECK (qmp_run (q, "cont", NULL, 5000) == 0);
   CHECK (qmp_events_lost (q));
-  /* The oldest were dropped: 1100 - 1024 = 76 is the first kept. */
+  /* The oldest were dropped: 1100 - QMP_EVENT_QUEUE_MAX is the first kept. */
   for (int i = 1100 - QMP_EVENT_QUEUE_MAX; i < 1100; i++) {
     json_object *ev = qmp_next_event (q, 0), *d, *n;
     CHECK (ev && json_object_object_get_ex (ev, "data", &d)
