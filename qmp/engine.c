@@ -442,25 +442,28 @@ thaw (eng_run *r)
 
 /* ---- The steps of a backup ---- */
 
-/* Decide the level and each disk's chain; fills r->level and the reason. */
-/* Why the newest point of chain C cannot be built on (its qcow2 metadata is
- * damaged, or a layer is cut short), or NULL when it reads whole. */
-static char *
-chain_problem (const store_chain *c, const char *disk)
+/* Set *WHY to why the newest point of chain C cannot be built on (its qcow2
+ * metadata is damaged, or a layer is cut short), or NULL when it reads whole;
+ * -1 only for a transient shortage (descriptors, memory), which is no damage. */
+static int
+chain_problem (store *st, const store_chain *c, const char *disk, char **why)
 {
-  const char **files = qb_calloc (c->n, sizeof *files);
-  for (size_t i = 0; i < c->n; i++)
-    files[i] = c->layers[i].path;
-  char *why = NULL;
-  chain_image *ci = chain_open (files, c->n);
-  if (!ci || chain_verify (ci) < 0)
-    why = qb_asprintf ("the chain of disk %s is damaged (%s)", disk, qb_error_msg ());
+  *why = NULL;
+  chain_image *ci = store_point_open (st, c, c->n - 1);
+  if (!ci || chain_verify (ci) < 0) {
+    if (qb_err_is_transient (qb_error_code ())) {
+      chain_close (ci);
+      qb_error_prefix ("checking the chain of disk %s (nothing is damaged; try again)", disk);
+      return -1;
+    }
+    *why = qb_asprintf ("the chain of disk %s is damaged (%s)", disk, qb_error_msg ());
+  }
   chain_close (ci);
-  free (files);
   qb_error_clear ();
-  return why;
+  return 0;
 }
 
+/* Decide the level and each disk's chain; fills r->level and the reason. */
 static int
 decide_level (eng_run *r)
 {
@@ -473,10 +476,13 @@ decide_level (eng_run *r)
     const store_chain *chain = NULL;
     d->health = disk_health (r->st, r->vm, d->vd, sd, month, &d->prev, &d->reason, &chain);
     /* Never build on a chain whose layers do not read whole. */
-    if (!d->reason && r->opts->level != BACKUP_FULL && r->opts->level != BACKUP_COPY
-        && (d->reason = chain_problem (chain, d->vd->name)) != NULL) {
-      d->health = "damaged";
-      d->prev = NULL;
+    if (!d->reason && r->opts->level != BACKUP_FULL && r->opts->level != BACKUP_COPY) {
+      if (chain_problem (r->st, chain, d->vd->name, &d->reason) < 0)
+        return -1;
+      if (d->reason) {
+        d->health = "damaged";
+        d->prev = NULL;
+      }
     }
     if (d->reason) {
       all_ok = false;

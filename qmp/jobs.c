@@ -291,7 +291,11 @@ jobs_cleanup (qmp *q, bool remove_bitmaps)
     free (ids[i]);
   free (ids);
 
-  json_object *nodes = qmp_execute (q, "query-named-block-nodes", NULL, QMP_COMMAND_TIMEOUT_MS);
+  /* "flat": without it each node repeats its whole backing chain, and the
+   * reply grows with the square of the chain's length. */
+  json_object *qargs = json_object_new_object ();
+  json_object_object_add (qargs, "flat", json_object_new_boolean (1));
+  json_object *nodes = qmp_execute (q, "query-named-block-nodes", qargs, QMP_COMMAND_TIMEOUT_MS);
   if (!nodes)
     return -1;
   n = json_object_is_type (nodes, json_type_array) ? json_object_array_length (nodes) : 0;
