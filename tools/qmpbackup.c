@@ -355,7 +355,8 @@ cmd_backup (int argc, char **argv, const char *sock, const char *agent)
   else {
     if (ps.drawn)
       fputc ('\n', stderr);
-    if (res.quiesce_note[0] && !quiet)
+    /* A warning (the guest may not have been thawed) is shown even with --quiet. */
+    if (res.quiesce_note[0] && (!quiet || strncmp (res.quiesce_note, "WARNING", 7) == 0))
       print_safe (stderr, res.quiesce_note);
     char stored[32];
     qb_format_bytes (res.bytes_stored, stored, sizeof stored);
