@@ -2,6 +2,7 @@
  * reader, shared by every open of the same point, with data extents spliced
  * straight from the layer files. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,7 +158,7 @@ layers_sig (const store_chain *c, size_t idx)
   char *s = qb_strdup ("");
   for (size_t i = 0; i <= idx; i++) {
     struct stat sb;
-    if (stat (c->layers[i].path, &sb) == -1)
+    if (lstat (c->layers[i].path, &sb) == -1)
       memset (&sb, 0, sizeof sb);
     char *n = qb_asprintf ("%s%s:%llu:%lld.%09ld:%lld;", s, c->layers[i].path,
                            (unsigned long long) sb.st_ino, (long long) sb.st_mtim.tv_sec,
@@ -166,6 +167,29 @@ layers_sig (const store_chain *c, size_t idx)
     s = n;
   }
   return s;
+}
+
+/* Why layers 0..IDX of C must not be read (one is a symlink, lies under a
+ * symlinked folder, or is not a regular file), malloc'd, or NULL when each
+ * opens inside the store. */
+static char *
+restore_layers_check (const store_chain *c, size_t idx)
+{
+  for (size_t i = 0; i <= idx; i++) {
+    int fd = storefile_open (c->layers[i].path);
+    if (fd >= 0) {
+      close (fd);
+      continue;
+    }
+    int err = errno;
+    if (err == ELOOP || err == EXDEV || err == EINVAL)
+      return qb_asprintf ("layer %s is a symlink, lies under one, or is not a regular file: "
+                          "never followed out of the store", c->layers[i].name);
+    if (err == ENOENT || err == ENOTDIR)
+      return qb_asprintf ("layer %s is missing", c->layers[i].name);
+    /* anything else (EMFILE, ENOMEM, EACCES...) is left to chain_open */
+  }
+  return NULL;
 }
 
 /* Open the restore image of point IDX in CHAIN: fills fi->fh; 0 or -errno. */
@@ -219,22 +243,47 @@ restore_open (const char *vm, const char *disk, const store_chain *c, size_t idx
   free (sig);
 
   pthread_mutex_lock (&e->open_lock);
+  int transient = 0;
   if (!e->ci && !e->error) {
-    const char **files = qb_calloc (idx + 1, sizeof *files);
-    for (size_t i = 0; i <= idx; i++)
-      files[i] = c->layers[i].path;
-    e->ci = chain_open (files, idx + 1);
-    free (files);
-    if (!e->ci) {
-      e->error = qb_strdup (qb_error_msg ());
-      e->err = fs_errno ();
+    char *why = restore_layers_check (c, idx);
+    if (why) {
+      e->error = why;
+      e->err = EIO;
       damage_note (e->key, e->error);
-      fprintf (stderr, "qmpbackupfs: %s: %s\n", e->key, e->error);
+      fs_log ("%s: %s", e->key, e->error);
+    }
+    else {
+      const char **files = qb_calloc (idx + 1, sizeof *files);
+      for (size_t i = 0; i <= idx; i++)
+        files[i] = c->layers[i].path;
+      e->ci = chain_open (files, idx + 1);
+      free (files);
+    }
+    if (!e->ci && !e->error) {
+      int code = qb_error_code ();
+      const char *msg = qb_error_msg ();
+      if (fs_err_is_damage (code, msg)) {
+        e->error = qb_strdup (msg);
+        e->err = fs_err_errno (code);
+        damage_note (e->key, e->error);
+        fs_log ("%s: %s", e->key, e->error);
+      }
+      else {
+        /* out of memory or descriptors: this open fails, nothing is
+         * remembered, the next open tries again */
+        transient = fs_err_errno (code) == ENOMEM ? ENOMEM : EIO;
+        fs_log ("%s: cannot open now (not damage, try again): %s", e->key, msg);
+      }
     }
   }
   pthread_mutex_unlock (&e->open_lock);
   h->e = e;
   fi->keep_cache = same;
+  if (transient) {
+    restore_release (fi);
+    fi->fh = 0;
+    return -transient;
+  }
   return 0;
 }
 
@@ -381,14 +430,18 @@ restore_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
   }
   int r = fuse_reply_data (req, v, 0);
   if (r < 0 && r != -ENOENT)
-    fprintf (stderr, "qmpbackupfs: read reply: %s\n", strerror (-r));
+    fs_log ("read reply: %s", strerror (-r));
   return;
 
- fail:
-  damage_note (h->e->key, qb_error_msg ());
-  fprintf (stderr, "qmpbackupfs: %s: read at %lld: %s\n", h->e->key, (long long) off + (long long) pos,
-           qb_error_msg ());
-  fuse_reply_err (req, EIO);
+ fail: {
+    int code = qb_error_code ();
+    bool damage = fs_err_is_damage (code, qb_error_msg ());
+    if (damage)
+      damage_note (h->e->key, qb_error_msg ());
+    fs_log ("%s: read at %lld%s: %s", h->e->key, (long long) off + (long long) pos,
+            damage ? "" : " (not damage, try again)", qb_error_msg ());
+    fuse_reply_err (req, damage ? EIO : fs_err_errno (code));
+  }
 }
 
 /* FUSE lseek (SEEK_DATA / SEEK_HOLE) of an open restore image. */
@@ -410,7 +463,7 @@ restore_lseek (fuse_req_t req, off_t off, int whence, struct fuse_file_info *fi)
   }
   int64_t r = chain_seek (h->e->ci, off, whence);
   if (r < 0) {
-    fuse_reply_err (req, qb_error_code () == QB_ENOENT ? ENXIO : EIO);
+    fuse_reply_err (req, fs_seek_errno (qb_error_code ()));
     return;
   }
   fuse_reply_lseek (req, r);
