@@ -89,27 +89,6 @@ qb_err_name (qb_err code)
   return "unknown";
 }
 
-int
-qb_err_to_errno (qb_err code)
-{
-  switch (code) {
-  case QB_OK: return 0;
-  case QB_EINVAL: return EINVAL;
-  case QB_ENOENT: return ENOENT;
-  case QB_EBUSY: return EBUSY;
-  case QB_EHOSTDOWN: return EHOSTDOWN;
-  case QB_ETIMEDOUT: return ETIMEDOUT;
-  case QB_ECANCELED: return ECANCELED;
-  case QB_ENOSPC: return ENOSPC;
-  case QB_ENOMEM: return ENOMEM;
-  case QB_EPERM: return EACCES;
-  case QB_EAGAIN: return EAGAIN;
-  case QB_EIO: case QB_EDAMAGED: case QB_EPROTO: case QB_EQMP: case QB_ENOCHAIN:
-    return EIO;
-  }
-  return EIO;
-}
-
 qb_err
 qb_err_from_errno (int errnum)
 {

@@ -55,9 +55,6 @@ void qb_error_clear (void);
 /* Short lower-case name of a code, e.g. "busy". */
 const char *qb_err_name (qb_err code);
 
-/* The errno value that best describes a code (used by fs/ only). */
-int qb_err_to_errno (qb_err code);
-
 /* The code that best describes an errno value. */
 qb_err qb_err_from_errno (int errnum);
 

@@ -135,7 +135,7 @@ control_run (fuse_req_t req, fs_vm *vm, backup_level level, quiesce_mode q)
   vm_scan_invalidate (vm);
   vms_notify_idle ();
   if (r != 0)
-    fprintf (stderr, "qmpbackupfs: %s: %s backup failed: %s\n", vm->name, backup_level_name (level), err);
+    fs_log ("%s: %s backup failed: %s", vm->name, backup_level_name (level), err);
   free (qmp);
   free (qga);
   return r == 0 ? 0 : -fs_backup_errno (code);

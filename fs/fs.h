@@ -6,6 +6,7 @@
  * status.c   <vm>/status, .status, .metrics
  * restore.c  restore images (chain reader) and the chain/ view
  * errmap.c   the only place where error codes become errno values
+ * log.c      the daemon's log lines (escaped; stderr, syslog in the background)
  * main.c     options, session, signals, shutdown
  */
 #ifndef QB_FS_H
@@ -19,6 +20,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include "qmp/engine.h"
@@ -90,12 +92,16 @@ typedef struct fs_vm {
   char *scan_stamp;
   uint64_t scan_checked_ms;
   struct timespec scan_points_mtime; /* .points dir mtime at the last check */
-  /* engine_info cache */
-  pthread_mutex_t info_lock;      /* one engine_info at a time per VM */
+  /* engine_info cache, refreshed by one thread of its own per VM (never
+   * a FUSE worker), so a VM whose QMP never answers holds no reader long */
   json_object *info;
   bool info_reachable;
   char info_error[512];
   uint64_t info_ms;               /* when fetched (0: never) */
+  pthread_cond_t info_cond;       /* broadcast when a refresh ends */
+  bool info_busy;                 /* a refresh is in flight */
+  int info_waiters;               /* readers waiting for it (bounded) */
+  uint64_t info_started_ms;       /* when the refresh in flight started */
 } fs_vm;
 
 /* Set up the registry (after fs_cfg is filled). */
@@ -113,6 +119,11 @@ size_t vms_list (char ***names);
 /* The VM called NAME if it is currently visible, else NULL.  VMs are never
  * freed while the daemon runs, so the pointer stays valid. */
 fs_vm *vms_find (const char *name);
+
+/* Sockets of the sockets dir that were refused at the last scan (their
+ * names collide after sanitising, or with a -o vm= name), as a JSON array of
+ * {"socket", "name", "reason"} (new reference). */
+json_object *vms_refused_json (void);
 
 /* All VMs ever registered (visible or not), for shutdown; returns count. */
 size_t vms_all (fs_vm ***vms);
@@ -186,14 +197,41 @@ char *status_all_text (void);
 /* .metrics as a malloc'd Prometheus text. */
 char *status_metrics_text (void);
 
+/* Number of QEMU view refreshes still in flight (shutdown: the store must
+ * stay open while one runs). */
+int status_refreshes_active (void);
+
 /* ---- error mapping (errmap.c) ---- */
+
+/* The errno for qb error CODE: the one table of the project (EIO for codes
+ * without a better errno, never 0 for a failure). */
+int fs_err_errno (int code);
 
 /* The errno for the current thread's last qb error. */
 int fs_errno (void);
 
+/* The errno for a failed SEEK_DATA/SEEK_HOLE with qb error CODE: ENXIO when
+ * there is no such extent, else as fs_err_errno. */
+int fs_seek_errno (int code);
+
+/* True if a chain reader failure with CODE says the stored data is bad
+ * (remembered as damage); false for failures that may pass (out of memory or
+ * file descriptors, interrupted, busy), which are never recorded. */
+bool fs_err_is_damage (int code);
+
 /* The errno a failed backup returns to the writer: EBUSY, EHOSTDOWN, ENOSPC,
  * EINTR (cancelled) or EIO. */
 int fs_backup_errno (int code);
+
+/* ---- the daemon's log (log.c) ---- */
+
+/* Log in the background to syslog as well as stderr (from main). */
+void fs_log_init (bool foreground);
+
+/* Log one line: "qmpbackupfs: " + the formatted text, with every control
+ * byte, DEL and byte >= 0x80 written as \xNN (text from guests and QMP
+ * peers cannot forge lines or send terminal escapes). */
+void fs_log (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 
 /* ---- the tree (tree.c) ---- */
 

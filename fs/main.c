@@ -54,7 +54,7 @@ fs_opt_proc (void *data, const char *arg, int key, struct fuse_args *outargs)
   switch (key) {
   case KEY_VM:
     if (vms_add_explicit (arg + 3) == -1) {
-      fprintf (stderr, "qmpbackupfs: %s\n", qb_error_msg ());
+      fs_log ("%s", qb_error_msg ());
       o->bad_vm = 1;
     }
     return 0;
@@ -213,19 +213,19 @@ main (int argc, char **argv)
 
   char *root = realpath (o.store, NULL);
   if (!root) {
-    fprintf (stderr, "qmpbackupfs: store %s: %s\n", o.store, strerror (errno));
+    fs_log ("store %s: %s", o.store, strerror (errno));
     return 1;
   }
   fs_cfg.store_root = root;
   fs_cfg.st = store_open (root, false);
   if (!fs_cfg.st) {
-    fprintf (stderr, "qmpbackupfs: %s\n", qb_error_msg ());
+    fs_log ("%s", qb_error_msg ());
     return 1;
   }
   if (o.sockets) {
     fs_cfg.sockets_dir = realpath (o.sockets, NULL);
     if (!fs_cfg.sockets_dir) {
-      fprintf (stderr, "qmpbackupfs: sockets dir %s: %s\n", o.sockets, strerror (errno));
+      fs_log ("sockets dir %s: %s", o.sockets, strerror (errno));
       return 1;
     }
   }
@@ -233,7 +233,7 @@ main (int argc, char **argv)
   fs_cfg.monthly = o.monthly;
   fs_cfg.compress = o.compress;
   if (o.speed && qb_parse_size (o.speed, &fs_cfg.speed) == -1) {
-    fprintf (stderr, "qmpbackupfs: speed=%s: expected a number of bytes per second (K, M, G)\n",
+    fs_log ("speed=%s: expected a number of bytes per second (K, M, G)",
              o.speed);
     return 1;
   }
@@ -254,7 +254,7 @@ main (int argc, char **argv)
   if (!se)
     goto out;
   if (fs_signals_install (se) != 0) {
-    fprintf (stderr, "qmpbackupfs: cannot install signal handlers\n");
+    fs_log ("cannot install signal handlers");
     goto out_session;
   }
   if (fuse_session_mount (se, co.mountpoint) != 0)
@@ -262,6 +262,7 @@ main (int argc, char **argv)
   /* mounted: in the background the parent exits only now */
   if (fuse_daemonize (co.foreground) != 0)
     goto out_unmount;
+  fs_log_init (co.foreground);
   if (fs_canceller_start () != 0)
     goto out_unmount;
 
@@ -287,7 +288,10 @@ main (int argc, char **argv)
  out:
   free (co.mountpoint);
   fuse_opt_free_args (&args);
-  store_close (fs_cfg.st);
+  /* a status refresh still waiting on a VM's QMP uses the store: leave it
+   * open (the process ends now) rather than pull it from under the thread */
+  if (status_refreshes_active () == 0)
+    store_close (fs_cfg.st);
   free (o.sockets);
   free (o.store);
   free (o.speed);

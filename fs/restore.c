@@ -2,6 +2,7 @@
  * reader, shared by every open of the same point, with data extents spliced
  * straight from the layer files. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,7 +158,7 @@ layers_sig (const store_chain *c, size_t idx)
   char *s = qb_strdup ("");
   for (size_t i = 0; i <= idx; i++) {
     struct stat sb;
-    if (stat (c->layers[i].path, &sb) == -1)
+    if (lstat (c->layers[i].path, &sb) == -1)
       memset (&sb, 0, sizeof sb);
     char *n = qb_asprintf ("%s%s:%llu:%lld.%09ld:%lld;", s, c->layers[i].path,
                            (unsigned long long) sb.st_ino, (long long) sb.st_mtim.tv_sec,
@@ -219,22 +220,35 @@ restore_open (const char *vm, const char *disk, const store_chain *c, size_t idx
   free (sig);
 
   pthread_mutex_lock (&e->open_lock);
+  int transient = 0;
   if (!e->ci && !e->error) {
-    const char **files = qb_calloc (idx + 1, sizeof *files);
-    for (size_t i = 0; i <= idx; i++)
-      files[i] = c->layers[i].path;
-    e->ci = chain_open (files, idx + 1);
-    free (files);
-    if (!e->ci) {
-      e->error = qb_strdup (qb_error_msg ());
-      e->err = fs_errno ();
-      damage_note (e->key, e->error);
-      fprintf (stderr, "qmpbackupfs: %s: %s\n", e->key, e->error);
+    /* every layer is opened from the store root, no link followed */
+    e->ci = store_point_open (fs_cfg.st, c, idx);
+    if (!e->ci && !e->error) {
+      int code = qb_error_code ();
+      const char *msg = qb_error_msg ();
+      if (fs_err_is_damage (code)) {
+        e->error = qb_strdup (msg);
+        e->err = fs_err_errno (code);
+        damage_note (e->key, e->error);
+        fs_log ("%s: %s", e->key, e->error);
+      }
+      else {
+        /* out of memory or descriptors: this open fails, nothing is
+         * remembered, the next open tries again */
+        transient = fs_err_errno (code);
+        fs_log ("%s: cannot open now (not damage, try again): %s", e->key, msg);
+      }
     }
   }
   pthread_mutex_unlock (&e->open_lock);
   h->e = e;
   fi->keep_cache = same;
+  if (transient) {
+    restore_release (fi);
+    fi->fh = 0;
+    return -transient;
+  }
   return 0;
 }
 
@@ -381,14 +395,18 @@ restore_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
   }
   int r = fuse_reply_data (req, v, 0);
   if (r < 0 && r != -ENOENT)
-    fprintf (stderr, "qmpbackupfs: read reply: %s\n", strerror (-r));
+    fs_log ("read reply: %s", strerror (-r));
   return;
 
- fail:
-  damage_note (h->e->key, qb_error_msg ());
-  fprintf (stderr, "qmpbackupfs: %s: read at %lld: %s\n", h->e->key, (long long) off + (long long) pos,
-           qb_error_msg ());
-  fuse_reply_err (req, EIO);
+ fail: {
+    int code = qb_error_code ();
+    bool damage = fs_err_is_damage (code);
+    if (damage)
+      damage_note (h->e->key, qb_error_msg ());
+    fs_log ("%s: read at %lld%s: %s", h->e->key, (long long) off + (long long) pos,
+            damage ? "" : " (not damage, try again)", qb_error_msg ());
+    fuse_reply_err (req, damage ? EIO : fs_err_errno (code));
+  }
 }
 
 /* FUSE lseek (SEEK_DATA / SEEK_HOLE) of an open restore image. */
@@ -410,7 +428,7 @@ restore_lseek (fuse_req_t req, off_t off, int whence, struct fuse_file_info *fi)
   }
   int64_t r = chain_seek (h->e->ci, off, whence);
   if (r < 0) {
-    fuse_reply_err (req, qb_error_code () == QB_ENOENT ? ENXIO : EIO);
+    fuse_reply_err (req, fs_seek_errno (qb_error_code ()));
     return;
   }
   fuse_reply_lseek (req, r);

@@ -3,8 +3,12 @@
  *
  * The mount never sits on a VM's QMP socket: the QEMU side of <vm>/status
  * (reachability, bitmaps, health) is fetched by connecting and letting go,
- * at most once per INFO_TTL_MS per VM, never while a backup of that VM runs. */
+ * at most once per INFO_TTL_MS per VM, never while a backup of that VM runs,
+ * by a thread of its own: a VM whose QMP never answers holds at most
+ * INFO_WAITERS_MAX readers for at most INFO_WAIT_MS, and .status and
+ * .metrics never wait on QMP at all. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +22,8 @@
 
 #define INFO_TTL_MS 3000
 #define PROBE_TIMEOUT_MS 1000
+#define INFO_WAIT_MS 2000       /* longest a reader waits for a refresh */
+#define INFO_WAITERS_MAX 4      /* readers of one VM that may wait at once */
 
 /* The name of STATE. */
 static const char *
@@ -48,21 +54,25 @@ json_time (int64_t t_us)
   return json_object_new_string (buf);
 }
 
-/* Refresh VM's cached QEMU view if it is older than INFO_TTL_MS. */
-static void
-status_refresh_info (fs_vm *vm)
+static atomic_int refreshes_active;
+
+/* Number of QEMU view refreshes still in flight. */
+int
+status_refreshes_active (void)
 {
-  pthread_mutex_lock (&vm->info_lock);
+  return atomic_load (&refreshes_active);
+}
+
+/* Thread: ask QEMU about VM (probe, then engine_info), publish the result,
+ * end the refresh in flight and wake the readers waiting for it.  Only this
+ * thread waits on the VM's QMP; its time is bounded by the QMP timeouts. */
+static void *
+status_refresh_thread (void *arg)
+{
+  fs_vm *vm = arg;
   pthread_mutex_lock (&vm->lock);
-  bool running = vm->state == VM_RUNNING;
-  bool fresh = vm->info_ms && qb_mono_ms () - vm->info_ms < INFO_TTL_MS;
   char *qmp = qb_strdup (vm->qmp_path);
   pthread_mutex_unlock (&vm->lock);
-  if (running || fresh || atomic_load (&fs_terminating)) {
-    free (qmp);
-    pthread_mutex_unlock (&vm->info_lock);
-    return;
-  }
   json_object *info = NULL;
   bool reachable = false;
   char err[512] = "";
@@ -75,9 +85,11 @@ status_refresh_info (fs_vm *vm)
     else {
       qmp_close (q);
       reachable = true;
-      info = engine_info (fs_cfg.st, vm->name, qmp);
-      if (!info)
-        snprintf (err, sizeof err, "%s", qb_error_msg ());
+      if (!atomic_load (&fs_terminating)) {
+        info = engine_info (fs_cfg.st, vm->name, qmp);
+        if (!info)
+          snprintf (err, sizeof err, "%s", qb_error_msg ());
+      }
     }
   }
   pthread_mutex_lock (&vm->lock);
@@ -86,9 +98,68 @@ status_refresh_info (fs_vm *vm)
   vm->info_reachable = reachable;
   snprintf (vm->info_error, sizeof vm->info_error, "%s", err);
   vm->info_ms = qb_mono_ms ();
+  vm->info_busy = false;
+  pthread_cond_broadcast (&vm->info_cond);
   pthread_mutex_unlock (&vm->lock);
   free (qmp);
-  pthread_mutex_unlock (&vm->info_lock);
+  qb_error_clear ();
+  atomic_fetch_sub (&refreshes_active, 1);
+  return NULL;
+}
+
+/* Start a refresh of VM unless one is in flight (caller holds vm->lock). */
+static void
+status_refresh_start_locked (fs_vm *vm)
+{
+  if (vm->info_busy)
+    return;
+  pthread_attr_t attr;
+  pthread_attr_init (&attr);
+  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
+  pthread_t t;
+  vm->info_busy = true;
+  vm->info_started_ms = qb_mono_ms ();
+  atomic_fetch_add (&refreshes_active, 1);
+  if (pthread_create (&t, &attr, status_refresh_thread, vm) != 0) {
+    vm->info_busy = false;
+    atomic_fetch_sub (&refreshes_active, 1);
+    snprintf (vm->info_error, sizeof vm->info_error,
+              "cannot start a status refresh thread (out of resources)");
+  }
+  pthread_attr_destroy (&attr);
+}
+
+/* Refresh VM's cached QEMU view if it is older than INFO_TTL_MS: at most one
+ * refresh per VM is in flight (single-flight); at most INFO_WAITERS_MAX
+ * readers wait for it, each at most INFO_WAIT_MS; everyone else goes on with
+ * the last known view, which the status marks as refreshing. */
+static void
+status_refresh_info (fs_vm *vm)
+{
+  pthread_mutex_lock (&vm->lock);
+  bool running = vm->state == VM_RUNNING;
+  bool fresh = vm->info_ms && qb_mono_ms () - vm->info_ms < INFO_TTL_MS;
+  if (running || fresh || atomic_load (&fs_terminating)) {
+    pthread_mutex_unlock (&vm->lock);
+    return;
+  }
+  status_refresh_start_locked (vm);
+  if (vm->info_busy && vm->info_waiters < INFO_WAITERS_MAX) {
+    vm->info_waiters++;
+    struct timespec ts;
+    clock_gettime (CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += INFO_WAIT_MS / 1000;
+    ts.tv_nsec += (INFO_WAIT_MS % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
+    while (vm->info_busy)
+      if (pthread_cond_timedwait (&vm->info_cond, &vm->lock, &ts) == ETIMEDOUT)
+        break;
+    vm->info_waiters--;
+  }
+  pthread_mutex_unlock (&vm->lock);
 }
 
 /* The engine_info entry for disk NAME, borrowed from INFO, or NULL. */
@@ -281,6 +352,14 @@ status_vm_json (fs_vm *vm, bool full)
     json_object_object_add (q, "reachable", NULL);
   if (vm->info_ms && vm->info_error[0] && vm->state != VM_RUNNING)
     json_object_object_add (q, "error", json_object_new_string (vm->info_error));
+  /* how old the QEMU view is, and whether a refresh is still waiting on QEMU */
+  uint64_t now_ms = qb_mono_ms ();
+  json_object_object_add (q, "checked_seconds_ago", vm->info_ms
+                          ? json_object_new_double ((now_ms - vm->info_ms) / 1000.0) : NULL);
+  json_object_object_add (q, "refreshing", json_object_new_boolean (vm->info_busy));
+  if (vm->info_busy)
+    json_object_object_add (q, "refresh_waiting_seconds",
+                            json_object_new_double ((now_ms - vm->info_started_ms) / 1000.0));
   json_object_object_add (j, "qmp", q);
   json_object *a = json_object_new_object ();
   json_object_object_add (a, "socket", vm->qga_path ? json_object_new_string (vm->qga_path) : NULL);
@@ -298,6 +377,11 @@ status_vm_json (fs_vm *vm, bool full)
   pthread_mutex_unlock (&vm->lock);
   if (full) {
     json_object_object_add (j, "disks", status_disks (s ? s->v : NULL, info));
+    /* entries of the store left out (symbolic links are never followed) */
+    json_object *skipped = json_object_new_array ();
+    for (size_t i = 0; s && s->v && i < s->v->nskipped; i++)
+      json_object_array_add (skipped, json_object_new_string (s->v->skipped[i]));
+    json_object_object_add (j, "store_skipped", skipped);
     json_object *rec = store_record_latest (fs_cfg.st, vm->name);
     if (!rec)
       qb_error_clear ();
@@ -363,6 +447,7 @@ status_all_text (void)
   }
   free (names);
   json_object_object_add (j, "vms", arr);
+  json_object_object_add (j, "refused_sockets", vms_refused_json ());
   return json_text (j);
 }
 

@@ -2,8 +2,9 @@
  * the dispatch of open/read/write/release to the file kinds.
  *
  * Every node is (kind, vm, disk, name); it gets an inode number the first
- * time it is seen and keeps it for the life of the daemon, so numbers are
- * stable and never reused.  Whether a node still exists is decided on every
+ * time it is found to exist and keeps it for the life of the daemon, so
+ * numbers are stable and never reused (lookups of missing names allocate
+ * nothing).  Whether a node still exists is decided on every
  * request against the VM registry and the store scan. */
 #include <errno.h>
 #include <fcntl.h>
@@ -229,7 +230,12 @@ node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
   case N_CHAINFILE: {
     const store_layer *l = chain_file_find (s->v, n->disk, n->name);
     struct stat fsb;
-    if (!l || stat (l->path, &fsb) == -1) {
+    int fd = l ? store_layer_open (fs_cfg.st, l) : -1;   /* no link followed */
+    int sr = fd >= 0 ? fstat (fd, &fsb) : -1;
+    if (fd >= 0)
+      close (fd);
+    qb_error_clear ();
+    if (sr == -1) {
       r = -ENOENT;
       break;
     }
@@ -270,47 +276,66 @@ control_instance (const char *vm)
   return node_get (N_CONTROL, vm, NULL, "0");
 }
 
-/* The child NAME of PARENT as a node (it may not exist), or NULL. */
-static node *
-node_child (node *p, const char *name)
+/* Fill *T as the node (KIND, VM, DISK, NAME), strings borrowed, not interned. */
+static bool
+node_tmpl (node *t, node_kind k, const char *vm, const char *disk, const char *name)
 {
+  memset (t, 0, sizeof *t);
+  t->kind = k;
+  t->vm = (char *) vm;
+  t->disk = (char *) disk;
+  t->name = (char *) name;
+  return true;
+}
+
+/* The child NAME of P as a template in *T (not interned: a lookup of a name
+ * that does not exist allocates nothing), or false if no such child can
+ * exist.  The control file is an interned instance, returned in *CTL. */
+static bool
+node_child (node *p, const char *name, node *t, node **ctl)
+{
+  *ctl = NULL;
   switch (p->kind) {
   case N_ROOT:
     if (strcmp (name, ".status") == 0)
-      return node_get (N_STATUS_ALL, NULL, NULL, NULL);
+      return node_tmpl (t, N_STATUS_ALL, NULL, NULL, NULL);
     if (strcmp (name, ".metrics") == 0)
-      return node_get (N_METRICS, NULL, NULL, NULL);
+      return node_tmpl (t, N_METRICS, NULL, NULL, NULL);
     if (!qb_name_is_safe (name))
-      return NULL;
-    return node_get (N_VM, name, NULL, NULL);
+      return false;
+    return node_tmpl (t, N_VM, name, NULL, NULL);
   case N_VM:
-    if (strcmp (name, "backup") == 0)
-      return control_instance (p->vm);
+    if (strcmp (name, "backup") == 0) {
+      if (!vms_find (p->vm))
+        return false;
+      *ctl = control_instance (p->vm);
+      return true;
+    }
     if (strcmp (name, "status") == 0)
-      return node_get (N_VMSTATUS, p->vm, NULL, NULL);
+      return node_tmpl (t, N_VMSTATUS, p->vm, NULL, NULL);
     if (!qb_name_is_safe (name))
-      return NULL;
-    return node_get (N_DISK, p->vm, name, NULL);
+      return false;
+    return node_tmpl (t, N_DISK, p->vm, name, NULL);
   case N_DISK:
     if (strcmp (name, "restore") == 0)
-      return node_get (N_RESTORE, p->vm, p->disk, NULL);
+      return node_tmpl (t, N_RESTORE, p->vm, p->disk, NULL);
     if (strcmp (name, "chain") == 0)
-      return node_get (N_CHAIN, p->vm, p->disk, NULL);
-    return NULL;
+      return node_tmpl (t, N_CHAIN, p->vm, p->disk, NULL);
+    return false;
   case N_RESTORE: {
     if (strcmp (name, "latest.img") == 0)
-      return node_get (N_LATEST, p->vm, p->disk, NULL);
+      return node_tmpl (t, N_LATEST, p->vm, p->disk, NULL);
     size_t len = strlen (name);
     if (len <= 4 || strcmp (name + len - 4, ".img") != 0 || !qb_name_is_safe (name))
-      return NULL;
-    return node_get (N_IMG, p->vm, p->disk, name);
+      return false;
+    return node_tmpl (t, N_IMG, p->vm, p->disk, name);
   }
   case N_CHAIN:
     if (!qb_name_is_safe (name))
-      return NULL;
-    return node_get (N_CHAINFILE, p->vm, p->disk, name);
+      return false;
+    return node_tmpl (t, N_CHAINFILE, p->vm, p->disk, name);
   default:
-    return NULL;
+    return false;
   }
 }
 
@@ -330,30 +355,33 @@ op_init (void *userdata, struct fuse_conn_info *conn)
   conn->max_background = 64;
 }
 
-/* FUSE lookup. */
+/* FUSE lookup: the node is interned (gets its inode number) only once it
+ * is known to exist; a missing name is a plain ENOENT. */
 static void
 op_lookup (fuse_req_t req, fuse_ino_t parent, const char *name)
 {
   node *p = node_by_ino (parent);
-  node *n = p ? node_child (p, name) : NULL;
-  if (!n) {
+  node tmpl, *ctl = NULL;
+  if (!p || !node_child (p, name, &tmpl, &ctl)) {
     fuse_reply_err (req, ENOENT);
     return;
   }
   struct fuse_entry_param e;
   memset (&e, 0, sizeof e);
-  int r = node_stat (n, &e.attr, &e.entry_timeout, &e.attr_timeout);
+  int r = node_stat (ctl ? ctl : &tmpl, &e.attr, &e.entry_timeout, &e.attr_timeout);
   if (r < 0) {
     fuse_reply_err (req, -r);
     return;
   }
-  e.ino = n->ino;
+  node *n = ctl ? ctl : node_get (tmpl.kind, tmpl.vm, tmpl.disk, tmpl.name);
+  e.ino = e.attr.st_ino = n->ino;
   if (n->kind == N_CONTROL)
     e.entry_timeout = 0;    /* every open looks up again: see control_instance */
   fuse_reply_entry (req, &e);
 }
 
-/* FUSE forget: inode numbers live as long as the daemon. */
+/* FUSE forget: inode numbers of existing nodes live as long as the daemon
+ * (they are bounded by what the store and the sockets dir ever held). */
 static void
 op_forget (fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
@@ -653,8 +681,14 @@ op_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fs_vm *vm = vms_find (n->vm);
     vm_scan *s = vm ? vm_scan_get (vm) : NULL;
     const store_layer *l = s ? chain_file_find (s->v, n->disk, n->name) : NULL;
-    int fd = l ? open (l->path, O_RDONLY | O_CLOEXEC) : -1;
-    int err = l ? errno : ENOENT;
+    int fd = l ? store_layer_open (fs_cfg.st, l) : -1;   /* no link followed */
+    int err = ENOENT;
+    if (l && fd == -1) {
+      err = qb_error_code () == QB_EDAMAGED ? EACCES : fs_errno ();
+      if (qb_error_code () == QB_EDAMAGED)
+        fs_log ("%s: refused: %s (files outside the store are never served)", l->name,
+                qb_error_msg ());
+    }
     vm_scan_put (s);
     if (fd == -1) {
       fuse_reply_err (req, err);

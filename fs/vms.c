@@ -40,7 +40,11 @@ reg_get_locked (const char *name)
   vm = qb_calloc (1, sizeof *vm);
   vm->name = qb_strdup (name);
   pthread_mutex_init (&vm->lock, NULL);
-  pthread_mutex_init (&vm->info_lock, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init (&ca);
+  pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);   /* status.c waits with it */
+  pthread_cond_init (&vm->info_cond, &ca);
+  pthread_condattr_destroy (&ca);
   vm->state = VM_IDLE;
   reg = qb_realloc (reg, (nreg + 1) * sizeof *reg);
   reg[nreg++] = vm;
@@ -78,7 +82,17 @@ vms_add_explicit (const char *spec)
   if (!getcwd (cwd, sizeof cwd))
     strcpy (cwd, "/");
   pthread_mutex_lock (&reg_lock);
-  fs_vm *vm = reg_get_locked (safe);
+  fs_vm *vm = reg_find_locked (safe);
+  if (vm && vm->explicit_vm) {
+    pthread_mutex_unlock (&reg_lock);
+    qb_error_set (QB_EINVAL, "vm=%s: the VM name %s is already given by another -o vm= "
+                  "(names are made safe for paths: other bytes become '_'); use distinct names",
+                  spec, safe);
+    free (safe);
+    free (copy);
+    return -1;
+  }
+  vm = reg_get_locked (safe);
   pthread_mutex_lock (&vm->lock);
   vm->explicit_vm = true;
   free (vm->qmp_path);
@@ -101,50 +115,137 @@ is_socket (const char *path)
   return stat (path, &sb) == 0 && S_ISSOCK (sb.st_mode);
 }
 
+/* A socket of the sockets dir the last scan did not make a VM, and why. */
+typedef struct refused_sock {
+  char *socket, *name, *reason;
+} refused_sock;
+
+static refused_sock *refused;   /* guarded by reg_lock */
+static size_t nrefused;
+
+/* One NAME.qmp found in the sockets dir. */
+typedef struct sock_entry {
+  char *base;                   /* NAME as found */
+  char *safe;                   /* NAME made safe: the VM's name */
+  char *qmp;
+  bool refuse;
+  char *reason;
+} sock_entry;
+
+/* True if SOCKET was refused at the previous scan (caller holds reg_lock). */
+static bool
+was_refused_locked (const char *socket)
+{
+  for (size_t i = 0; i < nrefused; i++)
+    if (strcmp (refused[i].socket, socket) == 0)
+      return true;
+  return false;
+}
+
+/* Decide which of the N entries E become VMs: names that collide after
+ * sanitising are never merged into one VM.  When one of them is already
+ * safe as it is, it keeps the name and the others are refused; otherwise all
+ * are.  A name given by -o vm= is refused for sockets too (caller holds
+ * reg_lock). */
+static void
+sockets_judge_locked (sock_entry *e, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    fs_vm *vm = reg_find_locked (e[i].safe);
+    if (vm && vm->explicit_vm) {
+      e[i].refuse = true;
+      e[i].reason = qb_asprintf ("VM name %s is already given by -o vm=%s:...", e[i].safe, e[i].safe);
+      continue;
+    }
+    size_t same = 0, exact = n;
+    for (size_t k = 0; k < n; k++)
+      if (strcmp (e[k].safe, e[i].safe) == 0) {
+        same++;
+        if (strcmp (e[k].base, e[k].safe) == 0)
+          exact = k;
+      }
+    if (same == 1 || exact == i)
+      continue;
+    e[i].refuse = true;
+    if (exact < n)
+      e[i].reason = qb_asprintf ("the name becomes %s when made safe for paths, which is the "
+                                 "VM of %s: rename the socket", e[i].safe, e[exact].qmp);
+    else
+      e[i].reason = qb_asprintf ("%zu sockets' names become %s when made safe for paths: "
+                                 "none is used; rename them", same, e[i].safe);
+  }
+}
+
 /* Rescan the sockets dir (caller holds reg_lock). */
 static void
 scan_sockets_locked (void)
 {
   for (size_t i = 0; i < nreg; i++)
     reg[i]->in_sockets = false;
-  if (!fs_cfg.sockets_dir)
-    return;
-  DIR *d = opendir (fs_cfg.sockets_dir);
-  if (!d)
-    return;
+  sock_entry *e = NULL;
+  size_t n = 0;
+  DIR *d = fs_cfg.sockets_dir ? opendir (fs_cfg.sockets_dir) : NULL;
   struct dirent *de;
-  while ((de = readdir (d)) != NULL) {
+  while (d && (de = readdir (d)) != NULL) {
     size_t len = strlen (de->d_name);
     if (len <= 4 || strcmp (de->d_name + len - 4, ".qmp") != 0 || de->d_name[0] == '.')
       continue;
+    char *qmp = qb_asprintf ("%s/%s", fs_cfg.sockets_dir, de->d_name);
     char *base = qb_strdup (de->d_name);
     base[len - 4] = '\0';
-    char *qmp = qb_asprintf ("%s/%s", fs_cfg.sockets_dir, de->d_name);
-    char *qga = qb_asprintf ("%s/%s.qga", fs_cfg.sockets_dir, base);
     char *safe = qb_name_sanitize (base);
-    if (safe && is_socket (qmp)) {
-      fs_vm *vm = reg_get_locked (safe);
-      pthread_mutex_lock (&vm->lock);
-      if (!vm->explicit_vm) {
-        vm->in_sockets = true;
-        free (vm->qmp_path);
-        vm->qmp_path = qmp;
-        qmp = NULL;
-        free (vm->qga_path);
-        vm->qga_path = NULL;
-        if (is_socket (qga)) {
-          vm->qga_path = qga;
-          qga = NULL;
-        }
-      }
-      pthread_mutex_unlock (&vm->lock);
+    if (!safe || !is_socket (qmp)) {
+      qb_error_clear ();
+      free (safe);
+      free (base);
+      free (qmp);
+      continue;
     }
-    free (safe);
-    free (qga);
-    free (qmp);
-    free (base);
+    e = qb_realloc (e, (n + 1) * sizeof *e);
+    e[n++] = (sock_entry) { .base = base, .safe = safe, .qmp = qmp };
   }
-  closedir (d);
+  if (d)
+    closedir (d);
+  sockets_judge_locked (e, n);
+
+  refused_sock *nr = NULL;
+  size_t nnr = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (e[i].refuse) {
+      if (!was_refused_locked (e[i].qmp))
+        fs_log ("socket %s refused: %s", e[i].qmp, e[i].reason);
+      nr = qb_realloc (nr, (nnr + 1) * sizeof *nr);
+      nr[nnr++] = (refused_sock) { .socket = e[i].qmp, .name = e[i].safe, .reason = e[i].reason };
+      free (e[i].base);
+      continue;
+    }
+    char *qga = qb_asprintf ("%s/%s.qga", fs_cfg.sockets_dir, e[i].base);
+    fs_vm *vm = reg_get_locked (e[i].safe);
+    pthread_mutex_lock (&vm->lock);
+    vm->in_sockets = true;
+    free (vm->qmp_path);
+    vm->qmp_path = e[i].qmp;
+    free (vm->qga_path);
+    vm->qga_path = NULL;
+    if (is_socket (qga)) {
+      vm->qga_path = qga;
+      qga = NULL;
+    }
+    pthread_mutex_unlock (&vm->lock);
+    free (qga);
+    free (e[i].base);
+    free (e[i].safe);
+  }
+  free (e);
+  for (size_t i = 0; i < nrefused; i++) {
+    free (refused[i].socket);
+    free (refused[i].name);
+    free (refused[i].reason);
+  }
+  free (refused);
+  refused = nr;
+  nrefused = nnr;
+
   for (size_t i = 0; i < nreg; i++) {
     fs_vm *vm = reg[i];
     pthread_mutex_lock (&vm->lock);
@@ -157,6 +258,24 @@ scan_sockets_locked (void)
   }
 }
 
+/* Refused sockets of the last scan as JSON (new reference). */
+json_object *
+vms_refused_json (void)
+{
+  vms_refresh ();
+  json_object *arr = json_object_new_array ();
+  pthread_mutex_lock (&reg_lock);
+  for (size_t i = 0; i < nrefused; i++) {
+    json_object *j = json_object_new_object ();
+    json_object_object_add (j, "socket", json_object_new_string (refused[i].socket));
+    json_object_object_add (j, "name", json_object_new_string (refused[i].name));
+    json_object_object_add (j, "reason", json_object_new_string (refused[i].reason));
+    json_object_array_add (arr, j);
+  }
+  pthread_mutex_unlock (&reg_lock);
+  return arr;
+}
+
 /* Rescan the store's VM list (caller holds reg_lock). */
 static void
 scan_store_locked (void)
@@ -165,10 +284,12 @@ scan_store_locked (void)
   size_t n = 0;
   for (size_t i = 0; i < nreg; i++)
     reg[i]->in_store = false;
-  if (store_list_vms (fs_cfg.st, &names, &n) == -1)
+  if (store_list_vms (fs_cfg.st, &names, &n) == -1) {
+    qb_error_clear ();
     return;
+  }
   for (size_t i = 0; i < n; i++)
-    reg_get_locked (names[i])->in_store = true;
+    reg_get_locked (names[i])->in_store = true;   /* linked folders are not listed */
   store_names_free (names, n);
 }
 
@@ -373,13 +494,31 @@ vm_scan_get (fs_vm *vm)
     vm_scan *ns = qb_calloc (1, sizeof *ns);
     ns->refs = 1;
     ns->v = store_scan_vm (fs_cfg.st, vm->name);   /* NULL when nothing stored */
+    /* Descriptors or memory ran out: nothing may be concluded from this scan
+     * (nothing is damaged, nothing was removed): keep the last one and scan
+     * again next time. */
+    bool transient = !ns->v && qb_err_is_transient (qb_error_code ());
+    if (transient)
+      fs_log ("%s: store scan failed for now, keeping the last one: %s", vm->name,
+              qb_error_msg ());
+    else if (!ns->v && qb_error_code () == QB_EPERM)
+      /* a symlinked VM folder may point anywhere: never read through it */
+      fs_log ("%s: %s (restore points come only from inside the store)", vm->name,
+              qb_error_msg ());
     pthread_mutex_lock (&vm->lock);
-    vm_scan *old = vm->scan;
-    vm->scan = ns;
     free (vm->scan_stamp);
-    vm->scan_stamp = stamp;
-    stamp = NULL;
-    vm_scan_put (old);
+    vm->scan_stamp = NULL;
+    if (transient && vm->scan)
+      free (ns);
+    else {
+      vm_scan *old = vm->scan;
+      vm->scan = ns;
+      if (!transient) {
+        vm->scan_stamp = stamp;
+        stamp = NULL;
+      }
+      vm_scan_put (old);
+    }
   }
   vm_scan *s = vm->scan;
   __atomic_add_fetch (&s->refs, 1, __ATOMIC_ACQ_REL);
