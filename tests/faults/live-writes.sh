@@ -39,6 +39,15 @@ print(sum(1 for j in json.loads(sys.argv[1]) if j["offset"] < j["len"]))' \
     "$(qb_qmp "$1" query-block-jobs)"
 }
 
+# Set the speed of every block job of VM to BYTES per second.
+jobs_speed() {
+  local id
+  for id in $(python3 -c 'import json,sys; [print(j["device"]) for j in json.loads(sys.argv[1])]' \
+      "$(qb_qmp "$1" query-block-jobs)"); do
+    qb_qmp "$1" block-job-set-speed "{\"device\":\"$id\",\"speed\":$2}" >/dev/null 2>&1 || true   # a pending job refuses
+  done
+}
+
 # Start a backup of vm1 at LEVEL through VIA (mount|cli) in the background: BPID.
 start_backup() {
   local via=$1 level=$2
@@ -68,7 +77,7 @@ finish_backup() {
 
 # One backup at LEVEL through VIA while the guest writes: capture the disks
 # with the VM paused, trigger, wait until every job exists and did DONE bytes
-# (or all of its own), resume, run the guest writes "DISK:qemu-io command"...
+# (or all of its own), slow them to 64 KiB/s, resume, run the guest writes "DISK:qemu-io command"...
 # during the jobs, then let the jobs go.  The new point of each disk is
 # remembered with the capture taken just before the trigger.
 live_round() {
@@ -86,6 +95,7 @@ live_round() {
   done
   [ "$n" = "$ndisks" ] && [ "$left" = 0 ] ||
     qb_die "$level via $via: jobs never got $done_bytes bytes done ($n jobs, $left bytes short): $(qb_qmp vm1 query-block-jobs) $(cat "$T/writer.out" "$T/cli.out" 2>/dev/null)"
+  jobs_speed vm1 65536    # slower still while the guest writes (a loaded machine is slow)
   qb_qmp vm1 cont >/dev/null
   for w in "$@"; do qb_guest_write vm1 "${w%%:*}" "${w#*:}"; done
   [ "$(jobs_unfinished vm1)" -gt 0 ] ||
