@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Every file the product writes into the store is the owner's only (0600, dirs
-# 0700), whatever the umask: layers (FULL/INC/COPY) made through the mount and
-# through qmpbackup, records, locks.  KNOWN BUG (registered should_fail): the
-# target images are made by `qemu-img create` with the process umask, so
-# under the usual 022 every layer file is 0644.
+# Store entries are the owner's only whatever the umask (022 here): layers made
+# through the mount and through qmpbackup (full, inc, copy, monthly), with the
+# directories (0700), records and locks (0600) checked by `store-perms` and the
+# layer files by `store-perms-layers`.  The third argument picks the check.
+# KNOWN BUG (faults-store-perms-layers is registered should_fail): the target
+# images are made by `qemu-img create` with the process umask, so under 022
+# every FULL/INC/COPY file is 0644.
 set -euo pipefail
 . "$QB_SOURCE_DIR/tests/lib/vm.sh"
 . "$QB_SOURCE_DIR/tests/fs/lib.sh"
 . "$QB_SOURCE_DIR/tests/faults/lib.sh"
+what=${3:?usage: store-perms.sh QMPBACKUPFS QMPCMD others|layers}
 fault_init
 qb_need "$QMPBACKUP"
 umask 022
@@ -20,12 +23,25 @@ fault_backup vm1 full
 qb_guest_write vm1 drive0 "write -P 0x12 0 64k"
 fault_backup vm1 inc
 qb_guest_write vm1 drive0 "write -P 0x13 0 64k"
-"$QMPBACKUP" --socket "$(qb_vm_socket vm1)" backup --level inc --target "$store/vm1" --quiet ||
-  qb_die "qmpbackup inc failed"
-"$QMPBACKUP" --socket "$(qb_vm_socket vm1)" backup --level copy --target "$store/vm1" --quiet ||
-  qb_die "qmpbackup copy failed"
+for level in inc copy; do
+  "$QMPBACKUP" --socket "$(qb_vm_socket vm1)" backup --level "$level" --target "$store/vm1" --quiet ||
+    qb_die "qmpbackup $level failed"
+done
+"$QMPBACKUP" --socket "$(qb_vm_socket vm1)" backup --level full --monthly --target "$store/vm2" --quiet ||
+  qb_die "qmpbackup full --monthly failed"
 fault_check_points "before the permission check"
-ls -laR "$store" >&2
-leaky=$(find "$store/vm1" \( -type f -perm /077 \) -o \( -type d -perm /077 \))
-[ -z "$leaky" ] || qb_die "store entries open to group or others (umask 022): $(echo $leaky)"
-echo "store-perms: ok"
+[ -n "$(find "$store/vm1" -name 'INC-*')" ] && [ -n "$(find "$store/vm2" -name 'FULL-*')" ] ||
+  qb_die "the backups made no layer files: $(find "$store")"
+
+if [ "$what" = layers ]; then
+  leaky=$(find "$store" -type f \( -name 'FULL-*' -o -name 'INC-*' -o -name 'COPY-*' \) -perm /077)
+else
+  leaky=$(find "$store" -mindepth 1 \( -type d -perm /077 \) -o \
+    \( -type f ! -name 'FULL-*' ! -name 'INC-*' ! -name 'COPY-*' -perm /077 \))
+  [ -n "$(find "$store/vm1/.points" -type f)" ] || qb_die "no records in $store/vm1/.points"
+fi
+if [ -n "$leaky" ]; then
+  ls -ld $leaky >&2
+  qb_die "store entries open to group or others under umask 022 ($what): $(echo $leaky)"
+fi
+echo "store-perms ($what): ok"
