@@ -80,6 +80,31 @@ start_writer "full\n"
 finish_job
 [ "$(qb_fs_points "$mnt/vm2/drive0/restore" | wc -l)" = 1 ] || qb_die "no first point"
 
+# Unknown words and near misses are EINVAL and start nothing: no new point, no
+# store file, no QEMU job, state and last result unchanged; the rejection is
+# explained in status.
+cat "$mnt/vm2/status" > "$T/status.json"
+before_status=$(qb_json "$T/status.json" '(d["state"], d.get("last"))')
+before_store=$(cd "$store" && find . | LC_ALL=C sort)
+long=$(printf 'full%.0s' {1..70})
+huge=$(printf 'x%.0s' {1..5000})
+pad=$(printf ' %.0s' {1..300})
+for line in "ful\n" "fulll\n" "Full\n" "AUTO\n" "INC\n" "full extra\n" "inc quiesce junk\n" \
+    "copy noquiesce extra\n" "auto quiesced\n" "quiesce\n" "noquiesce full\n" "incremental\n" \
+    "-full\n" "full,\n" "inc\nfull\n" "full\n\n" "\n" "   \n" " \t  \t\n" "\r\n" \
+    "full\x00\n" "auto\xff\n" "$long\n" "$huge" "full$pad\n" "${huge}full\n"; do
+  r=$(qb_fs_control "$C" "$line")
+  [ "$r" = EINVAL ] || qb_die "control write '${line:0:40}' gave $r, expected EINVAL"
+done
+cat "$mnt/vm2/status" > "$T/status.json"
+[ "$(qb_json "$T/status.json" '(d["state"], d.get("last"))')" = "$before_status" ] ||
+  qb_die "a refused control write changed the status: $(cat "$T/status.json")"
+qb_json "$T/status.json" 'd["last_rejected"]["error"]' | grep -q . ||
+  qb_die "the refusal is not explained: $(cat "$T/status.json")"
+[ "$(cd "$store" && find . | LC_ALL=C sort)" = "$before_store" ] || qb_die "a refused control write changed the store"
+[ "$(qb_qmp vm2 query-block-jobs)" = "[]" ] || qb_die "a refused control write started a job"
+[ "$(qb_fs_points "$mnt/vm2/drive0/restore" | wc -l)" = 1 ] || qb_die "a refused control write made a point"
+
 # EBUSY while a backup runs; status shows the job.
 qb_guest_write vm2 drive0 "write -P 0x56 0 32M"
 start_writer "inc\n"
