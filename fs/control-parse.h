@@ -4,7 +4,7 @@
 
 #include <stddef.h>
 
-#include "qmp/engine.h"
+#include "engine/engine.h"
 
 #define CONTROL_MAX 256   /* longest control write accepted, in bytes */
 

@@ -23,7 +23,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
-#include "qmp/engine.h"
+#include "engine/engine.h"
 #include "store/store.h"
 #include "store/chain.h"
 

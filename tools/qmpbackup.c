@@ -1,7 +1,7 @@
 /* qmpbackup — live full and incremental backups of a running QEMU VM, the
  * seed-compatible command line of qmpbackupfs (same engine and store as the
  * mount).  See usage() for the interface and the exit codes. */
-#include "qmp/engine.h"
+#include "engine/engine.h"
 #include "store/store.h"
 #include "common/error.h"
 #include "common/util.h"

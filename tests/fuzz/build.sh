@@ -54,7 +54,7 @@ for t in "${targets[@]}"; do
   esac
   all=("$src/tests/fuzz/fuzz_$t.c" "${srcs[@]}" "${common[@]}")
   bin="$out/fuzz_$t"
-  if [ -x "$bin" ] && [ -z "$(find "${all[@]}" "$src"/common/*.h "$src"/qmp/*.h "$src"/store/*.h "$src"/fs/*.h \
+  if [ -x "$bin" ] && [ -z "$(find "${all[@]}" "$src"/common/*.h "$src"/qmp/*.h "$src"/engine/*.h "$src"/store/*.h "$src"/fs/*.h \
                                "$src/tests/fuzz/fuzz.h" "$src/tests/fuzz/fuzz-feed.h" "$0" -newer "$bin" 2>/dev/null)" ]; then
     continue
   fi

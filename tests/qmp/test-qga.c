@@ -5,7 +5,7 @@
  * against a scripted agent. */
 #include "qmp/qga.h"
 #include "qmp/qmp.h"
-#include "qmp/thawguard.h"
+#include "engine/thawguard.h"
 #include "testlib.h"
 
 #include <poll.h>

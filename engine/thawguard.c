@@ -4,7 +4,7 @@
  * uses only system calls (poll, read, send, socket, connect, close, dup2,
  * open, sigaction, setsid, clock_gettime, _exit) and its own byte scanning:
  * no malloc, no stdio, no locks another thread of the parent could hold. */
-#include "qmp/thawguard.h"
+#include "engine/thawguard.h"
 #include "common/error.h"
 #include "common/util.h"
 

@@ -22,10 +22,10 @@
  *   bitmap with every change since the previous layer (or more): always
  *   safe for the next incremental.  (QEMU allows bitmap-mode "never" only
  *   with sync "bitmap", which copies exactly what sync "incremental" does.) */
-#include "qmp/engine.h"
-#include "qmp/disks.h"
+#include "engine/engine.h"
+#include "engine/disks.h"
 #include "qmp/qga.h"
-#include "qmp/thawguard.h"
+#include "engine/thawguard.h"
 #include "store/chain.h"
 #include "common/error.h"
 #include "common/util.h"

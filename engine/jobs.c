@@ -2,8 +2,8 @@
  * aborting, and cleaning up leftovers of a crashed run (see engine.h,
  * "Internals").  Job status is read from query-jobs, which is
  * authoritative; JOB_STATUS_CHANGE events only wake the wait up early. */
-#include "qmp/engine.h"
-#include "qmp/disks.h"
+#include "engine/engine.h"
+#include "engine/disks.h"
 #include "common/error.h"
 #include "common/util.h"
 

@@ -6,7 +6,7 @@
  * from the qdev path (`-device ...,id=`), else by a user-given node name;
  * an anonymous disk with an automatic node name ("#block123") has no stable
  * name and is skipped, because its name would change on every QEMU start. */
-#include "qmp/disks.h"
+#include "engine/disks.h"
 #include "common/error.h"
 #include "common/util.h"
 
