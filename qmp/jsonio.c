@@ -208,7 +208,7 @@ jsonio_set_trace (int fd)
 }
 
 /* One trace line for LEN bytes of BUF on J's socket, DIR ">" sent or "<"
- * received, escaped by jsonio_sanitize and cut at TRACE_MAX bytes; written
+ * received, control and non-ASCII bytes as \xNN, cut at TRACE_MAX bytes; written
  * with one write(2) so lines of several threads do not mix. */
 static void
 trace (jsonio *j, const char *dir, const void *buf, size_t len)
@@ -218,11 +218,17 @@ trace (jsonio *j, const char *dir, const void *buf, size_t len)
     return;
   while (len > 0 && ((const char *) buf)[len - 1] == '\n')
     len--;
-  size_t cut = len > TRACE_MAX ? TRACE_MAX : len;
+  size_t cut = len > TRACE_MAX ? TRACE_MAX : len, o = 0;
   char *text = malloc (cut * 4 + 1);
   if (!text)
     return;
-  jsonio_sanitize (buf, cut, text, cut * 4 + 1);
+  const unsigned char *b = buf;
+  for (size_t i = 0; i < cut; i++)    /* control and non-ASCII bytes as \xNN */
+    if (b[i] >= 0x20 && b[i] < 0x7f)
+      text[o++] = (char) b[i];
+    else
+      o += (size_t) sprintf (text + o, "\\x%02x", b[i]);
+  text[o] = '\0';
   char *line = qb_asprintf ("trace: fd %d %s %s%s\n", j->fd, dir, text,
                             cut < len ? " ..." : "");
   ssize_t w = write (fd, line, strlen (line));
@@ -484,7 +490,8 @@ jsonio_recv (jsonio *j, int timeout_ms)
       reset_message (j);
       if (atomic_load (&trace_fd) >= 0) {
         size_t tl;
-        const char *t = json_object_to_json_string_length (obj, JSON_C_TO_STRING_PLAIN, &tl);
+        const char *t = json_object_to_json_string_length (obj, JSON_C_TO_STRING_PLAIN
+                                                           | JSON_C_TO_STRING_NOSLASHESCAPE, &tl);
         trace (j, "<", t, tl);
       }
       return obj;

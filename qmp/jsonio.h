@@ -102,7 +102,8 @@ int jsonio_connect (const char *addr, int timeout_ms);
 int jsonio_parse_tcp (const char *addr, char **host, char **port);
 
 /* Trace every message sent and received by any connection to FD (a line
- * "trace: fd N > MSG" or "< MSG", escaped by jsonio_sanitize, at most 4 KiB
+ * "trace: fd N > MSG" or "< MSG"; control and non-ASCII bytes
+ * as \xNN (a received message as json-c writes it again), at most 4 KiB
  * of each message); FD -1 stops.  For debugging: includes all QMP and
  * guest-agent traffic. */
 void jsonio_set_trace (int fd);

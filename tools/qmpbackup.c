@@ -757,6 +757,8 @@ print_store (json_object *j)
                             json_object_get_boolean (json_object_object_get (p, "quiesced"))
                             ? "quiesced" : "", *S (p, "damage") ? " DAMAGED: " : "",
                             S (p, "damage"));
+        for (size_t e = strlen (line); e > 0 && line[e - 1] == ' '; e--)
+          line[e - 1] = '\0';
         t = term_text (line, false);
         printf ("%s\n", t);
         free (t);
