@@ -937,6 +937,8 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   if (pause_vm (r) < 0)
     return -1;
   /* A paused guest cannot answer its agent: --pause takes no freeze. */
+  if (o->pause && qga_path && o->quiesce == QUIESCE_DEFAULT)
+    quiesce_note (r, "not quiesced: the VM is paused for the backup instead (--pause)");
   if (quiesce (r, o->pause ? NULL : qga_path) < 0)
     return -1;
   int rc = transaction (r);

@@ -63,7 +63,8 @@ static const char backup_usage[] =
   "                    no chain\n"
   "  -t, --target DIR  STORE/<vm>: the store is DIR's parent, the VM name its last part\n"
   "  --monthly         chains in YYYY-MM folders; auto starts each month with a full\n"
-  "  --quiesce         freeze the guest's filesystems (fail if the agent does not answer)\n"
+  "  --quiesce         freeze the guest's filesystems (fail if the agent does not answer;\n"
+  "                    --quisce is accepted too)\n"
   "  --no-quiesce      never freeze (default: freeze when --agent-socket is given and\n"
   "                    fall back to a crash-consistent backup if the agent fails)\n"
   "  --pause           pause the VM (QMP stop) from before the backup starts until its\n"
@@ -309,7 +310,7 @@ on_progress (void *opaque, const backup_progress *p)
 enum {
   OPT_SOCKET = 256, OPT_AGENT, OPT_DEBUG, OPT_SYSLOG, OPT_MONTHLY, OPT_QUIESCE,
   OPT_NO_QUIESCE, OPT_SPEED, OPT_COMPRESS, OPT_INCLUDE_RAW, OPT_PAUSE, OPT_SHOW, OPT_JSON,
-  OPT_REMOVE_BITMAPS,
+  OPT_REMOVE_BITMAPS, OPT_UUID,
 };
 
 #define COMMON_LONG_OPTS                                        \
@@ -442,6 +443,7 @@ cmd_backup (int argc, char **argv, common_opts *co)
     { "target", required_argument, NULL, 't' },
     { "monthly", no_argument, NULL, OPT_MONTHLY },
     { "quiesce", no_argument, NULL, OPT_QUIESCE },
+    { "quisce", no_argument, NULL, OPT_QUIESCE },      /* upstream's old spelling */
     { "no-quiesce", no_argument, NULL, OPT_NO_QUIESCE },
     { "include", required_argument, NULL, 'i' },
     { "exclude", required_argument, NULL, 'e' },
@@ -450,6 +452,7 @@ cmd_backup (int argc, char **argv, common_opts *co)
     { "compress", no_argument, NULL, OPT_COMPRESS },
     { "include-raw", no_argument, NULL, OPT_INCLUDE_RAW },
     { "pause", no_argument, NULL, OPT_PAUSE },
+    { "uuid", required_argument, NULL, OPT_UUID },
     { "quiet", no_argument, NULL, 'q' },
     COMMON_LONG_OPTS,
     { NULL, 0, NULL, 0 },
@@ -477,6 +480,9 @@ cmd_backup (int argc, char **argv, common_opts *co)
     case OPT_COMPRESS: o.compress = true; break;
     case OPT_INCLUDE_RAW: include_raw = true; break;
     case OPT_PAUSE: o.pause = true; break;
+    case OPT_UUID:
+      return usage_error ("backup", "--uuid is not supported: each chain gets its own id and "
+                          "bitmap, and \"-l inc\" finds the chain in the store%s", "");
     case 'q': quiet = true; break;
     default: return getopt_error (c, argv, "backup");
     }

@@ -64,6 +64,8 @@ expect_usage backup "unexpected argument \"extra\"" "${S[@]}" backup -l full -t 
 expect_usage backup "unknown backup level \"weekly\"" "${S[@]}" backup -l weekly -t "$T/store/vm"
 expect_usage backup "bad --speed" "${S[@]}" backup -l full -t "$T/store/vm" --speed-limit 12Q
 expect_usage backup "--pause and --quiesce exclude each other" "${S[@]}" backup -l full -t "$T/store/vm" --pause --quiesce
+expect_usage backup "--pause and --quiesce exclude each other" "${S[@]}" backup -l full -t "$T/store/vm" --pause --quisce
+expect_usage backup "--uuid is not supported" "${S[@]}" backup -l full -t "$T/store/vm" --uuid testme
 expect_usage backup "--target .*: its last part must be the VM's name" "${S[@]}" backup -l full -t "$T/store/.hidden"
 expect_usage info "--show frob: expected blockdev, bitmaps or store" "${S[@]}" info --show frob
 expect_usage info "--socket is required" info
