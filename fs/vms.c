@@ -110,6 +110,13 @@ vms_add_explicit (const char *spec)
     if (qga)
       *qga++ = '\0';
   }
+  if (qga && strncmp (qga, "tcp:", 4) == 0) {
+    /* The thaw guard (engine/thawguard.h) reaches the agent by unix socket only. */
+    qb_error_set (QB_EINVAL, "vm=%s: the guest agent must be a unix socket (QMP may be "
+                  "tcp:HOST:PORT)", spec);
+    free (copy);
+    return -1;
+  }
   char *safe = qb_name_sanitize (name);
   if (!safe) {
     free (copy);

@@ -88,7 +88,7 @@ qga *
 qga_connect (const char *path, int timeout_ms)
 {
   uint64_t deadline = qb_mono_ms () + (timeout_ms > 0 ? (uint64_t) timeout_ms : 0);
-  int fd = jsonio_connect (path, timeout_ms);
+  int fd = jsonio_connect_unix (path, timeout_ms);
   if (fd < 0)
     return NULL;
   qga *g = qb_calloc (1, sizeof *g);

@@ -40,7 +40,7 @@ static const char main_usage[] =
   "Global options (also accepted after the command):\n"
   "  --socket ADDR        the VM's QMP socket: a unix socket path or tcp:HOST:PORT\n"
   "                       (IPv6: tcp:[ADDR]:PORT)\n"
-  "  --agent-socket ADDR  the VM's guest agent socket, same forms (enables quiescing)\n"
+  "  --agent-socket PATH  the VM's guest agent unix socket (enables quiescing)\n"
   "  --debug              trace the QMP and guest agent traffic on stderr (escaped)\n"
   "  -L, --logfile FILE   append one line per backup start, end, failure, cancel\n"
   "                       (created 0600; a symbolic link is refused)\n"
@@ -53,7 +53,7 @@ static const char main_usage[] =
   "5 incremental impossible (no healthy chain: take a full), 130 canceled.\n";
 
 static const char backup_usage[] =
-  "usage: qmpbackup --socket ADDR [--agent-socket ADDR] backup -l LEVEL -t STORE/VM\n"
+  "usage: qmpbackup --socket ADDR [--agent-socket PATH] backup -l LEVEL -t STORE/VM\n"
   "                 [--monthly] [--quiesce | --no-quiesce] [--pause] [-i DISK,...]\n"
   "                 [-e DISK,...] [--speed BYTES] [--compress] [--quiet]\n"
   "\n"
@@ -505,6 +505,10 @@ cmd_backup (int argc, char **argv, common_opts *co)
   char *root, *vm;
   if (split_target (target, &root, &vm) < 0)
     return usage_error ("backup", "%s", qb_error_msg ());
+  if (co->agent && strncmp (co->agent, "tcp:", 4) == 0)
+    return usage_error ("backup", "--agent-socket %s: the guest agent must be a unix socket "
+                        "(the thaw guard, which thaws the guest if qmpbackup dies, reaches it "
+                        "by path)", co->agent);
   if (co->debug)
     jsonio_set_trace (2);
   if (include_raw)

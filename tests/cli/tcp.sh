@@ -77,4 +77,8 @@ qb_fs_unmount "$mnt"
 # A bad tcp address in -o vm= fails the mount with a clear message.
 rc=0; "$QMPBACKUPFS" "$T/store" "$mnt" -f -o "vm=bad:tcp:127.0.0.1" 2>"$T/bad.err" || rc=$?
 [ $rc -ne 0 ] && grep -q "tcp:HOST:PORT" "$T/bad.err" || qb_die "a bad tcp address was not refused: $rc $(cat "$T/bad.err")"
+# The guest agent stays a unix socket (the thaw guard reaches it by path).
+rc=0; "$QMPBACKUPFS" "$T/store" "$mnt" -f -o "vm=bad:$TCP:tcp:127.0.0.1:1" 2>"$T/bad.err" || rc=$?
+[ $rc -ne 0 ] && grep -q "guest agent must be a unix socket" "$T/bad.err" \
+  || qb_die "a tcp guest agent was not refused: $rc $(cat "$T/bad.err")"
 echo "tcp: ok"

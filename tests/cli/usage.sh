@@ -65,6 +65,7 @@ expect_usage backup "unknown backup level \"weekly\"" "${S[@]}" backup -l weekly
 expect_usage backup "bad --speed" "${S[@]}" backup -l full -t "$T/store/vm" --speed-limit 12Q
 expect_usage backup "--pause and --quiesce exclude each other" "${S[@]}" backup -l full -t "$T/store/vm" --pause --quiesce
 expect_usage backup "--pause and --quiesce exclude each other" "${S[@]}" backup -l full -t "$T/store/vm" --pause --quisce
+expect_usage backup "--agent-socket tcp:127.0.0.1:1: the guest agent must be a unix socket" "${S[@]}" --agent-socket tcp:127.0.0.1:1 backup -l full -t "$T/store/vm"
 expect_usage backup "--uuid is not supported" "${S[@]}" backup -l full -t "$T/store/vm" --uuid testme
 expect_usage backup "--target .*: its last part must be the VM's name" "${S[@]}" backup -l full -t "$T/store/.hidden"
 expect_usage info "--show frob: expected blockdev, bitmaps or store" "${S[@]}" info --show frob
