@@ -82,6 +82,7 @@ typedef struct eng_run {
   uint64_t last_ms, last_done;
   double rate;
   uint64_t done, total;
+  bool paused;               /* opts->pause sent "stop": "cont" is owed (pause_resume) */
 } eng_run;
 
 /* "full", "inc", "auto", "copy" → level. */
@@ -823,6 +824,69 @@ drop_stale_next_bitmaps (eng_run *r)
         bitmap_remove (r->q, r->all[i].node, r->all[i].bitmaps[k].name);
 }
 
+/* ---- --pause: the VM stopped while the backup runs ---- */
+
+/* With opts->pause, stop VM R if it runs (a paused or not yet started VM is
+ * left alone, and left so afterwards).  Once "stop" may have been sent,
+ * pause_resume owes a "cont".  0, or -1 when QEMU refused. */
+static int
+pause_vm (eng_run *r)
+{
+  if (!r->opts->pause)
+    return 0;
+  json_object *st = qmp_execute (r->q, "query-status", NULL, QMP_COMMAND_TIMEOUT_MS);
+  if (!st) {
+    qb_error_prefix ("asking QEMU whether VM %s runs (for --pause)", r->vm);
+    return -1;
+  }
+  json_object *running;
+  bool run = json_object_object_get_ex (st, "running", &running)
+    && json_object_get_boolean (running);
+  json_object_put (st);
+  if (!run)
+    return 0;
+  report (r, "pausing");
+  r->paused = true;   /* from here on "cont" is owed, even if "stop" seems to fail */
+  if (qmp_run (r->q, "stop", NULL, QMP_COMMAND_TIMEOUT_MS) < 0) {
+    qb_error_prefix ("pausing VM %s", r->vm);
+    return -1;
+  }
+  if (r->res)
+    r->res->paused = true;
+  return 0;
+}
+
+/* Resume VM R if pause_vm stopped it: "cont", not subject to the cancel
+ * flag.  A failure becomes a WARNING in res->pause_note (returned, or NULL
+ * when resumed or nothing was owed).  Keeps the current error. */
+static const char *
+pause_resume (eng_run *r)
+{
+  static __thread char note[256];
+  if (!r->paused)
+    return NULL;
+  r->paused = false;
+  qb_err code = qb_error_code ();
+  char *msg = qb_strdup (qb_error_msg ());
+  int rc = -1;
+  if (r->q) {
+    qmp_set_cancel (r->q, NULL);
+    rc = qmp_run (r->q, "cont", NULL, QMP_COMMAND_TIMEOUT_MS);
+  }
+  if (rc < 0)
+    snprintf (note, sizeof note, "WARNING: VM %s stays paused, resuming it failed (%s); "
+              "resume it with the QMP command \"cont\"", r->vm,
+              r->q ? qb_error_msg () : "no QMP connection");
+  if (rc < 0 && r->res)
+    snprintf (r->res->pause_note, sizeof r->res->pause_note, "%s", note);
+  if (code != QB_OK)
+    qb_error_set (code, "%s", msg);
+  else
+    qb_error_clear ();
+  free (msg);
+  return rc < 0 ? note : NULL;
+}
+
 static int
 run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
 {
@@ -870,7 +934,12 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   for (size_t i = 0; i < r->n; i++)
     if (target_create (r, &r->d[i]) < 0)
       return -1;
-  if (quiesce (r, qga_path) < 0)
+  if (pause_vm (r) < 0)
+    return -1;
+  /* A paused guest cannot answer its agent: --pause takes no freeze. */
+  if (o->pause && qga_path && o->quiesce == QUIESCE_DEFAULT)
+    quiesce_note (r, "not quiesced: the VM is paused for the backup instead (--pause)");
+  if (quiesce (r, o->pause ? NULL : qga_path) < 0)
     return -1;
   int rc = transaction (r);
   thaw (r);
@@ -894,6 +963,7 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   free (ids);
   if (rc < 0)
     return -1;
+  pause_resume (r);   /* the jobs are done: the VM may run again */
   r->jobs_started = false;
   for (size_t i = 0; i < r->n; i++) {
     if (jobs_node_del (r->q, r->d[i].tnode) < 0) {
@@ -956,6 +1026,9 @@ engine_backup (store *st, const char *vm, const char *qmp_path, const char *qga_
     memset (res, 0, sizeof *res);
   if (!st || !vm || !qmp_path || !opts)
     return qb_error_set (QB_EINVAL, "engine_backup: missing argument");
+  if (opts->pause && opts->quiesce == QUIESCE_ON)
+    return qb_error_set (QB_EINVAL, "--pause and --quiesce exclude each other: the guest "
+                         "agent cannot thaw a paused guest; take one of them");
   eng_run r = { .st = st, .vm = vm, .opts = opts, .res = res, .start_ms = qb_mono_ms () };
   r.level = opts->level == BACKUP_AUTO ? BACKUP_FULL : opts->level;
   store_lock *lock = store_lock_vm (st, vm, opts->lock_timeout_ms);
@@ -982,8 +1055,14 @@ engine_backup (store *st, const char *vm, const char *qmp_path, const char *qga_
     if (res)
       res->seconds = (double) (qb_mono_ms () - r.start_ms) / 1000.0;
   }
+  const char *unpaused = pause_resume (&r);   /* every path resumes a VM --pause stopped */
   qb_err code = qb_error_code ();
   char *msg = rc < 0 ? qb_strdup (qb_error_msg ()) : NULL;
+  if (msg && unpaused) {
+    char *m = qb_asprintf ("%s; %s", msg, unpaused);
+    free (msg);
+    msg = m;
+  }
   thaw (&r);            /* no-op: every path has thawed already */
   thawguard_release (r.guard, !r.thaw_failed);
   qmp_close (r.q);

@@ -50,6 +50,10 @@ typedef struct backup_opts {
   void (*progress) (void *opaque, const backup_progress *p); /* may be NULL */
   void *opaque;
   int lock_timeout_ms;       /* wait for the store lock; 0 = fail at once with QB_EBUSY */
+  bool pause;                /* stop the VM (QMP "stop") from before the transaction until
+                              * the jobs are done, then "cont" on every path; a VM that
+                              * was not running is left as it was.  Needs quiesce OFF or
+                              * DEFAULT (then no freeze: a paused guest cannot thaw). */
 } backup_opts;
 
 typedef struct backup_result {
@@ -64,6 +68,8 @@ typedef struct backup_result {
   uint64_t bytes_copied;    /* bytes the jobs copied */
   uint64_t bytes_stored;    /* bytes the new files take in the store */
   double seconds;
+  bool paused;              /* opts->pause stopped the VM for the backup */
+  char pause_note[256];     /* WARNING when the VM could not be resumed ("" otherwise) */
 } backup_result;
 
 /* "full", "inc", "auto", "copy" → level; -1 (QB_EINVAL) otherwise. */

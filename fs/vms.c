@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "qmp/jsonio.h"
 #include "common/util.h"
 #include "fs/fs.h"
 
@@ -58,7 +59,37 @@ vms_init (void)
   vms_refresh ();
 }
 
-/* Register -o vm=NAME:QMP[:QGA]; -1 on a bad spec. */
+/* If S (in place) starts "tcp:HOST:PORT" (HOST may be "[IPV6]"), end it
+ * there and point *REST past a following ':' (the QGA part, "" when absent);
+ * *REST stays NULL for a socket path.  -1 (QB_EINVAL) on a bad address. */
+static int
+tcp_split (char *s, char **rest)
+{
+  *rest = NULL;
+  if (strncmp (s, "tcp:", 4) != 0)
+    return 0;
+  char *p = s + 4;
+  if (*p == '[') {
+    p = strchr (p, ']');
+    if (!p)
+      return qb_error_set (QB_EINVAL, "expected tcp:[IPV6]:PORT");
+  }
+  p = strchr (p, ':');                           /* before the port */
+  if (!p)
+    return qb_error_set (QB_EINVAL, "expected tcp:HOST:PORT");
+  char *end = strchr (p + 1, ':');               /* before the QGA part */
+  if (end)
+    *end = '\0';
+  char *host, *port;
+  if (jsonio_parse_tcp (s, &host, &port) < 0)
+    return -1;
+  free (host);
+  free (port);
+  *rest = end ? end + 1 : p + strlen (p);
+  return 0;
+}
+
+/* Register -o vm=NAME:QMP[:QGA] (QMP a socket path or tcp:HOST:PORT); -1 on a bad spec. */
 int
 vms_add_explicit (const char *spec)
 {
@@ -69,9 +100,23 @@ vms_add_explicit (const char *spec)
     return qb_error_set (QB_EINVAL, "vm=%s: expected NAME:QMP_SOCKET[:QGA_SOCKET]", spec);
   }
   *qmp++ = '\0';
-  qga = strchr (qmp, ':');
-  if (qga)
-    *qga++ = '\0';
+  if (tcp_split (qmp, &qga) < 0) {
+    qb_error_prefix ("vm=%s", spec);
+    free (copy);
+    return -1;
+  }
+  if (!qga) {
+    qga = strchr (qmp, ':');
+    if (qga)
+      *qga++ = '\0';
+  }
+  if (qga && strncmp (qga, "tcp:", 4) == 0) {
+    /* The thaw guard (engine/thawguard.h) reaches the agent by unix socket only. */
+    qb_error_set (QB_EINVAL, "vm=%s: the guest agent must be a unix socket (QMP may be "
+                  "tcp:HOST:PORT)", spec);
+    free (copy);
+    return -1;
+  }
   char *safe = qb_name_sanitize (name);
   if (!safe) {
     free (copy);
@@ -96,7 +141,8 @@ vms_add_explicit (const char *spec)
   pthread_mutex_lock (&vm->lock);
   vm->explicit_vm = true;
   free (vm->qmp_path);
-  vm->qmp_path = qmp[0] == '/' ? qb_strdup (qmp) : qb_asprintf ("%s/%s", cwd, qmp);
+  vm->qmp_path = qmp[0] == '/' || strncmp (qmp, "tcp:", 4) == 0 ? qb_strdup (qmp)
+    : qb_asprintf ("%s/%s", cwd, qmp);
   free (vm->qga_path);
   vm->qga_path = !qga || !*qga ? NULL
     : qga[0] == '/' ? qb_strdup (qga) : qb_asprintf ("%s/%s", cwd, qga);

@@ -7,6 +7,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -20,6 +23,9 @@
 #define HEAD_SIZE 40          /* bytes of a message kept for error messages */
 #define POLL_SLICE_MS 100
 #define TOKENER_KEEP (256 * 1024) /* after a bigger message, a fresh tokener frees its buffer */
+#define TRACE_MAX 4096            /* bytes of one message a trace line shows */
+
+static atomic_int trace_fd = -1;  /* jsonio_set_trace */
 
 /* What the value scanner knows about the current message. */
 typedef struct scan {
@@ -195,6 +201,42 @@ wait_fd (jsonio *j, short events, uint64_t deadline, const char *what)
   }
 }
 
+void
+jsonio_set_trace (int fd)
+{
+  atomic_store (&trace_fd, fd);
+}
+
+/* One trace line for LEN bytes of BUF on J's socket, DIR ">" sent or "<"
+ * received, control and non-ASCII bytes as \xNN, cut at TRACE_MAX bytes; written
+ * with one write(2) so lines of several threads do not mix. */
+static void
+trace (jsonio *j, const char *dir, const void *buf, size_t len)
+{
+  int fd = atomic_load (&trace_fd);
+  if (fd < 0)
+    return;
+  while (len > 0 && ((const char *) buf)[len - 1] == '\n')
+    len--;
+  size_t cut = len > TRACE_MAX ? TRACE_MAX : len, o = 0;
+  char *text = malloc (cut * 4 + 1);
+  if (!text)
+    return;
+  const unsigned char *b = buf;
+  for (size_t i = 0; i < cut; i++)    /* control and non-ASCII bytes as \xNN */
+    if (b[i] >= 0x20 && b[i] < 0x7f)
+      text[o++] = (char) b[i];
+    else
+      o += (size_t) sprintf (text + o, "\\x%02x", b[i]);
+  text[o] = '\0';
+  char *line = qb_asprintf ("trace: fd %d %s %s%s\n", j->fd, dir, text,
+                            cut < len ? " ..." : "");
+  ssize_t w = write (fd, line, strlen (line));
+  (void) w;
+  free (line);
+  free (text);
+}
+
 int
 jsonio_send_raw (jsonio *j, const void *buf, size_t len, int timeout_ms)
 {
@@ -202,6 +244,7 @@ jsonio_send_raw (jsonio *j, const void *buf, size_t len, int timeout_ms)
   uint64_t deadline = deadline_of (timeout_ms);
   if (j->broken)
     return broken_error (j);
+  trace (j, ">", buf, len);
   while (len > 0) {
     ssize_t n = send (j->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0 && errno == ENOTSOCK)
@@ -445,6 +488,12 @@ jsonio_recv (jsonio *j, int timeout_ms)
       j->last_values = sc.values;
       j->junk = 0;
       reset_message (j);
+      if (atomic_load (&trace_fd) >= 0) {
+        size_t tl;
+        const char *t = json_object_to_json_string_length (obj, JSON_C_TO_STRING_PLAIN
+                                                           | JSON_C_TO_STRING_NOSLASHESCAPE, &tl);
+        trace (j, "<", t, tl);
+      }
       return obj;
     }
     if (err == json_tokener_success) {
@@ -535,4 +584,127 @@ jsonio_connect_unix (const char *path, int timeout_ms)
       return qb_error_set (QB_EBUSY, "socket %s accepts no more connections (backlog full)", path);
     return qb_error_set_errno (e, "connect to socket %s", path);
   }
+}
+
+/* Wait until the non-blocking connect on FD finishes or DEADLINE passes:
+ * 0, or -1 with errno set (ETIMEDOUT when time ran out). */
+static int
+connect_wait (int fd, uint64_t deadline)
+{
+  for (;;) {
+    struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+    int left = (int) remaining_ms (deadline);
+    if (left == 0) {
+      errno = ETIMEDOUT;
+      return -1;
+    }
+    int r = poll (&pfd, 1, left);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0)
+      return -1;
+    if (r == 0)
+      continue;
+    int err = 0;
+    socklen_t el = sizeof err;
+    if (getsockopt (fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
+      return -1;
+    if (err) {
+      errno = err;
+      return -1;
+    }
+    return 0;
+  }
+}
+
+int
+jsonio_parse_tcp (const char *addr, char **host, char **port)
+{
+  if (strncmp (addr, "tcp:", 4) != 0)
+    return qb_error_set (QB_EINVAL, "%s: not a tcp:HOST:PORT address", addr);
+  const char *h = addr + 4, *colon;
+  size_t hlen;
+  if (*h == '[') {
+    const char *close = strchr (h, ']');
+    if (!close || close[1] != ':')
+      return qb_error_set (QB_EINVAL, "%s: expected tcp:[IPV6]:PORT", addr);
+    h++;
+    hlen = (size_t) (close - h);
+    colon = close + 1;
+  }
+  else {
+    colon = strrchr (h, ':');
+    if (!colon || memchr (h, ':', (size_t) (colon - h)))
+      return qb_error_set (QB_EINVAL, "%s: expected tcp:HOST:PORT (an IPv6 address in "
+                           "brackets: tcp:[::1]:PORT)", addr);
+    hlen = (size_t) (colon - h);
+  }
+  const char *p = colon + 1;
+  size_t plen = strlen (p);
+  bool digits = plen > 0 && plen <= 5;
+  for (size_t i = 0; i < plen; i++)
+    digits &= p[i] >= '0' && p[i] <= '9';
+  if (hlen == 0 || !digits || atoi (p) < 1 || atoi (p) > 65535)
+    return qb_error_set (QB_EINVAL, "%s: expected tcp:HOST:PORT with a port 1-65535", addr);
+  *host = qb_calloc (hlen + 1, 1);
+  memcpy (*host, h, hlen);
+  *port = qb_strdup (p);
+  return 0;
+}
+
+/* Connect to HOST:PORT over TCP (each address getaddrinfo gives, in turn)
+ * within TIMEOUT_MS; ADDR names it in messages.  The fd or -1. */
+static int
+connect_tcp (const char *addr, int timeout_ms)
+{
+  char *host, *port;
+  if (jsonio_parse_tcp (addr, &host, &port) < 0)
+    return -1;
+  uint64_t deadline = deadline_of (timeout_ms);
+  struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                            .ai_flags = AI_NUMERICSERV | AI_ADDRCONFIG };
+  struct addrinfo *res = NULL;
+  int gai = getaddrinfo (host, port, &hints, &res);
+  free (host);
+  free (port);
+  if (gai != 0)
+    return qb_error_set (QB_EHOSTDOWN, "%s: cannot resolve the host: %s", addr,
+                         gai == EAI_SYSTEM ? strerror (errno) : gai_strerror (gai));
+  int e = 0;
+  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+    int fd = socket (ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                     ai->ai_protocol);
+    if (fd < 0) {
+      e = errno;
+      continue;
+    }
+    int one = 1;
+    setsockopt (fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect (fd, ai->ai_addr, ai->ai_addrlen) == 0
+        || ((errno == EINPROGRESS || errno == EINTR) && connect_wait (fd, deadline) == 0)) {
+      freeaddrinfo (res);
+      return fd;
+    }
+    e = errno;
+    close (fd);
+    if (e == ETIMEDOUT && remaining_ms (deadline) == 0)
+      break;
+  }
+  freeaddrinfo (res);
+  if (e == ECONNREFUSED || e == ENETUNREACH || e == EHOSTUNREACH)
+    return qb_error_set (QB_EHOSTDOWN, "is the VM running? %s: %s", addr, strerror (e));
+  if (e == ETIMEDOUT)
+    return qb_error_set (QB_EHOSTDOWN, "is the VM running? %s: no answer within %d ms",
+                         addr, timeout_ms);
+  return qb_error_set_errno (e ? e : EIO, "connect to %s", addr);
+}
+
+int
+jsonio_connect (const char *addr, int timeout_ms)
+{
+  if (strncmp (addr, "tcp:", 4) == 0)
+    return connect_tcp (addr, timeout_ms);
+  if (strncmp (addr, "unix:", 5) == 0)
+    addr += 5;
+  return jsonio_connect_unix (addr, timeout_ms);
 }

@@ -89,6 +89,25 @@ int jsonio_skip_to_delimiter (jsonio *j, int timeout_ms);
  * -1: QB_EHOSTDOWN when nobody listens (refused, missing), QB_EPERM, QB_EBUSY. */
 int jsonio_connect_unix (const char *path, int timeout_ms);
 
+/* Connect to ADDR within TIMEOUT_MS: "tcp:HOST:PORT" (HOST a name resolved
+ * with getaddrinfo, an IPv4 address, or an IPv6 address in brackets:
+ * "tcp:[::1]:4444"), "unix:PATH", or a unix socket PATH.  Returns the fd
+ * (non-blocking, close-on-exec) or -1: QB_EHOSTDOWN when nobody listens,
+ * the host is unknown or does not answer in time; QB_EINVAL for a bad
+ * address; as jsonio_connect_unix otherwise. */
+int jsonio_connect (const char *addr, int timeout_ms);
+
+/* Split "tcp:HOST:PORT" (or "tcp:[IPV6]:PORT") into HOST and PORT
+ * (malloc'd, brackets removed): 0, or -1 with QB_EINVAL saying what is wrong. */
+int jsonio_parse_tcp (const char *addr, char **host, char **port);
+
+/* Trace every message sent and received by any connection to FD (a line
+ * "trace: fd N > MSG" or "< MSG"; control and non-ASCII bytes
+ * as \xNN (a received message as json-c writes it again), at most 4 KiB
+ * of each message); FD -1 stops.  For debugging: includes all QMP and
+ * guest-agent traffic. */
+void jsonio_set_trace (int fd);
+
 /* Render LEN bytes of BUF printable into OUT (OUTLEN bytes, NUL-terminated,
  * truncated): control and non-ASCII bytes become \xNN, '"' and '\\' escaped. */
 void jsonio_sanitize (const void *buf, size_t len, char *out, size_t outlen);

@@ -142,7 +142,7 @@ qmp *
 qmp_connect (const char *path, int timeout_ms)
 {
   uint64_t start = qb_mono_ms ();
-  int fd = jsonio_connect_unix (path, timeout_ms);
+  int fd = jsonio_connect (path, timeout_ms);
   if (fd < 0)
     return NULL;
   int used = (int) (qb_mono_ms () - start);

@@ -1,4 +1,4 @@
-/* qmpbackupfs — QMP client over a unix socket.
+/* qmpbackupfs — QMP client over a unix socket or TCP (tcp:HOST:PORT).
  *
  * A QMP socket serves one client at a time: a second client's connect
  * succeeds but it hears no greeting until the first leaves.  Connect for the
@@ -28,7 +28,8 @@
 
 typedef struct qmp qmp;
 
-/* Connect to the QMP socket at PATH, read the greeting and negotiate
+/* Connect to the QMP socket at PATH (a unix socket path, or "tcp:HOST:PORT"
+ * as jsonio_connect takes it), read the greeting and negotiate
  * capabilities, all within TIMEOUT_MS.  Each message from QEMU is limited
  * to JSONIO_QMP_MAX_BYTES / JSONIO_QMP_MAX_VALUES (jsonio.h); a bigger one
  * breaks the connection (QB_EPROTO on this and every later call). */
