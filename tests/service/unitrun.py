@@ -14,7 +14,8 @@ result.  Every process runs in the cgroup v2 directory DIR (created), like a
 unit's control group.
 stop: KillMode=control-group or mixed or process and KillSignal= as systemd
 does them: the signal to every process of the group (control-group) or the
-main one (the only one left after a forking start), then wait up to
+main one (the one named like ExecStart's program; a forked helper that
+renamed itself, like the thaw guard, is not), then wait up to
 TimeoutStopSec= for the group to be empty; processes still there get SIGKILL
 and the stop exits 3.  Exit 0 when the group emptied by itself.
 exec-lines: print the expanded ExecStartPre/ExecStart lines (one JSON list
@@ -109,6 +110,15 @@ def cg_pids(cg):
         return []
 
 
+def main_program(pid):
+    """The command name of process PID (its comm), or None when it is gone."""
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def seconds(v):
     m = re.fullmatch(r"(\d+)\s*(s|sec|min|)?", v)
     if not m:
@@ -146,6 +156,8 @@ def main():
             svc[k] = v
 
     if action == "stop":
+        env = dict(os.environ)
+        main_exe = os.path.basename(exec_words(lists["ExecStart"][0], env)[0][0])[:15]
         mode = svc.get("KillMode", "control-group")
         sig = getattr(signal, svc.get("KillSignal", "SIGTERM"))
         timeout = seconds(svc.get("TimeoutStopSec", "90"))
@@ -154,8 +166,8 @@ def main():
             return 0
         if mode == "control-group":
             targets = pids
-        else:                                # forking: the one process left is the main one
-            targets = pids[:1]
+        else:                                # the main process: runs ExecStart's program
+            targets = [p for p in pids if main_program(p) == main_exe]
         for p in targets:
             try:
                 os.kill(p, sig)
@@ -164,7 +176,7 @@ def main():
         deadline = time.monotonic() + timeout
         while cg_pids(cg) and time.monotonic() < deadline:
             if mode == "mixed" and not any(p in cg_pids(cg) for p in targets):
-                break                         # mixed: the rest gets SIGKILL at once
+                break                         # mixed: the rest gets SIGKILL once the main one is gone
             time.sleep(0.05)
         left = cg_pids(cg)
         if left and mode != "process":

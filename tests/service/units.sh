@@ -11,6 +11,9 @@
 #   unmounts, and every process ends by itself well before TimeoutStopSec
 #   (no SIGKILL); a mount left dead by a daemon killed -9 does not stop the
 #   next start.
+#   A stop while a backup has frozen the guest (a fake agent) thaws it; so
+#   does a stop after the daemon died during a freeze: the thaw guard left
+#   in the group ignores SIGTERM, thaws, and exits before TimeoutStopSec.
 # - qmpbackup@VM.service: /etc/default/qmpbackup and /etc/qmpbackup/VM.conf are
 #   read, a full then an auto (incremental) backup, each restore image exact;
 #   an unreachable VM fails the unit (exit 3).
@@ -20,6 +23,7 @@ set -euo pipefail
 . "$QB_SOURCE_DIR/tests/lib/vm.sh"
 . "$QB_SOURCE_DIR/tests/fs/lib.sh"
 . "$QB_SOURCE_DIR/tests/faults/lib.sh"
+QGASTATUS=${3:+$(realpath -m "$3")}
 qb_need_root
 fault_init
 qb_need fusermount3 stat qemu-io
@@ -149,6 +153,46 @@ fs_unit start > "$T/fs-start.log" 2>&1 || qb_die "start after a crash failed: $(
 mountpoint -q "$mnt" || qb_die "not mounted after the start that followed a crash"
 fault_backup vm1 auto
 fault_check_points "after stop, crash and restart"
+fault_assert_qemu_clean vm1 "after stop, crash and restart"
+
+# --- the guest is never left frozen by a stop (a fake agent beside the VM's
+# QMP socket: its freeze answers after a delay)
+if [ -n "$QGASTATUS" ]; then
+  . "$QB_SOURCE_DIR/tests/guest/fakeqga.sh"
+  # stop while the freeze is pending: the daemon thaws, every process ends by itself
+  fake_start "$T/sockets/vm1.qga" --freeze-delay 5
+  fault_start_writer vm1 "inc\n"
+  fake_wait 'recv guest-fsfreeze-freeze'
+  fs_unit stop || qb_die "stop during a freeze needed SIGKILL"
+  fault_wait_gone "$WRITER"
+  fake_assert_thawed "stop during the freeze" 5
+  ! mountpoint -q "$mnt" || qb_die "still mounted after a stop during a freeze"
+
+  # the daemon killed -9 during the freeze: its thaw guard is left alone in
+  # the group, ignores the stop's SIGTERM, thaws the guest and exits before
+  # TimeoutStopSec (with KillMode=mixed it would be SIGKILLed at once)
+  fs_unit start > "$T/fs-start.log" 2>&1 || qb_die "start failed: $(cat "$T/fs-start.log")"
+  fake_start "$T/sockets/vm1.qga" --freeze-delay 5
+  fault_start_writer vm1 "inc\n"
+  fake_wait 'recv guest-fsfreeze-freeze'
+  daemon=
+  for p in $(cat "$cg_fs/cgroup.procs"); do
+    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = qmpbackupfs ] && daemon=$p
+  done
+  [ -n "$daemon" ] || qb_die "no daemon in the group: $(cat "$cg_fs/cgroup.procs")"
+  [ "$(cg_count "$cg_fs")" = 2 ] || qb_die "want the daemon and its thaw guard in the group: $(cat "$cg_fs/cgroup.procs")"
+  kill -9 "$daemon"
+  fault_wait_gone "$WRITER"
+  fs_unit stop || qb_die "the stop after a crash during a freeze needed SIGKILL"
+  fake_assert_thawed "stop after the daemon died during the freeze" 5
+  fs_unit start > "$T/fs-start.log" 2>&1 || qb_die "start after the crash failed: $(cat "$T/fs-start.log")"
+  kill "$FAKE_PID"; wait "$FAKE_PID" 2>/dev/null || true
+  rm -f "$T/sockets/vm1.qga"
+  fault_backup vm1 auto
+  fault_check_points "after the freezes"
+else
+  qb_log "qgastatus not built: stops during a guest freeze not checked"
+fi
 fault_assert_qemu_clean vm1 "at the end"
 fs_unit stop || qb_die "final stop needed SIGKILL"
 ! mountpoint -q "$mnt" || qb_die "still mounted after the final stop"
