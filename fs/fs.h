@@ -113,6 +113,11 @@ int vms_add_explicit (const char *spec);
 /* Refresh the list from the sockets dir and the store when they changed. */
 void vms_refresh (void);
 
+/* The sockets dir of -o sockets=DIR as an absolute path (malloc'd); a DIR
+ * that does not exist yet is waited for (its VMs show once it appears).  NULL
+ * with an error when DIR exists but is not a usable directory. */
+char *vms_sockets_dir_resolve (const char *dir);
+
 /* The current VM names (sorted, malloc'd array of malloc'd strings). */
 size_t vms_list (char ***names);
 

@@ -224,9 +224,9 @@ main (int argc, char **argv)
     return 1;
   }
   if (o.sockets) {
-    fs_cfg.sockets_dir = realpath (o.sockets, NULL);
+    fs_cfg.sockets_dir = vms_sockets_dir_resolve (o.sockets);
     if (!fs_cfg.sockets_dir) {
-      fs_log ("sockets dir %s: %s", o.sockets, strerror (errno));
+      fs_log ("%s", qb_error_msg ());
       return 1;
     }
   }

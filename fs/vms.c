@@ -20,6 +20,7 @@ static size_t nreg;
 static struct timespec sock_mtime, store_mtime;
 static uint64_t last_refresh_ms;
 static bool refreshed_once;
+static int sockets_dir_state = -1;   /* 1 there, 0 missing, -1 unknown (reg_lock) */
 
 /* Find a VM by name in the registry (caller holds reg_lock). */
 static fs_vm *
@@ -222,6 +223,65 @@ sockets_judge_locked (sock_entry *e, size_t n)
   }
 }
 
+/* The sockets dir of -o sockets=DIR as an absolute path.  When DIR exists
+ * it is resolved (symlinks followed once, here) and must be a directory.
+ * When it does not exist yet (/run/qemu before the first VM starts) the path
+ * as given, made absolute, is returned and the mount waits for it: every
+ * refresh of the VM list stats it (vms_refresh), so the directory and its
+ * sockets show at the first access after it appears.  NULL with an error when
+ * DIR exists but is not a directory or cannot be looked at. */
+char *
+vms_sockets_dir_resolve (const char *dir)
+{
+  char *r = realpath (dir, NULL);
+  if (r) {
+    struct stat sb;
+    if (stat (r, &sb) == -1) {
+      qb_error_set_errno (errno, "sockets=%s", dir);
+      free (r);
+      return NULL;
+    }
+    if (!S_ISDIR (sb.st_mode)) {
+      qb_error_set (QB_EINVAL, "sockets=%s: not a directory (give the directory that "
+                    "holds the VMs' NAME.qmp sockets)", dir);
+      free (r);
+      return NULL;
+    }
+    sockets_dir_state = 1;
+    return r;
+  }
+  if (errno != ENOENT) {
+    qb_error_set_errno (errno, "sockets=%s", dir);
+    return NULL;
+  }
+  if (dir[0] == '/')
+    r = qb_strdup (dir);
+  else {
+    char cwd[4096];
+    if (!getcwd (cwd, sizeof cwd)) {
+      qb_error_set_errno (errno, "sockets=%s: a relative path needs the current directory", dir);
+      return NULL;
+    }
+    r = qb_asprintf ("%s/%s", cwd, dir);
+  }
+  sockets_dir_state = 0;
+  fs_log ("sockets dir %s does not exist yet: its VMs show once it appears", r);
+  return r;
+}
+
+/* Note (and log) whether the sockets dir could be opened at this scan: D is
+ * the result of opendir, ERR its errno (caller holds reg_lock). */
+static void
+sockets_dir_note_locked (const DIR *d, int err)
+{
+  int now = d ? 1 : err == ENOENT || err == ENOTDIR ? 0 : sockets_dir_state;
+  if (now == 1 && sockets_dir_state == 0)
+    fs_log ("sockets dir %s appeared: watching it", fs_cfg.sockets_dir);
+  else if (now == 0 && sockets_dir_state == 1)
+    fs_log ("sockets dir %s is gone: its VMs show again once it is back", fs_cfg.sockets_dir);
+  sockets_dir_state = now;
+}
+
 /* Rescan the sockets dir (caller holds reg_lock). */
 static void
 scan_sockets_locked (void)
@@ -231,6 +291,8 @@ scan_sockets_locked (void)
   sock_entry *e = NULL;
   size_t n = 0;
   DIR *d = fs_cfg.sockets_dir ? opendir (fs_cfg.sockets_dir) : NULL;
+  if (fs_cfg.sockets_dir)
+    sockets_dir_note_locked (d, errno);
   struct dirent *de;
   while (d && (de = readdir (d)) != NULL) {
     size_t len = strlen (de->d_name);
