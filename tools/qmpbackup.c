@@ -428,6 +428,17 @@ cmd_info (int argc, char **argv, const char *sock)
   return rc;
 }
 
+/* engine_cleanup_report callback: "Removing bitmap: NAME", as the Python qmpbackup prints. */
+static void
+on_removed (void *opaque, const char *kind, const char *disk, const char *name)
+{
+  (void) opaque, (void) disk;
+  char *t = strcmp (kind, "bitmap") == 0 ? term_text (name, false) : NULL;
+  if (t)
+    printf ("Removing bitmap: %s\n", t);
+  free (t);
+}
+
 /* The cleanup subcommand. */
 static int
 cmd_cleanup (int argc, char **argv, const char *sock)
@@ -448,7 +459,7 @@ cmd_cleanup (int argc, char **argv, const char *sock)
   }
   if (optind < argc)
     return usage_error (cleanup_usage, "unexpected argument \"%s\"", argv[optind]);
-  int n = engine_cleanup (sock, remove);
+  int n = engine_cleanup_report (sock, remove, on_removed, NULL);
   if (n < 0)
     return fail ("cleanup");
   printf ("removed %d leftover(s)%s\n", n, remove ? " including bitmaps" : "");
