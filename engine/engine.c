@@ -944,6 +944,18 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   qmp_set_cancel (r->q, o->cancel);
   if (jobs_cleanup (r->q, r->target, false, NULL, NULL) < 0)
     return -1;
+  /* Another store's backup job: QEMU runs one backup job per disk at a
+   * time, and it is never canceled from here (it may be running through
+   * another QMP socket of this VM). */
+  char other[128];
+  int busy = jobs_find_ours (r->q, other, sizeof other);
+  if (busy < 0)
+    return -1;
+  if (busy)
+    return qb_error_set (QB_EBUSY, "VM %s has the backup job %s of another store: a backup "
+                         "into that store runs, or one died and left it; wait for it, or, "
+                         "when none runs, remove it with `qmpbackup --socket SOCKET cleanup`",
+                         r->vm, other);
   if (disks_query (r->q, &r->all, &r->nall) < 0)
     return -1;
   bool *inc = qb_calloc (r->nall ? r->nall : 1, sizeof *inc);

@@ -157,4 +157,9 @@ int jobs_node_del (qmp *q, const char *node);
 int jobs_cleanup (qmp *q, const char *target, bool remove_bitmaps, engine_removed_fn removed,
                   void *opaque);
 
+/* The id of a "qmpbackup-" job still in QEMU (after jobs_cleanup of one
+ * target: another target's) into ID (LEN bytes): 1 when there is one, 0
+ * when none, -1 on errors. */
+int jobs_find_ours (qmp *q, char *id, size_t len);
+
 #endif

@@ -363,3 +363,24 @@ jobs_cleanup (qmp *q, const char *target, bool remove_bitmaps, engine_removed_fn
   }
   return count;
 }
+
+/* The id of a "qmpbackup-" job still in QEMU into ID: 1 when there is one,
+ * 0 when none, -1 on errors. */
+int
+jobs_find_ours (qmp *q, char *id, size_t len)
+{
+  json_object *list = query_jobs (q);
+  if (!list)
+    return -1;
+  int found = 0;
+  size_t n = json_object_array_length (list);
+  for (size_t i = 0; i < n && !found; i++) {
+    const char *jid = str_of (json_object_array_get_idx (list, i), "id");
+    if (strncmp (jid, ENGINE_JOB_PREFIX, strlen (ENGINE_JOB_PREFIX)) == 0) {
+      snprintf (id, len, "%s", jid);
+      found = 1;
+    }
+  }
+  json_object_put (list);
+  return found;
+}

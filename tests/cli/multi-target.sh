@@ -8,6 +8,8 @@
 # target; a crashed run's "next" bitmap is cleaned up only by its own target;
 # a store written by an older version (bitmap "qmpbackup-<chain>", no target
 # id) goes on with an inc, and its bitmap survives a full into another store;
+# another store's leftover job is never canceled by a backup (exit 4 until
+# `cleanup`), an older version's is;
 # `cleanup --remove-bitmaps` removes every one of ours and prints
 # "Removing bitmap: NAME" for each.
 set -euo pipefail
@@ -134,6 +136,29 @@ tC2=$(cat "$T/storeC/mt/.target-id")
 [ "$(bitmaps_of drive0 | grep -c "^qmpbackup-$tC2-")" -eq 1 ] || qb_die "C's new bitmap: $(bitmaps_of drive0)"
 writes 19; take A auto inc
 writes 20; take B auto inc
+
+# --- leftover jobs: an older version's are cleaned up, another store's are not
+# canceled (it may be running through another QMP socket): exit 4, then cleanup.
+# Start a slow backup job ID into node NODE on drive0, as a run that died would leave it.
+leftover_job() {
+  qemu-img create -q -f qcow2 "$T/$2.qcow2" 32M
+  qb_qmp mt blockdev-add "{\"driver\": \"qcow2\", \"node-name\": \"$2\", \"file\": {\"driver\": \"file\", \"filename\": \"$T/$2.qcow2\"}}" >/dev/null
+  qb_qmp mt blockdev-backup "{\"job-id\": \"$1\", \"device\": \"drive0\", \"target\": \"$2\", \"sync\": \"full\", \"auto-finalize\": false, \"auto-dismiss\": false, \"speed\": 4096}" >/dev/null
+}
+leftover_job qmpbackup-0 qmpbackup-tgt-0
+writes 22; take A auto inc           # an older version's leftover: removed, backup runs
+qb_qmp mt query-jobs | grep -q qmpbackup-0 && qb_die "the older version's leftover job is still there"
+leftover_job "qmpbackup-${tB:0:8}-0" "qmpbackup-tgt-${tB:0:8}-0"
+rc=0
+"$QMPBACKUP" --socket "$SOCK" backup --level auto --target "$T/storeA/mt" --quiet 2> "$T/err" || rc=$?
+[ $rc -eq 4 ] || qb_die "backup beside another store's job exited $rc, expected 4: $(cat "$T/err")"
+grep -q "backup job qmpbackup-${tB:0:8}-0 of another store" "$T/err" || qb_die "unclear: $(cat "$T/err")"
+qb_qmp mt query-jobs | grep -q "qmpbackup-${tB:0:8}-0" || qb_die "another store's job was canceled"
+"$QMPBACKUP" --socket "$SOCK" cleanup > "$T/cleanup.out" || qb_die "cleanup failed"
+! qb_qmp mt query-jobs | grep -q qmpbackup || qb_die "cleanup left the job"
+writes 23; take A auto inc
+writes 24; take B auto inc
+echo "leftover jobs: older version's cleaned, another store's refused (exit 4) until cleanup"
 
 # --- every point of every store equals its capture ---------------------------
 n=0
