@@ -338,6 +338,10 @@ disks_match (const vm_disk *disks, size_t n, const char *user_name, const char *
 {
   int found = -1, count = 0;
   char *which = NULL;
+  /* A disk's id (unique) wins: names that worked before still pick the same disk. */
+  for (size_t i = 0; i < n; i++)
+    if (strcmp (disks[i].name, user_name) == 0)
+      return (int) i;
   for (size_t i = 0; i < n; i++)
     for (size_t k = 0; k < disks[i].nnames; k++)
       if (strcmp (disks[i].names[k], user_name) == 0) {

@@ -45,8 +45,9 @@ int disks_query (qmp *q, vm_disk **disks, size_t *n);
 /* Free an array from disks_query. */
 void disks_free (vm_disk *disks, size_t n);
 
-/* The index in DISKS (N) of the disk that USER_NAME names (any of its
- * names), or -1 with QB_EINVAL: several disks have that name (the message
+/* The index in DISKS (N) of the disk that USER_NAME names (its id first,
+ * else any of its names), or -1 with QB_EINVAL: several disks have that
+ * name and none has it as its id (the message
  * lists them with their names: use one that is unique) or none has (the
  * message lists every disk with its names).  WHAT ("--exclude") and VM
  * start the message. */

@@ -3,8 +3,9 @@
 # drive id, the qdev id or path, the node names of its format and protocol
 # nodes, the image's path or basename (what the Python qmpbackup's users pass).
 # A VM with a -blockdev disk (named nodes), a -drive disk with a node name and
-# a device of its own, and a plain -drive: each kind of name picks the right
-# disk through `qmpbackup backup --include/--exclude` and through the mount's
+# a device of its own, a plain -drive, and a drive whose id is another disk's
+# device id (a disk's own id wins: names that worked before still pick the
+# same disk): each kind of name picks the right disk through `qmpbackup backup --include/--exclude` and through the mount's
 # -o include=/-o exclude=; a name two disks share is an error listing both
 # (with their names), an unknown name an error listing every disk; `info`
 # lists each disk's names.  Backed-up disks are compared byte for byte.
@@ -23,6 +24,8 @@ R=$T/img/data.raw
 qemu-img create -q -f qcow2 "$A" 16M
 qemu-img create -q -f qcow2 "$B" 8M
 qemu-img create -q -f raw "$R" 4M
+Z=$T/img/z.raw
+qemu-img create -q -f raw "$Z" 2M
 
 # The VM "nm" (not started by qb_vm_start: it needs its own -blockdev/-drive mix).
 stdbuf -oL qemu-system-x86_64 -machine q35,accel=kvm:tcg -nodefaults -display none -S -m 64 \
@@ -33,13 +36,16 @@ stdbuf -oL qemu-system-x86_64 -machine q35,accel=kvm:tcg -nodefaults -display no
   -drive "file=$B,format=qcow2,if=none,id=drv2,node-name=fmt2,cache=unsafe" \
   -device "virtio-blk-pci,drive=drv2,id=vdb" \
   -drive "file=$R,format=raw,if=virtio,id=data,cache=unsafe" \
+  -drive "file=$Z,format=raw,if=none,id=vdb,cache=unsafe" \
+  -device "virtio-blk-pci,drive=vdb,id=vdc" \
   -qmp "unix:$T/sockets/nm.qmp,server=on,wait=off" \
   -qmp "unix:$T/nm.test.qmp,server=on,wait=off" \
   </dev/null >>"$T/vm/nm.out" 2>&1 &
 echo $! > "$T/vm/nm.pid"
 qb_register_pid "$(cat "$T/vm/nm.pid")"
 echo 0 > "$T/vm/nm.blockdev"
-printf 'disk1 qcow2 16777216 %s\ndrv2 qcow2 8388608 %s\ndata raw 4194304 %s\n' "$A" "$B" "$R" \
+printf 'disk1 qcow2 16777216 %s\ndrv2 qcow2 8388608 %s\ndata raw 4194304 %s\nvdb raw 2097152 %s\n' \
+  "$A" "$B" "$R" "$Z" \
   > "$T/vm/nm.disks"
 for ((i = 0; i < 100; i++)); do
   [ -S "$T/sockets/nm.qmp" ] && [ -S "$T/nm.test.qmp" ] && break
@@ -63,7 +69,7 @@ print(" ".join(x for k in d["disks"] if k["name"] == sys.argv[2] for x in k["nam
 }
 for want in "vda:disk1 proto1 $A same.qcow2 /machine/peripheral/vda/virtio-backend" \
             "drv2:vdb fmt2 $B same.qcow2 /machine/peripheral/vdb/virtio-backend" \
-            "data:$R data.raw"; do
+            "data:$R data.raw" "vdb:vdc z.raw"; do
   disk=${want%%:*}
   got=" $(names_of "$disk") "
   for n in $disk ${want#*:}; do
@@ -84,11 +90,11 @@ copy_disks() {
 # Every kind of name, excluded, leaves exactly that disk out; included, takes only it.
 n=0
 for pair in vda:vda disk1:vda proto1:vda "$A:vda" /machine/peripheral/vda/virtio-backend:vda \
-            drv2:drv2 vdb:drv2 fmt2:drv2 "$B:drv2" /machine/peripheral/vdb/virtio-backend:drv2 \
-            data:data data.raw:data "$R:data"; do
+            drv2:drv2 fmt2:drv2 "$B:drv2" /machine/peripheral/vdb/virtio-backend:drv2 \
+            data:data data.raw:data "$R:data" vdb:vdb vdc:vdb z.raw:vdb; do
   name=${pair%:*}; disk=${pair##*:}
   n=$((n + 1))
-  all="data drv2 vda "
+  all="data drv2 vda vdb "
   want=${all/$disk /}
   got=$(copy_disks "$T/ex$n" --exclude "$name") || qb_die "--exclude $name failed: $(cat "$T/err")"
   [ "$got" = "$want" ] || qb_die "--exclude $name backed up '$got', expected '$want'"
@@ -97,8 +103,8 @@ for pair in vda:vda disk1:vda proto1:vda "$A:vda" /machine/peripheral/vda/virtio
 done
 echo "include/exclude: $n names, each picks its disk"
 # Several names, of different kinds, in one list.
-got=$(copy_disks "$T/multi" --exclude proto1,data.raw) || qb_die "--exclude proto1,data.raw: $(cat "$T/err")"
-[ "$got" = "drv2 " ] || qb_die "--exclude proto1,data.raw backed up '$got'"
+got=$(copy_disks "$T/multi" --exclude proto1,data.raw,vdc) || qb_die "--exclude proto1,data.raw,vdc: $(cat "$T/err")"
+[ "$got" = "drv2 " ] || qb_die "--exclude proto1,data.raw,vdc backed up '$got'"
 
 # The copies hold the right bytes (a disk picked by a node name is that disk).
 qb_capture nm disk1 "$T/cap-vda.raw"
@@ -107,7 +113,7 @@ qb_capture nm data "$T/cap-data.raw"
 for d in vda drv2 data; do
   f=$(ls "$T/in1/nm/vda"/COPY-* 2>/dev/null | head -1)
   [ "$d" = vda ] || f=$(ls "$T/multi/nm/drv2"/COPY-* 2>/dev/null | head -1)
-  [ "$d" != data ] || f=$(ls "$T/in11/nm/data"/COPY-* 2>/dev/null | head -1)
+  [ "$d" != data ] || f=$(ls "$T/in10/nm/data"/COPY-* 2>/dev/null | head -1)
   [ -n "$f" ] || qb_die "no copy of $d"
   qemu-img convert -O raw "$f" "$T/got.raw"
   qb_cmp "$T/cap-$d.raw" "$T/got.raw" || qb_die "the copy of $d picked by name differs from the disk"
@@ -127,7 +133,7 @@ rc=0
 "$QMPBACKUP" --socket "$SOCK" backup --level full --target "$T/amb/nm" --quiet --include nosuch \
   2> "$T/err" || rc=$?
 [ $rc -eq 2 ] || qb_die "unknown --include nosuch exited $rc, expected 2"
-for w in 'no disk "nosuch"' "vda (known as" "drv2 (known as" "data (known as" data.raw; do
+for w in 'no disk "nosuch"' "vda (known as" "drv2 (known as" "data (known as" data.raw "vdb (known as vdc"; do
   grep -qF -- "$w" "$T/err" || qb_die "unknown name: the error lacks '$w': $(cat "$T/err")"
 done
 echo "ambiguous and unknown names: errors list the disks: $(head -c 300 "$T/err")"
@@ -150,12 +156,14 @@ if [ -c /dev/fuse ] && command -v fusermount3 >/dev/null && [ -x "$QMPBACKUPFS" 
       got=ERR:$r
     fi
   }
-  mount_copy 1 "exclude=proto1:data.raw"
-  [ "$got" = "drv2 " ] || qb_die "-o exclude=proto1:data.raw backed up '$got'"
+  mount_copy 1 "exclude=proto1:data.raw:z.raw"
+  [ "$got" = "drv2 " ] || qb_die "-o exclude=proto1:data.raw:z.raw backed up '$got'"
   mount_copy 2 "include=fmt2"
   [ "$got" = "drv2 " ] || qb_die "-o include=fmt2 backed up '$got'"
-  mount_copy 3 "include=$A:vdb"
-  [ "$got" = "drv2 vda " ] || qb_die "-o include=$A:vdb backed up '$got'"
+  mount_copy 3 "include=$A:/machine/peripheral/vdb/virtio-backend"
+  [ "$got" = "drv2 vda " ] || qb_die "-o include=$A:/machine/.../vdb backed up '$got'"
+  mount_copy 5 "include=vdb"           # the disk whose id it is, not drv2's device
+  [ "$got" = "vdb " ] || qb_die "-o include=vdb backed up '$got'"
   mount_copy 4 "exclude=same.qcow2"
   [[ $got == ERR:* ]] || qb_die "-o exclude=same.qcow2 (ambiguous) backed up '$got'"
   grep -q 'names 2 disks' "$T/status4.json" || qb_die "mount: ambiguous name not explained: $(cat "$T/status4.json")"
