@@ -125,7 +125,7 @@ backup_level_name (backup_level level)
 
 /* One of our bitmap names, parsed. */
 typedef struct bitmap_owner {
-  bool next;                 /* "qmpbackup-next-...": an INC's helper */
+  bool next;                 /* "qmpbackup-next-...": the writes during an INC */
   bool legacy;               /* an older version's name: no target in it */
   char target[STORE_TARGET_ID_LEN + 1]; /* "" when legacy */
   const char *chain;         /* points into the name */
