@@ -5,7 +5,13 @@
  * its drive id when it has one (`-drive id=`), else by its device id taken
  * from the qdev path (`-device ...,id=`), else by a user-given node name;
  * an anonymous disk with an automatic node name ("#block123") has no stable
- * name and is skipped, because its name would change on every QEMU start. */
+ * name and is skipped, because its name would change on every QEMU start.
+ *
+ * Besides that id a disk answers to every name a user knows it by (its
+ * drive id, qdev id and path, user-given node names of its format and
+ * protocol nodes, its image's path and basename), so --include/--exclude
+ * accept what the Python qmpbackup accepted.  The protocol node is found
+ * in query-named-block-nodes as the node on the same image file. */
 #include "engine/disks.h"
 #include "common/error.h"
 #include "common/util.h"
@@ -80,10 +86,57 @@ bitmap_parse (json_object *jb, vm_bitmap *b)
   b->inconsistent = get_bool (jb, "inconsistent");
 }
 
+/* Add NAME to DISK's names unless it is NULL, empty, an automatic node
+ * name ("#block123": it changes on every start) or there already. */
+static void
+names_add (vm_disk *disk, const char *name)
+{
+  if (!name || !*name || name[0] == '#')
+    return;
+  for (size_t i = 0; i < disk->nnames; i++)
+    if (strcmp (disk->names[i], name) == 0)
+      return;
+  disk->names = qb_realloc (disk->names, (disk->nnames + 1) * sizeof *disk->names);
+  disk->names[disk->nnames++] = qb_strdup (name);
+}
+
+/* Fill DISK's names from query-block entry E and the flat node list NODES
+ * (may be NULL). */
+static void
+names_fill (vm_disk *disk, json_object *e, json_object *nodes)
+{
+  json_object *ins = get_obj (e, "inserted");
+  names_add (disk, disk->name);
+  names_add (disk, get_str (e, "device"));
+  char *id = qdev_id (get_str (e, "qdev"));
+  names_add (disk, id);
+  if (id)
+    names_add (disk, get_str (e, "qdev"));   /* not the path of an anonymous device */
+  free (id);
+  names_add (disk, disk->node);
+  /* The protocol node (and any other named node) on the same image file. */
+  const char *file = get_str (ins, "file");
+  size_t n = nodes && json_object_is_type (nodes, json_type_array)
+    ? json_object_array_length (nodes) : 0;
+  for (size_t i = 0; file && *file && i < n; i++) {
+    json_object *nd = json_object_array_get_idx (nodes, i);
+    const char *nf = get_str (nd, "file");
+    if (nf && strcmp (nf, file) == 0)
+      names_add (disk, get_str (nd, "node-name"));
+  }
+  if (file && *file && strncmp (file, "json:", 5) != 0) {
+    names_add (disk, file);
+    const char *base = strrchr (file, '/');
+    if (base && base[1])
+      names_add (disk, base + 1);
+  }
+}
+
 /* Fill DISK from one query-block entry E whose stable name is NAME (owned
- * by DISK afterwards); false when the entry has no usable medium. */
+ * by DISK afterwards), NODES the flat query-named-block-nodes list; false
+ * when the entry has no usable medium. */
 static bool
-disk_parse (json_object *e, char *name, vm_disk *disk)
+disk_parse (json_object *e, json_object *nodes, char *name, vm_disk *disk)
 {
   json_object *ins = get_obj (e, "inserted");
   json_object *img = get_obj (ins, "image");
@@ -117,6 +170,7 @@ disk_parse (json_object *e, char *name, vm_disk *disk)
       bitmap_parse (jb, &disk->bitmaps[disk->nbitmaps++]);
     }
   }
+  names_fill (disk, e, nodes);
   return true;
 }
 
@@ -161,6 +215,14 @@ disks_query (qmp *q, vm_disk **disks, size_t *n)
     json_object_put (blocks);
     return qb_error_set (QB_EPROTO, "query-block did not return a list");
   }
+  /* "flat": without it each node repeats its whole backing chain. */
+  json_object *qargs = json_object_new_object ();
+  json_object_object_add (qargs, "flat", json_object_new_boolean (1));
+  json_object *nodes = qmp_execute (q, "query-named-block-nodes", qargs, QMP_COMMAND_TIMEOUT_MS);
+  if (!nodes) {
+    json_object_put (blocks);
+    return -1;
+  }
   size_t len = json_object_array_length (blocks);
   vm_disk *out = qb_calloc (len ? len : 1, sizeof *out);
   size_t count = 0;
@@ -189,14 +251,16 @@ disks_query (qmp *q, vm_disk **disks, size_t *n)
     if (dup) {
       disks_free (out, count);
       json_object_put (blocks);
+      json_object_put (nodes);
       qb_error_set (QB_EINVAL, "two disks of the VM have the same name \"%s\"", name);
       free (name);
       return -1;
     }
-    if (disk_parse (e, name, &out[count]))
+    if (disk_parse (e, nodes, name, &out[count]))
       count++;
   }
   json_object_put (blocks);
+  json_object_put (nodes);
   *disks = out;
   *n = count;
   return 0;
@@ -215,6 +279,9 @@ disks_free (vm_disk *disks, size_t n)
     free (d->node);
     free (d->format);
     free (d->file);
+    for (size_t k = 0; k < d->nnames; k++)
+      free (d->names[k]);
+    free (d->names);
     for (size_t k = 0; k < d->nbitmaps; k++)
       free (d->bitmaps[k].name);
     free (d->bitmaps);
@@ -230,4 +297,75 @@ disks_find_bitmap (const vm_disk *disk, const char *name)
     if (strcmp (disk->bitmaps[i].name, name) == 0)
       return &disk->bitmaps[i];
   return NULL;
+}
+
+/* "ID (known as A, B, ...)" for DISK. */
+char *
+disks_describe (const vm_disk *disk)
+{
+  size_t len = strlen (disk->name) + 16;
+  for (size_t i = 0; i < disk->nnames; i++)
+    len += strlen (disk->names[i]) + 2;
+  char *out = qb_calloc (1, len + 16);
+  strcpy (out, disk->name);
+  bool first = true;
+  for (size_t i = 0; i < disk->nnames; i++) {
+    if (strcmp (disk->names[i], disk->name) == 0)
+      continue;
+    strcat (out, first ? " (known as " : ", ");
+    strcat (out, disk->names[i]);
+    first = false;
+  }
+  if (!first)
+    strcat (out, ")");
+  return out;
+}
+
+/* DESC (malloc'd, freed) appended to *LIST with SEP between entries. */
+static void
+list_append (char **list, const char *sep, char *desc)
+{
+  char *old = *list;
+  *list = old ? qb_asprintf ("%s%s%s", old, sep, desc) : qb_strdup (desc);
+  free (old);
+  free (desc);
+}
+
+/* The disk that USER_NAME names, or -1 (QB_EINVAL) when none or several. */
+int
+disks_match (const vm_disk *disks, size_t n, const char *user_name, const char *what,
+             const char *vm)
+{
+  int found = -1, count = 0;
+  char *which = NULL;
+  /* A disk's id (unique) wins: names that worked before still pick the same disk. */
+  for (size_t i = 0; i < n; i++)
+    if (strcmp (disks[i].name, user_name) == 0)
+      return (int) i;
+  for (size_t i = 0; i < n; i++)
+    for (size_t k = 0; k < disks[i].nnames; k++)
+      if (strcmp (disks[i].names[k], user_name) == 0) {
+        found = (int) i;
+        count++;
+        list_append (&which, "; ", disks_describe (&disks[i]));
+        break;
+      }
+  if (count == 1) {
+    free (which);
+    return found;
+  }
+  if (count > 1) {
+    qb_error_set (QB_EINVAL, "%s: \"%s\" names %d disks of VM %s: %s; name one of them "
+                  "by a name only it has (its id, the first name given)", what, user_name,
+                  count, vm, which);
+    free (which);
+    return -1;
+  }
+  for (size_t i = 0; i < n; i++)
+    list_append (&which, "; ", disks_describe (&disks[i]));
+  qb_error_set (QB_EINVAL, "%s: VM %s has no disk \"%s\" (it may be read-only, a CD-ROM or "
+                "empty: those are never backed up); its disks: %s", what, vm, user_name,
+                which ? which : "none");
+  free (which);
+  return -1;
 }

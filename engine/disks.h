@@ -3,7 +3,9 @@
  * Writable disks with media, from `-drive` and `-blockdev`+`-device` alike;
  * CD-ROMs, read-only and empty drives skipped.  Each disk is named by its
  * stable id: the drive id (QMP "device") when it has one, else the device id
- * taken from the qdev path — never an automatic node name ("#block123"). */
+ * taken from the qdev path — never an automatic node name ("#block123").
+ * Users may name a disk by any name it is known by (vm_disk.names): the
+ * name Python qmpbackup users match is the node name, or the image file. */
 #ifndef QB_DISKS_H
 #define QB_DISKS_H
 
@@ -29,6 +31,10 @@ typedef struct vm_disk {
   char *format;      /* "qcow2", "raw", ... */
   char *file;        /* image filename as QEMU reports it */
   uint64_t size;     /* virtual size in bytes */
+  size_t nnames;
+  char **names;      /* every name it is known by, unique: NAME, the drive id,
+                        the qdev id and path, its user-given node names (format
+                        and protocol nodes), the image path and its basename */
   size_t nbitmaps;
   vm_bitmap *bitmaps; /* dirty bitmaps on NODE */
 } vm_disk;
@@ -38,6 +44,18 @@ int disks_query (qmp *q, vm_disk **disks, size_t *n);
 
 /* Free an array from disks_query. */
 void disks_free (vm_disk *disks, size_t n);
+
+/* The index in DISKS (N) of the disk that USER_NAME names (its id first,
+ * else any of its names), or -1 with QB_EINVAL: several disks have that
+ * name and none has it as its id (the message
+ * lists them with their names: use one that is unique) or none has (the
+ * message lists every disk with its names).  WHAT ("--exclude") and VM
+ * start the message. */
+int disks_match (const vm_disk *disks, size_t n, const char *user_name, const char *what,
+                 const char *vm);
+
+/* "ID (known as A, B, ...)" for DISK (malloc'd). */
+char *disks_describe (const vm_disk *disk);
 
 /* The bitmap called NAME on DISK, or NULL. */
 const vm_bitmap *disks_find_bitmap (const vm_disk *disk, const char *name);

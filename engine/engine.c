@@ -14,14 +14,22 @@
  *   (QEMU must not hold a file we rename: it may reopen it by name); commit
  *   the restore point in the store; only then reset the chain's bitmap.
  *
- *   Bitmaps: a FULL adds "qmpbackup-<new chain>" in its transaction.  An
- *   INC runs with bitmap-mode "never", so the job leaves the chain's bitmap
- *   alone, and adds "qmpbackup-next-<chain>" in the same transaction; after
+ *   Bitmaps: a FULL adds "qmpbackup-<target>-<new chain>" in its
+ *   transaction, <target> being the store folder's target id (store.h), so
+ *   every store a VM is backed up into keeps its own bitmaps.  An INC runs
+ *   with bitmap-mode "never", so the job leaves the chain's bitmap alone,
+ *   and adds "qmpbackup-next-<target>-<chain>" in the same transaction; after
  *   the commit one transaction clears the chain's bitmap and merges the
  *   "next" bitmap into it.  Any failure before that leaves the chain's
  *   bitmap with every change since the previous layer (or more): always
  *   safe for the next incremental.  (QEMU allows bitmap-mode "never" only
- *   with sync "bitmap", which copies exactly what sync "incremental" does.) */
+ *   with sync "bitmap", which copies exactly what sync "incremental" does.)
+ *   A committed point then drops this target's bitmaps of older chains,
+ *   never another target's.  Names of older versions, "qmpbackup-<chain>",
+ *   still count as the bitmap of that chain in the store that has it, so an
+ *   upgrade does not force a full.  Job ids and target node names carry the
+ *   first 8 digits of the target id: the leftovers a backup cleans up at
+ *   its start are its own target's, never a running backup's of another. */
 #include "engine/engine.h"
 #include "engine/disks.h"
 #include "qmp/qga.h"
@@ -48,10 +56,10 @@ typedef struct eng_disk {
   const char *health;        /* "ok", "none", "missing", "inconsistent", "resized", ... */
   char *reason;              /* why the chain cannot continue (NULL when healthy) */
   char *chain;               /* chain of this backup's layer (NULL for a copy) */
-  char *bitmap;              /* "qmpbackup-<chain>" */
-  char *next;                /* INC: "qmpbackup-next-<chain>", records writes after the point */
-  char job[32];              /* job id */
-  char tnode[32], fnode[32], bnode[32]; /* target, its file, its backing */
+  char *bitmap;              /* "qmpbackup-<target>-<chain>" (or an older version's name) */
+  char *next;                /* INC: "qmpbackup-next-<target>-<chain>", records writes after the point */
+  char job[48];              /* job id */
+  char tnode[48], fnode[48], bnode[48]; /* target, its file, its backing */
   const char *tmp;           /* temporary target path (owned by the txn) */
   bool node_added;
 } eng_disk;
@@ -62,6 +70,7 @@ typedef struct eng_run {
   const char *vm;
   const backup_opts *opts;
   backup_result *res;
+  char target[STORE_TARGET_ID_LEN + 1]; /* this store folder's target id */
   qmp *q;
   qga *g;
   thawguard *guard;          /* thaws the guest if we die while it may be frozen */
@@ -111,6 +120,81 @@ backup_level_name (backup_level level)
   case BACKUP_COPY: return "copy";
   }
   return "?";
+}
+
+/* ---- Bitmap names ---- */
+
+/* One of our bitmap names, parsed. */
+typedef struct bitmap_owner {
+  bool next;                 /* "qmpbackup-next-...": the writes during an INC */
+  bool legacy;               /* an older version's name: no target in it */
+  char target[STORE_TARGET_ID_LEN + 1]; /* "" when legacy */
+  const char *chain;         /* points into the name */
+} bitmap_owner;
+
+/* True for 16 lowercase hex digits at S (not necessarily NUL-terminated). */
+static bool
+hex16 (const char *s)
+{
+  for (int i = 0; i < STORE_TARGET_ID_LEN; i++)
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+      return false;
+  return true;
+}
+
+/* Parse NAME as "qmpbackup-[next-]<target>-<chain>" or an older version's
+ * "qmpbackup-[next-]<chain>"; false for a name that is not ours. */
+static bool
+bitmap_owner_parse (const char *name, bitmap_owner *o)
+{
+  memset (o, 0, sizeof *o);
+  size_t plen = strlen (ENGINE_BITMAP_PREFIX);
+  if (strncmp (name, ENGINE_BITMAP_PREFIX, plen) != 0)
+    return false;
+  const char *rest = name + plen;
+  if (strncmp (rest, "next-", 5) == 0) {
+    o->next = true;
+    rest += 5;
+  }
+  if (strlen (rest) == 2 * STORE_TARGET_ID_LEN + 1 && rest[STORE_TARGET_ID_LEN] == '-'
+      && hex16 (rest) && hex16 (rest + STORE_TARGET_ID_LEN + 1)) {
+    memcpy (o->target, rest, STORE_TARGET_ID_LEN);
+    o->chain = rest + STORE_TARGET_ID_LEN + 1;
+  }
+  else {
+    o->legacy = true;
+    o->chain = rest;
+  }
+  return true;
+}
+
+/* The bitmap of chain CHAIN in target TARGET (malloc'd). */
+static char *
+bitmap_name (const char *target, const char *chain)
+{
+  return qb_asprintf (ENGINE_BITMAP_PREFIX "%s-%s", target, chain);
+}
+
+/* True when disk DISK of scan V has a chain CHAIN. */
+static bool
+scan_has_chain (const store_vm *v, const char *disk, const char *chain)
+{
+  const store_disk *sd = v ? store_vm_disk (v, disk) : NULL;
+  for (size_t i = 0; sd && i < sd->nchains; i++)
+    if (sd->chains[i].chain_id && strcmp (sd->chains[i].chain_id, chain) == 0)
+      return true;
+  return false;
+}
+
+/* True when bitmap O (parsed) of disk DISK belongs to the store folder of
+ * target TARGET ("" when unknown) whose scan is V: its target is TARGET, or
+ * it is an older version's name for one of V's chains. */
+static bool
+bitmap_is_ours (const bitmap_owner *o, const char *target, const store_vm *v, const char *disk)
+{
+  if (!o->legacy)
+    return target[0] && strcmp (o->target, target) == 0;
+  return scan_has_chain (v, disk, o->chain);
 }
 
 /* ---- Chain health ---- */
@@ -183,16 +267,21 @@ newer_layer_lost (store *st, const char *vm, const char *disk, const char *chain
   return reason;
 }
 
-/* Judge whether disk VD can continue its chain in SD: returns the health
- * word; sets *PREV (the layer to continue, when "ok") and *REASON (malloc'd,
- * when not "ok"); *CHAIN_OUT the chain (or NULL). */
+/* Judge whether disk VD can continue its chain in SD, whose bitmap is
+ * "qmpbackup-<TARGET>-<chain>" (TARGET "" when the folder has no id yet) or
+ * an older version's "qmpbackup-<chain>": returns the health word; sets
+ * *PREV (the layer to continue, when "ok") and *REASON (malloc'd, when not
+ * "ok"); *CHAIN_OUT the chain (or NULL); *BITMAP_OUT (may be NULL) the
+ * chain's bitmap name, found or expected (malloc'd, NULL without a chain). */
 static const char *
-disk_health (store *st, const char *vm, const vm_disk *vd, const store_disk *sd,
-             const char *month, const store_layer **prev, char **reason,
-             const store_chain **chain_out)
+disk_health (store *st, const char *vm, const char *target, const vm_disk *vd,
+             const store_disk *sd, const char *month, const store_layer **prev, char **reason,
+             const store_chain **chain_out, char **bitmap_out)
 {
   *prev = NULL;
   *reason = NULL;
+  if (bitmap_out)
+    *bitmap_out = NULL;
   bool other_month;
   const store_chain *c = last_chain (sd, month, &other_month);
   if (chain_out)
@@ -227,8 +316,18 @@ disk_health (store *st, const char *vm, const vm_disk *vd, const store_disk *sd,
                            vd->name, a, b);
     return "resized";
   }
-  char *bm = qb_asprintf (ENGINE_BITMAP_PREFIX "%s", c->chain_id);
-  const vm_bitmap *b = disks_find_bitmap (vd, bm);
+  char *bm = target[0] ? bitmap_name (target, c->chain_id) : NULL;
+  const vm_bitmap *b = bm ? disks_find_bitmap (vd, bm) : NULL;
+  if (!b) {
+    char *legacy = qb_asprintf (ENGINE_BITMAP_PREFIX "%s", c->chain_id);
+    b = disks_find_bitmap (vd, legacy);
+    if (b || !bm) {
+      free (bm);
+      bm = legacy;
+    }
+    else
+      free (legacy);
+  }
   const char *health = "ok";
   if (!b) {
     *reason = qb_asprintf ("disk %s has no bitmap %s (%s)", vd->name, bm,
@@ -252,7 +351,10 @@ disk_health (store *st, const char *vm, const vm_disk *vd, const store_disk *sd,
     *reason = qb_asprintf ("bitmap %s of disk %s is in use by another job", bm, vd->name);
     health = "busy";
   }
-  free (bm);
+  if (bitmap_out)
+    *bitmap_out = bm;
+  else
+    free (bm);
   if (strcmp (health, "ok") == 0)
     *prev = last;
   return health;
@@ -321,32 +423,17 @@ tick (void *opaque, uint64_t done, uint64_t total)
   report (r, "copying");
 }
 
-/* True when NAME is in the NULL-terminated LIST. */
-static bool
-in_list (const char *const *list, const char *name)
-{
-  for (; list && *list; list++)
-    if (strcmp (*list, name) == 0)
-      return true;
-  return false;
-}
-
-/* Check that every name in LIST is a disk of the VM. */
+/* Mark in PICK (one per disk of the VM) the disks that the names in LIST
+ * (NULL-terminated, each any name of a disk: disks_match) name; -1
+ * (QB_EINVAL) for a name that names no disk or several. */
 static int
-check_names (const eng_run *r, const char *const *list, const char *what)
+pick_disks (const eng_run *r, const char *const *list, const char *what, bool *pick)
 {
   for (; list && *list; list++) {
-    bool found = false;
-    for (size_t i = 0; i < r->nall; i++)
-      found |= strcmp (r->all[i].name, *list) == 0;
-    if (!found) {
-      char names[512] = "";
-      for (size_t i = 0; i < r->nall; i++)
-        snprintf (names + strlen (names), sizeof names - strlen (names), "%s%s",
-                  i ? ", " : "", r->all[i].name);
-      return qb_error_set (QB_EINVAL, "%s: VM %s has no disk \"%s\" (its disks: %s)",
-                           what, r->vm, *list, names[0] ? names : "none");
-    }
+    int k = disks_match (r->all, r->nall, *list, what, r->vm);
+    if (k < 0)
+      return -1;
+    pick[k] = true;
   }
   return 0;
 }
@@ -475,7 +562,13 @@ decide_level (eng_run *r)
     eng_disk *d = &r->d[i];
     const store_disk *sd = r->scan ? store_vm_disk (r->scan, d->vd->name) : NULL;
     const store_chain *chain = NULL;
-    d->health = disk_health (r->st, r->vm, d->vd, sd, month, &d->prev, &d->reason, &chain);
+    char *bm = NULL;
+    d->health = disk_health (r->st, r->vm, r->target, d->vd, sd, month, &d->prev, &d->reason,
+                             &chain, &bm);
+    if (!d->reason)
+      d->bitmap = bm;         /* the healthy chain's bitmap, by whatever name it has */
+    else
+      free (bm);
     /* Never build on a chain whose layers do not read whole. */
     if (!d->reason && r->opts->level != BACKUP_FULL && r->opts->level != BACKUP_COPY) {
       if (chain_problem (r->st, chain, d->vd->name, &d->reason) < 0)
@@ -486,6 +579,8 @@ decide_level (eng_run *r)
       }
     }
     if (d->reason) {
+      free (d->bitmap);
+      d->bitmap = NULL;
       all_ok = false;
       snprintf (reasons + strlen (reasons), sizeof reasons - strlen (reasons), "%s%s",
                 reasons[0] ? "; " : "", d->reason);
@@ -505,18 +600,23 @@ decide_level (eng_run *r)
   store_new_chain_id (chain, sizeof chain);
   for (size_t i = 0; i < r->n; i++) {
     eng_disk *d = &r->d[i];
-    if (want == BACKUP_FULL)
+    if (want != BACKUP_INC) {
+      free (d->bitmap);
+      d->bitmap = NULL;
+    }
+    if (want == BACKUP_FULL) {
       d->chain = qb_strdup (chain);
-    else if (want == BACKUP_INC)
+      d->bitmap = bitmap_name (r->target, d->chain);
+    }
+    else if (want == BACKUP_INC) {
       d->chain = qb_strdup (d->prev->chain_id);
-    if (d->chain)
-      d->bitmap = qb_asprintf (ENGINE_BITMAP_PREFIX "%s", d->chain);
-    if (want == BACKUP_INC)
-      d->next = qb_asprintf (ENGINE_BITMAP_PREFIX "next-%s", d->chain);
-    snprintf (d->job, sizeof d->job, ENGINE_JOB_PREFIX "%u", (unsigned) i);
-    snprintf (d->tnode, sizeof d->tnode, ENGINE_TARGET_PREFIX "%u", (unsigned) i);
-    snprintf (d->fnode, sizeof d->fnode, ENGINE_JOB_PREFIX "file-%u", (unsigned) i);
-    snprintf (d->bnode, sizeof d->bnode, ENGINE_JOB_PREFIX "base-%u", (unsigned) i);
+      d->next = qb_asprintf (ENGINE_BITMAP_PREFIX "next-%s-%s", r->target, d->chain);
+    }
+    /* Node names are at most 31 characters: 8 digits of the target id. */
+    snprintf (d->job, sizeof d->job, ENGINE_JOB_PREFIX "%.8s-%u", r->target, (unsigned) i);
+    snprintf (d->tnode, sizeof d->tnode, ENGINE_TARGET_PREFIX "%.8s-%u", r->target, (unsigned) i);
+    snprintf (d->fnode, sizeof d->fnode, ENGINE_JOB_PREFIX "file-%.8s-%u", r->target, (unsigned) i);
+    snprintf (d->bnode, sizeof d->bnode, ENGINE_JOB_PREFIX "base-%.8s-%u", r->target, (unsigned) i);
   }
   return 0;
 }
@@ -793,7 +893,9 @@ rollback (eng_run *r)
   free (msg);
 }
 
-/* After a committed FULL or INC: remove this disk's bitmaps of other chains. */
+/* After a committed FULL or INC: remove this disk's bitmaps of this
+ * target's other chains (another target's bitmaps are left alone: that
+ * store's chains go on with them). */
 static void
 drop_old_bitmaps (eng_run *r)
 {
@@ -803,25 +905,29 @@ drop_old_bitmaps (eng_run *r)
     const vm_disk *vd = r->d[i].vd;
     for (size_t k = 0; k < vd->nbitmaps; k++) {
       const char *bm = vd->bitmaps[k].name;
-      if (strncmp (bm, ENGINE_BITMAP_PREFIX, strlen (ENGINE_BITMAP_PREFIX)) == 0
-          && strcmp (bm, r->d[i].bitmap) != 0)
+      bitmap_owner o;
+      if (bitmap_owner_parse (bm, &o) && !o.next && strcmp (bm, r->d[i].bitmap) != 0
+          && bitmap_is_ours (&o, r->target, r->scan, vd->name))
         bitmap_remove (r->q, vd->node, bm);
     }
   }
 }
 
 /* The steps from connecting to the commit; -1 leaves cleanup to the caller. */
-/* Remove "next" bitmaps a crashed run left behind (it died after its commit,
- * before merging them): the chain's bitmap still holds every change since
- * the previous point, so they carry nothing the next INC needs. */
+/* Remove this target's "next" bitmaps a crashed run left behind (it died
+ * after its commit, before merging them): the chain's bitmap still holds
+ * every change since the previous point, so they carry nothing the next
+ * INC needs.  Another target's belong to its own (maybe running) backup. */
 static void
 drop_stale_next_bitmaps (eng_run *r)
 {
-  static const char next[] = ENGINE_BITMAP_PREFIX "next-";
   for (size_t i = 0; i < r->nall; i++)
-    for (size_t k = 0; k < r->all[i].nbitmaps; k++)
-      if (strncmp (r->all[i].bitmaps[k].name, next, sizeof next - 1) == 0)
+    for (size_t k = 0; k < r->all[i].nbitmaps; k++) {
+      bitmap_owner o;
+      if (bitmap_owner_parse (r->all[i].bitmaps[k].name, &o) && o.next
+          && bitmap_is_ours (&o, r->target, r->scan, r->all[i].name))
         bitmap_remove (r->q, r->all[i].node, r->all[i].bitmaps[k].name);
+    }
 }
 
 /* ---- --pause: the VM stopped while the backup runs ---- */
@@ -894,25 +1000,41 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   report (r, "connecting");
   if (store_recover (r->st, r->vm) < 0 && qb_error_code () != QB_ENOENT)
     return -1;
+  if (store_target_id (r->st, r->vm, true, r->target, sizeof r->target) < 0)
+    return -1;
   r->q = qmp_connect (qmp_path, QMP_CONNECT_TIMEOUT_MS);
   if (!r->q)
     return -1;
   qmp_set_cancel (r->q, o->cancel);
-  if (jobs_cleanup (r->q, false) < 0)
+  if (jobs_cleanup (r->q, r->target, false, NULL, NULL) < 0)
     return -1;
+  /* Another store's backup job: QEMU runs one backup job per disk at a
+   * time, and it is never canceled from here (it may be running through
+   * another QMP socket of this VM). */
+  char other[128];
+  int busy = jobs_find_ours (r->q, other, sizeof other);
+  if (busy < 0)
+    return -1;
+  if (busy)
+    return qb_error_set (QB_EBUSY, "VM %s has the backup job %s of another store: a backup "
+                         "into that store runs, or one died and left it; wait for it, or, "
+                         "when none runs, remove it with `qmpbackup --socket SOCKET cleanup`",
+                         r->vm, other);
   if (disks_query (r->q, &r->all, &r->nall) < 0)
     return -1;
-  drop_stale_next_bitmaps (r);
-  if (check_names (r, o->include, "--include") < 0 || check_names (r, o->exclude, "--exclude") < 0)
-    return -1;
+  bool *inc = qb_calloc (r->nall ? r->nall : 1, sizeof *inc);
+  bool *exc = qb_calloc (r->nall ? r->nall : 1, sizeof *exc);
+  int picked = pick_disks (r, o->include, "--include", inc);
+  if (picked == 0)
+    picked = pick_disks (r, o->exclude, "--exclude", exc);
   r->d = qb_calloc (r->nall ? r->nall : 1, sizeof *r->d);
-  for (size_t i = 0; i < r->nall; i++) {
-    if (o->include && !in_list (o->include, r->all[i].name))
-      continue;
-    if (in_list (o->exclude, r->all[i].name))
-      continue;
-    r->d[r->n++].vd = &r->all[i];
-  }
+  for (size_t i = 0; picked == 0 && i < r->nall; i++)
+    if ((!o->include || inc[i]) && !exc[i])
+      r->d[r->n++].vd = &r->all[i];
+  free (inc);
+  free (exc);
+  if (picked < 0)
+    return -1;
   if (r->n == 0)
     return qb_error_set (QB_EINVAL, "VM %s has no disk to back up%s", r->vm,
                          r->nall ? " (all excluded)" : " (no writable disk with media)");
@@ -922,6 +1044,7 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   r->scan = store_scan_vm (r->st, r->vm);
   if (!r->scan && qb_error_code () != QB_ENOENT)
     return -1;
+  drop_stale_next_bitmaps (r);
   int64_t now = qb_now_us ();
   char when[32];
   qb_format_utc (now, when, sizeof when);
@@ -1085,7 +1208,40 @@ engine_backup (store *st, const char *vm, const char *qmp_path, const char *qga_
 
 /* ---- info and cleanup ---- */
 
-/* Describe VM's disks as JSON: {"vm": VM, "disks": [...]}. */
+/* The JSON description of bitmap B of disk D; TARGET ("" when unknown) and
+ * SCAN (may be NULL) say which bitmaps are this store folder's; WITH_STORE
+ * adds "this_target". */
+static json_object *
+info_bitmap (const vm_disk *d, const vm_bitmap *b, const char *target, const store_vm *scan,
+             bool with_store)
+{
+  json_object *jb = json_object_new_object ();
+  json_object_object_add (jb, "name", json_object_new_string (b->name));
+  json_object_object_add (jb, "granularity", json_object_new_int64 ((int64_t) b->granularity));
+  json_object_object_add (jb, "persistent", json_object_new_boolean (b->persistent));
+  json_object_object_add (jb, "recording", json_object_new_boolean (b->recording));
+  json_object_object_add (jb, "busy", json_object_new_boolean (b->busy));
+  json_object_object_add (jb, "inconsistent", json_object_new_boolean (b->inconsistent));
+  bitmap_owner o;
+  bool ours = bitmap_owner_parse (b->name, &o);
+  json_object_object_add (jb, "qmpbackup", json_object_new_boolean (ours));
+  if (!ours)
+    return jb;
+  bool mine = with_store && bitmap_is_ours (&o, target, scan, d->name);
+  /* An older version's name has no target in it: it is this folder's when
+   * one of its chains has that id, else it belongs to a store unknown here. */
+  json_object_object_add (jb, "target", !o.legacy ? json_object_new_string (o.target)
+                          : mine && target[0] ? json_object_new_string (target) : NULL);
+  json_object_object_add (jb, "chain", json_object_new_string (o.chain));
+  json_object_object_add (jb, "role", json_object_new_string (o.next ? "next" : "chain"));
+  if (o.legacy)
+    json_object_object_add (jb, "legacy_name", json_object_new_boolean (true));
+  if (with_store)
+    json_object_object_add (jb, "this_target", json_object_new_boolean (mine));
+  return jb;
+}
+
+/* Describe VM's disks as JSON: {"vm": VM, "target_id": ID, "disks": [...]}. */
 json_object *
 engine_info (store *st, const char *vm, const char *qmp_path)
 {
@@ -1099,21 +1255,37 @@ engine_info (store *st, const char *vm, const char *qmp_path)
   if (rc < 0)
     return NULL;
   store_vm *scan = NULL;
-  if (st && vm) {
+  char target[STORE_TARGET_ID_LEN + 1] = "";
+  bool with_store = st && vm;
+  if (with_store) {
     scan = store_scan_vm (st, vm);
     if (!scan && qb_error_code () != QB_ENOENT) {
       disks_free (disks, n);
       return NULL;
     }
+    /* Read only: info never creates the id (the first backup does). */
+    if (store_target_id (st, vm, false, target, sizeof target) < 0
+        && qb_error_code () != QB_ENOENT) {
+      store_vm_free (scan);
+      disks_free (disks, n);
+      return NULL;
+    }
+    qb_error_clear ();
   }
   json_object *out = json_object_new_object ();
   if (vm)
     json_object_object_add (out, "vm", json_object_new_string (vm));
+  if (with_store)
+    json_object_object_add (out, "target_id", target[0] ? json_object_new_string (target) : NULL);
   json_object *arr = json_object_new_array ();
   for (size_t i = 0; i < n; i++) {
     const vm_disk *d = &disks[i];
     json_object *jd = json_object_new_object ();
     json_object_object_add (jd, "name", json_object_new_string (d->name));
+    json_object *names = json_object_new_array ();
+    for (size_t k = 0; k < d->nnames; k++)
+      json_object_array_add (names, json_object_new_string (d->names[k]));
+    json_object_object_add (jd, "names", names);
     json_object_object_add (jd, "device", json_object_new_string (d->device));
     json_object_object_add (jd, "node", json_object_new_string (d->node));
     json_object_object_add (jd, "format", json_object_new_string (d->format));
@@ -1123,30 +1295,23 @@ engine_info (store *st, const char *vm, const char *qmp_path)
     const char *ours = NULL;
     for (size_t k = 0; k < d->nbitmaps; k++) {
       const vm_bitmap *b = &d->bitmaps[k];
-      json_object *jb = json_object_new_object ();
-      json_object_object_add (jb, "name", json_object_new_string (b->name));
-      json_object_object_add (jb, "granularity", json_object_new_int64 ((int64_t) b->granularity));
-      json_object_object_add (jb, "persistent", json_object_new_boolean (b->persistent));
-      json_object_object_add (jb, "recording", json_object_new_boolean (b->recording));
-      json_object_object_add (jb, "busy", json_object_new_boolean (b->busy));
-      json_object_object_add (jb, "inconsistent", json_object_new_boolean (b->inconsistent));
-      json_object_array_add (bms, jb);
-      if (strncmp (b->name, ENGINE_BITMAP_PREFIX, strlen (ENGINE_BITMAP_PREFIX)) == 0)
+      json_object_array_add (bms, info_bitmap (d, b, target, scan, with_store));
+      bitmap_owner o;
+      if (bitmap_owner_parse (b->name, &o) && !o.next
+          && (!with_store || bitmap_is_ours (&o, target, scan, d->name)))
         ours = b->name;
     }
     json_object_object_add (jd, "bitmaps", bms);
-    if (st && vm) {
+    if (with_store) {
       const store_disk *sd = scan ? store_vm_disk (scan, d->name) : NULL;
       const store_layer *prev;
       const store_chain *c;
-      char *reason;
-      const char *health = disk_health (st, vm, d, sd, NULL, &prev, &reason, &c);
+      char *reason, *bm;
+      const char *health = disk_health (st, vm, target, d, sd, NULL, &prev, &reason, &c, &bm);
       json_object_object_add (jd, "health", json_object_new_string (health));
       json_object_object_add (jd, "reason", reason ? json_object_new_string (reason) : NULL);
       if (c && c->chain_id) {
-        char *bm = qb_asprintf (ENGINE_BITMAP_PREFIX "%s", c->chain_id);
-        json_object_object_add (jd, "bitmap", json_object_new_string (bm));
-        free (bm);
+        json_object_object_add (jd, "bitmap", bm ? json_object_new_string (bm) : NULL);
         json_object_object_add (jd, "chain", json_object_new_string (c->chain_id));
       }
       else
@@ -1155,6 +1320,7 @@ engine_info (store *st, const char *vm, const char *qmp_path)
       if (c && c->n)
         json_object_object_add (jd, "last", json_object_new_string (c->layers[c->n - 1].display));
       free (reason);
+      free (bm);
     }
     else
       json_object_object_add (jd, "bitmap", ours ? json_object_new_string (ours) : NULL);
@@ -1170,10 +1336,18 @@ engine_info (store *st, const char *vm, const char *qmp_path)
 int
 engine_cleanup (const char *qmp_path, bool remove_bitmaps)
 {
+  return engine_cleanup_report (qmp_path, remove_bitmaps, NULL, NULL);
+}
+
+/* engine_cleanup, telling REMOVED about each thing removed. */
+int
+engine_cleanup_report (const char *qmp_path, bool remove_bitmaps, engine_removed_fn removed,
+                       void *opaque)
+{
   qmp *q = qmp_connect (qmp_path, QMP_CONNECT_TIMEOUT_MS);
   if (!q)
     return -1;
-  int rc = jobs_cleanup (q, remove_bitmaps);
+  int rc = jobs_cleanup (q, NULL, remove_bitmaps, removed, opaque);
   qmp_close (q);
   return rc;
 }

@@ -12,7 +12,10 @@
  * process (thawguard.h) thaws if this process dies meanwhile; a thaw that
  * failed is a WARNING in quiesce_note and in the error.  It lets go of the
  * sockets when done.  Semantics: see SPEC.md "Backup
- * semantics".  Bitmaps are named "qmpbackup-<chain id>". */
+ * semantics".  Bitmaps are named "qmpbackup-<target id>-<chain id>", the
+ * target id being the store folder's (store_target_id), so each store a VM
+ * is backed up into keeps its own bitmaps; an older version's
+ * "qmpbackup-<chain id>" still serves the store that has that chain. */
 #ifndef QB_ENGINE_H
 #define QB_ENGINE_H
 
@@ -44,7 +47,11 @@ typedef struct backup_opts {
   bool monthly;              /* STORE/<vm>/<YYYY-MM>/ layout; auto starts a full each month */
   bool compress;             /* compressed targets */
   uint64_t speed;            /* bytes/s per job, 0 = unlimited */
-  const char *const *include; /* NULL-terminated disk names to back up; NULL = all */
+  const char *const *include; /* NULL-terminated disk names to back up; NULL = all.
+                              * Any name a disk is known by (disk id, drive id,
+                              * qdev id or path, node name, image path or
+                              * basename); a name of several disks or of none
+                              * is an error (QB_EINVAL) listing the disks */
   const char *const *exclude; /* NULL-terminated disk names to skip; NULL = none */
   const atomic_int *cancel;  /* non-zero cancels the backup cleanly; may be NULL */
   void (*progress) (void *opaque, const backup_progress *p); /* may be NULL */
@@ -88,18 +95,36 @@ int engine_backup (store *st, const char *vm, const char *qmp_path, const char *
                    const backup_opts *opts, backup_result *res);
 
 /* Describe VM's disks as JSON (new reference), {"vm": VM, "disks": [...]}:
- * for each disk its name, device, node,
- * format, file, size, bitmaps, and, when ST is non-NULL, the store chain it
- * continues and its health: "ok", "missing" (no bitmap for the chain),
+ * for each disk its name, "names" (every name it is known by and can be
+ * included or excluded by), device, node, format, file, size, bitmaps (each
+ * with "qmpbackup": whether it is ours, and for ours "target" (the target
+ * id it belongs to; null for an older version's name of an unknown
+ * store), "chain", "role" ("chain" or "next"), and with ST
+ * "this_target"), and, when ST is non-NULL, "target_id" (the store
+ * folder's, null before its first backup), the store chain it continues and
+ * its health: "ok", "missing" (no bitmap for the chain),
  * "inconsistent" (QEMU marked it so), "none" (no chain yet), "resized",
  * "damaged" (a layer of the chain is damaged), "disabled", "busy"; "reason"
  * says it in words, "bitmap" names the chain's bitmap. */
 json_object *engine_info (store *st, const char *vm, const char *qmp_path);
 
-/* Cancel leftover qmpbackup jobs and delete leftover target nodes; with
- * REMOVE_BITMAPS also remove every "qmpbackup-*" bitmap.  Returns the number
- * of things removed, or -1. */
+/* Cancel leftover qmpbackup jobs and delete leftover target nodes (of every
+ * target); with REMOVE_BITMAPS also remove every "qmpbackup-*" bitmap.
+ * Returns the number of things removed, or -1. */
 int engine_cleanup (const char *qmp_path, bool remove_bitmaps);
+
+/* Told about each thing engine_cleanup_report removed: KIND is "job",
+ * "node" or "bitmap"; DISK the disk a bitmap was on (NULL otherwise); NAME
+ * the job id, node name or bitmap name (text from QEMU: make it safe
+ * before printing it). */
+typedef void (*engine_removed_fn) (void *opaque, const char *kind, const char *disk,
+                                   const char *name);
+
+/* engine_cleanup, calling REMOVED (may be NULL) with OPAQUE after each
+ * thing it removed, in order (the qmpbackup tool prints "Removing bitmap:
+ * NAME" for each bitmap, as the Python qmpbackup does). */
+int engine_cleanup_report (const char *qmp_path, bool remove_bitmaps, engine_removed_fn removed,
+                           void *opaque);
 
 /* ---- Internals shared by engine.c and jobs.c (QEMU job and node handling) ---- */
 
@@ -130,8 +155,17 @@ int jobs_finalize (qmp *q, char *const *ids, size_t n);
 int jobs_node_del (qmp *q, const char *node);
 
 /* Cancel and dismiss leftover "qmpbackup-" jobs and delete leftover target
- * nodes; with REMOVE_BITMAPS also remove every "qmpbackup-" bitmap.  The
- * number of things removed, or -1. */
-int jobs_cleanup (qmp *q, bool remove_bitmaps);
+ * nodes: with TARGET (a target id) only that target's and those named by
+ * older versions (no target in the name), with TARGET NULL all of ours;
+ * with REMOVE_BITMAPS also remove every "qmpbackup-" bitmap.  REMOVED (may
+ * be NULL) is told about each thing removed.  The number of things
+ * removed, or -1. */
+int jobs_cleanup (qmp *q, const char *target, bool remove_bitmaps, engine_removed_fn removed,
+                  void *opaque);
+
+/* The id of a "qmpbackup-" job still in QEMU (after jobs_cleanup of one
+ * target: another target's) into ID (LEN bytes): 1 when there is one, 0
+ * when none, -1 on errors. */
+int jobs_find_ours (qmp *q, char *id, size_t len);
 
 #endif

@@ -266,9 +266,31 @@ jobs_node_del (qmp *q, const char *node)
   return qmp_run (q, "blockdev-del", args, QMP_COMMAND_TIMEOUT_MS);
 }
 
+/* True when S (after PREFIX) is "<TARGET's first 8 digits>-..." or, an
+ * older version's name, all digits; with TARGET NULL, any S after PREFIX. */
+static bool
+leftover_of (const char *s, const char *prefix, const char *target)
+{
+  size_t plen = strlen (prefix);
+  if (strncmp (s, prefix, plen) != 0)
+    return false;
+  s += plen;
+  if (!target)
+    return true;
+  if (strlen (target) >= 8 && strncmp (s, target, 8) == 0 && s[8] == '-')
+    return true;
+  if (!*s)
+    return false;
+  for (; *s; s++)
+    if (*s < '0' || *s > '9')
+      return false;
+  return true;
+}
+
 /* Remove leftover jobs, target nodes and (optionally) bitmaps. */
 int
-jobs_cleanup (qmp *q, bool remove_bitmaps)
+jobs_cleanup (qmp *q, const char *target, bool remove_bitmaps, engine_removed_fn removed,
+              void *opaque)
 {
   int count = 0;
   json_object *list = query_jobs (q);
@@ -279,13 +301,15 @@ jobs_cleanup (qmp *q, bool remove_bitmaps)
   size_t nids = 0;
   for (size_t i = 0; i < n; i++) {
     const char *id = str_of (json_object_array_get_idx (list, i), "id");
-    if (strncmp (id, ENGINE_JOB_PREFIX, strlen (ENGINE_JOB_PREFIX)) == 0)
+    if (leftover_of (id, ENGINE_JOB_PREFIX, target))
       ids[nids++] = qb_strdup (id);
   }
   json_object_put (list);
   if (nids) {
     jobs_abort (q, ids, nids);
     count += (int) nids;
+    for (size_t i = 0; removed && i < nids; i++)
+      removed (opaque, "job", NULL, ids[i]);
   }
   for (size_t i = 0; i < nids; i++)
     free (ids[i]);
@@ -301,11 +325,14 @@ jobs_cleanup (qmp *q, bool remove_bitmaps)
   n = json_object_is_type (nodes, json_type_array) ? json_object_array_length (nodes) : 0;
   for (size_t i = 0; i < n; i++) {
     const char *node = str_of (json_object_array_get_idx (nodes, i), "node-name");
-    if (strncmp (node, ENGINE_TARGET_PREFIX, strlen (ENGINE_TARGET_PREFIX)) == 0) {
+    if (leftover_of (node, ENGINE_TARGET_PREFIX, target)) {
       json_object *args = json_object_new_object ();
       json_object_object_add (args, "node-name", json_object_new_string (node));
-      if (qmp_run (q, "blockdev-del", args, QMP_COMMAND_TIMEOUT_MS) == 0)
+      if (qmp_run (q, "blockdev-del", args, QMP_COMMAND_TIMEOUT_MS) == 0) {
         count++;
+        if (removed)
+          removed (opaque, "node", NULL, node);
+      }
     }
   }
   json_object_put (nodes);
@@ -324,12 +351,36 @@ jobs_cleanup (qmp *q, bool remove_bitmaps)
         json_object_object_add (args, "node", json_object_new_string (disks[i].node));
         json_object_object_add (args, "name", json_object_new_string (bm));
         if (qmp_run (q, "block-dirty-bitmap-remove", args, QMP_COMMAND_TIMEOUT_MS) < 0) {
+          qb_error_prefix ("removing bitmap %s of disk %s", bm, disks[i].name);
           disks_free (disks, nd);
           return -1;
         }
         count++;
+        if (removed)
+          removed (opaque, "bitmap", disks[i].name, bm);
       }
     disks_free (disks, nd);
   }
   return count;
+}
+
+/* The id of a "qmpbackup-" job still in QEMU into ID: 1 when there is one,
+ * 0 when none, -1 on errors. */
+int
+jobs_find_ours (qmp *q, char *id, size_t len)
+{
+  json_object *list = query_jobs (q);
+  if (!list)
+    return -1;
+  int found = 0;
+  size_t n = json_object_array_length (list);
+  for (size_t i = 0; i < n && !found; i++) {
+    const char *jid = str_of (json_object_array_get_idx (list, i), "id");
+    if (strncmp (jid, ENGINE_JOB_PREFIX, strlen (ENGINE_JOB_PREFIX)) == 0) {
+      snprintf (id, len, "%s", jid);
+      found = 1;
+    }
+  }
+  json_object_put (list);
+  return found;
 }

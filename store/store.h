@@ -218,4 +218,23 @@ int store_id_display (const char *id, char *buf, size_t len);
 /* Parse "YYYYMMDDTHHMMSSZ[_NN]" or a seed epoch name part; 0 on success. */
 int store_id_parse (const char *id, int64_t *time_us, int *seq);
 
+/* ---- Target id (target.c) ----
+ *
+ * Each VM folder of a store has its own id, STORE/<vm>/.target-id (16 hex
+ * digits, mode 0600, written once).  The engine names the dirty bitmaps of
+ * this folder's chains after it, so several stores of one VM keep their
+ * own bitmaps and chains. */
+
+#define STORE_TARGET_ID_LEN 16
+
+/* VM's target id in ST into OUT (LEN >= STORE_TARGET_ID_LEN + 1).  With
+ * CREATE a folder without one gets a random one (the first writer wins,
+ * no symbolic link is followed).  -1 with QB_ENOENT (none yet, CREATE
+ * false), QB_EDAMAGED (the file holds no id: the message says to remove
+ * it), QB_EINVAL (unsafe VM name) or the store's I/O errors. */
+int store_target_id (store *st, const char *vm, bool create, char *out, size_t len);
+
+/* True when S is a well-formed target id (STORE_TARGET_ID_LEN lowercase hex digits). */
+bool store_target_id_valid (const char *s);
+
 #endif

@@ -915,6 +915,17 @@ cmd_info (int argc, char **argv, common_opts *co)
 
 /* ---- cleanup ---- */
 
+/* engine_cleanup_report callback: "Removing bitmap: NAME", as the Python qmpbackup prints. */
+static void
+on_removed (void *opaque, const char *kind, const char *disk, const char *name)
+{
+  (void) opaque, (void) disk;
+  char *t = strcmp (kind, "bitmap") == 0 ? term_text (name, false) : NULL;
+  if (t)
+    printf ("Removing bitmap: %s\n", t);
+  free (t);
+}
+
 /* The cleanup subcommand. */
 static int
 cmd_cleanup (int argc, char **argv, common_opts *co)
@@ -944,7 +955,7 @@ cmd_cleanup (int argc, char **argv, common_opts *co)
     return usage_error ("cleanup", "--socket is required%s", "");
   if (co->debug)
     jsonio_set_trace (2);
-  int n = engine_cleanup (co->sock, remove);
+  int n = engine_cleanup_report (co->sock, remove, on_removed, NULL);
   if (n < 0)
     return fail ("cleanup");
   printf ("removed %d leftover(s)%s\n", n, remove ? " including bitmaps" : "");

@@ -4,7 +4,8 @@
 # zero clusters there); auto after a QEMU restart (qcow2 bitmap persists, raw
 # does not); a resized disk; a deleted INC; a failure in the middle of the
 # jobs (store full) that must publish nothing and lose no change; two backups
-# in one second; stable disk names for -blockdev disks.
+# in one second; stable disk names for -blockdev disks; the store folder's
+# target id (a link or garbage in its place is refused, nothing is lost).
 #
 # Every restore point is checked byte for byte: the VM's disk (paused,
 # flushed, `qemu-img convert -U`) against `qemu-img convert` of the store's
@@ -257,4 +258,35 @@ qb_vm_restart vm2
 out=$("$QMPBACKUP" --socket "$SOCK2" backup --level auto --target "$STORE/vm2" --quiet)
 [ "$(awk '{ print $2 }' <<< "$out")" = inc ] || qb_die "vm2 after restart: expected inc, got $out"
 [ -d "$STORE/vm2/disk1" ] || qb_die "vm2's disk directory is not disk1"
+
+# --- the store folder's target id: written once, never through a link ---------
+TID=$STORE/vm2/.target-id
+[ -f "$TID" ] && [ ! -L "$TID" ] || qb_die "vm2 has no target id file"
+tid=$(cat "$TID")
+[[ $tid =~ ^[0-9a-f]{16}$ ]] || qb_die "target id '$tid'"
+# Count vm2's restore points.
+npoints2() { find "$STORE/vm2/.points" -maxdepth 1 -name '*.json' | wc -l; }
+before=$(npoints2)
+echo "0123456789abcdef" > "$T/outside-id"
+mv "$TID" "$T/saved-id"
+ln -s "$T/outside-id" "$TID"
+rc=0
+"$QMPBACKUP" --socket "$SOCK2" backup --level auto --target "$STORE/vm2" --quiet 2>"$T/err" || rc=$?
+[ "$rc" -eq 1 ] || qb_die "backup with a linked target id: expected exit 1, got $rc ($(cat "$T/err"))"
+grep -q "symbolic link" "$T/err" || qb_die "linked target id: unclear error: $(cat "$T/err")"
+[ "$(npoints2)" -eq "$before" ] || qb_die "a backup with a linked target id made a point"
+[ "$(cat "$T/outside-id")" = 0123456789abcdef ] || qb_die "the file behind the link was changed"
+rm "$TID"
+printf 'not an id\n' > "$TID"
+rc=0
+"$QMPBACKUP" --socket "$SOCK2" backup --level auto --target "$STORE/vm2" --quiet 2>"$T/err" || rc=$?
+[ "$rc" -eq 1 ] || qb_die "backup with a damaged target id: expected exit 1, got $rc"
+grep -q "does not hold a target id" "$T/err" || qb_die "damaged target id: unclear error: $(cat "$T/err")"
+"$QMPBACKUP" --socket "$SOCK2" info --target "$STORE/vm2" >/dev/null 2>"$T/err" \
+  && qb_die "info accepted a damaged target id"
+mv "$T/saved-id" "$TID"
+qb_guest_write vm2 disk1 "write -P 0x52 2M 1M"
+out=$("$QMPBACKUP" --socket "$SOCK2" backup --level auto --target "$STORE/vm2" --quiet)
+[ "$(awk '{ print $2 }' <<< "$out")" = inc ] || qb_die "vm2 with its target id back: expected inc, got $out"
+[ "$(cat "$TID")" = "$tid" ] || qb_die "the target id changed"
 qb_log "PASS"
