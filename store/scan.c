@@ -563,6 +563,10 @@ build_chains (scan_ctx *cx, const char *disk, scan_file *files, size_t nf, store
           m = missing_id (miss, nmiss, prev);
         if (m)
           damage = qb_asprintf ("%s is missing", base_name (m->file));
+        else if (f->sidecar && prev && strcmp (last->id, prev) != 0)
+          damage = qb_asprintf ("layer %s continues the layer of restore point %s, which is "
+                                "missing from %s (the previous layer present is %s)", f->name,
+                                prev, sd->rel, last->name);
         else if (f->rd && (!prev || strcmp (last->id, prev) != 0))
           damage = qb_asprintf ("layer %s belongs to chain %s after %s, but the previous "
                                 "layer present is %s", f->name, want ? want : "(seed)",
