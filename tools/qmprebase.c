@@ -1058,7 +1058,8 @@ list_print (const store_vm *v, const char *disk, const char *dir, bool json)
 {
   json_object *jv = json_object_new_object (), *jd = json_object_new_array ();
   json_object_object_add (jv, "vm", json_object_new_string (v->name));
-  size_t npoints = 0, ndamaged = 0;
+  size_t nlayers = 0, ndamaged = 0, npoints = 0;
+  const char **ids = NULL;
   for (size_t i = 0; i < v->ndisks; i++) {
     const store_disk *d = &v->disks[i];
     if (disk && strcmp (d->name, disk) != 0)
@@ -1078,8 +1079,15 @@ list_print (const store_vm *v, const char *disk, const char *dir, bool json)
         const store_layer *l = &ch->layers[k];
         bytes += l->file_size;
         bad |= l->damage != NULL;
-        npoints++;
+        nlayers++;
         ndamaged += l->damage != NULL;
+        bool seen = false;
+        for (size_t x = 0; x < npoints && !seen; x++)
+          seen = strcmp (ids[x], l->id) == 0;
+        if (!seen) {
+          ids = qb_realloc (ids, (npoints + 1) * sizeof *ids);
+          ids[npoints++] = l->id;
+        }
         json_object *op = json_object_new_object ();
         json_object_object_add (op, "id", json_object_new_string (l->id));
         json_object_object_add (op, "time", json_object_new_string (l->display));
@@ -1126,13 +1134,16 @@ list_print (const store_vm *v, const char *disk, const char *dir, bool json)
   }
   json_object_object_add (jv, "skipped", js);
   json_object_object_add (jv, "points", json_object_new_int64 ((int64_t) npoints));
+  json_object_object_add (jv, "layers", json_object_new_int64 ((int64_t) nlayers));
   json_object_object_add (jv, "damaged", json_object_new_int64 ((int64_t) ndamaged));
+  free (ids);
   if (json)
     printf ("%s\n", json_object_to_json_string_ext (jv, JSON_C_TO_STRING_PRETTY
                                                     | JSON_C_TO_STRING_SPACED
                                                     | JSON_C_TO_STRING_NOSLASHESCAPE));
   else
-    printf ("%zu point%s, %zu damaged\n", npoints, npoints == 1 ? "" : "s", ndamaged);
+    printf ("%zu restore point%s, %zu layer%s, %zu damaged\n", npoints, npoints == 1 ? "" : "s",
+            nlayers, nlayers == 1 ? "" : "s", ndamaged);
   json_object_put (jv);
 }
 

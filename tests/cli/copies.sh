@@ -41,7 +41,7 @@ refuse() {
   before=$(tree_sum "$dir")
   "$QMPREBASE" "$@" > "$T/out" 2> "$T/err" || rc=$?
   [ $rc -eq 1 ] || qb_die "qmprebase $* exited $rc, expected 1: $(cat "$T/err")"
-  grep -Eq "$re" "$T/err" || qb_die "qmprebase $* did not say /$re/: $(cat "$T/err")"
+  grep -Eq -e "$re" "$T/err" || qb_die "qmprebase $* did not say /$re/: $(cat "$T/err")"
   [ "$(tree_sum "$dir")" = "$before" ] || qb_die "the refused qmprebase $* changed $dir"
   qb_log "refused as expected: $(head -n 1 "$T/err")"
 }
