@@ -245,8 +245,11 @@ find_sidecar (scan_ctx *cx, int dfd, int *cfd, const scan_dir *sd, scan_file *f)
   if (*cfd == -1) {
     *cfd = openat (dfd, STORE_SIDECAR_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (*cfd < 0) {
-      if (errno != ENOENT)
-        scan_errno (cx, errno, sd->rel);
+      if (errno != ENOENT) {
+        char *rel = qb_asprintf ("%s/" STORE_SIDECAR_DIR, sd->rel);
+        scan_errno (cx, errno, rel);
+        free (rel);
+      }
       *cfd = -2;
     }
   }
@@ -257,8 +260,11 @@ find_sidecar (scan_ctx *cx, int dfd, int *cfd, const scan_dir *sd, scan_file *f)
   json_object *o = store_json_load_at (*cfd, file, &e);
   free (file);
   if (!o) {
-    if (e && e != ENOENT)
-      scan_errno (cx, e, sd->rel);
+    if (e && e != ENOENT) {
+      char *rel = qb_asprintf ("%s/" STORE_SIDECAR_DIR "/%s.json", sd->rel, f->name);
+      scan_errno (cx, e, rel);
+      free (rel);
+    }
     return;
   }
   store_rec *rec = qb_calloc (1, sizeof *rec);
