@@ -368,6 +368,12 @@ read_dir_files (scan_ctx *cx, size_t diridx, scan_file **files, size_t *n)
       find_sidecar (cx, dirfd (d), &cfd, sd, f);
     if (!f->rd || f->rd->virtual_size == 0 || f->sidecar)
       read_header (cx, dirfd (d), rel, f);
+    if (f->sidecar && !f->hdr_damage && f->rd->virtual_size && f->hdr_size
+        && f->rd->virtual_size != f->hdr_size)
+      f->hdr_damage = qb_asprintf ("layer %s holds a disk of %llu bytes but was a disk of "
+                                   "%llu bytes when it was backed up: replaced", f->name,
+                                   (unsigned long long) f->hdr_size,
+                                   (unsigned long long) f->rd->virtual_size);
     if (f->sidecar && !f->hdr_damage && f->rd->size && f->rd->size != f->st_size)
       f->hdr_damage = qb_asprintf ("layer %s is %llu bytes long but was %llu bytes when it "
                                    "was backed up: truncated or replaced", f->name,
