@@ -47,6 +47,9 @@ typedef struct scan_file {
   bool ours;             /* named with our id format (so it must have a record) */
   uint64_t hdr_size;     /* virtual size from the header (read when no record gives it) */
   char *hdr_damage;      /* why the header is not that of a readable qcow2 image */
+  bool sidecar;          /* REC/RD come from the layer's own .chain/<name>.json */
+  uint64_t st_size;      /* the file's length */
+  char *backing;         /* base name of the backing file its header names (sidecar layers) */
 } scan_file;
 
 /* A layer that a record names but that is not on disk. */
@@ -73,6 +76,8 @@ typedef struct scan_ctx {
   char **notes;          /* what was left out, and why */
   size_t nnotes;
   int err;               /* first resource shortage (errno), 0 if none */
+  store_rec **side;      /* the per-layer records read from .chain folders */
+  size_t nside;
 } scan_ctx;
 
 /* Note errno E met on WHAT: a shortage fails the scan, a link is noted. */
@@ -208,6 +213,83 @@ find_record (scan_ctx *cx, const scan_dir *dir, const char *name, const char *id
   }
 }
 
+/* Read the base name of the backing file the header H of open layer FD
+ * names into F->backing ("" when it names none; NULL when unreadable). */
+static void
+read_backing (int fd, const qcow2_header *h, uint64_t fsize, scan_file *f)
+{
+  if (h->backing_offset == 0 || h->backing_size == 0) {
+    f->backing = qb_strdup ("");
+    return;
+  }
+  if (h->backing_size > 4096 || h->backing_offset > fsize
+      || h->backing_size > fsize - h->backing_offset)
+    return;
+  char buf[4097];
+  ssize_t r = pread (fd, buf, h->backing_size, (off_t) h->backing_offset);
+  if (r != (ssize_t) h->backing_size)
+    return;
+  buf[r] = '\0';
+  if (strlen (buf) != (size_t) r)
+    return;
+  const char *b = strrchr (buf, '/');
+  f->backing = qb_strdup (b ? b + 1 : buf);
+}
+
+/* The per-layer record of F in disk folder DFD (its .chain folder opened
+ * into *CFD on first use; -2 when there is none): F->rec/F->rd when it is
+ * valid and describes this very file (id, kind, name). */
+static void
+find_sidecar (scan_ctx *cx, int dfd, int *cfd, const scan_dir *sd, scan_file *f)
+{
+  if (*cfd == -1) {
+    *cfd = openat (dfd, STORE_SIDECAR_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (*cfd < 0) {
+      if (errno != ENOENT) {
+        char *rel = qb_asprintf ("%s/" STORE_SIDECAR_DIR, sd->rel);
+        scan_errno (cx, errno, rel);
+        free (rel);
+      }
+      *cfd = -2;
+    }
+  }
+  if (*cfd < 0)
+    return;
+  char *file = qb_asprintf ("%s.json", f->name);
+  int e;
+  json_object *o = store_json_load_at (*cfd, file, &e);
+  free (file);
+  if (!o) {
+    if (e && e != ENOENT) {
+      char *rel = qb_asprintf ("%s/" STORE_SIDECAR_DIR "/%s.json", sd->rel, f->name);
+      scan_errno (cx, e, rel);
+      free (rel);
+    }
+    return;
+  }
+  store_rec *rec = qb_calloc (1, sizeof *rec);
+  bool ok = store_rec_parse (o, rec) && rec->ndisks == 1 && strcmp (rec->id, f->id) == 0
+    && rec->disks[0].kind == f->kind;
+  if (ok) {
+    const char *b = strrchr (rec->disks[0].file, '/');
+    ok = b && strcmp (b + 1, f->name) == 0;
+  }
+  json_object_put (o);
+  if (!ok) {
+    store_rec_clear (rec);
+    free (rec);
+    return;
+  }
+  /* The folder may have been copied under another name: it is this disk. */
+  free (rec->disks[0].name);
+  rec->disks[0].name = qb_strdup (sd->disk);
+  cx->side = qb_realloc (cx->side, (cx->nside + 1) * sizeof *cx->side);
+  cx->side[cx->nside++] = rec;
+  f->rec = rec;
+  f->rd = &rec->disks[0];
+  f->sidecar = true;
+}
+
 /* Read the qcow2 header of layer file NAME in directory DFD (REL in
  * messages) when no record gives its virtual size: F->hdr_size, or
  * F->hdr_damage when it is not a valid image. */
@@ -222,9 +304,11 @@ read_header (scan_ctx *cx, int dfd, const char *rel, scan_file *f)
   qcow2_header h;
   uint64_t fsize;
   char *what = qb_asprintf ("%s/%s", cx->vm, rel);
-  if (qcow2_header_read (fd, what, &h, &fsize) == 0 && qcow2_header_check (&h, fsize, what) == 0)
+  if (qcow2_header_read (fd, what, &h, &fsize) == 0 && qcow2_header_check (&h, fsize, what) == 0) {
     f->hdr_size = h.size;
-  else if (qb_err_is_transient (qb_error_code ())) {
+    if (f->sidecar)
+      read_backing (fd, &h, fsize, f);
+  } else if (qb_err_is_transient (qb_error_code ())) {
     if (!cx->err)
       cx->err = qb_error_code () == QB_ENOMEM ? ENOMEM : EMFILE;
   } else
@@ -243,6 +327,7 @@ read_dir_files (scan_ctx *cx, size_t diridx, scan_file **files, size_t *n)
   DIR *d = scan_opendir (cx, sd->rel);
   if (!d)
     return;
+  int cfd = -1;
   struct dirent *de;
   while ((de = readdir (d)) != NULL) {
     store_kind kind;
@@ -277,11 +362,27 @@ read_dir_files (scan_ctx *cx, size_t diridx, scan_file **files, size_t *n)
     f->file_size = (uint64_t) sb.st_blocks * 512;
     const char *rest = strchr (de->d_name, '-') + 1;
     f->ours = strlen (rest) >= 16 && rest[8] == 'T' && rest[15] == 'Z';
+    f->st_size = (uint64_t) sb.st_size;
     find_record (cx, sd, f->name, f->id, &f->rec, &f->rd);
-    if (!f->rd || f->rd->virtual_size == 0)
+    if (!f->rd)
+      find_sidecar (cx, dirfd (d), &cfd, sd, f);
+    if (!f->rd || f->rd->virtual_size == 0 || f->sidecar)
       read_header (cx, dirfd (d), rel, f);
+    if (f->sidecar && !f->hdr_damage && f->rd->virtual_size && f->hdr_size
+        && f->rd->virtual_size != f->hdr_size)
+      f->hdr_damage = qb_asprintf ("layer %s holds a disk of %llu bytes but was a disk of "
+                                   "%llu bytes when it was backed up: replaced", f->name,
+                                   (unsigned long long) f->hdr_size,
+                                   (unsigned long long) f->rd->virtual_size);
+    if (f->sidecar && !f->hdr_damage && f->rd->size && f->rd->size != f->st_size)
+      f->hdr_damage = qb_asprintf ("layer %s is %llu bytes long but was %llu bytes when it "
+                                   "was backed up: truncated or replaced", f->name,
+                                   (unsigned long long) f->st_size,
+                                   (unsigned long long) f->rd->size);
     free (rel);
   }
+  if (cfd >= 0)
+    close (cfd);
   closedir (d);
 }
 
@@ -372,6 +473,31 @@ chain_append (scan_chain *c)
   return &c->c.layers[c->c.n++];
 }
 
+/* Cross-check a layer known by its own record only (a copied folder)
+ * against the backing file its qcow2 header names: an INC must name the
+ * layer before it in chain C, a FULL or COPY none.  NULL, or why not. */
+static char *
+check_backing (const scan_file *f, const scan_chain *c)
+{
+  if (!f->backing)
+    return qb_asprintf ("layer %s: the backing file name in its header cannot be read", f->name);
+  if (f->kind != STORE_INC) {
+    if (f->backing[0])
+      return qb_asprintf ("layer %s is a %s but its header names the backing file %s: "
+                          "it is not the file that was backed up", f->name,
+                          f->kind == STORE_FULL ? "FULL" : "COPY", f->backing);
+    return NULL;
+  }
+  if (c->c.n == 0)
+    return NULL;
+  const char *want = c->c.layers[c->c.n - 1].name;
+  if (strcmp (f->backing, want) != 0)
+    return qb_asprintf ("layer %s names the backing file %s, but the layer before it in its "
+                        "chain is %s: it belongs to another chain", f->name,
+                        f->backing[0] ? f->backing : "(none)", want);
+  return NULL;
+}
+
 /* Build the chains of one disk from its files FILES (sorted). */
 static void
 build_chains (scan_ctx *cx, const char *disk, scan_file *files, size_t nf, store_disk *out)
@@ -410,8 +536,9 @@ build_chains (scan_ctx *cx, const char *disk, scan_file *files, size_t nf, store
       /* Our INCs are always committed with a record; without it the
          layer cannot be placed in a chain safely. */
       c = new_chain (&chains, &nch, NULL, sd, f->dir);
-      damage = qb_asprintf ("layer %s has no record (.points/%s.json is missing or "
-                            "unreadable), so its chain cannot be trusted", f->name, f->id);
+      damage = qb_asprintf ("layer %s has no record (neither .points/%s.json nor "
+                            "%s/" STORE_SIDECAR_DIR "/%s.json is present and readable), so its "
+                            "chain cannot be trusted", f->name, f->id, sd->rel, f->name);
     } else if (f->kind != STORE_INC) {
       c = new_chain (&chains, &nch, f->rd ? f->rd->chain : NULL, sd, f->dir);
       if (f->kind == STORE_FULL)
@@ -448,12 +575,18 @@ build_chains (scan_ctx *cx, const char *disk, scan_file *files, size_t nf, store
           m = missing_id (miss, nmiss, prev);
         if (m)
           damage = qb_asprintf ("%s is missing", base_name (m->file));
+        else if (f->sidecar && prev && strcmp (last->id, prev) != 0)
+          damage = qb_asprintf ("layer %s continues the layer of restore point %s, which is "
+                                "missing from %s (the previous layer present is %s)", f->name,
+                                prev, sd->rel, last->name);
         else if (f->rd && (!prev || strcmp (last->id, prev) != 0))
           damage = qb_asprintf ("layer %s belongs to chain %s after %s, but the previous "
                                 "layer present is %s", f->name, want ? want : "(seed)",
                                 prev ? prev : "(none)", last->name);
       }
     }
+    if (!damage && f->sidecar && !f->hdr_damage)
+      damage = check_backing (f, c);
     store_layer *l = chain_append (c);
     fill_layer (cx, f, l);
     if (!damage && f->hdr_damage)
@@ -483,6 +616,67 @@ cmp_file_disk (const void *a, const void *b, void *arg)
   return c ? c : cmp_file (a, b);
 }
 
+/* Read the directories of CX (found already), build disks and chains,
+ * and free CX: the scan, or NULL with an error.  With FAILED (an error is
+ * set already) only free CX. */
+static store_vm *
+scan_run (scan_ctx *cx, bool failed)
+{
+  store_vm *v = NULL;
+  scan_file *files = NULL;
+  size_t nf = 0;
+  if (failed)
+    goto out;
+  for (size_t i = 0; i < cx->ndirs && !cx->err; i++)
+    read_dir_files (cx, i, &files, &nf);
+  if (cx->err) {
+    store_fs_error (cx->err, "scanning VM", cx->vm);
+    goto out;
+  }
+  if (nf > 1)
+    qsort_r (files, nf, sizeof *files, cmp_file_disk, cx);
+
+  v = qb_calloc (1, sizeof *v);
+  v->name = qb_strdup (cx->vm);
+  for (size_t i = 0; i < nf;) {
+    const char *disk = cx->dirs[files[i].dir].disk;
+    size_t j = i;
+    while (j < nf && strcmp (cx->dirs[files[j].dir].disk, disk) == 0)
+      j++;
+    v->disks = qb_realloc (v->disks, (v->ndisks + 1) * sizeof *v->disks);
+    store_disk *d = &v->disks[v->ndisks++];
+    memset (d, 0, sizeof *d);
+    d->name = qb_strdup (disk);
+    build_chains (cx, disk, files + i, j - i, d);
+    i = j;
+  }
+  v->skipped = cx->notes;
+  v->nskipped = cx->nnotes;
+  cx->notes = NULL;
+  cx->nnotes = 0;
+ out:
+  for (size_t i = 0; i < nf; i++) {
+    free (files[i].name);
+    free (files[i].hdr_damage);
+    free (files[i].backing);
+  }
+  free (files);
+  for (size_t i = 0; i < cx->ndirs; i++) {
+    free (cx->dirs[i].rel);
+    free (cx->dirs[i].disk);
+    free (cx->dirs[i].month);
+  }
+  free (cx->dirs);
+  store_names_free (cx->notes, cx->nnotes);
+  store_recs_free (cx->recs, cx->nrecs);
+  for (size_t i = 0; i < cx->nside; i++) {
+    store_rec_clear (cx->side[i]);
+    free (cx->side[i]);
+  }
+  free (cx->side);
+  return v;
+}
+
 /* Scan VM into disks, chains and layers. */
 store_vm *
 store_scan_vm (store *st, const char *vm)
@@ -492,57 +686,54 @@ store_scan_vm (store *st, const char *vm)
     return NULL;
   char *vmdir = qb_asprintf ("%s/%s", store_root (st), vm);
   scan_ctx cx = { .vm = vm, .vmdir = vmdir, .vmfd = vmfd };
-  store_vm *v = NULL;
-  scan_file *files = NULL;
-  size_t nf = 0;
-  if (store_recs_load (vmfd, vm, &cx.recs, &cx.nrecs, &cx.notes, &cx.nnotes) < 0
-      || find_dirs (&cx) < 0) {
+  bool failed = store_recs_load (vmfd, vm, &cx.recs, &cx.nrecs, &cx.notes, &cx.nnotes) < 0
+    || find_dirs (&cx) < 0;
+  if (failed)
     qb_error_prefix ("scanning VM %s", vm);
-    goto out;
-  }
-  for (size_t i = 0; i < cx.ndirs && !cx.err; i++)
-    read_dir_files (&cx, i, &files, &nf);
-  if (cx.err) {
-    store_fs_error (cx.err, "scanning VM", vm);
-    goto out;
-  }
-  if (nf > 1)
-    qsort_r (files, nf, sizeof *files, cmp_file_disk, &cx);
-
-  v = qb_calloc (1, sizeof *v);
-  v->name = qb_strdup (vm);
-  for (size_t i = 0; i < nf;) {
-    const char *disk = cx.dirs[files[i].dir].disk;
-    size_t j = i;
-    while (j < nf && strcmp (cx.dirs[files[j].dir].disk, disk) == 0)
-      j++;
-    v->disks = qb_realloc (v->disks, (v->ndisks + 1) * sizeof *v->disks);
-    store_disk *d = &v->disks[v->ndisks++];
-    memset (d, 0, sizeof *d);
-    d->name = qb_strdup (disk);
-    build_chains (&cx, disk, files + i, j - i, d);
-    i = j;
-  }
-  v->skipped = cx.notes;
-  v->nskipped = cx.nnotes;
-  cx.notes = NULL;
-  cx.nnotes = 0;
- out:
-  for (size_t i = 0; i < nf; i++) {
-    free (files[i].name);
-    free (files[i].hdr_damage);
-  }
-  free (files);
-  for (size_t i = 0; i < cx.ndirs; i++) {
-    free (cx.dirs[i].rel);
-    free (cx.dirs[i].disk);
-    free (cx.dirs[i].month);
-  }
-  free (cx.dirs);
-  store_names_free (cx.notes, cx.nnotes);
-  store_recs_free (cx.recs, cx.nrecs);
+  store_vm *v = scan_run (&cx, failed);
   close (vmfd);
   free (vmdir);
+  return v;
+}
+
+/* Scan the disk folder PATH alone, outside a store. */
+store_vm *
+store_scan_folder (const char *path)
+{
+  char *real = realpath (path, NULL);
+  if (!real) {
+    qb_error_set_errno (errno, "%s", path);
+    return NULL;
+  }
+  char *slash = strrchr (real, '/');
+  if (!slash || !qb_name_is_safe (slash + 1)) {
+    qb_error_set (QB_EINVAL, "%s: not a disk folder", path);
+    free (real);
+    return NULL;
+  }
+  *slash = '\0';
+  const char *parent = real[0] ? real : "/";
+  int pfd = open (parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (pfd < 0) {
+    qb_error_set_errno (errno, "%s", parent);
+    free (real);
+    return NULL;
+  }
+  struct stat sb;
+  if (fstatat (pfd, slash + 1, &sb, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR (sb.st_mode)) {
+    qb_error_set (QB_ENOENT, "%s is not a folder", path);
+    close (pfd);
+    free (real);
+    return NULL;
+  }
+  const char *pname = strrchr (parent, '/') ? strrchr (parent, '/') + 1 : parent;
+  char *vmname = qb_strdup (pname[0] ? pname : "/");
+  scan_ctx cx = { .vm = vmname, .vmdir = parent, .vmfd = pfd };
+  add_dir (&cx, NULL, slash + 1);
+  store_vm *v = scan_run (&cx, false);
+  close (pfd);
+  free (vmname);
+  free (real);
   return v;
 }
 

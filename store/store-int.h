@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #define STORE_POINTS_DIR ".points"
+#define STORE_SIDECAR_DIR ".chain"   /* <disk dir>/.chain/<layer>.json: the layer's own record */
 #define STORE_LOCK_FILE ".lock"
 #define STORE_TMP_PREFIX ".tmp-"
 #define STORE_ID_MAX 40
@@ -29,6 +30,7 @@ typedef struct store_rec_disk {
   char *prev;            /* id of the previous layer, or NULL */
   uint64_t virtual_size;
   uint64_t bytes;
+  uint64_t size;         /* the file's length (st_size) at commit; 0 when unknown */
 } store_rec_disk;
 
 /* A parsed record of one restore point. */
@@ -104,6 +106,12 @@ int store_recs_load (int vmfd, const char *vm, store_rec **recs, size_t *n, char
 
 /* Free an array from store_recs_load. */
 void store_recs_free (store_rec *recs, size_t n);
+
+/* Write OBJ as file NAME of directory DFD (PATH in messages) atomically:
+ * ".tmp-NAME" created 0600 with O_EXCL|O_NOFOLLOW, fsync, rename, fsync
+ * the directory.  0, or -1 (nothing left behind but an old NAME). */
+int store_json_write_at (const store *st, int dfd, const char *path, const char *name,
+                         json_object *obj);
 
 /* Set the error for a failed write: ENOSPC becomes the "store is full" message. */
 int store_write_error (const store *st, int errnum, const char *what, const char *path);

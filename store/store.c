@@ -125,7 +125,8 @@ store_mkdirs (const store *st, const char *rel)
   char *p = qb_strdup (rel), *save = NULL;
   int fd = st->rootfd, ret = 0;
   for (char *comp = strtok_r (p, "/", &save); comp; comp = strtok_r (NULL, "/", &save)) {
-    if (!qb_name_is_safe (comp) && strcmp (comp, STORE_POINTS_DIR) != 0) {
+    if (!qb_name_is_safe (comp) && strcmp (comp, STORE_POINTS_DIR) != 0
+        && strcmp (comp, STORE_SIDECAR_DIR) != 0) {
       ret = qb_error_set (QB_EINVAL, "invalid folder name \"%s\"", comp);
       break;
     }
@@ -559,6 +560,8 @@ store_rec_parse (json_object *obj, store_rec *rec)
     rd->virtual_size = vs > 0 ? (uint64_t) vs : 0;
     int64_t by = jint (d, "bytes", 0);
     rd->bytes = by > 0 ? (uint64_t) by : 0;
+    int64_t sz = jint (d, "size", 0);
+    rd->size = sz > 0 ? (uint64_t) sz : 0;
     rec->ndisks++;
   }
   return true;
@@ -813,6 +816,115 @@ write_all (int fd, const char *buf, size_t len)
     len -= (size_t) w;
   }
   return 0;
+}
+
+/* Write OBJ as NAME in DFD atomically (tmp 0600 O_EXCL|O_NOFOLLOW, fsync, rename, fsync dir). */
+int
+store_json_write_at (const store *st, int dfd, const char *path, const char *name,
+                     json_object *obj)
+{
+  const char *text = json_object_to_json_string_ext (obj, JSON_C_TO_STRING_PRETTY
+                                                     | JSON_C_TO_STRING_SPACED
+                                                     | JSON_C_TO_STRING_NOSLASHESCAPE);
+  char *tmp = qb_asprintf (STORE_TMP_PREFIX "%s", name);
+  int ret = -1, e = 0;
+  unlinkat (dfd, tmp, 0);
+  int fd = openat (dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0)
+    e = errno;
+  else if (write_all (fd, text, strlen (text)) < 0 || write_all (fd, "\n", 1) < 0
+           || fsync (fd) < 0)
+    e = errno;
+  if (fd >= 0 && close (fd) < 0 && !e)
+    e = errno;
+  if (!e && renameat (dfd, tmp, dfd, name) < 0)
+    e = errno;
+  if (!e && fsync (dfd) < 0) {
+    qb_error_set_errno (errno, "fsync directory %s", path);
+    goto out;
+  }
+  if (e) {
+    unlinkat (dfd, tmp, 0);
+    if (st)
+      store_write_error (st, e, "write", path);
+    else
+      qb_error_set_errno (e, "write %s/%s", path, name);
+    goto out;
+  }
+  ret = 0;
+ out:
+  free (tmp);
+  return ret;
+}
+
+/* The .chain folder of disk folder DIRFD (created 0700 with CREATE), or -1. */
+static int
+sidecar_dir (int dirfd, bool create)
+{
+  if (create && mkdirat (dirfd, STORE_SIDECAR_DIR, 0700) < 0 && errno != EEXIST)
+    return qb_error_set_errno (errno, "create %s", STORE_SIDECAR_DIR);
+  int fd = openat (dirfd, STORE_SIDECAR_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0)
+    return store_fs_error (errno, "open", STORE_SIDECAR_DIR);
+  return fd;
+}
+
+/* The per-layer record of layer NAME in disk folder DIRFD. */
+json_object *
+store_sidecar_read (int dirfd, const char *name)
+{
+  if (!qb_name_is_safe (name)) {
+    qb_error_set (QB_EINVAL, "invalid layer name \"%s\"", name ? name : "");
+    return NULL;
+  }
+  int cfd = sidecar_dir (dirfd, false);
+  if (cfd < 0)
+    return NULL;
+  char *file = qb_asprintf ("%s.json", name);
+  int e;
+  json_object *o = store_json_load_at (cfd, file, &e);
+  if (!o)
+    qb_error_set (e == ENOENT ? QB_ENOENT : QB_EIO, "%s/%s: %s", STORE_SIDECAR_DIR, file,
+                  e ? strerror (e) : "not a valid record");
+  free (file);
+  close (cfd);
+  return o;
+}
+
+/* Write OBJ as the per-layer record of layer NAME in disk folder DIRFD. */
+int
+store_sidecar_write (int dirfd, const char *name, json_object *obj)
+{
+  if (!qb_name_is_safe (name))
+    return qb_error_set (QB_EINVAL, "invalid layer name \"%s\"", name ? name : "");
+  int cfd = sidecar_dir (dirfd, true);
+  if (cfd < 0)
+    return -1;
+  char *file = qb_asprintf ("%s.json", name);
+  int r = store_json_write_at (NULL, cfd, STORE_SIDECAR_DIR, file, obj);
+  free (file);
+  close (cfd);
+  return r;
+}
+
+/* Remove the per-layer record of layer NAME in disk folder DIRFD (gone already is fine). */
+int
+store_sidecar_remove (int dirfd, const char *name)
+{
+  if (!qb_name_is_safe (name))
+    return qb_error_set (QB_EINVAL, "invalid layer name \"%s\"", name ? name : "");
+  int cfd = sidecar_dir (dirfd, false);
+  if (cfd < 0)
+    return qb_error_code () == QB_ENOENT ? (qb_error_clear (), 0) : -1;
+  char *file = qb_asprintf ("%s.json", name);
+  int r = 0;
+  if (unlinkat (cfd, file, 0) < 0 && errno != ENOENT)
+    r = qb_error_set_errno (errno, "remove %s/%s", STORE_SIDECAR_DIR, file);
+  else
+    fsync (cfd);
+  free (file);
+  close (cfd);
+  return r;
 }
 
 /* Write record REC of restore point ID atomically (tmp, fsync, rename, fsync

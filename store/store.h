@@ -7,6 +7,9 @@
  *   STORE/<vm>/<disk>/COPY-<id>          qcow2, a full copy that starts no chain
  *   STORE/<vm>/<YYYY-MM>/<disk>/...      the same with --monthly
  *   STORE/<vm>/.points/<id>.json         one record per restore point (all disks)
+ *   <disk dir>/.chain/<layer>.json       the layer's own record (chain, previous
+ *                                        layer, sizes): a disk folder copied
+ *                                        anywhere still proves its chain
  *   STORE/<vm>/.lock                     flock: one backup per VM across processes
  *   <disk dir>/.tmp-<FILE>               a file being written (never visible as a layer)
  *
@@ -18,7 +21,8 @@
  * as well; their id is derived from the epoch.
  *
  * Commit protocol: targets are written to .tmp-<FILE>; when every job has
- * completed, the temps are fsynced, the record is written (tmp, fsync,
+ * completed, the temps are fsynced, each layer's .chain/<FILE>.json is
+ * written (tmp, fsync, rename, fsync .chain), the record is written (tmp, fsync,
  * rename, fsync .points) — that is the commit point — then every temp is
  * renamed to its final name and the disk directories fsynced.  store_recover
  * rolls committed points forward and deletes uncommitted temps.
@@ -135,6 +139,26 @@ int store_layer_open (store *st, const store_layer *layer);
  * layer or a link; QB_EAGAIN/QB_ENOMEM for resource shortages, which are
  * never damage). */
 chain_image *store_point_open (store *st, const store_chain *c, size_t idx);
+
+/* Scan the disk folder PATH on its own, outside any store (a copy of
+ * STORE/<vm>/<disk> or STORE/<vm>/<YYYY-MM>/<disk> made anywhere): one disk,
+ * named after the folder, whose chains are checked against the layers'
+ * own records in PATH/.chain/ (see store_scan_vm).  Errors as
+ * store_scan_vm, QB_ENOENT/QB_EPERM when PATH is no folder or a link. */
+store_vm *store_scan_folder (const char *path);
+
+/* The per-layer record of layer NAME ("<disk dir>/.chain/NAME.json") in the
+ * disk folder DIRFD, read without following a link: a new reference, or
+ * NULL (QB_ENOENT when there is none, QB_EIO when unreadable). */
+json_object *store_sidecar_read (int dirfd, const char *name);
+
+/* Write OBJ as the per-layer record of layer NAME in disk folder DIRFD,
+ * atomically (0600 tmp with O_EXCL|O_NOFOLLOW, fsync, rename, fsync);
+ * .chain is created 0700 when missing.  0, or -1. */
+int store_sidecar_write (int dirfd, const char *name, json_object *obj);
+
+/* Remove the per-layer record of layer NAME in disk folder DIRFD (none is fine). 0 or -1. */
+int store_sidecar_remove (int dirfd, const char *name);
 
 /* The record of restore point ID (new reference), or NULL (QB_ENOENT). */
 json_object *store_record_read (store *st, const char *vm, const char *id);

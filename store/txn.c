@@ -28,6 +28,8 @@ typedef struct txn_disk {
   char *prev;
   uint64_t virtual_size;
   uint64_t bytes;
+  uint64_t size;         /* the file's length at commit */
+  bool sidecar;          /* DIR/.chain/<final>.json was written by this txn */
   bool made_dir;         /* this txn created DIR */
 } txn_disk;
 
@@ -312,6 +314,7 @@ txn_record (const store_txn *t, json_object *extra)
     json_object_object_add (jd, "prev", d->prev ? json_object_new_string (d->prev) : NULL);
     json_object_object_add (jd, "virtual_size", json_object_new_int64 ((int64_t) d->virtual_size));
     json_object_object_add (jd, "bytes", json_object_new_int64 ((int64_t) d->bytes));
+    json_object_object_add (jd, "size", json_object_new_int64 ((int64_t) d->size));
     json_object_array_add (arr, jd);
   }
   json_object_object_add (o, "disks", arr);
@@ -336,7 +339,7 @@ txn_write_record (store_txn *t, json_object *rec)
 
 /* fsync the file at PATH, make it 0600; its size on disk into *BYTES. */
 static int
-txn_sync_target (store_txn *t, const char *path, uint64_t *bytes)
+txn_sync_target (store_txn *t, const char *path, uint64_t *bytes, uint64_t *size)
 {
   int fd = open (path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) {
@@ -362,6 +365,57 @@ txn_sync_target (store_txn *t, const char *path, uint64_t *bytes)
   }
   close (fd);
   *bytes = (uint64_t) sb.st_blocks * 512;
+  *size = (uint64_t) sb.st_size;
+  return 0;
+}
+
+/* The base name of PATH. */
+static const char *
+txn_base (const char *path)
+{
+  const char *s = strrchr (path, '/');
+  return s ? s + 1 : path;
+}
+
+/* Write the per-layer record of every disk of T (REC is the point's
+ * record: each disk gets a copy holding only its own entry) into
+ * <disk dir>/.chain/, before the point's record: 0 or -1. */
+static int
+txn_write_sidecars (store_txn *t, json_object *rec)
+{
+  json_object *disks;
+  json_object_object_get_ex (rec, "disks", &disks);
+  for (size_t i = 0; i < t->ndisks; i++) {
+    txn_disk *d = &t->disks[i];
+    char *rdir = qb_strdup (d->rel);
+    *strrchr (rdir, '/') = '\0';
+    char *crel = qb_asprintf ("%s/%s/" STORE_SIDECAR_DIR, t->vm, rdir);
+    free (rdir);
+    int r = store_mkdirs (t->st, crel);
+    int cfd = r < 0 ? -1 : qb_openat_nofollow (t->st->rootfd, crel,
+                                                O_RDONLY | O_DIRECTORY);
+    if (r == 0 && cfd < 0)
+      r = store_fs_error (errno, "open", crel);
+    if (r == 0) {
+      json_object *side = NULL;
+      json_object_deep_copy (rec, &side, NULL);
+      json_object *one = json_object_new_array ();
+      json_object_array_add (one, json_object_get (json_object_array_get_idx (disks, i)));
+      json_object_object_add (side, "disks", one);
+      json_object_object_add (side, "layer", json_object_new_string (txn_base (d->final)));
+      char *name = qb_asprintf ("%s.json", txn_base (d->final));
+      r = store_json_write_at (t->st, cfd, crel, name, side);
+      free (name);
+      json_object_put (side);
+      if (r == 0)
+        d->sidecar = true;
+    }
+    if (cfd >= 0)
+      close (cfd);
+    free (crel);
+    if (r < 0)
+      return -1;
+  }
   return 0;
 }
 
@@ -370,6 +424,18 @@ static void
 txn_discard (store_txn *t)
 {
   for (size_t i = 0; i < t->ndisks; i++) {
+    if (t->disks[i].sidecar) {
+      char *side = qb_asprintf ("%s/" STORE_SIDECAR_DIR "/%s.json", t->disks[i].dir,
+                                txn_base (t->disks[i].final));
+      unlink (side);
+      free (side);
+      t->disks[i].sidecar = false;
+      if (t->disks[i].made_dir) {
+        char *cdir = qb_asprintf ("%s/" STORE_SIDECAR_DIR, t->disks[i].dir);
+        rmdir (cdir);
+        free (cdir);
+      }
+    }
     unlink (t->disks[i].tmp);
     if (t->disks[i].made_dir)
       rmdir (t->disks[i].dir);
@@ -390,7 +456,7 @@ store_txn_commit (store_txn *t, json_object *extra)
   if (t->ndisks == 0)
     return qb_error_set (QB_EINVAL, "restore point %s has no disks", t->id);
   for (size_t i = 0; i < t->ndisks; i++)
-    if (txn_sync_target (t, t->disks[i].tmp, &t->disks[i].bytes) < 0) {
+    if (txn_sync_target (t, t->disks[i].tmp, &t->disks[i].bytes, &t->disks[i].size) < 0) {
       txn_discard (t);
       return -1;
     }
@@ -401,7 +467,10 @@ store_txn_commit (store_txn *t, json_object *extra)
       return -1;
     }
   json_object *rec = txn_record (t, extra);
-  int r = txn_write_record (t, rec);
+  /* The layers' own records first: a record names only layers that have one. */
+  int r = txn_write_sidecars (t, rec);
+  if (r == 0)
+    r = txn_write_record (t, rec);
   json_object_put (rec);
   if (r < 0) {
     txn_discard (t);
@@ -464,6 +533,45 @@ named_by_record (const store_rec *recs, size_t n, const char *dirrel, const char
   return false;
 }
 
+/* In disk folder DFD (DIRREL of the VM), delete the per-layer records of
+ * layers that neither exist nor are named by a record (a commit that
+ * crashed before its record), and their temps; count them. */
+static int
+recover_sidecars (int dfd, const char *dirrel, const store_rec *recs, size_t n)
+{
+  int cfd = openat (dfd, STORE_SIDECAR_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  DIR *c = cfd >= 0 ? fdopendir (cfd) : NULL;
+  if (!c) {
+    if (cfd >= 0)
+      close (cfd);
+    return 0;
+  }
+  int count = 0;
+  size_t pl = strlen (STORE_TMP_PREFIX);
+  struct dirent *de;
+  while ((de = readdir (c)) != NULL) {
+    size_t len = strlen (de->d_name);
+    bool drop;
+    if (strncmp (de->d_name, STORE_TMP_PREFIX, pl) == 0)
+      drop = true;
+    else if (de->d_name[0] == '.' || len < 6 || strcmp (de->d_name + len - 5, ".json") != 0)
+      continue;
+    else {
+      char *layer = qb_asprintf ("%.*s", (int) (len - 5), de->d_name);
+      struct stat sb;
+      drop = fstatat (dfd, layer, &sb, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT
+        && !named_by_record (recs, n, dirrel, layer);
+      free (layer);
+    }
+    if (drop && unlinkat (dirfd (c), de->d_name, 0) == 0)
+      count++;
+  }
+  if (count)
+    fsync (dirfd (c));
+  closedir (c);
+  return count;
+}
+
 /* In disk dir DIRREL of the VM folder VMFD, delete temps that no record
  * names (the folder is opened without following links); count them. */
 static int
@@ -494,6 +602,7 @@ recover_dir (int vmfd, const char *dirrel, const store_rec *recs, size_t n)
   }
   if (count)
     fsync (dirfd (d));
+  count += recover_sidecars (dirfd (d), dirrel, recs, n);
   closedir (d);
   return count;
 }

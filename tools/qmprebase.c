@@ -1,7 +1,11 @@
-/* qmprebase — merge a backup chain, seed-compatible.
+/* qmprebase — merge a backup chain, seed-compatible; inspect a store.
  *
  *   qmprebase rebase --dir DIR/<disk> [--until ID-or-TIME] [--dry-run]
  *   qmprebase merge  --dir DIR/<disk> --targetfile FILE [--until ID-or-TIME] [--force]
+ *   qmprebase list   --dir STORE/<vm> | DIR/<disk> [--json]
+ *
+ * DIR/<disk> may also be a copy of a disk folder made anywhere (cp -a): the
+ * chain is then proved by the layers' own records in DIR/<disk>/.chain/.
  *
  * DIR is STORE/<vm> or STORE/<vm>/<YYYY-MM>.  `rebase` folds the INC layers of
  * a chain, up to the chosen restore point K, into the chain's FULL in place
@@ -25,6 +29,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <stdarg.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -39,6 +46,7 @@ typedef struct opts {
   const char *target;
   bool dry_run;
   bool force;
+  bool json;
 } opts;
 
 /* Where --dir points: the store, the VM, the disk, and the directory itself. */
@@ -48,24 +56,84 @@ typedef struct where {
   char *disk;
   char *dir;       /* real path of DIR/<disk> */
   char *rel;       /* DIR/<disk> relative to STORE/<vm>: "<disk>" or "<YYYY-MM>/<disk>" */
+  bool alone;      /* a disk folder outside a store (no .points/.lock beside it) */
 } where;
 
-/* Print usage to F. */
+/* Print the help of command CMD (NULL: the program's) to stdout. */
 static void
-usage (FILE *f)
+help (const char *cmd)
 {
-  fprintf (f,
-           "usage: qmprebase rebase --dir DIR/<disk> [--until ID-or-TIME] [--dry-run]\n"
-           "       qmprebase merge --dir DIR/<disk> --targetfile FILE [--until ID-or-TIME] [--force]\n"
-           "\n"
-           "DIR is STORE/<vm> (or STORE/<vm>/<YYYY-MM> with monthly chains).\n"
-           "rebase  merges the chain up to the restore point into its FULL, in place;\n"
-           "        the merged FULL takes that point's name, older points of this disk go.\n"
-           "merge   writes the restore point as a new image FILE (raw, or qcow2 if FILE\n"
-           "        ends with .qcow2); the chain is left alone.\n"
-           "--until a restore point id (20261126T045000Z), its time (2026-11-26T04:50:00Z),\n"
-           "        a layer file name (INC-...), or a seed epoch; default: the newest point.\n"
-           "        A time that names no point picks the newest point at or before it.\n");
+  if (cmd && strcmp (cmd, "rebase") == 0)
+    printf ("usage: qmprebase rebase --dir DIR/<disk> [--until ID-or-TIME] [--dry-run]\n"
+            "\n"
+            "Merge the chain of DIR/<disk> up to a restore point into its FULL, in place\n"
+            "(qemu-img commit); the merged FULL takes that point's name and the older\n"
+            "points of this disk go.  DIR/<disk> is STORE/<vm>/<disk>,\n"
+            "STORE/<vm>/<YYYY-MM>/<disk>, or a copy of such a folder made anywhere.\n"
+            "\n"
+            "  --dir DIR/<disk>      the disk folder\n"
+            "  --until ID-or-TIME    the restore point (default: the newest)\n"
+            "  --dry-run             say what would be done, change nothing\n"
+            "  -h, --help            this help\n"
+            "  -V, --version         the version\n");
+  else if (cmd && strcmp (cmd, "merge") == 0)
+    printf ("usage: qmprebase merge --dir DIR/<disk> --targetfile FILE [--until ID-or-TIME] [--force]\n"
+            "\n"
+            "Write a restore point as a new image FILE: raw, or qcow2 if FILE ends with\n"
+            ".qcow2 (mode 0600; a missing folder of FILE is created, mode 0700).  The\n"
+            "chain is left alone.\n"
+            "\n"
+            "  --dir DIR/<disk>      the disk folder (also a copy made anywhere)\n"
+            "  --targetfile FILE     the image to write\n"
+            "  --until ID-or-TIME    the restore point (default: the newest)\n"
+            "  --force               replace FILE if it exists\n"
+            "  -h, --help            this help\n"
+            "  -V, --version         the version\n");
+  else if (cmd && strcmp (cmd, "list") == 0)
+    printf ("usage: qmprebase list --dir STORE/<vm> | DIR/<disk> [--json]\n"
+            "\n"
+            "Print the restore points of a VM folder or of one disk folder: chains,\n"
+            "points, sizes and health (damaged points say why).  Needs no VM.\n"
+            "\n"
+            "  --dir FOLDER          a VM folder or a disk folder (also a copy)\n"
+            "  --json                one JSON object instead of text\n"
+            "  -h, --help            this help\n"
+            "  -V, --version         the version\n");
+  else
+    printf ("usage: qmprebase COMMAND --dir FOLDER [OPTIONS]\n"
+            "\n"
+            "Commands:\n"
+            "  rebase  merge a disk's chain up to a restore point into its FULL, in place\n"
+            "  merge   write a restore point as a new raw or qcow2 image\n"
+            "  list    show the restore points, chains, sizes and health of a folder\n"
+            "\n"
+            "  qmprebase rebase --dir DIR/<disk> [--until ID-or-TIME] [--dry-run]\n"
+            "  qmprebase merge  --dir DIR/<disk> --targetfile FILE [--until ID-or-TIME] [--force]\n"
+            "  qmprebase list   --dir STORE/<vm> | DIR/<disk> [--json]\n"
+            "\n"
+            "DIR is STORE/<vm> (or STORE/<vm>/<YYYY-MM> with monthly chains); a disk folder\n"
+            "copied anywhere (cp -a STORE/<vm>/<disk> /tmp/r) works on its own.\n"
+            "--until takes a restore point id (20261126T045000Z), its time\n"
+            "(2026-11-26T04:50:00Z), a layer file name (INC-...), or a seed epoch; a time\n"
+            "that names no point picks the newest point at or before it.\n"
+            "'qmprebase COMMAND --help' describes one command.\n"
+            "\n"
+            "Exit codes: 0 ok, 1 failed, 2 usage error.\n");
+}
+
+/* A usage error: one line, the hint, exit code 2. */
+static int
+usage_error (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+static int
+usage_error (const char *fmt, ...)
+{
+  va_list ap;
+  va_start (ap, fmt);
+  fputs ("qmprebase: ", stderr);
+  vfprintf (stderr, fmt, ap);
+  va_end (ap);
+  fputs ("\nTry 'qmprebase --help'.\n", stderr);
+  return EXIT_USAGE;
 }
 
 /* Print the current error as "qmprebase: PREFIX: message" and return exit code 1. */
@@ -96,7 +164,128 @@ where_free (where *w)
   free (w->rel);
 }
 
-/* Split --dir into store root, VM and disk; 0 or -1 with an error. */
+/* True if directory PATH holds a layer file (FULL-/INC-/COPY-...). */
+static bool
+dir_has_layers (const char *path)
+{
+  DIR *d = opendir (path);
+  if (!d)
+    return false;
+  bool found = false;
+  struct dirent *de;
+  while (!found && (de = readdir (d)) != NULL)
+    found = strncmp (de->d_name, "FULL-", 5) == 0 || strncmp (de->d_name, "INC-", 4) == 0
+      || strncmp (de->d_name, "COPY-", 5) == 0;
+  closedir (d);
+  return found;
+}
+
+/* True if PATH/NAME exists (not following a link). */
+static bool
+has_entry (const char *path, const char *name)
+{
+  char *p = qb_asprintf ("%s/%s", path, name);
+  struct stat sb;
+  bool r = lstat (p, &sb) == 0;
+  free (p);
+  return r;
+}
+
+/* True if directory PATH looks like a VM folder: records or a lock, or
+ * disk folders (possibly in month folders) below it and no layers in it. */
+static bool
+is_vm_folder (const char *path)
+{
+  if (has_entry (path, ".points") || has_entry (path, ".lock"))
+    return !dir_has_layers (path);
+  if (dir_has_layers (path))
+    return false;
+  DIR *d = opendir (path);
+  if (!d)
+    return false;
+  bool found = false;
+  struct dirent *de;
+  while (!found && (de = readdir (d)) != NULL) {
+    if (!qb_name_is_safe (de->d_name))
+      continue;
+    char *sub = qb_asprintf ("%s/%s", path, de->d_name);
+    found = dir_has_layers (sub);
+    if (!found && is_month (de->d_name)) {
+      DIR *m = opendir (sub);
+      struct dirent *me;
+      while (m && !found && (me = readdir (m)) != NULL)
+        if (qb_name_is_safe (me->d_name)) {
+          char *mm = qb_asprintf ("%s/%s", sub, me->d_name);
+          found = dir_has_layers (mm);
+          free (mm);
+        }
+      if (m)
+        closedir (m);
+    }
+    free (sub);
+  }
+  closedir (d);
+  return found;
+}
+
+/* Scan the VM folder at real path REAL (store root = its parent): NULL with an error. */
+static store_vm *
+scan_vm_folder (const char *real, store **st)
+{
+  char *c = qb_strdup (real);
+  char *slash = strrchr (c, '/');
+  *st = NULL;
+  store_vm *v = NULL;
+  if (slash && qb_name_is_safe (slash + 1)) {
+    *slash = '\0';
+    *st = store_open (c[0] ? c : "/", false);
+    if (*st)
+      v = store_scan_vm (*st, slash + 1);
+  } else
+    qb_error_set (QB_EINVAL, "%s is not a VM folder", real);
+  free (c);
+  return v;
+}
+
+/* The error for --dir DIR naming a VM folder: say so and list its disks. */
+static int
+vm_folder_error (const char *dir, const char *real)
+{
+  store *st;
+  store_vm *v = scan_vm_folder (real, &st);
+  size_t len = 0;
+  char *list = qb_strdup ("");
+  for (size_t i = 0; v && i < v->ndisks; i++) {
+    const store_disk *d = &v->disks[i];
+    for (size_t c = 0; c < d->nchains; c++) {
+      char *one = d->chains[c].month ? qb_asprintf ("%s/%s", d->chains[c].month, d->name)
+        : qb_strdup (d->name);
+      char *pat = qb_asprintf (" %s,", one);
+      char *hay = qb_asprintf (" %s", list);
+      if (!strstr (hay, pat)) {
+        char *n = qb_asprintf ("%s%s%s,", list, len ? " " : "", one);
+        free (list);
+        list = n;
+        len++;
+      }
+      free (hay);
+      free (pat);
+      free (one);
+    }
+  }
+  if (len)
+    list[strlen (list) - 1] = '\0';
+  qb_error_clear ();
+  qb_error_set (QB_EINVAL, "--dir %s is a VM folder, not a disk folder; its disks: %s "
+                "(use --dir %s/<disk>)", dir, len ? list : "(none)", dir);
+  free (list);
+  store_vm_free (v);
+  store_close (st);
+  return -1;
+}
+
+/* Split --dir into store root, VM and disk; 0 or -1 with an error.  A disk
+ * folder whose VM folder holds no records and no lock is taken alone. */
 static int
 where_parse (const char *dir, where *w)
 {
@@ -107,33 +296,44 @@ where_parse (const char *dir, where *w)
   struct stat sb;
   if (stat (real, &sb) < 0 || !S_ISDIR (sb.st_mode))
     return qb_error_set (QB_EINVAL, "--dir %s is not a directory", dir);
+  if (is_vm_folder (real))
+    return vm_folder_error (dir, real);
   w->dir = qb_strdup (real);
   char *slash = strrchr (real, '/');
-  if (!slash || slash == real)
-    return qb_error_set (QB_EINVAL, "--dir %s: expected STORE/<vm>/<disk>", dir);
+  if (!slash || !qb_name_is_safe (slash + 1))
+    return qb_error_set (QB_EINVAL, "--dir %s: expected a disk folder such as STORE/<vm>/<disk>",
+                         dir);
   w->disk = qb_strdup (slash + 1);
   *slash = '\0';
   slash = strrchr (real, '/');
-  if (!slash || slash == real)
-    return qb_error_set (QB_EINVAL, "--dir %s: expected STORE/<vm>/<disk>", dir);
   char *month = NULL;
-  if (is_month (slash + 1)) {
-    /* STORE/<vm>/<YYYY-MM>/<disk> */
-    month = qb_strdup (slash + 1);
-    *slash = '\0';
-    slash = strrchr (real, '/');
-    if (!slash || slash == real) {
-      free (month);
-      return qb_error_set (QB_EINVAL, "--dir %s: expected STORE/<vm>/<YYYY-MM>/<disk>", dir);
+  if (slash && slash != real && is_month (slash + 1)) {
+    char *vmdir = qb_strdup (real);
+    *strrchr (vmdir, '/') = '\0';
+    if (has_entry (vmdir, ".points") || has_entry (vmdir, ".lock")) {
+      month = qb_strdup (slash + 1);
+      *slash = '\0';
+      slash = strrchr (real, '/');
     }
+    free (vmdir);
+  }
+  if (!slash || slash == real || (!month && !has_entry (real, ".points")
+                                  && !has_entry (real, ".lock"))) {
+    /* Outside a store: the folder alone, proved by its own .chain records. */
+    free (month);
+    w->alone = true;
+    w->vm = qb_strdup (slash && slash[1] ? slash + 1 : "/");
+    w->root = qb_strdup (real[0] ? real : "/");
+    w->rel = qb_strdup (w->disk);
+    return 0;
   }
   w->vm = qb_strdup (slash + 1);
   *slash = '\0';
-  w->root = qb_strdup (real);
+  w->root = qb_strdup (real[0] ? real : "/");
   w->rel = month ? qb_asprintf ("%s/%s", month, w->disk) : qb_strdup (w->disk);
   free (month);
-  if (!qb_name_is_safe (w->vm) || !qb_name_is_safe (w->disk))
-    return qb_error_set (QB_EINVAL, "--dir %s: VM or disk name is not a safe name", dir);
+  if (!qb_name_is_safe (w->vm))
+    return qb_error_set (QB_EINVAL, "--dir %s: VM name is not a safe name", dir);
   return 0;
 }
 
@@ -230,10 +430,15 @@ static int
 locate (const where *w, const char *until, store **st, store_vm **v,
         const store_chain **chain, size_t *k)
 {
-  *st = store_open (w->root, false);
-  if (!*st)
-    return -1;
-  *v = store_scan_vm (*st, w->vm);
+  if (w->alone) {
+    *st = NULL;
+    *v = store_scan_folder (w->dir);
+  } else {
+    *st = store_open (w->root, false);
+    if (!*st)
+      return -1;
+    *v = store_scan_vm (*st, w->vm);
+  }
   if (!*v)
     return -1;
   const store_disk *d = store_vm_disk (*v, w->disk);
@@ -341,6 +546,33 @@ dir_of (const char *path)
   return d;
 }
 
+/* mkdir -p DIR with mode 0700 for the folders it creates (as the seed's
+ * merge creates the target's folder); existing ones are left alone.  0 or -1. */
+static int
+mkdirs_private (const char *dir)
+{
+  char *p = qb_strdup (dir);
+  int ret = 0;
+  for (char *s = p + 1;; s++) {
+    if (*s != '/' && *s != '\0')
+      continue;
+    char save = *s;
+    *s = '\0';
+    if (mkdir (p, 0700) < 0 && errno != EEXIST) {
+      ret = qb_error_set_errno (errno, "create the folder %s", p);
+      break;
+    }
+    *s = save;
+    if (!save)
+      break;
+  }
+  free (p);
+  struct stat sb;
+  if (ret == 0 && (stat (dir, &sb) < 0 || !S_ISDIR (sb.st_mode)))
+    ret = qb_error_set (QB_EINVAL, "%s is not a folder", dir);
+  return ret;
+}
+
 /* A private directory beside the merge target: created by mkdtemp (0700,
  * unpredictable name), held open so the files in it are reached through the
  * directory itself even if its name is moved.  Nothing is ever written
@@ -444,7 +676,7 @@ cmd_merge (const opts *o)
   size_t tl = strlen (o->target);
   bool qcow2 = tl > 6 && strcmp (o->target + tl - 6, ".qcow2") == 0;
   tdir = dir_of (o->target);
-  if (privdir_make (&pd, o->target) < 0) {
+  if (mkdirs_private (tdir) < 0 || privdir_make (&pd, o->target) < 0) {
     rc = fail ("merge");
     goto out;
   }
@@ -580,8 +812,10 @@ records_update (store *st, const where *w, const store_chain *ch, size_t k,
       json_object_object_add (d, "file", json_object_new_string (file));
       free (file);
       json_object_object_add (d, "prev", NULL);
-      if (stat (newpath, &sb) == 0)
+      if (stat (newpath, &sb) == 0) {
         json_object_object_add (d, "bytes", json_object_new_int64 ((int64_t) sb.st_blocks * 512));
+        json_object_object_add (d, "size", json_object_new_int64 ((int64_t) sb.st_size));
+      }
       ret = store_record_write (st, w->vm, l->id, obj, true);
     }
     json_object_put (obj);
@@ -589,6 +823,53 @@ records_update (store *st, const where *w, const store_chain *ch, size_t k,
       return -1;
   }
   return 0;
+}
+
+/* The per-layer record of the merged FULL NEWNAME (file NEWPATH) in disk
+ * folder DFD, made from the record of point K's layer TOP (its own
+ * .chain record, else its entry in the VM's record REC_K): a FULL, no
+ * previous layer, the new length.  NULL when TOP has neither (seed). */
+static json_object *
+sidecar_merged (int dfd, const store_layer *top, json_object *rec_k, const where *w,
+                const char *newname, const char *newpath)
+{
+  json_object *side = store_sidecar_read (dfd, top->name);
+  if (!side && rec_k) {
+    int idx = record_disk_index (rec_k, w, top->name);
+    if (idx >= 0) {
+      json_object *disks, *one = json_object_new_array ();
+      json_object_object_get_ex (rec_k, "disks", &disks);
+      json_object_deep_copy (rec_k, &side, NULL);
+      json_object_array_add (one, json_object_get (json_object_array_get_idx (disks, (size_t) idx)));
+      json_object_object_add (side, "disks", one);
+    }
+  }
+  qb_error_clear ();
+  json_object *disks;
+  if (!side || !json_object_object_get_ex (side, "disks", &disks)
+      || !json_object_is_type (disks, json_type_array) || json_object_array_length (disks) != 1) {
+    json_object_put (side);
+    return NULL;
+  }
+  json_object *d = json_object_array_get_idx (disks, 0), *f;
+  char *file = NULL;
+  if (json_object_object_get_ex (d, "file", &f) && json_object_is_type (f, json_type_string)) {
+    const char *old = json_object_get_string (f);
+    const char *sl = strrchr (old, '/');
+    file = sl ? qb_asprintf ("%.*s/%s", (int) (sl - old), old, newname) : qb_strdup (newname);
+  } else
+    file = qb_asprintf ("%s/%s", w->rel, newname);
+  json_object_object_add (d, "file", json_object_new_string (file));
+  free (file);
+  json_object_object_add (d, "kind", json_object_new_string ("full"));
+  json_object_object_add (d, "prev", NULL);
+  struct stat sb;
+  if (stat (newpath, &sb) == 0) {
+    json_object_object_add (d, "bytes", json_object_new_int64 ((int64_t) sb.st_blocks * 512));
+    json_object_object_add (d, "size", json_object_new_int64 ((int64_t) sb.st_size));
+  }
+  json_object_object_add (side, "layer", json_object_new_string (newname));
+  return side;
 }
 
 /* qemu-img rebase -u FILE onto BACKING (a name relative to FILE's directory). */
@@ -616,12 +897,24 @@ cmd_rebase (const opts *o)
   size_t k;
   int rc = 1;
   char *newname = NULL, *newpath = NULL, *mpath = NULL, *mname = NULL;
+  int dfd = -1;
 
   if (where_parse (o->dir, &w) < 0 || dir_private (w.dir) < 0) {
     rc = fail ("rebase");
     goto out;
   }
-  if (!o->dry_run) {
+  dfd = open (w.dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (dfd < 0) {
+    qb_error_set_errno (errno, "%s", w.dir);
+    rc = fail ("rebase");
+    goto out;
+  }
+  if (w.alone && !o->dry_run && flock (dfd, LOCK_EX | LOCK_NB) < 0) {
+    qb_error_set (QB_EBUSY, "%s is being rebased by another process", w.dir);
+    rc = fail ("rebase");
+    goto out;
+  }
+  if (!o->dry_run && !w.alone) {
     st = store_open (w.root, false);
     if (!st || !(lk = store_lock_vm (st, w.vm, 5000))) {
       rc = fail ("rebase");
@@ -693,8 +986,21 @@ cmd_rebase (const opts *o)
       goto out;
     }
   }
-  /* 4. Records: older points lose this disk, point K's layer is the new FULL. */
-  if (records_update (st, &w, ch, k, newname, mpath) < 0) {
+  /* 4. Records: the new FULL's own record first, then the VM's records:
+     older points lose this disk, point K's layer is the new FULL. */
+  {
+    json_object *rec_k = st ? store_record_read (st, w.vm, top->id) : NULL;
+    qb_error_clear ();
+    json_object *side = sidecar_merged (dfd, top, rec_k, &w, newname, mpath);
+    json_object_put (rec_k);
+    int r = side ? store_sidecar_write (dfd, newname, side) : 0;
+    json_object_put (side);
+    if (r < 0) {
+      rc = fail ("rebase: write the record of the merged FULL");
+      goto out;
+    }
+  }
+  if (!w.alone && records_update (st, &w, ch, k, newname, mpath) < 0) {
     rc = fail ("rebase: update the restore point records");
     goto out;
   }
@@ -711,6 +1017,11 @@ cmd_rebase (const opts *o)
     goto out;
   }
   qb_fsync_dir (w.dir);
+  for (size_t i = 0; i <= k; i++)
+    if (store_sidecar_remove (dfd, ch->layers[i].name) < 0) {
+      rc = fail ("rebase");
+      goto out;
+    }
   /* 6. The INC above K now continues the new FULL. */
   if (k + 1 < ch->n && set_backing (ch->layers[k + 1].path, newname) < 0) {
     rc = fail ("rebase");
@@ -728,7 +1039,168 @@ cmd_rebase (const opts *o)
   store_unlock (lk);
   store_close (st);
   where_free (&w);
+  if (dfd >= 0)
+    close (dfd);
   return rc;
+}
+
+/* ---- list: the points of a folder, without a VM ---- */
+
+static const char *
+kind_word (store_kind k)
+{
+  return k == STORE_FULL ? "full" : k == STORE_INC ? "inc" : "copy";
+}
+
+/* Print scan V (only the disk DISK's folder DIR when given) as text or JSON. */
+static void
+list_print (const store_vm *v, const char *disk, const char *dir, bool json)
+{
+  json_object *jv = json_object_new_object (), *jd = json_object_new_array ();
+  json_object_object_add (jv, "vm", json_object_new_string (v->name));
+  size_t nlayers = 0, ndamaged = 0, npoints = 0;
+  const char **ids = NULL;
+  for (size_t i = 0; i < v->ndisks; i++) {
+    const store_disk *d = &v->disks[i];
+    if (disk && strcmp (d->name, disk) != 0)
+      continue;
+    json_object *od = json_object_new_object (), *jc = json_object_new_array ();
+    json_object_object_add (od, "name", json_object_new_string (d->name));
+    if (!json)
+      printf ("disk %s\n", d->name);
+    for (size_t c = 0; c < d->nchains; c++) {
+      const store_chain *ch = &d->chains[c];
+      if (ch->n == 0 || (dir && !layer_in_dir (&ch->layers[0], dir)))
+        continue;
+      uint64_t bytes = 0;
+      bool bad = false;
+      json_object *oc = json_object_new_object (), *jp = json_object_new_array ();
+      for (size_t k = 0; k < ch->n; k++) {
+        const store_layer *l = &ch->layers[k];
+        bytes += l->file_size;
+        bad |= l->damage != NULL;
+        nlayers++;
+        ndamaged += l->damage != NULL;
+        bool seen = false;
+        for (size_t x = 0; x < npoints && !seen; x++)
+          seen = strcmp (ids[x], l->id) == 0;
+        if (!seen) {
+          ids = qb_realloc (ids, (npoints + 1) * sizeof *ids);
+          ids[npoints++] = l->id;
+        }
+        json_object *op = json_object_new_object ();
+        json_object_object_add (op, "id", json_object_new_string (l->id));
+        json_object_object_add (op, "time", json_object_new_string (l->display));
+        json_object_object_add (op, "kind", json_object_new_string (kind_word (l->kind)));
+        json_object_object_add (op, "file", json_object_new_string (l->name));
+        json_object_object_add (op, "bytes", json_object_new_int64 ((int64_t) l->file_size));
+        json_object_object_add (op, "virtual_size",
+                                json_object_new_int64 ((int64_t) l->virtual_size));
+        json_object_object_add (op, "quiesced", json_object_new_boolean (l->quiesced));
+        json_object_object_add (op, "health", json_object_new_string (l->damage ? "damaged" : "ok"));
+        json_object_object_add (op, "damage", l->damage ? json_object_new_string (l->damage) : NULL);
+        json_object_array_add (jp, op);
+      }
+      json_object_object_add (oc, "chain", ch->chain_id ? json_object_new_string (ch->chain_id)
+                              : NULL);
+      json_object_object_add (oc, "month", ch->month ? json_object_new_string (ch->month) : NULL);
+      json_object_object_add (oc, "bytes", json_object_new_int64 ((int64_t) bytes));
+      json_object_object_add (oc, "health", json_object_new_string (bad ? "damaged" : "ok"));
+      json_object_object_add (oc, "points", jp);
+      json_object_array_add (jc, oc);
+      if (json)
+        continue;
+      printf ("  chain %s%s%s: %zu point%s, %.1f MiB, %s\n",
+              ch->chain_id ? ch->chain_id : "(seed)", ch->month ? " in " : "",
+              ch->month ? ch->month : "", ch->n, ch->n == 1 ? "" : "s",
+              (double) bytes / (1 << 20), bad ? "DAMAGED" : "ok");
+      for (size_t k = 0; k < ch->n; k++) {
+        const store_layer *l = &ch->layers[k];
+        printf ("    %-26s %-4s %-34s %10.1f MiB  size %llu  %s%s\n", l->display,
+                kind_word (l->kind), l->name, (double) l->file_size / (1 << 20),
+                (unsigned long long) l->virtual_size, l->damage ? "damaged: " : "ok",
+                l->damage ? l->damage : "");
+      }
+    }
+    json_object_object_add (od, "chains", jc);
+    json_object_array_add (jd, od);
+  }
+  json_object_object_add (jv, "disks", jd);
+  json_object *js = json_object_new_array ();
+  for (size_t i = 0; i < v->nskipped; i++) {
+    json_object_array_add (js, json_object_new_string (v->skipped[i]));
+    if (!json)
+      printf ("left out: %s\n", v->skipped[i]);
+  }
+  json_object_object_add (jv, "skipped", js);
+  json_object_object_add (jv, "points", json_object_new_int64 ((int64_t) npoints));
+  json_object_object_add (jv, "layers", json_object_new_int64 ((int64_t) nlayers));
+  json_object_object_add (jv, "damaged", json_object_new_int64 ((int64_t) ndamaged));
+  free (ids);
+  if (json)
+    printf ("%s\n", json_object_to_json_string_ext (jv, JSON_C_TO_STRING_PRETTY
+                                                    | JSON_C_TO_STRING_SPACED
+                                                    | JSON_C_TO_STRING_NOSLASHESCAPE));
+  else
+    printf ("%zu restore point%s, %zu layer%s, %zu damaged\n", npoints, npoints == 1 ? "" : "s",
+            nlayers, nlayers == 1 ? "" : "s", ndamaged);
+  json_object_put (jv);
+}
+
+/* `list`: print the points of a VM folder or a disk folder; exit code. */
+static int
+cmd_list (const opts *o)
+{
+  char real[PATH_MAX];
+  struct stat sb;
+  if (!realpath (o->dir, real)) {
+    qb_error_set_errno (errno, "--dir %s", o->dir);
+    return fail ("list");
+  }
+  if (stat (real, &sb) < 0 || !S_ISDIR (sb.st_mode)) {
+    qb_error_set (QB_EINVAL, "--dir %s is not a directory", o->dir);
+    return fail ("list");
+  }
+  store *st = NULL;
+  store_vm *v = NULL;
+  where w;
+  memset (&w, 0, sizeof w);
+  int rc = 1;
+  if (is_vm_folder (real)) {
+    v = scan_vm_folder (real, &st);
+    if (!v) {
+      rc = fail ("list");
+      goto out;
+    }
+    list_print (v, NULL, NULL, o->json);
+  } else {
+    if (where_parse (o->dir, &w) < 0) {
+      rc = fail ("list");
+      goto out;
+    }
+    if (w.alone)
+      v = store_scan_folder (w.dir);
+    else if ((st = store_open (w.root, false)))
+      v = store_scan_vm (st, w.vm);
+    if (!v) {
+      rc = fail ("list");
+      goto out;
+    }
+    list_print (v, w.disk, w.dir, o->json);
+  }
+  rc = 0;
+ out:
+  store_vm_free (v);
+  store_close (st);
+  where_free (&w);
+  return rc;
+}
+
+/* True for a command this program has. */
+static bool
+known_command (const char *c)
+{
+  return strcmp (c, "rebase") == 0 || strcmp (c, "merge") == 0 || strcmp (c, "list") == 0;
 }
 
 int
@@ -740,48 +1212,65 @@ main (int argc, char **argv)
     { "targetfile", required_argument, NULL, 't' },
     { "dry-run", no_argument, NULL, 'n' },
     { "force", no_argument, NULL, 'f' },
+    { "json", no_argument, NULL, 'j' },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
   };
   opts o = { 0 };
+  bool want_help = false, want_version = false;
   int c;
-  while ((c = getopt_long (argc, argv, "hV", longopts, NULL)) != -1) {
+  opterr = 0;
+  while ((c = getopt_long (argc, argv, ":hV", longopts, NULL)) != -1) {
     switch (c) {
     case 'd': o.dir = optarg; break;
     case 'u': o.until = optarg; break;
     case 't': o.target = optarg; break;
     case 'n': o.dry_run = true; break;
     case 'f': o.force = true; break;
-    case 'h': usage (stdout); return 0;
-    case 'V': printf ("qmprebase %s\n", QB_VERSION); return 0;
-    default: usage (stderr); return EXIT_USAGE;
+    case 'j': o.json = true; break;
+    case 'h': want_help = true; break;
+    case 'V': want_version = true; break;
+    case ':':
+      return usage_error ("option %s needs a value", argv[optind - 1]);
+    default:
+      if (optopt)
+        return usage_error ("unknown option -%c", optopt);
+      return usage_error ("unknown option %s", argv[optind - 1]);
     }
   }
-  if (optind + 1 != argc) {
-    usage (stderr);
-    return EXIT_USAGE;
+  if (optind < argc)
+    o.cmd = argv[optind];
+  if (o.cmd && !known_command (o.cmd))
+    return usage_error ("unknown command %s (commands: rebase, merge, list)", o.cmd);
+  if (want_help) {
+    help (o.cmd);
+    return 0;
   }
-  o.cmd = argv[optind];
-  if (!o.dir) {
-    fprintf (stderr, "qmprebase: --dir is required\n");
-    return EXIT_USAGE;
+  if (want_version) {
+    printf ("qmprebase %s\n", QB_VERSION);
+    return 0;
   }
+  if (!o.cmd)
+    return usage_error ("no command given (rebase, merge or list)");
+  if (optind + 1 < argc)
+    return usage_error ("unexpected argument %s", argv[optind + 1]);
+  if (!o.dir)
+    return usage_error ("%s needs --dir", o.cmd);
   if (strcmp (o.cmd, "rebase") == 0) {
-    if (o.target || o.force) {
-      fprintf (stderr, "qmprebase: rebase takes no --targetfile/--force\n");
-      return EXIT_USAGE;
-    }
+    if (o.target || o.force || o.json)
+      return usage_error ("rebase takes no %s", o.target ? "--targetfile" : o.force ? "--force"
+                          : "--json");
     return cmd_rebase (&o);
   }
   if (strcmp (o.cmd, "merge") == 0) {
-    if (!o.target || o.dry_run) {
-      fprintf (stderr, "qmprebase: merge needs --targetfile FILE (and takes no --dry-run)\n");
-      return EXIT_USAGE;
-    }
+    if (!o.target)
+      return usage_error ("merge needs --targetfile FILE");
+    if (o.dry_run || o.json)
+      return usage_error ("merge takes no %s", o.dry_run ? "--dry-run" : "--json");
     return cmd_merge (&o);
   }
-  fprintf (stderr, "qmprebase: unknown command %s\n", o.cmd);
-  usage (stderr);
-  return EXIT_USAGE;
+  if (o.until || o.target || o.force || o.dry_run)
+    return usage_error ("list takes only --dir and --json");
+  return cmd_list (&o);
 }

@@ -96,11 +96,17 @@ fi
 grep -q "simulated failure" "$T/err" || qb_die "qemu-img's error not shown: $(cat "$T/err")"
 [ ! -e "$out/Z.qcow2" ] || qb_die "a failed merge left $out/Z.qcow2"
 check_no_temp
-# A target folder that does not exist: a clear error, nothing created.
-if "$QMPREBASE" merge --dir "$dir" --targetfile "$T/nowhere/W.raw" >/dev/null 2>"$T/err"; then
-  qb_die "merge into a missing folder succeeded"
+# A target folder that does not exist is created (as the seed does), private.
+"$QMPREBASE" merge --dir "$dir" --targetfile "$T/nowhere/W.raw" >/dev/null 2>"$T/err" \
+  || qb_die "merge into a missing folder failed: $(cat "$T/err")"
+[ "$(stat -c %a "$T/nowhere")" = 700 ] && [ -f "$T/nowhere/W.raw" ] \
+  || qb_die "merge into a missing folder: $(ls -ld "$T/nowhere")"
+# A target folder that cannot be made (a file is in the way): a clear error.
+touch "$T/afile"
+if "$QMPREBASE" merge --dir "$dir" --targetfile "$T/afile/W.raw" >/dev/null 2>"$T/err"; then
+  qb_die "merge below a regular file succeeded"
 fi
-grep -q "nowhere" "$T/err" || qb_die "unexpected error: $(cat "$T/err")"
+grep -q "afile" "$T/err" || qb_die "unexpected error: $(cat "$T/err")"
 check_victims
 
 # `rebase` renames and writes in place in the disk folder: one that other

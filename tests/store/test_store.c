@@ -693,10 +693,25 @@ test_damage (void)
     }
   store_vm_free (v);
 
-  /* An INC of ours whose record is gone is never attached by time order. */
+  /* An INC of ours whose record is gone is never attached by time order:
+     its own record in .chain/ places it (and its header, which names no
+     backing file here, is checked against the layer before it); without
+     that one too it has no record at all. */
   char *rec = qb_asprintf ("%s/vm/.points/%s.json", store_root (st), ids[4]);
   REQUIRE (unlink (rec) == 0);
   free (rec);
+  v = store_scan_vm (st, "vm");
+  REQUIRE (v);
+  d = store_vm_disk (v, "d");
+  REQUIRE (d);
+  for (size_t i = 0; i < d->nchains; i++)
+    for (size_t k = 0; k < d->chains[i].n; k++)
+      if (strcmp (d->chains[i].layers[k].id, ids[4]) == 0)
+        CHECK (d->chains[i].layers[k].damage != NULL);
+  store_vm_free (v);
+  char *side = qb_asprintf ("%s/vm/d/.chain/INC-%s.json", store_root (st), ids[4]);
+  REQUIRE (unlink (side) == 0);
+  free (side);
   v = store_scan_vm (st, "vm");
   REQUIRE (v);
   d = store_vm_disk (v, "d");
@@ -807,6 +822,137 @@ test_enospc (void)
     failures++;
 }
 
+/* Commit a FULL and an INC of disk "d" of VM whose INC image names the
+ * FULL as its backing file, as the engine makes them; ids into F and I. */
+static void
+commit_real_chain (store *st, const char *vm, int64_t t, char *f, char *i)
+{
+  char chain[17];
+  store_new_chain_id (chain, sizeof chain);
+  commit_point (st, vm, "d", t, STORE_FULL, NULL, chain, false, f);
+  store_vm *keep;
+  store_layer prev = last_layer (st, vm, "d", &keep);
+  store_txn *tx = store_txn_begin (st, vm, t + 60000000, false);
+  REQUIRE (tx);
+  const char *tmp = store_txn_add_disk (tx, "d", STORE_INC, &prev, NULL, 1 << 20);
+  REQUIRE (tmp);
+  char *argv[] = { "qemu-img", "create", "-q", "-f", "qcow2", "-b", prev.name, "-F", "qcow2",
+                   (char *) tmp, "1M", NULL };
+  REQUIRE (qb_run (argv, NULL) == 0);
+  REQUIRE (store_txn_commit (tx, NULL) == 0);
+  strcpy (i, store_txn_id (tx));
+  store_txn_free (tx);
+  store_vm_free (keep);
+}
+
+/* The one chain of the only disk of scan V (NULL unless exactly that). */
+static const store_chain *
+only_chain (const store_vm *v)
+{
+  return v && v->ndisks == 1 && v->disks[0].nchains == 1 ? &v->disks[0].chains[0] : NULL;
+}
+
+static void
+test_sidecars (void)
+{
+  if (!have_qemu_img) {
+    fprintf (stderr, "sidecar tests need qemu-img: not run\n");
+    return;
+  }
+  store *st = fresh_store ("side");
+  char f[40], i[40];
+  commit_real_chain (st, "vm", T0, f, i);
+  char *cdir = qb_asprintf ("%s/vm/d/.chain", store_root (st));
+  char *sf = qb_asprintf ("%s/FULL-%s.json", cdir, f);
+  char *si = qb_asprintf ("%s/INC-%s.json", cdir, i);
+  struct stat sb;
+  CHECK (stat (cdir, &sb) == 0 && (sb.st_mode & 0777) == 0700);
+  CHECK (stat (sf, &sb) == 0 && (sb.st_mode & 0777) == 0600);
+  CHECK (stat (si, &sb) == 0 && (sb.st_mode & 0777) == 0600);
+  json_object *o = json_object_from_file (si), *disks, *d, *x;
+  REQUIRE (o);
+  CHECK (json_object_object_get_ex (o, "disks", &disks) && json_object_array_length (disks) == 1);
+  d = json_object_array_get_idx (disks, 0);
+  CHECK (json_object_object_get_ex (d, "prev", &x) && strcmp (json_object_get_string (x), f) == 0);
+  CHECK (json_object_object_get_ex (d, "size", &x) && json_object_get_int64 (x) > 0);
+  json_object_put (o);
+
+  /* A copy of the disk folder, elsewhere and renamed, is its own proof. */
+  char *copy = qb_asprintf ("%s/side-copy/r", root);
+  char *src = qb_asprintf ("%s/vm/d", store_root (st));
+  char *pdir = qb_asprintf ("%s/side-copy", root);
+  REQUIRE (mkdir (pdir, 0700) == 0);
+  char *cp[] = { "cp", "-a", src, copy, NULL };
+  REQUIRE (qb_run (cp, NULL) == 0);
+  store_vm *v = store_scan_folder (copy);
+  const store_chain *c = only_chain (v);
+  REQUIRE (c);
+  CHECK (strcmp (v->disks[0].name, "r") == 0 && c->n == 2 && c->chain_id);
+  CHECK (c->n == 2 && !c->layers[0].damage && !c->layers[1].damage);
+  CHECK (c->n == 2 && strcmp (c->layers[1].id, i) == 0 && c->layers[1].virtual_size == 1 << 20);
+  store_vm_free (v);
+  /* ...and a truncated layer in it is damage that says so. */
+  char *incp = qb_asprintf ("%s/INC-%s", copy, i);
+  REQUIRE (stat (incp, &sb) == 0 && truncate (incp, sb.st_size - 512) == 0);
+  v = store_scan_folder (copy);
+  c = only_chain (v);
+  REQUIRE (c);
+  CHECK (c->n == 2 && c->layers[1].damage && strstr (c->layers[1].damage, "truncated"));
+  CHECK (c->n == 2 && !c->layers[0].damage);
+  store_vm_free (v);
+  /* An INC whose header names another backing file is of another chain. */
+  REQUIRE (truncate (incp, sb.st_size) == 0);
+  char *rb[] = { "qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-b", "FULL-20200101T000000Z",
+                 "-F", "qcow2", incp, NULL };
+  REQUIRE (qb_run (rb, NULL) == 0);
+  v = store_scan_folder (copy);
+  c = only_chain (v);
+  REQUIRE (c);
+  CHECK (c->n == 2 && c->layers[1].damage && strstr (c->layers[1].damage, "another chain"));
+  store_vm_free (v);
+  CHECK (store_scan_folder ("/nonexistent/folder") == NULL);
+
+  /* Without the VM's records the store's scan uses the layers' own. */
+  char *points = qb_asprintf ("%s/vm/.points", store_root (st));
+  char *rm[] = { "rm", "-r", points, NULL };
+  REQUIRE (qb_run (rm, NULL) == 0);
+  v = store_scan_vm (st, "vm");
+  c = only_chain (v);
+  REQUIRE (c);
+  CHECK (c->n == 2 && !c->layers[0].damage && !c->layers[1].damage);
+  store_vm_free (v);
+
+  /* Recovery drops records of layers that were never committed, keeps the others. */
+  char *orphan = qb_asprintf ("%s/INC-20261126T060000Z.json", cdir);
+  char *otmp = qb_asprintf ("%s/.tmp-INC-20261126T060000Z.json", cdir);
+  touch (orphan);
+  touch (otmp);
+  CHECK (store_recover (st, "vm") == 2);
+  CHECK (!exists (orphan) && !exists (otmp) && exists (sf) && exists (si));
+
+  /* A commit that fails before its record leaves no layer record behind. */
+  char *vm2 = qb_asprintf ("%s/vm2", store_root (st));
+  REQUIRE (mkdir (vm2, 0700) == 0);
+  char *p2 = qb_asprintf ("%s/.points", vm2);
+  touch (p2);                               /* the record cannot be written */
+  store_txn *tx = store_txn_begin (st, "vm2", T0, false);
+  REQUIRE (tx);
+  const char *tmp = store_txn_add_disk (tx, "d", STORE_FULL, NULL, NULL, 1 << 20);
+  REQUIRE (tmp);
+  make_image (tmp, "1M");
+  char *fin = qb_strdup (store_txn_final_path (tx, "d"));
+  CHECK (store_txn_commit (tx, NULL) < 0);
+  store_txn_free (tx);
+  char *s2 = qb_asprintf ("%s/d/.chain/%s.json", vm2, strrchr (fin, '/') + 1);
+  CHECK (!exists (s2) && !exists (fin));
+
+  free (s2); free (fin); free (p2); free (vm2);
+  free (orphan); free (otmp); free (points); free (incp);
+  free (copy); free (src); free (pdir);
+  free (cdir); free (sf); free (si);
+  store_close (st);
+}
+
 int
 main (void)
 {
@@ -827,6 +973,7 @@ main (void)
   test_damage ();
   test_scan_cost ();
   test_enospc ();
+  test_sidecars ();
 
   rm_rf (root);
   if (failures) {
