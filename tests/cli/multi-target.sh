@@ -80,7 +80,7 @@ for d in drive0 data1; do
 done
 
 # info --target A: each of ours names its target; A's are this target's, B's not.
-"$QMPBACKUP" --socket "$SOCK" info --target "$T/storeA/mt" > "$T/info.json"
+"$QMPBACKUP" --socket "$SOCK" info --json --target "$T/storeA/mt" > "$T/info.json"
 python3 - "$T/info.json" "$tA" "$tB" <<'EOF' || qb_die "info does not tell the targets apart: $(cat "$T/info.json")"
 import json, sys
 d = json.load(open(sys.argv[1])); a, b = sys.argv[2], sys.argv[3]
@@ -125,7 +125,7 @@ rm "$T/storeC/mt/.target-id"
 legacy=qmpbackup-$chain
 writes 15; take C inc inc          # goes on with the older name
 bitmaps_of drive0 | grep -qx "$legacy" || qb_die "the older version's bitmap is gone after an inc"
-"$QMPBACKUP" --socket "$SOCK" info --target "$T/storeC/mt" > "$T/infoC.json"
+"$QMPBACKUP" --socket "$SOCK" info --json --target "$T/storeC/mt" > "$T/infoC.json"
 grep -q '"legacy_name": true' "$T/infoC.json" || qb_die "info does not mark the older name: $(cat "$T/infoC.json")"
 writes 16; take A full full         # another store's full leaves the older name alone
 bitmaps_of drive0 | grep -qx "$legacy" || qb_die "a full into A removed store C's (older-named) bitmap"
