@@ -106,7 +106,7 @@ while IFS= read -r -d '' p; do
   rel=${p#"$store"/}
   IFS=/ read -r -a parts <<< "$rel"
   for c in "${parts[@]}"; do
-    case $c in .points|.chain|.lock|.*.lock|.*.json) continue ;; esac
+    case $c in .points|.chain|.lock|.target-id|.*.lock|.*.json) continue ;; esac
     sane "$c" || qb_die "unsafe store path: $(printf '%q' "$rel")"
   done
 done < <(find "$store" -mindepth 1 -print0)
