@@ -3,6 +3,7 @@
 is sourced, COMP_WORDS/COMP_CWORD/COMP_LINE set, the completion function
 called and COMPREPLY checked; and its option, command, level and -o lists
 are compared with the programs' --help, so they cannot drift apart."""
+import json
 import os
 import re
 import shlex
@@ -126,6 +127,48 @@ def check_drift():
              % (sorted(got), sorted(H.mount_options(own))))
 
 
+BASH_COMPLETION = '/usr/share/bash-completion/bash_completion'
+
+
+def check_installed(tmp):
+    """`meson install` puts the completion under each program's name in a
+    bash-completion/completions folder, and bash-completion's loader, finding
+    it there, registers the program's function."""
+    build = os.environ.get('QB_BUILD_DIR')
+    if not build or not shutil.which('meson'):
+        print('note: no build dir or meson: install paths not checked')
+        return
+    p = subprocess.run(['meson', 'introspect', build, '--installed'], stdout=subprocess.PIPE,
+                       text=True, timeout=60)
+
+    dests = json.loads(p.stdout).values() if p.returncode == 0 else []
+    dirs = {os.path.dirname(d) for d in dests
+            if os.path.basename(d) in FUNCS and d.endswith('/bash-completion/completions/'
+                                                          + os.path.basename(d))}
+    names = {os.path.basename(d) for d in dests if os.path.dirname(d) in dirs}
+    if len(dirs) != 1 or not set(FUNCS) <= names:
+        fail('meson installs the completion as %s, want qmpbackupfs, qmpbackup and qmprebase '
+             'in one bash-completion/completions folder' % sorted(d for d in dests
+                                                                 if 'completion' in d))
+        return
+    if not os.path.exists(BASH_COMPLETION):
+        print('note: bash-completion not installed: its loader not tried')
+        return
+    comp = os.path.join(tmp, 'share', 'bash-completion', 'completions')
+    os.makedirs(comp)
+    shutil.copy(SRC, os.path.join(comp, 'qmpbackupfs'))
+    for prog in ['qmpbackup', 'qmprebase']:
+        os.symlink('qmpbackupfs', os.path.join(comp, prog))
+    for prog in FUNCS:
+        p = subprocess.run(['bash', '--norc', '--noprofile', '-c',
+                            'source %s; __load_completion %s; complete -p %s'
+                            % (BASH_COMPLETION, prog, prog)],
+                           env=dict(os.environ, XDG_DATA_DIRS=os.path.join(tmp, 'share')),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+        if p.stdout.strip() != 'complete -F %s %s' % (FUNCS[prog], prog):
+            fail('bash-completion did not load the completion of %s: %s' % (prog, p.stdout.strip()))
+
+
 def main():
     """Run every check; exit 1 listing each failure, 77 without bash."""
     if not shutil.which('bash'):
@@ -133,6 +176,8 @@ def main():
         return 77
     with tempfile.TemporaryDirectory() as tmp:
         check_scripted(tmp)
+    with tempfile.TemporaryDirectory() as tmp:
+        check_installed(tmp)
     check_drift()
     for f in failures:
         print('FAIL:', f)
