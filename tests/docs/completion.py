@@ -140,7 +140,6 @@ def check_installed(tmp):
         return
     p = subprocess.run(['meson', 'introspect', build, '--installed'], stdout=subprocess.PIPE,
                        text=True, timeout=60)
-
     dests = json.loads(p.stdout).values() if p.returncode == 0 else []
     dirs = {os.path.dirname(d) for d in dests
             if os.path.basename(d) in FUNCS and d.endswith('/bash-completion/completions/'

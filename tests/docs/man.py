@@ -107,7 +107,10 @@ def check_qmpbackupfs(secs):
                 H.options(full), gen_page)
     need_subset('qmpbackupfs.8 SYNOPSIS names -o options --help does not print',
                 mount_help, H.mount_options(secs.get('SYNOPSIS', '')))
-    for word in ['full', 'inc', 'auto', 'copy', 'quiesce', 'noquiesce']:
+    words = re.search(r'echo ([a-z|]+) >', own)
+    if not words:
+        fail('qmpbackupfs --help shows no control file words (echo WORD|... >)')
+    for word in (words.group(1).split('|') if words else []) + ['quiesce', 'noquiesce']:
         if not re.search(r'^\.B %s$' % word, open(os.path.join(DOC, 'qmpbackupfs.8')).read(), re.M):
             fail('qmpbackupfs.8 CONTROL FILE does not describe the word %s' % word)
     for e in ['EIO', 'EBUSY', 'EHOSTDOWN', 'EINVAL', 'ENOSPC', 'EINTR', 'ESHUTDOWN']:
