@@ -42,6 +42,24 @@ control_interrupt (fuse_req_t req, void *data)
   atomic_store (&vm->cancel, 1);
 }
 
+/* Log the end of one backup of VM asked at LEVEL: "event=end" with the point,
+ * bytes stored and seconds when R is 0, else "event=failed" or
+ * "event=canceled" (CODE) with the reason ERR. */
+static void
+control_log_result (const fs_vm *vm, backup_level level, int r, int code,
+                    const backup_result *res, double secs, const char *err)
+{
+  if (r == 0)
+    fs_log ("event=end vm=%s level=%s point=%s bytes=%llu seconds=%.1f%s%s%s", vm->name,
+            backup_level_name (res->level), res->id, (unsigned long long) res->bytes_stored,
+            secs, res->reason[0] ? " reason=\"auto took a full: " : "", res->reason,
+            res->reason[0] ? "\"" : "");
+  else
+    fs_log ("event=%s vm=%s level=%s bytes=0 seconds=%.1f reason=\"%s\"",
+            code == QB_ECANCELED ? "canceled" : "failed", vm->name, backup_level_name (level),
+            secs, err);
+}
+
 /* Run one backup of VM at LEVEL; 0 or -errno.  Blocks until it finished. */
 static int
 control_run (fuse_req_t req, fs_vm *vm, backup_level level, quiesce_mode q)
@@ -64,8 +82,11 @@ control_run (fuse_req_t req, fs_vm *vm, backup_level level, quiesce_mode q)
   vm->run_level = level;
   memset (&vm->progress, 0, sizeof vm->progress);
   snprintf (vm->phase, sizeof vm->phase, "starting");
-  vm->run_start_us = qb_now_us ();
+  int64_t t0 = qb_now_us ();
+  vm->run_start_us = t0;
   pthread_mutex_unlock (&vm->lock);
+  fs_log ("event=start vm=%s level=%s%s", vm->name, backup_level_name (level),
+          q == QUIESCE_ON ? " quiesce=yes" : q == QUIESCE_OFF ? " quiesce=no" : "");
 
   backup_result res;
   memset (&res, 0, sizeof res);
@@ -107,7 +128,7 @@ control_run (fuse_req_t req, fs_vm *vm, backup_level level, quiesce_mode q)
   vm->has_last = true;
   vm->last_ok = r == 0;
   vm->last_time_us = now;
-  vm->last_seconds = (now - vm->run_start_us) / 1e6;
+  vm->last_seconds = (now - t0) / 1e6;
   if (r == 0) {
     vm->state = VM_IDLE;
     vm->last_level = res.level;
@@ -134,8 +155,7 @@ control_run (fuse_req_t req, fs_vm *vm, backup_level level, quiesce_mode q)
   pthread_mutex_unlock (&vm->lock);
   vm_scan_invalidate (vm);
   vms_notify_idle ();
-  if (r != 0)
-    fs_log ("%s: %s backup failed: %s", vm->name, backup_level_name (level), err);
+  control_log_result (vm, level, r, code, &res, (now - t0) / 1e6, err);
   free (qmp);
   free (qga);
   return r == 0 ? 0 : -fs_backup_errno (code);

@@ -62,6 +62,11 @@ grep -qx 'ExecStart=/usr/libexec/qmpbackupfs/qmpbackup-vm %i' \
 grep -q '^exec /usr/bin/qmpbackup ' "$root/usr/libexec/qmpbackupfs/qmpbackup-vm" \
   || qb_die "the helper does not run /usr/bin/qmpbackup"
 
+# The man pages are in the package.
+for m in man1/qmpbackup.1 man1/qmprebase.1 man8/qmpbackupfs.8; do
+  [ -f "$root/usr/share/man/$m.gz" ] || qb_die "the package has no usr/share/man/$m.gz"
+done
+
 # The unpacked programs run.
 "$root/usr/bin/qmpbackupfs" --version > "$T/v" 2>&1 || qb_die "qmpbackupfs --version: $(cat "$T/v")"
 grep -q '^qmpbackupfs [0-9]' "$T/v" || qb_die "qmpbackupfs --version says: $(cat "$T/v")"
@@ -79,7 +84,7 @@ if command -v systemd-analyze >/dev/null 2>&1; then
   for u in qmpbackupfs.service qmpbackup@.service qmpbackup@.timer; do
     sed "s|/usr/|$root/usr/|g" "$root/lib/systemd/system/$u" > "$T/units/$u"
   done
-  out=$(cd "$T/units" && systemd-analyze verify ./qmpbackupfs.service ./qmpbackup@vm1.service \
+  out=$(cd "$T/units" && MANPATH=$root/usr/share/man systemd-analyze verify ./qmpbackupfs.service ./qmpbackup@vm1.service \
         ./qmpbackup@vm1.timer 2>&1) || qb_die "systemd-analyze verify: $out"
   [ -z "$out" ] || qb_die "systemd-analyze verify has something to say: $out"
 fi

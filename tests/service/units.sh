@@ -51,8 +51,13 @@ cp "$QB_SOURCE_DIR/contrib/systemd/qmpbackup@.timer" "$T/units/"
 sed -e "s|$QB_UNIT_BINDIR|$bin|g" "$units/qmpbackup-vm" > "$libexec/qmpbackup-vm"
 chmod 755 "$libexec/qmpbackup-vm"
 
+# The units' Documentation= pages, from the source tree (verify runs man on them).
+mkdir -p "$T/man/man1" "$T/man/man8"
+cp "$QB_SOURCE_DIR"/doc/*.1 "$T/man/man1/"
+cp "$QB_SOURCE_DIR"/doc/*.8 "$T/man/man8/"
+
 if command -v systemd-analyze >/dev/null 2>&1; then
-  out=$(cd "$T/units" && systemd-analyze verify ./qmpbackupfs.service ./qmpbackup@vm1.service \
+  out=$(cd "$T/units" && MANPATH=$T/man systemd-analyze verify ./qmpbackupfs.service ./qmpbackup@vm1.service \
         ./qmpbackup@vm1.timer 2>&1) || qb_die "systemd-analyze verify failed: $out"
   [ -z "$out" ] || qb_die "systemd-analyze verify has something to say: $out"
   qb_log "systemd-analyze verify: clean"
