@@ -118,6 +118,27 @@ rec=$(newest_record)
 [ "$(qb_json "$rec" 'd["quiesced_filesystems"]')" = 2 ] || qb_die "count: $(cat "$rec")"
 fake_assert_thawed "quiesced inc"
 
+# The guest is thawed right after the transaction, while the (slowed) job
+# still copies: never only when the backup ends.
+fake_start "$agent"
+qb_guest_write vm1 drive0 "write -P 0x32 1M 4M"
+cli_start --level full --quiesce --speed 512K
+jobs_now() { python3 -c 'import json,sys; print(len(json.loads(sys.argv[1])))' "$(qb_qmp vm1 query-block-jobs)"; }
+for ((i = 0; i < 300; i++)); do [ "$(jobs_now)" -gt 0 ] && break; sleep 0.1; done
+[ "$(jobs_now)" -gt 0 ] || qb_die "the slowed backup job never showed up: $(cat "$T/cli.out")"
+thawed_during=no
+for ((i = 0; i < 600; i++)); do
+  st=$(cat "$FAKE_LOG.state" 2>/dev/null || true)
+  jobs=$(jobs_now)
+  if [ "$st" = thawed ] && [ "$jobs" -gt 0 ]; then thawed_during=yes; break; fi
+  [ "$jobs" -gt 0 ] || break
+  sleep 0.1
+done
+[ "$thawed_during" = yes ] || qb_die "the guest was still frozen while the backup job ran (state: $st, jobs: $jobs)"
+reap "$CLI"
+[ "$RC" = 0 ] || qb_die "slowed quiesced full: exit $RC: $(cat "$T/cli.out")"
+fake_assert_thawed "thawed while the job runs"
+
 # Hostile agent text: an error desc with ESC, newlines and a quote is escaped.
 fake_start "$agent" --freeze-error $'evil\e[2J\e]0;owned\a\nline2\r"x'
 rc=0

@@ -158,6 +158,12 @@ def main():
        run(["ninja", "-C", build, "-j", "2"], setup_log) != 0:
         sys.exit("the unmutated tree does not build: see %s" % setup_log)
 
+    # Every test a mutant names must exist: meson runs nothing (and passes)
+    # for an unknown name, which would let any mutant "survive" unseen.
+    listed = subprocess.run(["meson", "test", "-C", build, "--no-rebuild", "--list"],
+                            capture_output=True, text=True).stdout
+    known = {l.rsplit(" / ", 1)[-1].strip() for l in listed.splitlines() if " / " in l}
+
     baseline_bad = set()
     if not a.no_baseline:
         tests = []
@@ -178,9 +184,12 @@ def main():
         log = os.path.join(logs, m.name + ".log")
         path = os.path.join(src, m.file)
         text = mutant_text(m, src)
-        if text is None:
-            results.append((m, "stale", "fragment not found exactly once in " + m.file, 0))
-            print("%-10s %-32s %s" % ("stale", m.name, results[-1][2]), flush=True)
+        missing = [t for t in m.tests if t not in known]
+        if text is None or missing:
+            why = ("fragment not found exactly once in " + m.file if text is None
+                   else "names tests that do not exist: " + " ".join(missing))
+            results.append((m, "stale", why, 0))
+            print("%-10s %-32s %s" % ("stale", m.name, why), flush=True)
             continue
         with open(path) as f:
             orig = f.read()
