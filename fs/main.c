@@ -200,12 +200,14 @@ main (int argc, char **argv)
     printf ("\nFUSE options:\n");
     fuse_cmdline_help ();
     fuse_lowlevel_help ();
-    return 0;
+    ret = 0;
+    goto out;
   }
   if (co.show_version) {
     printf ("qmpbackupfs %s\n", QB_VERSION);
     fuse_lowlevel_version ();
-    return 0;
+    ret = 0;
+    goto out;
   }
   if (!o.store || !co.mountpoint) {
     usage (argv[0]);
