@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A failure that may pass is never recorded as damage: with the daemon's file
 # descriptor limit lowered (prlimit on the running daemon) below what a
-# 200-layer chain needs, opening its newest point fails with an error; once
+# 100-layer chain needs, opening its newest point fails with an error; once
 # the limit is back, the same point reads byte-exact, status shows no damage
 # and latest.img still names the newest point.
 set -euo pipefail
@@ -17,7 +17,7 @@ dir=$store/deep/disk0
 epoch=1700000000
 size=$((8 << 20))
 ref=$T/ref.raw
-layers=200
+layers=100
 
 # A chain of $layers layers: FULL then INCs, each writing 64 KiB of its own.
 mkdir -p "$dir"
@@ -45,7 +45,7 @@ latest=$(readlink "$restore/latest.img")
 hard=$(prlimit --pid "$FS_PID" --nofile --output HARD --noheadings)
 soft=$(prlimit --pid "$FS_PID" --nofile --output SOFT --noheadings)
 used=$(ls "/proc/$FS_PID/fd" | wc -l)
-prlimit --pid "$FS_PID" --nofile=$((used + 60)):"$hard"
+prlimit --pid "$FS_PID" --nofile=$((used + 30)):"$hard"
 qb_on_exit "prlimit --pid $FS_PID --nofile=$soft:$hard 2>/dev/null || true"
 r=$(python3 - "$restore/$newest" <<'PY'
 import errno, sys
@@ -57,7 +57,7 @@ except OSError as e:
     print(errno.errorcode.get(e.errno, str(e.errno)))
 PY
 )
-qb_log "open of the $layers-layer point with $((used + 60)) descriptors: $r"
+qb_log "open of the $layers-layer point with $((used + 30)) descriptors: $r"
 [ "$r" != OK ] || qb_die "the point opened with too few descriptors: the test did not lower the limit"
 [ "$r" = EIO ] || [ "$r" = ENOMEM ] || [ "$r" = EAGAIN ] || qb_die "want EIO, got $r"
 cat "$mnt/deep/status" > "$T/status-low.json"
