@@ -502,13 +502,13 @@ cmd_backup (int argc, char **argv, common_opts *co)
   if (o.pause && o.quiesce == QUIESCE_ON)
     return usage_error ("backup", "--pause and --quiesce exclude each other: the guest agent "
                         "cannot thaw a paused guest%s", "");
-  char *root, *vm;
-  if (split_target (target, &root, &vm) < 0)
-    return usage_error ("backup", "%s", qb_error_msg ());
   if (co->agent && strncmp (co->agent, "tcp:", 4) == 0)
     return usage_error ("backup", "--agent-socket %s: the guest agent must be a unix socket "
                         "(the thaw guard, which thaws the guest if qmpbackup dies, reaches it "
                         "by path)", co->agent);
+  char *root, *vm;
+  if (split_target (target, &root, &vm) < 0)
+    return usage_error ("backup", "%s", qb_error_msg ());
   if (co->debug)
     jsonio_set_trace (2);
   if (include_raw)
