@@ -30,10 +30,7 @@
  *   upgrade does not force a full.  Job ids and target node names carry the
  *   first 8 digits of the target id: the leftovers a backup cleans up at
  *   its start are its own target's, never a running backup's of another. */
-#include "engine/engine.h"
-#include "engine/disks.h"
-#include "qmp/qga.h"
-#include "engine/thawguard.h"
+#include "engine/engine-int.h"
 #include "store/chain.h"
 #include "common/error.h"
 #include "common/util.h"
@@ -43,56 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <stdarg.h>
 #include <sys/stat.h>
-
-#define ENGINE_THAW_BUDGET_MS 30000   /* our own thaw attempts, then the guard's turn */
-#define ENGINE_THAW_TRIES 3
-
-/* One disk of a backup run. */
-typedef struct eng_disk {
-  const vm_disk *vd;
-  const store_layer *prev;   /* the layer an INC continues (healthy chains only) */
-  const char *health;        /* "ok", "none", "missing", "inconsistent", "resized", ... */
-  char *reason;              /* why the chain cannot continue (NULL when healthy) */
-  char *chain;               /* chain of this backup's layer (NULL for a copy) */
-  char *bitmap;              /* "qmpbackup-<target>-<chain>" (or an older version's name) */
-  char *next;                /* INC: "qmpbackup-next-<target>-<chain>", records writes after the point */
-  char job[48];              /* job id */
-  char tnode[48], fnode[48], bnode[48]; /* target, its file, its backing */
-  const char *tmp;           /* temporary target path (owned by the txn) */
-  bool node_added;
-} eng_disk;
-
-/* State of one engine_backup call. */
-typedef struct eng_run {
-  store *st;
-  const char *vm;
-  const backup_opts *opts;
-  backup_result *res;
-  char target[STORE_TARGET_ID_LEN + 1]; /* this store folder's target id */
-  qmp *q;
-  qga *g;
-  thawguard *guard;          /* thaws the guest if we die while it may be frozen */
-  bool frozen;               /* a freeze may have been sent and no thaw confirmed */
-  bool thaw_failed;          /* our thaw failed: the guest may still be frozen */
-  char thaw_warning[400];
-  store_vm *scan;
-  store_txn *txn;
-  vm_disk *all;
-  size_t nall;
-  eng_disk *d;
-  size_t n;
-  backup_level level;
-  char month[8];
-  bool bitmaps_added;        /* the transaction ran: new (FULL) or "next" (INC) bitmaps exist */
-  bool jobs_started;
-  uint64_t start_ms;
-  uint64_t last_ms, last_done;
-  double rate;
-  uint64_t done, total;
-  bool paused;               /* opts->pause sent "stop": "cont" is owed (pause_resume) */
-} eng_run;
 
 /* "full", "inc", "auto", "copy" → level. */
 int
@@ -395,8 +343,8 @@ rel_path (const char *from_dir, const char *to)
 }
 
 /* Report progress PHASE to the caller. */
-static void
-report (eng_run *r, const char *phase)
+void
+eng_report (eng_run *r, const char *phase)
 {
   if (!r->opts->progress)
     return;
@@ -420,7 +368,7 @@ tick (void *opaque, uint64_t done, uint64_t total)
   r->last_done = done;
   r->done = done;
   r->total = total;
-  report (r, "copying");
+  eng_report (r, "copying");
 }
 
 /* Mark in PICK (one per disk of the VM) the disks that the names in LIST
@@ -446,86 +394,6 @@ bitmap_remove (qmp *q, const char *node, const char *name)
   json_object_object_add (args, "node", json_object_new_string (node));
   json_object_object_add (args, "name", json_object_new_string (name));
   return qmp_run (q, "block-dirty-bitmap-remove", args, QMP_COMMAND_TIMEOUT_MS);
-}
-
-/* Append to RES's quiesce note ("; " between parts). */
-static void __attribute__ ((format (printf, 2, 3)))
-quiesce_note (eng_run *r, const char *fmt, ...)
-{
-  if (!r->res)
-    return;
-  char part[400];
-  va_list ap;
-  va_start (ap, fmt);
-  vsnprintf (part, sizeof part, fmt, ap);
-  va_end (ap);
-  char *n = r->res->quiesce_note;
-  size_t len = strlen (n);
-  snprintf (n + len, sizeof r->res->quiesce_note - len, "%s%s", len ? "; " : "", part);
-}
-
-/* Thaw the guest if a freeze may have been sent.  Not subject to the cancel
- * flag; the first command resynchronises (the freeze's reply may still be in
- * flight); bounded by ENGINE_THAW_BUDGET_MS; confirmed with
- * guest-fsfreeze-status.  On success the guard is told and exits; on
- * failure our agent connection is closed and the guard takes over, and the
- * failure goes into the quiesce note and r->thaw_warning.  Keeps the
- * current error.  Closes the agent connection in every case. */
-static void
-thaw (eng_run *r)
-{
-  if (!r->frozen) {
-    qga_close (r->g);
-    r->g = NULL;
-    return;
-  }
-  r->frozen = false;
-  qb_err code = qb_error_code ();
-  char *msg = qb_strdup (qb_error_msg ());
-  uint64_t deadline = qb_mono_ms () + ENGINE_THAW_BUDGET_MS;
-  bool ok = false;
-  char why[256] = "no connection to the guest agent";
-  if (r->g) {
-    qga_set_cancel (r->g, NULL);
-    for (int i = 0; i < ENGINE_THAW_TRIES && !ok; i++) {
-      uint64_t now = qb_mono_ms ();
-      if (now >= deadline)
-        break;
-      int step = deadline - now < QGA_TIMEOUT_MS ? (int) (deadline - now) : QGA_TIMEOUT_MS;
-      if (qga_thaw (r->g, step) >= 0) {
-        now = qb_mono_ms ();
-        int left = now < deadline ? (int) (deadline - now) : 0;
-        int st = qga_frozen (r->g, left < 2000 ? 2000 : left > QGA_TIMEOUT_MS ? QGA_TIMEOUT_MS : left);
-        if (st == 0 || (st < 0 && qb_error_code () == QB_EQMP))
-          ok = true;   /* thawed, or thaw answered and status refused */
-        else if (st == 1)
-          qb_error_set (QB_EIO, "the guest agent still reports the guest frozen after a thaw");
-      }
-      if (!ok) {
-        snprintf (why, sizeof why, "%s", qb_error_msg ());
-        if (qb_error_code () == QB_EHOSTDOWN)
-          break;       /* our connection is gone: a fresh one is the guard's */
-      }
-    }
-  }
-  qga_close (r->g);   /* the guard can connect only once we are gone */
-  r->g = NULL;
-  if (ok)
-    thawguard_release (r->guard, true);
-  else {
-    r->thaw_failed = true;
-    char guard[64] = "";
-    if (r->guard)
-      snprintf (guard, sizeof guard, "; a thaw guard process keeps trying for %d s",
-                THAWGUARD_BUDGET_MS / 1000);
-    snprintf (r->thaw_warning, sizeof r->thaw_warning,
-              "WARNING: the guest may still be frozen: thaw failed: %.160s%s", why, guard);
-    quiesce_note (r, "%s", r->thaw_warning);
-    thawguard_release (r->guard, false);
-  }
-  r->guard = NULL;
-  qb_error_set (code, "%s", msg);
-  free (msg);
 }
 
 /* ---- The steps of a backup ---- */
@@ -702,65 +570,6 @@ target_flush (eng_run *r, eng_disk *d)
   return 0;
 }
 
-/* Freeze the guest's filesystems as the options ask.  "Quiesced" means at
- * least one filesystem was frozen: a freeze of none, like an agent that does
- * not answer, fails an explicit quiesce and makes a default one fall back to
- * crash-consistent with a note.  A thaw guard is started before the freeze
- * is sent; from then on every path thaws (thaw()). */
-static int
-quiesce (eng_run *r, const char *qga_path)
-{
-  quiesce_mode m = r->opts->quiesce;
-  if (m == QUIESCE_OFF)
-    return 0;
-  if (!qga_path) {
-    if (m == QUIESCE_ON)
-      return qb_error_set (QB_EINVAL, "quiesce was asked for, but VM %s has no guest agent socket",
-                           r->vm);
-    return 0;
-  }
-  report (r, "quiescing");
-  r->g = qga_connect (qga_path, QGA_TIMEOUT_MS);
-  int n = -1;
-  if (r->g) {
-    r->guard = thawguard_start (qga_path, THAWGUARD_BUDGET_MS);
-    if (!r->guard)
-      qb_error_prefix ("not freezing the guest without a thaw guard");
-    else {
-      qga_set_cancel (r->g, r->opts->cancel);
-      r->frozen = true;   /* from here on a freeze may be running in the guest */
-      n = qga_freeze (r->g, QGA_TIMEOUT_MS);
-    }
-  }
-  if (n > 0) {
-    if (r->res) {
-      r->res->quiesced = true;
-      r->res->frozen_fs = n;
-    }
-    return 0;
-  }
-  if (n == 0)
-    qb_error_set (QB_EQMP, "the guest agent froze no filesystem (guest-fsfreeze-freeze "
-                  "returned 0: nothing in the guest it can freeze)");
-  /* Canceled, timed out, failed or froze nothing: a freeze may still
-   * complete in the guest, so thaw in every case. */
-  thaw (r);
-  if (qb_error_code () == QB_ECANCELED)
-    return -1;
-  if (m == QUIESCE_ON) {
-    qb_error_prefix ("quiescing the guest (the backup needs it; retry without quiesce "
-                     "for a crash-consistent backup)");
-    return -1;
-  }
-  char why[256];
-  snprintf (why, sizeof why, "%s", qb_error_msg ());
-  /* After the thaw's warning, if any (it comes first: notes are truncated). */
-  quiesce_note (r, "not quiesced, crash-consistent: %s%s", n == 0 ? "" : "the guest agent failed: ",
-                why);
-  qb_error_clear ();
-  return 0;
-}
-
 /* Run the one transaction over every disk. */
 static int
 transaction (eng_run *r)
@@ -811,7 +620,7 @@ transaction (eng_run *r)
     json_object_object_add (props, "completion-mode", json_object_new_string ("grouped"));
     json_object_object_add (args, "properties", props);
   }
-  report (r, "copying");
+  eng_report (r, "copying");
   int rc = qmp_run (r->q, "transaction", args, QMP_COMMAND_TIMEOUT_MS);
   if (rc == 0) {
     r->jobs_started = true;
@@ -865,7 +674,7 @@ rollback (eng_run *r)
   char *msg = qb_strdup (qb_error_msg ());
   if (r->q)
     qmp_set_cancel (r->q, NULL);
-  thaw (r);
+  eng_thaw (r);
   if (r->q) {
     if (r->jobs_started) {
       char **ids = qb_calloc (r->n ? r->n : 1, sizeof *ids);
@@ -930,74 +739,11 @@ drop_stale_next_bitmaps (eng_run *r)
     }
 }
 
-/* ---- --pause: the VM stopped while the backup runs ---- */
-
-/* With opts->pause, stop VM R if it runs (a paused or not yet started VM is
- * left alone, and left so afterwards).  Once "stop" may have been sent,
- * pause_resume owes a "cont".  0, or -1 when QEMU refused. */
-static int
-pause_vm (eng_run *r)
-{
-  if (!r->opts->pause)
-    return 0;
-  json_object *st = qmp_execute (r->q, "query-status", NULL, QMP_COMMAND_TIMEOUT_MS);
-  if (!st) {
-    qb_error_prefix ("asking QEMU whether VM %s runs (for --pause)", r->vm);
-    return -1;
-  }
-  json_object *running;
-  bool run = json_object_object_get_ex (st, "running", &running)
-    && json_object_get_boolean (running);
-  json_object_put (st);
-  if (!run)
-    return 0;
-  report (r, "pausing");
-  r->paused = true;   /* from here on "cont" is owed, even if "stop" seems to fail */
-  if (qmp_run (r->q, "stop", NULL, QMP_COMMAND_TIMEOUT_MS) < 0) {
-    qb_error_prefix ("pausing VM %s", r->vm);
-    return -1;
-  }
-  if (r->res)
-    r->res->paused = true;
-  return 0;
-}
-
-/* Resume VM R if pause_vm stopped it: "cont", not subject to the cancel
- * flag.  A failure becomes a WARNING in res->pause_note (returned, or NULL
- * when resumed or nothing was owed).  Keeps the current error. */
-static const char *
-pause_resume (eng_run *r)
-{
-  static __thread char note[256];
-  if (!r->paused)
-    return NULL;
-  r->paused = false;
-  qb_err code = qb_error_code ();
-  char *msg = qb_strdup (qb_error_msg ());
-  int rc = -1;
-  if (r->q) {
-    qmp_set_cancel (r->q, NULL);
-    rc = qmp_run (r->q, "cont", NULL, QMP_COMMAND_TIMEOUT_MS);
-  }
-  if (rc < 0)
-    snprintf (note, sizeof note, "WARNING: VM %s stays paused, resuming it failed (%s); "
-              "resume it with the QMP command \"cont\"", r->vm,
-              r->q ? qb_error_msg () : "no QMP connection");
-  if (rc < 0 && r->res)
-    snprintf (r->res->pause_note, sizeof r->res->pause_note, "%s", note);
-  if (code != QB_OK)
-    qb_error_set (code, "%s", msg);
-  else
-    qb_error_clear ();
-  free (msg);
-  return rc < 0 ? note : NULL;
-}
-
 static int
 run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
 {
   const backup_opts *o = r->opts;
-  report (r, "connecting");
+  eng_report (r, "connecting");
   if (store_recover (r->st, r->vm) < 0 && qb_error_code () != QB_ENOENT)
     return -1;
   if (store_target_id (r->st, r->vm, true, r->target, sizeof r->target) < 0)
@@ -1057,15 +803,15 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   for (size_t i = 0; i < r->n; i++)
     if (target_create (r, &r->d[i]) < 0)
       return -1;
-  if (pause_vm (r) < 0)
+  if (eng_pause (r) < 0)
     return -1;
   /* A paused guest cannot answer its agent: --pause takes no freeze. */
   if (o->pause && qga_path && o->quiesce == QUIESCE_DEFAULT)
-    quiesce_note (r, "not quiesced: the VM is paused for the backup instead (--pause)");
-  if (quiesce (r, o->pause ? NULL : qga_path) < 0)
+    eng_quiesce_note (r, "not quiesced: the VM is paused for the backup instead (--pause)");
+  if (eng_quiesce (r, o->pause ? NULL : qga_path) < 0)
     return -1;
   int rc = transaction (r);
-  thaw (r);
+  eng_thaw (r);
   if (rc < 0) {
     qb_error_prefix ("starting the backup transaction");
     return -1;
@@ -1075,7 +821,7 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
     ids[i] = r->d[i].job;
   rc = jobs_wait (r->q, ids, r->n, "pending", tick, r);
   if (rc == 0) {
-    report (r, "committing");
+    eng_report (r, "committing");
     for (size_t i = 0; i < r->n && rc == 0; i++)
       rc = target_flush (r, &r->d[i]);
   }
@@ -1086,7 +832,7 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   free (ids);
   if (rc < 0)
     return -1;
-  pause_resume (r);   /* the jobs are done: the VM may run again */
+  eng_resume (r);   /* the jobs are done: the VM may run again */
   r->jobs_started = false;
   for (size_t i = 0; i < r->n; i++) {
     if (jobs_node_del (r->q, r->d[i].tnode) < 0) {
@@ -1178,7 +924,7 @@ engine_backup (store *st, const char *vm, const char *qmp_path, const char *qga_
     if (res)
       res->seconds = (double) (qb_mono_ms () - r.start_ms) / 1000.0;
   }
-  const char *unpaused = pause_resume (&r);   /* every path resumes a VM --pause stopped */
+  const char *unpaused = eng_resume (&r);   /* every path resumes a VM --pause stopped */
   qb_err code = qb_error_code ();
   char *msg = rc < 0 ? qb_strdup (qb_error_msg ()) : NULL;
   if (msg && unpaused) {
@@ -1186,7 +932,7 @@ engine_backup (store *st, const char *vm, const char *qmp_path, const char *qga_
     free (msg);
     msg = m;
   }
-  thaw (&r);            /* no-op: every path has thawed already */
+  eng_thaw (&r);            /* no-op: every path has thawed already */
   thawguard_release (r.guard, !r.thaw_failed);
   qmp_close (r.q);
   for (size_t i = 0; i < r.n; i++) {

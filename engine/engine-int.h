@@ -1,0 +1,83 @@
+/* qmpbackupfs — the backup engine's own state, shared by its files
+ * (engine.c runs a backup; quiesce.c freezes, thaws and pauses the guest).
+ * Nothing outside engine/ includes this. */
+#ifndef QB_ENGINE_INT_H
+#define QB_ENGINE_INT_H
+
+#include "engine/engine.h"
+#include "engine/disks.h"
+#include "engine/thawguard.h"
+#include "qmp/qga.h"
+#include "store/store.h"
+
+#define ENGINE_THAW_BUDGET_MS 30000   /* our own thaw attempts, then the guard's turn */
+#define ENGINE_THAW_TRIES 3
+
+/* One disk of a backup run. */
+typedef struct eng_disk {
+  const vm_disk *vd;
+  const store_layer *prev;   /* the layer an INC continues (healthy chains only) */
+  const char *health;        /* "ok", "none", "missing", "inconsistent", "resized", ... */
+  char *reason;              /* why the chain cannot continue (NULL when healthy) */
+  char *chain;               /* chain of this backup's layer (NULL for a copy) */
+  char *bitmap;              /* "qmpbackup-<target>-<chain>" (or an older version's name) */
+  char *next;                /* INC: "qmpbackup-next-<target>-<chain>", records writes after the point */
+  char job[48];              /* job id */
+  char tnode[48], fnode[48], bnode[48]; /* target, its file, its backing */
+  const char *tmp;           /* temporary target path (owned by the txn) */
+  bool node_added;
+} eng_disk;
+
+/* State of one engine_backup call. */
+typedef struct eng_run {
+  store *st;
+  const char *vm;
+  const backup_opts *opts;
+  backup_result *res;
+  char target[STORE_TARGET_ID_LEN + 1]; /* this store folder's target id */
+  qmp *q;
+  qga *g;
+  thawguard *guard;          /* thaws the guest if we die while it may be frozen */
+  bool frozen;               /* a freeze may have been sent and no thaw confirmed */
+  bool thaw_failed;          /* our thaw failed: the guest may still be frozen */
+  char thaw_warning[400];
+  store_vm *scan;
+  store_txn *txn;
+  vm_disk *all;
+  size_t nall;
+  eng_disk *d;
+  size_t n;
+  backup_level level;
+  char month[8];
+  bool bitmaps_added;        /* the transaction ran: new (FULL) or "next" (INC) bitmaps exist */
+  bool jobs_started;
+  uint64_t start_ms;
+  uint64_t last_ms, last_done;
+  double rate;
+  uint64_t done, total;
+  bool paused;               /* opts->pause sent "stop": "cont" is owed (pause_resume) */
+} eng_run;
+
+/* Report progress PHASE to the caller (opts->progress). */
+void eng_report (eng_run *r, const char *phase);
+
+/* Append to the result's quiesce note ("; " between parts). */
+void eng_quiesce_note (eng_run *r, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+/* Freeze the guest's filesystems as the options ask (a thaw guard is
+ * started first); 0 also when a default quiesce fell back to
+ * crash-consistent (noted), -1 when an explicit one failed or on cancel. */
+int eng_quiesce (eng_run *r, const char *qga_path);
+
+/* Thaw the guest if a freeze may have been sent: not cancelable, bounded,
+ * confirmed; hands over to the thaw guard when it fails.  Keeps the error. */
+void eng_thaw (eng_run *r);
+
+/* With --pause, stop the VM if it runs; "cont" is then owed (eng_resume). */
+int eng_pause (eng_run *r);
+
+/* Send the owed "cont" (not cancelable): NULL, or the WARNING noted. */
+const char *eng_resume (eng_run *r);
+
+#endif
