@@ -35,6 +35,7 @@
 #define XATTR_MAX_LIST (1u << 16)
 #define TIMEOUT_GUEST 3600.0
 #define NOTE_INO 1                /* the note file of a folder we cannot read */
+#define CLEAN_INO 0               /* files/<point>/pN.NOT-CLEAN.txt (no guest inode 0) */
 #define ROOT_INO EXT2_ROOT_INO
 
 /* One (point, partition): where it is and what it holds. */
@@ -43,6 +44,7 @@ typedef struct fslot {
   char name[16];                  /* "p1", "fs" */
   uint64_t start, length;
   parttab_probe_result probe;
+  char *clean_note;               /* NULL: clean; else why the fs is shown "not clean" */
 } fslot;
 
 /* One opened file system (or the reason it could not be opened). */
@@ -93,6 +95,16 @@ slot_get (const char *vm, const char *disk, const char *display, const char *nam
     s->start = part->start;
     s->length = part->length;
     s->probe = *probe;
+    if (probe->is_ext && (probe->needs_recovery || probe->has_errors))
+      s->clean_note = qb_asprintf (
+        "The ext2/3/4 file system of %s is not clean in this restore point:\n%s%s"
+        "Its files are shown as the disk holds them: a journal that was not\n"
+        "replayed (the guest was not frozen when the point was taken) may hold\n"
+        "changes of the last seconds that are missing here, and what was being\n"
+        "written may read inconsistent.  Backups taken with the guest agent\n"
+        "(quiesced) are clean.\n",
+        name, probe->needs_recovery ? "  - its journal needs recovery (not replayed here)\n" : "",
+        probe->has_errors ? "  - the file system recorded errors (e2fsck not run)\n" : "");
     if (nslots == cap_slots) {
       cap_slots = cap_slots ? cap_slots * 2 : 64;
       slots = qb_realloc (slots, cap_slots * sizeof *slots);
@@ -374,13 +386,20 @@ files_point_list (const char *vm, const char *disk, const char *display,
   int n = point_slots (vm, disk, display, sl);
   if (n < 0)
     return n;
-  *ents = qb_calloc (n ? n : 1, sizeof **ents);
+  *ents = qb_calloc (2 * n + 1, sizeof **ents);
+  int k = 0;
   for (int i = 0; i < n; i++) {
     fslot *s = slot_by_num (sl[i]);
-    snprintf ((*ents)[i].name, sizeof (*ents)[i].name, "%s", s->name);
-    (*ents)[i].ino = files_ino (sl[i], ROOT_INO);
+    snprintf ((*ents)[k].name, sizeof (*ents)[k].name, "%s", s->name);
+    (*ents)[k].ino = files_ino (sl[i], ROOT_INO);
+    (*ents)[k++].mode = S_IFDIR;
+    if (s->clean_note) {
+      snprintf ((*ents)[k].name, sizeof (*ents)[k].name, "%s.NOT-CLEAN.txt", s->name);
+      (*ents)[k].ino = files_ino (sl[i], CLEAN_INO);
+      (*ents)[k++].mode = S_IFREG;
+    }
   }
-  return n;
+  return k;
 }
 
 /* ---- guest inodes ---- */
@@ -432,26 +451,39 @@ attr_guest (fsent *e, uint32_t gino, struct stat *st)
   return 0;
 }
 
-/* Fill ST for INO (a guest inode or the note file); 0 or -errno.  E locked. */
+/* The text of note file INO of E (NOT-SUPPORTED, ERROR, NOT-CLEAN), or NULL. */
+static const char *
+note_text (fsent *e, fuse_ino_t ino)
+{
+  if ((uint32_t) ino == CLEAN_INO)
+    return slot_by_num (e->slot)->clean_note;
+  return e->note && (uint32_t) ino == NOTE_INO ? e->note : NULL;
+}
+
+/* Fill ST for INO (a guest inode or a note file); 0 or -errno.  E locked. */
 static int
 attr_ino (fsent *e, fuse_ino_t ino, struct stat *st)
 {
   uint32_t gino = (uint32_t) ino;
-  if (e->note) {
-    if (gino == ROOT_INO) {
-      attr_slot_root (st, e->slot);
-      return 0;
-    }
-    if (gino != NOTE_INO)
-      return -ENOENT;
+  const char *text = note_text (e, ino);
+  if (text) {
     memset (st, 0, sizeof *st);
     st->st_ino = ino;
     st->st_mode = S_IFREG | 0444;
     st->st_nlink = 1;
     st->st_uid = fs_cfg.uid;
     st->st_gid = fs_cfg.gid;
-    st->st_size = strlen (e->note);
+    st->st_size = strlen (text);
     return 0;
+  }
+  if (gino == CLEAN_INO)
+    return -ENOENT;
+  if (e->note) {
+    if (gino == ROOT_INO) {
+      attr_slot_root (st, e->slot);
+      return 0;
+    }
+    return -ENOENT;
   }
   return attr_guest (e, gino, st);
 }
@@ -673,10 +705,17 @@ void
 files_readdir (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
 {
   dirlist *l = (dirlist *) (uintptr_t) fi->fh;
-  if ((size_t) off >= l->size)
+  if ((size_t) off >= l->size) {
     fuse_reply_buf (req, NULL, 0);
-  else
-    fuse_reply_buf (req, l->p + off, l->size - off < size ? l->size - off : size);
+    return;
+  }
+  /* reply from a copy: once the kernel has part of the listing, the
+   * process may close the folder and another thread free it */
+  size_t len = l->size - off < size ? l->size - off : size;
+  char *copy = qb_calloc (1, len);
+  memcpy (copy, l->p + off, len);
+  fuse_reply_buf (req, copy, len);
+  free (copy);
 }
 
 /* See fs.h. */
@@ -693,7 +732,8 @@ files_releasedir (struct fuse_file_info *fi)
 
 typedef struct fhandle {
   fsent *e;                       /* referenced while open (never evicted) */
-  ext2_file_t f;                  /* NULL: the note file */
+  ext2_file_t f;                  /* NULL: a note file */
+  const char *text;               /* a note file's text (lives as long as E) */
 } fhandle;
 
 /* See fs.h. */
@@ -717,7 +757,8 @@ files_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
   if (r == 0) {
     h = qb_calloc (1, sizeof *h);
     h->e = e;
-    if (!e->note) {
+    h->text = note_text (e, ino);
+    if (!h->text) {
       errcode_t rc = ext2fs_file_open (e->fs, (uint32_t) ino, 0, &h->f);
       if (rc) {
         r = -ext_errno (rc);
@@ -755,10 +796,10 @@ files_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
   int err = 0;
   pthread_mutex_lock (&e->lock);
   if (!h->f) {
-    size_t len = strlen (e->note);
+    size_t len = strlen (h->text);
     if ((size_t) off < len)
       done = len - off < size ? len - off : size;
-    memcpy (buf, e->note + (off < (off_t) len ? off : 0), done);
+    memcpy (buf, h->text + (off < (off_t) len ? off : 0), done);
   }
   else {
     errcode_t rc = ext2fs_file_llseek (h->f, off, EXT2_SEEK_SET, NULL);
@@ -925,6 +966,7 @@ files_point_lookup (fuse_req_t req, const char *vm, const char *disk, const char
     if (strcmp (ents[i].name, name) == 0)
       ino = ents[i].ino;
   free (ents);
+  bool is_note = ino && (uint32_t) ino == CLEAN_INO;
   if (!ino) {
     fuse_reply_err (req, ENOENT);
     return;
@@ -936,7 +978,7 @@ files_point_lookup (fuse_req_t req, const char *vm, const char *disk, const char
   memset (&ep, 0, sizeof ep);
   int r = attr_ino (e, ino, &ep.attr);
   fsent_put (e);
-  if (r < 0) {
+  if (r < 0 && !is_note) {
     /* the root inode itself is unreadable: still show the folder */
     attr_slot_root (&ep.attr, (uint32_t) ((ino & ~FILES_INO_BIT) >> 32));
   }

@@ -191,16 +191,18 @@ void restore_release (struct fuse_file_info *fi);
 #define FILES_INO_BIT (UINT64_C (1) << 62)
 
 typedef struct files_dirent {
-  char name[16];                  /* "p1", ..., or "fs" (no partition table) */
-  fuse_ino_t ino;                 /* the partition's root folder */
+  char name[32];                  /* "p1", ..., "fs" (no partition table), "p1.NOT-CLEAN.txt" */
+  fuse_ino_t ino;                 /* the partition's root folder, or the note file */
+  mode_t mode;                    /* S_IFDIR, or S_IFREG for a note */
 } files_dirent;
 
 /* True if INO is a guest file's inode (served by files_*). */
 bool files_is_ino (fuse_ino_t ino);
 
-/* The partition folders of point DISPLAY of VM/DISK (reads the partition
- * table and probes each partition, nothing more): count and a malloc'd
- * array in *ENTS, or -errno. */
+/* The entries of files/DISPLAY/ of VM/DISK (reads the partition table and
+ * probes each partition, nothing more): a folder per partition, and
+ * pN.NOT-CLEAN.txt beside one whose journal was not replayed or that
+ * recorded errors.  Count and a malloc'd array in *ENTS, or -errno. */
 int files_point_list (const char *vm, const char *disk, const char *display,
                       files_dirent **ents);
 

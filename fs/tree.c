@@ -611,7 +611,7 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
       struct stat dst;
       memset (&dst, 0, sizeof dst);
       dst.st_ino = ents[i].ino;
-      dst.st_mode = S_IFDIR;
+      dst.st_mode = ents[i].mode;
       size_t old = b->size;
       b->size += fuse_add_direntry (req, NULL, 0, ents[i].name, NULL, 0);
       b->p = qb_realloc (b->p, b->size);

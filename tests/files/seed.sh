@@ -7,7 +7,9 @@
 # of the point's restore image: names, types, modes, owners, sizes, mtimes,
 # link counts, hard link groups, symlink targets, xattrs and bytes.  A
 # corrupted superblock gives ERROR.txt, a corrupted directory EIO, and the
-# daemon keeps serving the other points.  Writes are refused.
+# daemon keeps serving the other points; a journal that needs recovery is
+# shown unreplayed with pN.NOT-CLEAN.txt beside.  Writes are refused; the
+# mount is nosuid,nodev.
 set -euo pipefail
 . "$QB_SOURCE_DIR/tests/lib/vm.sh"
 . "$QB_SOURCE_DIR/tests/fs/lib.sh"
@@ -68,6 +70,13 @@ head -c "$bs" /dev/urandom | dd of="$T/mbr-3.raw" bs=1 seek=$(((2 << 20) + blk *
 qb_files_inc "$store/vm1/mbr/INC-$((epoch + 3600))-mbr.qcow2" "$T/mbr-3.raw" \
   "$store/vm1/mbr/INC-$((epoch + 7200))-mbr.qcow2"
 
+# a third point of the unpartitioned disk whose journal "needs recovery"
+cp "$T/whole-2.raw" "$T/whole-3.raw"
+debugfs -w -R "feature needs_recovery" "$T/whole-3.raw" >/dev/null 2>&1
+debugfs -R "features" "$T/whole-3.raw" 2>/dev/null | grep -q needs_recovery || qb_die "no needs_recovery"
+qb_files_inc "$store/vm1/whole/INC-$((epoch + 3600))-whole.qcow2" "$T/whole-3.raw" \
+  "$store/vm1/whole/INC-$((epoch + 7200))-whole.qcow2"
+
 qb_fs_mount "$store" "$mnt"
 p1=2023-11-14T22:13:20Z
 p2=2023-11-14T23:13:20Z
@@ -91,9 +100,9 @@ done
 
 v=$mnt/vm1/gpt/files
 [ "$(readlink "$v/latest")" = "$p3" ] || qb_die "files/latest is $(readlink "$v/latest"), not $p3"
-[ "$(readlink "$mnt/vm1/whole/files/latest")" = "$p2" ] || qb_die "whole: files/latest"
+[ "$(readlink "$mnt/vm1/whole/files/latest")" = "$p3" ] || qb_die "whole: files/latest"
 [ "$(cat "$v/$p1/p1/etc/hostname")" = restorehost ] || qb_die "point 1 hostname"
-[ "$(cat "$mnt/vm1/whole/files/latest/fs/etc/hostname")" = "changed host" ] || qb_die "point 2 hostname"
+[ "$(cat "$mnt/vm1/whole/files/$p2/fs/etc/hostname")" = "changed host" ] || qb_die "point 2 hostname"
 [ -e "$v/$p1/p1/many/3/f300" ] && [ ! -e "$v/$p2/p1/many/3/f300" ] || qb_die "removed file"
 # the partition folders of a GPT disk, and the note of a partition not read
 [ "$(ls "$v/$p1")" = "$(printf 'p1\np2')" ] || qb_die "gpt point lists $(ls "$v/$p1")"
@@ -113,6 +122,8 @@ python3 -c 'import os,sys; v=os.getxattr(sys.argv[1],"user.comment"); sys.exit(v
 python3 -c 'import os,sys; os.open(sys.argv[1], os.O_WRONLY)' "$v/$p1/p1/etc/hostname" 2>/dev/null \
   && qb_die "open for writing succeeded"
 touch "$v/$p1/p1/etc/hostname" 2>/dev/null && qb_die "touch succeeded"
+grep " $mnt " /proc/mounts | grep -q "nosuid,nodev" || qb_die "mount options: $(grep " $mnt " /proc/mounts)"
+[ "$(stat -c %a "$v/$p1/p1/home/tool")" = 4755 ] || qb_die "setuid bit not shown"
 mkdir "$v/$p1/p1/newdir" 2>/dev/null && qb_die "mkdir succeeded"
 
 # Hostile: a corrupted superblock gives ERROR.txt, a garbage directory EIO.
@@ -123,6 +134,13 @@ echo "$out" | grep -q "Input/output error" || qb_die "garbage directory: $out"
 [ "$(cat "$mnt/vm1/mbr/files/$p3/p1/etc/hostname")" = "changed host" ] || qb_die "rest of point 3"
 [ "$(cat "$v/$p1/p1/etc/hostname")" = restorehost ] || qb_die "point 1 after the damage"
 _qb_alive "$FS_PID" || qb_die "the daemon died"
+
+# A journal not replayed: the files as the disk holds them, and a note beside.
+w=$mnt/vm1/whole/files/$p3
+[ "$(ls "$w")" = "$(printf 'fs\nfs.NOT-CLEAN.txt')" ] || qb_die "not clean point lists $(ls "$w")"
+grep -q "journal needs recovery" "$w/fs.NOT-CLEAN.txt" || qb_die "NOT-CLEAN: $(cat "$w/fs.NOT-CLEAN.txt")"
+[ "$(cat "$w/fs/etc/hostname")" = "changed host" ] || qb_die "not clean point hostname"
+[ "$(ls "$mnt/vm1/whole/files/$p2")" = fs ] || qb_die "a clean point lists $(ls "$mnt/vm1/whole/files/$p2")"
 
 # More open file systems than the cache holds (16): points of all disks in
 # turn, twice; each answers right.
