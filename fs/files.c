@@ -34,6 +34,7 @@
 #define LINK_MAX_LEN 4096
 #define XATTR_MAX_LIST (1u << 16)
 #define TIMEOUT_GUEST 3600.0
+#define SEEK_SCAN_MAX (1u << 20)  /* blocks of the map one lseek looks at */
 #define NOTE_INO 1                /* the note file of a folder we cannot read */
 #define CLEAN_INO 0               /* files/<point>/pN.NOT-CLEAN.txt (no guest inode 0) */
 #define ROOT_INO EXT2_ROOT_INO
@@ -985,4 +986,54 @@ files_point_lookup (fuse_req_t req, const char *vm, const char *disk, const char
   ep.ino = ep.attr.st_ino = ino;
   ep.entry_timeout = ep.attr_timeout = TIMEOUT_GUEST;
   fuse_reply_entry (req, &ep);
+}
+
+/* See fs.h.  Scans the block map from OFF, at most SEEK_SCAN_MAX blocks a
+ * call: past that, SEEK_DATA answers the scan's end (holes may be reported
+ * as data) and SEEK_HOLE the end of the file (data is never reported as a
+ * hole).  Unwritten extents read as zeros: holes. */
+void
+files_lseek (fuse_req_t req, off_t off, int whence, struct fuse_file_info *fi)
+{
+  fhandle *h = (fhandle *) (uintptr_t) fi->fh;
+  fsent *e = h->e;
+  if (off < 0 || (whence != SEEK_DATA && whence != SEEK_HOLE)) {
+    fuse_reply_err (req, EINVAL);
+    return;
+  }
+  pthread_mutex_lock (&e->lock);
+  uint64_t size = h->f ? EXT2_I_SIZE (ext2fs_file_get_inode (h->f)) : strlen (h->text);
+  int64_t res = -1;
+  if ((uint64_t) off >= size)
+    res = -1;
+  else if (!h->f)
+    res = whence == SEEK_DATA ? off : (int64_t) size;
+  else {
+    ext2_ino_t ino = ext2fs_file_get_inode_num (h->f);
+    struct ext2_inode *in = ext2fs_file_get_inode (h->f);
+    uint64_t bs = e->fs->blocksize;
+    uint64_t blk = off / bs, last = (size - 1) / bs;
+    res = whence == SEEK_DATA ? off : (int64_t) size;   /* when the map cannot tell */
+    for (uint64_t n = 0; blk <= last && n < SEEK_SCAN_MAX; blk++, n++) {
+      blk64_t phys = 0;
+      int flags = 0;
+      if (ext2fs_bmap2 (e->fs, ino, in, NULL, 0, blk, &flags, &phys) != 0)
+        break;                  /* inline data or a bad map: all data */
+      bool data = phys != 0 && !(flags & BMAP_RET_UNINIT);
+      if (data == (whence == SEEK_DATA)) {
+        uint64_t at = blk * bs;
+        res = at > (uint64_t) off ? (int64_t) at : off;
+        break;
+      }
+      if (blk == last)
+        res = whence == SEEK_DATA ? -1 : (int64_t) size;
+      else if (n + 1 == SEEK_SCAN_MAX && whence == SEEK_DATA)
+        res = (blk + 1) * bs;
+    }
+  }
+  pthread_mutex_unlock (&e->lock);
+  if (res < 0)
+    fuse_reply_err (req, ENXIO);
+  else
+    fuse_reply_lseek (req, res);
 }

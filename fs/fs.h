@@ -234,6 +234,9 @@ void files_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 /* FUSE read of a guest file opened by files_open. */
 void files_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
 
+/* FUSE lseek (SEEK_DATA / SEEK_HOLE) of a guest file opened by files_open. */
+void files_lseek (fuse_req_t req, off_t off, int whence, struct fuse_file_info *fi);
+
 /* Close a guest file opened by files_open. */
 void files_release (struct fuse_file_info *fi);
 

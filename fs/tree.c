@@ -914,6 +914,10 @@ op_release (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void
 op_lseek (fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi)
 {
+  if (files_is_ino (ino)) {
+    files_lseek (req, off, whence, fi);
+    return;
+  }
   node *n = node_by_ino (ino);
   if (n && n->kind == N_IMG)
     restore_lseek (req, off, whence, fi);

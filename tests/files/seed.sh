@@ -94,6 +94,12 @@ for d in gpt mbr whole; do
     # diff -r (fifo and device node: diff cannot compare them, says so, exit 2)
     diff -r --no-dereference "$T/truth" "$view" > "$T/diff.out" 2>&1 || true
     grep -v -e "fifo" -e "character special" "$T/diff.out" && qb_die "$d $p: diff -r differs"
+    # sparse files: the same data extents (SEEK_DATA/SEEK_HOLE) as the kernel's ext4
+    for f in home/user/sparse.img home/user/big.bin etc/hostname; do
+      python3 "$QB_FILES_DIR/extents.py" "$T/truth/$f" > "$T/ext-truth"
+      python3 "$QB_FILES_DIR/extents.py" "$view/$f" > "$T/ext-view"
+      cmp -s "$T/ext-truth" "$T/ext-view" || qb_die "$d $p $f extents: $(cat "$T/ext-view") not $(cat "$T/ext-truth")"
+    done
     qb_files_loop_unmount "$T/truth"
   done
 done
