@@ -31,6 +31,7 @@
 
 #define FILES_CACHE_MAX 16
 #define DIR_MAX_ENTRIES (1u << 20)
+#define DIR_MAX_BYTES (64u << 20)     /* of one folder's listing */
 #define LINK_MAX_LEN 4096
 #define TIMEOUT_GUEST 3600.0
 #define NOTE_INO 1                /* the note file of a folder we cannot read */
@@ -192,6 +193,16 @@ fsent_open (fsent *e)
       s->probe.fs ? "a file system of type " : "no file system qmpbackupfs recognises",
       s->probe.fs ? s->probe.fs : "", s->probe.fs ? "" : " (unknown type)",
       s->vm, s->disk, s->display, s->name[0] == 'p' ? s->name + 1 : "");
+    e->opened = true;
+    return 0;
+  }
+  if (s->probe.too_big) {
+    e->note_name = "ERROR.txt";
+    e->note = qb_asprintf (
+      "The ext2/3/4 superblock of this partition claims more blocks than the\n"
+      "partition holds (or a bad block size): it is damaged and not read.\n"
+      "The restore image MOUNT/%s/%s/restore/%s.img holds the raw bytes;\n"
+      "e2fsck -n on a copy of them may tell more.\n", s->vm, s->disk, s->display);
     e->opened = true;
     return 0;
   }
@@ -616,7 +627,7 @@ dirlist_cb (ext2_ino_t dir, int entry, struct ext2_dir_entry *d, int offset, int
   (void) dir; (void) entry; (void) offset; (void) blocksize; (void) buf;
   dirlist *l = priv;
   int len = ext2fs_dirent_name_len (d);
-  if (l->count >= DIR_MAX_ENTRIES) {
+  if (l->count >= DIR_MAX_ENTRIES || l->size >= DIR_MAX_BYTES) {
     l->too_big = true;
     return DIRENT_ABORT;
   }

@@ -185,13 +185,18 @@ parttab_probe (parttab_read_fn rd, void *opaque, uint64_t start, uint64_t length
                parttab_probe_result *res)
 {
   memset (res, 0, sizeof *res);
-  unsigned char sb[128];
+  unsigned char sb[512];
   if (length >= 2048 && rd (opaque, sb, sizeof sb, start + 1024) == 0
       && le16 (sb + 0x38) == 0xef53) {
     res->fs = "ext2/3/4";
     res->is_ext = true;
     res->needs_recovery = (le32 (sb + 0x60) & 0x4) != 0;
     res->has_errors = (le16 (sb + 0x3a) & 0x2) != 0;
+    uint32_t log_bs = le32 (sb + 0x18);
+    uint64_t blocks = le32 (sb + 0x04);
+    if (le32 (sb + 0x60) & 0x80)          /* INCOMPAT_64BIT */
+      blocks |= (uint64_t) le32 (sb + 0x150) << 32;
+    res->too_big = log_bs > 6 || blocks > (length >> (10 + log_bs));
     return;
   }
   static const struct {

@@ -36,6 +36,8 @@ typedef struct parttab_probe_result {
   bool is_ext;                    /* ext2/3/4: libext2fs can read it */
   bool needs_recovery;            /* ext: the journal has not been replayed */
   bool has_errors;                /* ext: the file system recorded errors */
+  bool too_big;                   /* ext: its superblock claims more blocks than the
+                                   * partition holds, or a bad block size */
 } parttab_probe_result;
 
 /* Probe the magic bytes of the LENGTH bytes at START: which file system (or

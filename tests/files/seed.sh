@@ -55,11 +55,17 @@ for d in gpt mbr whole; do
   qemu-img convert -f raw -O qcow2 "$T/$d-1.raw" "$dir/FULL-$epoch-$d.qcow2"
   qb_files_inc "$dir/FULL-$epoch-$d.qcow2" "$T/$d-2.raw" "$dir/INC-$((epoch + 3600))-$d.qcow2"
 done
-# a third point of the gpt disk with a corrupted superblock (block size 2^40)
+# a third point of the gpt disk with a corrupted superblock (a byte of the
+# volume name: its checksum fails), a fourth with a block count far larger
+# than the partition
 cp "$T/gpt-2.raw" "$T/gpt-3.raw"
-printf '\x1e' | dd of="$T/gpt-3.raw" bs=1 seek=$(((1 << 20) + 1024 + 24)) conv=notrunc status=none
+printf 'X' | dd of="$T/gpt-3.raw" bs=1 seek=$(((1 << 20) + 1024 + 0x78)) conv=notrunc status=none
 qb_files_inc "$store/vm1/gpt/INC-$((epoch + 3600))-gpt.qcow2" "$T/gpt-3.raw" \
   "$store/vm1/gpt/INC-$((epoch + 7200))-gpt.qcow2"
+cp "$T/gpt-2.raw" "$T/gpt-4.raw"
+printf '\xff\xff\xff\x7f' | dd of="$T/gpt-4.raw" bs=1 seek=$(((1 << 20) + 1024 + 4)) conv=notrunc status=none
+qb_files_inc "$store/vm1/gpt/INC-$((epoch + 7200))-gpt.qcow2" "$T/gpt-4.raw" \
+  "$store/vm1/gpt/INC-$((epoch + 10800))-gpt.qcow2"
 # (the third layer's backing is the second; rebase -u above cut the names)
 # a third point of the mbr disk whose /home directory block is garbage
 cp "$T/mbr-2.raw" "$T/mbr-3.raw"
@@ -81,6 +87,7 @@ qb_fs_mount "$store" "$mnt"
 p1=2023-11-14T22:13:20Z
 p2=2023-11-14T23:13:20Z
 p3=2023-11-15T00:13:20Z
+p4=2023-11-15T01:13:20Z
 
 # Every good point equals a root loop mount of its restore image.
 for d in gpt mbr whole; do
@@ -105,7 +112,7 @@ for d in gpt mbr whole; do
 done
 
 v=$mnt/vm1/gpt/files
-[ "$(readlink "$v/latest")" = "$p3" ] || qb_die "files/latest is $(readlink "$v/latest"), not $p3"
+[ "$(readlink "$v/latest")" = "$p4" ] || qb_die "files/latest is $(readlink "$v/latest"), not $p4"
 [ "$(readlink "$mnt/vm1/whole/files/latest")" = "$p3" ] || qb_die "whole: files/latest"
 [ "$(cat "$v/$p1/p1/etc/hostname")" = restorehost ] || qb_die "point 1 hostname"
 [ "$(cat "$mnt/vm1/whole/files/$p2/fs/etc/hostname")" = "changed host" ] || qb_die "point 2 hostname"
@@ -135,6 +142,9 @@ mkdir "$v/$p1/p1/newdir" 2>/dev/null && qb_die "mkdir succeeded"
 # Hostile: a corrupted superblock gives ERROR.txt, a garbage directory EIO.
 [ "$(ls "$v/$p3/p1")" = ERROR.txt ] || qb_die "corrupt superblock: p1 lists $(ls "$v/$p3/p1")"
 grep -q "could not be read" "$v/$p3/p1/ERROR.txt" || qb_die "ERROR.txt: $(cat "$v/$p3/p1/ERROR.txt")"
+[ "$(ls "$v/$p4/p1")" = ERROR.txt ] || qb_die "huge block count: p1 lists $(ls "$v/$p4/p1")"
+grep -q "claims more blocks" "$v/$p4/p1/ERROR.txt" || qb_die "ERROR.txt: $(cat "$v/$p4/p1/ERROR.txt")"
+[ "$(ls "$v/$p4/p2")" = NOT-SUPPORTED.txt ] || qb_die "p4/p2 lists $(ls "$v/$p4/p2")"
 out=$(ls "$mnt/vm1/mbr/files/$p3/p1/home" 2>&1) && qb_die "garbage directory listed: $out"
 echo "$out" | grep -q "Input/output error" || qb_die "garbage directory: $out"
 [ "$(cat "$mnt/vm1/mbr/files/$p3/p1/etc/hostname")" = "changed host" ] || qb_die "rest of point 3"
