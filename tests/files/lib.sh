@@ -55,20 +55,18 @@ qb_files_inc() {
   qemu-img rebase -q -u -b "" "$inc"
 }
 
-# Loop-mount bytes [START, START+LEN) of IMAGE read-only on DIR (as root);
-# sets LOOP_DEV.
+# Loop-mount bytes [START, START+LEN) of IMAGE read-only on DIR (as root,
+# journal not replayed); mount(8) sets the loop device up (locked against
+# other tests doing the same) and detaches it at umount.
 qb_files_loop_mount() {
   local image=$1 start=$2 len=$3 dir=$4
   mkdir -p "$dir"
-  LOOP_DEV=$(losetup -r -o "$start" --sizelimit "$len" -f --show "$image") \
-    || qb_die "losetup of $image failed"
-  qb_on_exit "losetup -d $LOOP_DEV 2>/dev/null || true"
-  mount -o ro,noload "$LOOP_DEV" "$dir" || qb_die "mount of $LOOP_DEV failed"
+  mount -o "ro,noload,loop,offset=$start,sizelimit=$len" "$image" "$dir" \
+    || qb_die "loop mount of $image failed"
   qb_on_exit "umount '$dir' 2>/dev/null || true"
 }
 
-# Unmount DIR and detach LOOP_DEV.
+# Unmount DIR (its loop device goes with it).
 qb_files_loop_unmount() {
-  umount "$1"
-  losetup -d "$LOOP_DEV"
+  umount "$1" || qb_die "umount $1 failed"
 }
