@@ -5,6 +5,8 @@
  * control.c  the control file <vm>/backup: parse, run the backup
  * status.c   <vm>/status, .status, .metrics
  * restore.c  restore images (chain reader) and the chain/ view
+ * files.c    the guest's files inside restore points (files/, libext2fs)
+ * parttab.c  partition tables and file system probes of guest disks
  * errmap.c   the only place where error codes become errno values
  * log.c      the daemon's log lines (escaped; stderr, syslog in the background)
  * main.c     options, session, signals, shutdown
@@ -181,6 +183,68 @@ void restore_lseek (fuse_req_t req, off_t off, int whence, struct fuse_file_info
 
 /* Release an open restore image. */
 void restore_release (struct fuse_file_info *fi);
+
+/* ---- the guest's files (files.c) ---- */
+
+/* FUSE inodes with this bit are guest files: bits 32..61 the (point,
+ * partition) slot, bits 0..31 the guest inode. */
+#define FILES_INO_BIT (UINT64_C (1) << 62)
+
+typedef struct files_dirent {
+  char name[32];                  /* "p1", ..., "fs" (no partition table), "p1.NOT-CLEAN.txt" */
+  fuse_ino_t ino;                 /* the partition's root folder, or the note file */
+  mode_t mode;                    /* S_IFDIR, or S_IFREG for a note */
+} files_dirent;
+
+/* True if INO is a guest file's inode (served by files_*). */
+bool files_is_ino (fuse_ino_t ino);
+
+/* The entries of files/DISPLAY/ of VM/DISK (reads the partition table and
+ * probes each partition, nothing more): a folder per partition, and
+ * pN.NOT-CLEAN.txt beside one whose journal was not replayed or that
+ * recorded errors.  Count and a malloc'd array in *ENTS, or -errno. */
+int files_point_list (const char *vm, const char *disk, const char *display,
+                      files_dirent **ents);
+
+/* FUSE lookup of NAME in files/DISPLAY/ of VM/DISK (a partition folder). */
+void files_point_lookup (fuse_req_t req, const char *vm, const char *disk,
+                         const char *display, const char *name);
+
+/* FUSE lookup of NAME in the guest folder PARENT. */
+void files_lookup (fuse_req_t req, fuse_ino_t parent, const char *name);
+
+/* FUSE getattr of a guest inode. */
+void files_getattr (fuse_req_t req, fuse_ino_t ino);
+
+/* FUSE readlink of a guest symbolic link. */
+void files_readlink (fuse_req_t req, fuse_ino_t ino);
+
+/* FUSE opendir of a guest folder: the listing is built once per open. */
+void files_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+
+/* FUSE readdir of a guest folder opened by files_opendir. */
+void files_readdir (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
+
+/* Free the listing of files_opendir. */
+void files_releasedir (struct fuse_file_info *fi);
+
+/* FUSE open of a guest file (read-only; EROFS for writes). */
+void files_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+
+/* FUSE read of a guest file opened by files_open. */
+void files_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
+
+/* FUSE lseek (SEEK_DATA / SEEK_HOLE) of a guest file opened by files_open. */
+void files_lseek (fuse_req_t req, off_t off, int whence, struct fuse_file_info *fi);
+
+/* Close a guest file opened by files_open. */
+void files_release (struct fuse_file_info *fi);
+
+/* FUSE listxattr of a guest inode. */
+void files_listxattr (fuse_req_t req, fuse_ino_t ino, size_t size);
+
+/* FUSE getxattr of a guest inode. */
+void files_getxattr (fuse_req_t req, fuse_ino_t ino, const char *name, size_t size);
 
 /* ---- control file (control.c) ---- */
 

@@ -252,6 +252,8 @@ main (int argc, char **argv)
   free (fsname);
   if (o.allow_other)
     fuse_opt_add_arg (&args, "-odefault_permissions");
+  /* files/ shows the guests' setuid programs and device nodes: never honoured */
+  fuse_opt_add_arg (&args, "-onosuid,nodev");
 
   struct fuse_session *se = fuse_session_new (&args, &fs_ops, sizeof fs_ops, NULL);
   if (!se)

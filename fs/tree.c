@@ -22,6 +22,7 @@
 typedef enum node_kind {
   N_ROOT = 1, N_STATUS_ALL, N_METRICS, N_VM, N_CONTROL, N_VMSTATUS,
   N_DISK, N_RESTORE, N_IMG, N_LATEST, N_CHAIN, N_CHAINFILE,
+  N_FILES, N_FPOINT, N_FLATEST,   /* files/, files/<point>/, files/latest */
 } node_kind;
 
 typedef struct node {
@@ -186,9 +187,32 @@ node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
     goto out;
   }
   switch (n->kind) {
-  case N_DISK: case N_RESTORE: case N_CHAIN:
+  case N_DISK: case N_RESTORE: case N_CHAIN: case N_FILES:
     attr_base (st, n, S_IFDIR | 0550);
     break;
+  case N_FPOINT: {
+    const store_chain *c;
+    size_t idx;
+    if (!restore_find (s->v, n->disk, n->name, &c, &idx)) {
+      r = -ENOENT;
+      break;
+    }
+    attr_base (st, n, S_IFDIR | 0555);
+    st->st_mtime = st->st_ctime = st->st_atime = c->layers[idx].time_us / 1000000;
+    *entry_to = TIMEOUT_IMG_ENTRY;
+    break;
+  }
+  case N_FLATEST: {
+    const store_layer *l = restore_latest (s->v, n->disk);
+    if (!l) {
+      r = -ENOENT;
+      break;
+    }
+    attr_base (st, n, S_IFLNK | 0777);
+    st->st_size = strlen (l->display);
+    st->st_mtime = l->time_us / 1000000;
+    break;
+  }
   case N_IMG: {
     const store_chain *c;
     size_t idx;
@@ -321,7 +345,15 @@ node_child (node *p, const char *name, node *t, node **ctl)
       return node_tmpl (t, N_RESTORE, p->vm, p->disk, NULL);
     if (strcmp (name, "chain") == 0)
       return node_tmpl (t, N_CHAIN, p->vm, p->disk, NULL);
+    if (strcmp (name, "files") == 0)
+      return node_tmpl (t, N_FILES, p->vm, p->disk, NULL);
     return false;
+  case N_FILES:
+    if (strcmp (name, "latest") == 0)
+      return node_tmpl (t, N_FLATEST, p->vm, p->disk, NULL);
+    if (!qb_name_is_safe (name))
+      return false;
+    return node_tmpl (t, N_FPOINT, p->vm, p->disk, name);
   case N_RESTORE: {
     if (strcmp (name, "latest.img") == 0)
       return node_tmpl (t, N_LATEST, p->vm, p->disk, NULL);
@@ -360,7 +392,21 @@ op_init (void *userdata, struct fuse_conn_info *conn)
 static void
 op_lookup (fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+  if (files_is_ino (parent)) {
+    files_lookup (req, parent, name);
+    return;
+  }
   node *p = node_by_ino (parent);
+  if (p && p->kind == N_FPOINT) {
+    struct stat st;
+    double et, at;
+    int r = node_stat (p, &st, &et, &at);
+    if (r < 0)
+      fuse_reply_err (req, -r);
+    else
+      files_point_lookup (req, p->vm, p->disk, p->name, name);
+    return;
+  }
   node tmpl, *ctl = NULL;
   if (!p || !node_child (p, name, &tmpl, &ctl)) {
     fuse_reply_err (req, ENOENT);
@@ -412,7 +458,9 @@ op_getattr (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
   (void) fi;
   struct stat st;
   double at;
-  if (node_stat_or_reply (req, ino, &st, &at))
+  if (files_is_ino (ino))
+    files_getattr (req, ino);
+  else if (node_stat_or_reply (req, ino, &st, &at))
     fuse_reply_attr (req, &st, at);
 }
 
@@ -425,6 +473,10 @@ op_setattr (fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
   (void) fi;
   struct stat st;
   double at;
+  if (files_is_ino (ino)) {
+    fuse_reply_err (req, EROFS);
+    return;
+  }
   node *n = node_stat_or_reply (req, ino, &st, &at);
   if (!n)
     return;
@@ -454,11 +506,26 @@ op_setattr (fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
   fuse_reply_attr (req, &st, at);
 }
 
-/* FUSE readlink: latest.img. */
+/* FUSE readlink: latest.img, files/latest, guest links. */
 static void
 op_readlink (fuse_req_t req, fuse_ino_t ino)
 {
+  if (files_is_ino (ino)) {
+    files_readlink (req, ino);
+    return;
+  }
   node *n = node_by_ino (ino);
+  if (n && n->kind == N_FLATEST) {
+    fs_vm *fvm = vms_find (n->vm);
+    vm_scan *fs = fvm ? vm_scan_get (fvm) : NULL;
+    const store_layer *l = fs ? restore_latest (fs->v, n->disk) : NULL;
+    if (!l)
+      fuse_reply_err (req, ENOENT);
+    else
+      fuse_reply_readlink (req, l->display);
+    vm_scan_put (fs);
+    return;
+  }
   fs_vm *vm = n && n->kind == N_LATEST ? vms_find (n->vm) : NULL;
   if (!vm) {
     fuse_reply_err (req, n && n->kind != N_LATEST ? EINVAL : ENOENT);
@@ -507,6 +574,10 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   struct stat st;
   double at;
+  if (files_is_ino (ino)) {
+    files_opendir (req, ino, fi);
+    return;
+  }
   node *n = node_stat_or_reply (req, ino, &st, &at);
   if (!n)
     return;
@@ -531,6 +602,28 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
   else if (n->kind == N_DISK) {
     dirbuf_add (req, b, "restore", node_get (N_RESTORE, n->vm, n->disk, NULL), 0);
     dirbuf_add (req, b, "chain", node_get (N_CHAIN, n->vm, n->disk, NULL), 0);
+    dirbuf_add (req, b, "files", node_get (N_FILES, n->vm, n->disk, NULL), 0);
+  }
+  else if (n->kind == N_FPOINT) {
+    files_dirent *ents = NULL;
+    int fn = files_point_list (n->vm, n->disk, n->name, &ents);
+    for (int i = 0; i < fn; i++) {
+      struct stat dst;
+      memset (&dst, 0, sizeof dst);
+      dst.st_ino = ents[i].ino;
+      dst.st_mode = ents[i].mode;
+      size_t old = b->size;
+      b->size += fuse_add_direntry (req, NULL, 0, ents[i].name, NULL, 0);
+      b->p = qb_realloc (b->p, b->size);
+      fuse_add_direntry (req, b->p + old, b->size - old, ents[i].name, &dst, b->size);
+    }
+    free (ents);
+    if (fn < 0) {
+      free (b->p);
+      free (b);
+      fuse_reply_err (req, -fn);
+      return;
+    }
   }
   else {
     fs_vm *vm = vms_find (n->vm);
@@ -552,11 +645,15 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
             dirbuf_add (req, b, name, node_get (N_IMG, n->vm, n->disk, name), 0);
             free (name);
           }
+          else if (n->kind == N_FILES)
+            dirbuf_add (req, b, l->display, node_get (N_FPOINT, n->vm, n->disk, l->display), 0);
           else
             dirbuf_add (req, b, l->name, node_get (N_CHAINFILE, n->vm, n->disk, l->name), 0);
         }
       if (n->kind == N_RESTORE && restore_latest (v, n->disk))
         dirbuf_add (req, b, "latest.img", node_get (N_LATEST, n->vm, n->disk, NULL), 0);
+      if (n->kind == N_FILES && restore_latest (v, n->disk))
+        dirbuf_add (req, b, "latest", node_get (N_FLATEST, n->vm, n->disk, NULL), 0);
     }
     vm_scan_put (s);
   }
@@ -581,7 +678,10 @@ reply_copy (fuse_req_t req, const char *p, size_t len)
 static void
 op_readdir (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
-  (void) ino;
+  if (files_is_ino (ino)) {
+    files_readdir (req, size, off, fi);
+    return;
+  }
   dirbuf *b = (dirbuf *) (uintptr_t) fi->fh;
   if ((size_t) off >= b->size)
     fuse_reply_buf (req, NULL, 0);
@@ -593,7 +693,11 @@ op_readdir (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_
 static void
 op_releasedir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-  (void) ino;
+  if (files_is_ino (ino)) {
+    files_releasedir (fi);
+    fuse_reply_err (req, 0);
+    return;
+  }
   dirbuf *b = (dirbuf *) (uintptr_t) fi->fh;
   if (b)
     free (b->p);
@@ -612,6 +716,10 @@ op_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   struct stat st;
   double at;
+  if (files_is_ino (ino)) {
+    files_open (req, ino, fi);
+    return;
+  }
   node *n = node_stat_or_reply (req, ino, &st, &at);
   if (!n)
     return;
@@ -708,6 +816,10 @@ op_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void
 op_read (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
+  if (files_is_ino (ino)) {
+    files_read (req, size, off, fi);
+    return;
+  }
   node *n = node_by_ino (ino);
   if (!n) {
     fuse_reply_err (req, EBADF);
@@ -767,6 +879,11 @@ op_flush (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void
 op_release (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+  if (files_is_ino (ino)) {
+    files_release (fi);
+    fuse_reply_err (req, 0);
+    return;
+  }
   node *n = node_by_ino (ino);
   if (n) {
     switch (n->kind) {
@@ -797,6 +914,10 @@ op_release (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void
 op_lseek (fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi)
 {
+  if (files_is_ino (ino)) {
+    files_lseek (req, off, whence, fi);
+    return;
+  }
   node *n = node_by_ino (ino);
   if (n && n->kind == N_IMG)
     restore_lseek (req, off, whence, fi);
@@ -809,6 +930,28 @@ op_lseek (fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_fil
   }
   else
     fuse_reply_err (req, EINVAL);
+}
+
+/* FUSE getxattr: guest files only. */
+static void
+op_getxattr (fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+  if (files_is_ino (ino))
+    files_getxattr (req, ino, name, size);
+  else
+    fuse_reply_err (req, ENODATA);
+}
+
+/* FUSE listxattr: guest files only. */
+static void
+op_listxattr (fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+  if (files_is_ino (ino))
+    files_listxattr (req, ino, size);
+  else if (size == 0)
+    fuse_reply_xattr (req, 0);
+  else
+    fuse_reply_buf (req, NULL, 0);
 }
 
 /* FUSE statfs: the store's file system. */
@@ -840,4 +983,6 @@ const struct fuse_lowlevel_ops fs_ops = {
   .release = op_release,
   .lseek = op_lseek,
   .statfs = op_statfs,
+  .getxattr = op_getxattr,
+  .listxattr = op_listxattr,
 };

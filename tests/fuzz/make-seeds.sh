@@ -98,3 +98,6 @@ pair valid shared-l2
 pair shared-l2 valid
 pair v3 overlap-data
 ls -l "$c"/*
+
+# parttab: small guest disks (partition tables, probes).
+python3 "$here/make-parttab-seeds.py" "$c/parttab"

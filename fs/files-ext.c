@@ -1,0 +1,169 @@
+/* qmpbackupfs — files/: extended attributes and SEEK_DATA/SEEK_HOLE of
+ * guest files (the rest is in files.c). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "fs/files-int.h"
+
+#define XATTR_MAX_LIST (1u << 16)     /* bytes of names listxattr returns at most */
+#define SEEK_SCAN_MAX (1u << 20)      /* blocks of the map one lseek looks at */
+
+typedef struct xlist {
+  char *p;
+  size_t len;
+  bool too_big;
+} xlist;
+
+/* xattrs_iterate callback: append NAME\0. */
+static int
+xlist_cb (char *name, char *value, size_t value_len, void *data)
+{
+  (void) value; (void) value_len;
+  xlist *l = data;
+  size_t n = strlen (name) + 1;
+  if (l->len + n > XATTR_MAX_LIST) {
+    l->too_big = true;
+    return XATTR_ABORT;
+  }
+  l->p = qb_realloc (l->p, l->len + n);
+  memcpy (l->p + l->len, name, n);
+  l->len += n;
+  return 0;
+}
+
+/* Open and read the xattrs of guest inode INO of E; NULL and -errno in *R. */
+static struct ext2_xattr_handle *
+xattrs_load (fsent *e, fuse_ino_t ino, int *r)
+{
+  struct ext2_xattr_handle *xh = NULL;
+  *r = 0;
+  if (e->note)
+    return NULL;
+  errcode_t rc = ext2fs_xattrs_open (e->fs, (uint32_t) ino, &xh);
+  if (!rc)
+    rc = ext2fs_xattrs_read (xh);
+  if (rc) {
+    if (xh)
+      ext2fs_xattrs_close (&xh);
+    *r = rc == EXT2_ET_NO_INLINE_DATA ? 0 : -ext_errno (rc);
+    return NULL;
+  }
+  return xh;
+}
+
+/* See fs.h. */
+void
+files_listxattr (fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+  fsent *e = entry_or_reply (req, ino);
+  if (!e)
+    return;
+  int r;
+  xlist l = { 0 };
+  struct ext2_xattr_handle *xh = xattrs_load (e, ino, &r);
+  if (xh) {
+    errcode_t rc = ext2fs_xattrs_iterate (xh, xlist_cb, &l);
+    if (rc)
+      r = -ext_errno (rc);
+    else if (l.too_big)
+      r = -E2BIG;
+    ext2fs_xattrs_close (&xh);
+  }
+  fsent_put (e);
+  if (r < 0)
+    fuse_reply_err (req, -r);
+  else if (size == 0)
+    fuse_reply_xattr (req, l.len);
+  else if (l.len > size)
+    fuse_reply_err (req, ERANGE);
+  else
+    fuse_reply_buf (req, l.p, l.len);
+  free (l.p);
+}
+
+/* See fs.h. */
+void
+files_getxattr (fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+  fsent *e = entry_or_reply (req, ino);
+  if (!e)
+    return;
+  int r;
+  void *val = NULL;
+  size_t vlen = 0;
+  struct ext2_xattr_handle *xh = xattrs_load (e, ino, &r);
+  if (xh) {
+    errcode_t rc = ext2fs_xattr_get (xh, name, &val, &vlen);
+    if (rc == EXT2_ET_EA_KEY_NOT_FOUND)
+      r = -ENODATA;
+    else if (rc)
+      r = -ext_errno (rc);
+    ext2fs_xattrs_close (&xh);
+  }
+  else if (r == 0)
+    r = -ENODATA;
+  fsent_put (e);
+  if (r < 0)
+    fuse_reply_err (req, -r);
+  else if (size == 0)
+    fuse_reply_xattr (req, vlen);
+  else if (vlen > size)
+    fuse_reply_err (req, ERANGE);
+  else
+    fuse_reply_buf (req, val, vlen);
+  if (val)
+    ext2fs_free_mem (&val);
+}
+
+/* See fs.h.  Scans the block map from OFF, at most SEEK_SCAN_MAX blocks a
+ * call: past that, SEEK_DATA answers the scan's end (holes may be reported
+ * as data) and SEEK_HOLE the end of the file (data is never reported as a
+ * hole).  Unwritten extents read as zeros: holes. */
+void
+files_lseek (fuse_req_t req, off_t off, int whence, struct fuse_file_info *fi)
+{
+  fhandle *h = (fhandle *) (uintptr_t) fi->fh;
+  fsent *e = h->e;
+  if (off < 0 || (whence != SEEK_DATA && whence != SEEK_HOLE)) {
+    fuse_reply_err (req, EINVAL);
+    return;
+  }
+  pthread_mutex_lock (&e->lock);
+  uint64_t size = h->f ? EXT2_I_SIZE (ext2fs_file_get_inode (h->f)) : strlen (h->text);
+  int64_t res = -1;
+  if ((uint64_t) off >= size)
+    res = -1;
+  else if (!h->f)
+    res = whence == SEEK_DATA ? off : (int64_t) size;
+  else {
+    ext2_ino_t ino = ext2fs_file_get_inode_num (h->f);
+    struct ext2_inode *in = ext2fs_file_get_inode (h->f);
+    uint64_t bs = e->fs->blocksize;
+    uint64_t blk = off / bs, last = (size - 1) / bs;
+    res = whence == SEEK_DATA ? off : (int64_t) size;   /* when the map cannot tell */
+    for (uint64_t n = 0; blk <= last && n < SEEK_SCAN_MAX; blk++, n++) {
+      blk64_t phys = 0;
+      int flags = 0;
+      if (ext2fs_bmap2 (e->fs, ino, in, NULL, 0, blk, &flags, &phys) != 0)
+        break;                  /* inline data or a bad map: all data */
+      bool data = phys != 0 && !(flags & BMAP_RET_UNINIT);
+      if (data == (whence == SEEK_DATA)) {
+        uint64_t at = blk * bs;
+        res = at > (uint64_t) off ? (int64_t) at : off;
+        break;
+      }
+      if (blk == last)
+        res = whence == SEEK_DATA ? -1 : (int64_t) size;
+      else if (n + 1 == SEEK_SCAN_MAX && whence == SEEK_DATA)
+        res = (blk + 1) * bs;
+    }
+  }
+  pthread_mutex_unlock (&e->lock);
+  if (res < 0)
+    fuse_reply_err (req, ENXIO);
+  else
+    fuse_reply_lseek (req, res);
+}

@@ -1,0 +1,872 @@
+/* qmpbackupfs — the guest's files inside every restore point:
+ * <vm>/<disk>/files/<point>/p1/... (or .../fs/ for a disk without a
+ * partition table), read-only, without root and without the kernel mounting
+ * anything.  ext2/3/4 are read in-process with libext2fs through an I/O
+ * manager of our own over the chain reader (writes refused); other file
+ * systems show a folder holding NOT-SUPPORTED.txt.
+ *
+ * Inode numbers: every (point, partition) gets a slot number the first time
+ * it is looked up (slots live as long as the daemon, bounded by what the
+ * store ever held); a guest file's FUSE inode is
+ * FILES_INO_BIT | slot << 32 | guest inode, so hard links share it, nothing
+ * is allocated per guest file and forget has nothing to free.
+ *
+ * Opened file systems are cached (FILES_CACHE_MAX, least recently used
+ * evicted when nobody uses it); libext2fs is not thread-safe per handle, so
+ * every call on one is made under that handle's lock.  Guest data is
+ * hostile: every libext2fs error becomes EIO, directory listings and link
+ * targets are bounded, names holding '/' are skipped. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "fs/files-int.h"
+#include "fs/parttab.h"
+
+#define FILES_CACHE_MAX 16
+#define DIR_MAX_ENTRIES (1u << 20)
+#define DIR_MAX_BYTES (64u << 20)     /* of one folder's listing */
+#define LINK_MAX_LEN 4096
+#define TIMEOUT_GUEST 3600.0
+#define NOTE_INO 1                /* the note file of a folder we cannot read */
+#define CLEAN_INO 0               /* files/<point>/pN.NOT-CLEAN.txt (no guest inode 0) */
+#define ROOT_INO EXT2_ROOT_INO
+
+/* One (point, partition): where it is and what it holds. */
+typedef struct fslot {
+  char *vm, *disk, *display;
+  char name[16];                  /* "p1", "fs" */
+  uint64_t start, length;
+  parttab_probe_result probe;
+  char *clean_note;               /* NULL: clean; else why the fs is shown "not clean" */
+} fslot;
+
+
+static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
+static fslot **slots;
+static size_t nslots, cap_slots;
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static fsent *cache[FILES_CACHE_MAX * 4];
+static size_t ncache;
+static uint64_t tick;
+
+/* ---- slots ---- */
+
+/* The slot (VM, DISK, DISPLAY, NAME) if it exists, else created from PART
+ * and PROBE when they are given; its number, or 0 (none). */
+static uint32_t
+slot_get (const char *vm, const char *disk, const char *display, const char *name,
+          const parttab_part *part, const parttab_probe_result *probe)
+{
+  uint32_t r = 0;
+  pthread_mutex_lock (&slots_lock);
+  for (size_t i = 0; i < nslots; i++) {
+    fslot *s = slots[i];
+    if (strcmp (s->name, name) == 0 && strcmp (s->display, display) == 0
+        && strcmp (s->disk, disk) == 0 && strcmp (s->vm, vm) == 0) {
+      r = i + 1;
+      break;
+    }
+  }
+  if (!r && part && nslots < (1u << 29)) {
+    fslot *s = qb_calloc (1, sizeof *s);
+    s->vm = qb_strdup (vm);
+    s->disk = qb_strdup (disk);
+    s->display = qb_strdup (display);
+    snprintf (s->name, sizeof s->name, "%s", name);
+    s->start = part->start;
+    s->length = part->length;
+    s->probe = *probe;
+    if (probe->is_ext && (probe->needs_recovery || probe->has_errors))
+      s->clean_note = qb_asprintf (
+        "The ext2/3/4 file system of %s is not clean in this restore point:\n%s%s"
+        "Its files are shown as the disk holds them: a journal that was not\n"
+        "replayed (the guest was not frozen when the point was taken) may hold\n"
+        "changes of the last seconds that are missing here, and what was being\n"
+        "written may read inconsistent.  Backups taken with the guest agent\n"
+        "(quiesced) are clean.\n",
+        name, probe->needs_recovery ? "  - its journal needs recovery (not replayed here)\n" : "",
+        probe->has_errors ? "  - the file system recorded errors (e2fsck not run)\n" : "");
+    if (nslots == cap_slots) {
+      cap_slots = cap_slots ? cap_slots * 2 : 64;
+      slots = qb_realloc (slots, cap_slots * sizeof *slots);
+    }
+    slots[nslots++] = s;
+    r = nslots;
+  }
+  pthread_mutex_unlock (&slots_lock);
+  return r;
+}
+
+/* The slot numbered N (never freed), or NULL. */
+static fslot *
+slot_by_num (uint32_t n)
+{
+  fslot *s = NULL;
+  pthread_mutex_lock (&slots_lock);
+  if (n >= 1 && n <= nslots)
+    s = slots[n - 1];
+  pthread_mutex_unlock (&slots_lock);
+  return s;
+}
+
+/* The FUSE inode of guest inode GINO in slot SLOT. */
+static fuse_ino_t
+files_ino (uint32_t slot, uint32_t gino)
+{
+  return FILES_INO_BIT | (uint64_t) slot << 32 | gino;
+}
+
+/* True if INO is an inode of a guest file. */
+bool
+files_is_ino (fuse_ino_t ino)
+{
+  return (ino & FILES_INO_BIT) != 0;
+}
+
+/* ---- opening restore points and file systems ---- */
+
+/* Open point DISPLAY of VM/DISK through the chain reader, or NULL with an
+ * errno in *ERR. */
+static chain_image *
+point_open (const char *vmname, const char *disk, const char *display, int *err)
+{
+  fs_vm *vm = vms_find (vmname);
+  if (!vm) {
+    *err = ENOENT;
+    return NULL;
+  }
+  vm_scan *s = vm_scan_get (vm);
+  const store_chain *c;
+  size_t idx;
+  chain_image *ci = NULL;
+  if (!restore_find (s->v, disk, display, &c, &idx))
+    *err = ENOENT;
+  else if (restore_point_damage (vmname, disk, c, idx))
+    *err = EIO;
+  else if (!(ci = store_point_open (fs_cfg.st, c, idx))) {
+    *err = fs_errno ();
+    fs_log ("%s/%s/files/%s: %s", vmname, disk, display, qb_error_msg ());
+  }
+  vm_scan_put (s);
+  return ci;
+}
+
+/* Read callback of parttab over a chain image. */
+static int
+chain_rd (void *opaque, void *buf, size_t len, uint64_t off)
+{
+  ssize_t r = chain_pread (opaque, buf, len, off);
+  qb_error_clear ();
+  return r == (ssize_t) len ? 0 : -1;
+}
+
+/* Open E's file system (under E's lock); 0, or -errno for a failure that
+ * may pass (the next use tries again).  A file system that cannot be read
+ * gets a note instead. */
+static int
+fsent_open (fsent *e)
+{
+  fslot *s = slot_by_num (e->slot);
+  int err = 0;
+  chain_image *ci = point_open (s->vm, s->disk, s->display, &err);
+  if (!ci)
+    return -err;
+  e->ci = ci;
+  if (!s->probe.is_ext) {
+    e->note_name = "NOT-SUPPORTED.txt";
+    e->note = qb_asprintf (
+      "This partition holds %s%s%s, which qmpbackupfs cannot show as files\n"
+      "(it reads ext2, ext3 and ext4).\n\n"
+      "To restore from it as root, attach the restore image read-only and\n"
+      "mount it read-only:\n"
+      "  dev=$(losetup -r -P -f --show MOUNT/%s/%s/restore/%s.img)\n"
+      "  mount -o ro ${dev}p%s /mnt\n"
+      "  ... copy what you need ...\n"
+      "  umount /mnt; losetup -d $dev\n",
+      s->probe.fs ? "a file system of type " : "no file system qmpbackupfs recognises",
+      s->probe.fs ? s->probe.fs : "", s->probe.fs ? "" : " (unknown type)",
+      s->vm, s->disk, s->display, s->name[0] == 'p' ? s->name + 1 : "");
+    e->opened = true;
+    return 0;
+  }
+  if (s->probe.too_big) {
+    e->note_name = "ERROR.txt";
+    e->note = qb_asprintf (
+      "The ext2/3/4 superblock of this partition claims more blocks than the\n"
+      "partition holds (or a bad block size): it is damaged and not read.\n"
+      "The restore image MOUNT/%s/%s/restore/%s.img holds the raw bytes;\n"
+      "e2fsck -n on a copy of them may tell more.\n", s->vm, s->disk, s->display);
+    e->opened = true;
+    return 0;
+  }
+  files_io_target io = { ci, s->start, s->length };
+  ext2_filsys fs = NULL;
+  errcode_t rc = files_io_open (&io, &fs);
+  if (rc) {
+    e->note_name = "ERROR.txt";
+    e->note = qb_asprintf (
+      "The ext2/3/4 file system of this partition could not be read:\n  %s\n"
+      "The restore image MOUNT/%s/%s/restore/%s.img holds the raw bytes;\n"
+      "e2fsck -n on a copy of them may tell more.\n",
+      error_message (rc), s->vm, s->disk, s->display);
+    fs_log ("%s/%s/files/%s/%s: cannot read the file system: %s", s->vm, s->disk,
+            s->display, s->name, error_message (rc));
+    e->opened = true;
+    return 0;
+  }
+  e->fs = fs;
+  e->opened = true;
+  return 0;
+}
+
+/* Close E's file system and chain (nobody uses it). */
+static void
+fsent_free (fsent *e)
+{
+  if (e->fs)
+    ext2fs_close_free (&e->fs);
+  chain_close (e->ci);
+  free (e->note);
+  pthread_mutex_destroy (&e->lock);
+  free (e);
+}
+
+/* The cache entry of SLOT, referenced and opened, locked; NULL with
+ * -errno in *ERR.  Put it back with fsent_put. */
+static fsent *
+fsent_get (uint32_t slot, int *err)
+{
+  fsent *e = NULL, *evict = NULL;
+  pthread_mutex_lock (&cache_lock);
+  for (size_t i = 0; i < ncache; i++)
+    if (cache[i]->slot == slot) {
+      e = cache[i];
+      break;
+    }
+  if (!e) {
+    if (ncache >= FILES_CACHE_MAX) {
+      size_t victim = ncache;
+      for (size_t i = 0; i < ncache; i++)
+        if (cache[i]->refs == 0 && (victim == ncache || cache[i]->used < cache[victim]->used))
+          victim = i;
+      if (victim < ncache) {
+        evict = cache[victim];
+        cache[victim] = cache[--ncache];
+      }
+    }
+    if (ncache >= sizeof cache / sizeof cache[0]) {
+      pthread_mutex_unlock (&cache_lock);
+      *err = -EAGAIN;
+      return NULL;
+    }
+    e = qb_calloc (1, sizeof *e);
+    e->slot = slot;
+    pthread_mutex_init (&e->lock, NULL);
+    cache[ncache++] = e;
+  }
+  e->refs++;
+  e->used = ++tick;
+  pthread_mutex_unlock (&cache_lock);
+  if (evict)
+    fsent_free (evict);
+  pthread_mutex_lock (&e->lock);
+  if (!e->opened) {
+    int r = fsent_open (e);
+    if (r < 0) {
+      pthread_mutex_unlock (&e->lock);
+      pthread_mutex_lock (&cache_lock);
+      e->refs--;
+      pthread_mutex_unlock (&cache_lock);
+      *err = r;
+      return NULL;
+    }
+  }
+  return e;
+}
+
+/* See files-int.h. */
+void
+fsent_put (fsent *e)
+{
+  pthread_mutex_unlock (&e->lock);
+  pthread_mutex_lock (&cache_lock);
+  e->refs--;
+  pthread_mutex_unlock (&cache_lock);
+}
+
+/* Drop a reference of an entry that is not locked (open files). */
+static void
+fsent_unref (fsent *e)
+{
+  pthread_mutex_lock (&cache_lock);
+  e->refs--;
+  pthread_mutex_unlock (&cache_lock);
+}
+
+/* See files-int.h. */
+int
+ext_errno (errcode_t rc)
+{
+  if (rc == EXT2_ET_FILE_NOT_FOUND)
+    return ENOENT;
+  if (rc > 0 && rc < 4096)
+    return (int) rc;
+  return EIO;
+}
+
+/* ---- the point folder: files/<point>/ ---- */
+
+/* Partitions of point DISPLAY of VM/DISK as slots: fills SLOTS (up to
+ * PARTTAB_MAX) and returns how many, or -errno. */
+static int
+point_slots (const char *vm, const char *disk, const char *display, uint32_t *out)
+{
+  int err = 0;
+  chain_image *ci = point_open (vm, disk, display, &err);
+  if (!ci)
+    return -err;
+  parttab_part parts[PARTTAB_MAX];
+  parttab_kind kind;
+  uint64_t size = chain_size (ci);
+  int n = parttab_read (chain_rd, ci, size, parts, &kind);
+  if (n < 0) {
+    chain_close (ci);
+    return -EIO;
+  }
+  int k = 0;
+  if (n == 0) {
+    parttab_part whole = { 0, 0, size };
+    parttab_probe_result pr;
+    parttab_probe (chain_rd, ci, 0, size, &pr);
+    out[k++] = slot_get (vm, disk, display, "fs", &whole, &pr);
+  }
+  for (int i = 0; i < n; i++) {
+    char name[16];
+    snprintf (name, sizeof name, "p%d", parts[i].number);
+    uint32_t sl = slot_get (vm, disk, display, name, NULL, NULL);
+    if (!sl) {
+      parttab_probe_result pr;
+      parttab_probe (chain_rd, ci, parts[i].start, parts[i].length, &pr);
+      sl = slot_get (vm, disk, display, name, &parts[i], &pr);
+    }
+    if (sl)
+      out[k++] = sl;
+  }
+  chain_close (ci);
+  return k;
+}
+
+/* Fill ST as the root folder of slot SL. */
+static void
+attr_slot_root (struct stat *st, uint32_t sl)
+{
+  memset (st, 0, sizeof *st);
+  st->st_ino = files_ino (sl, ROOT_INO);
+  st->st_mode = S_IFDIR | 0555;
+  st->st_nlink = 2;
+  st->st_uid = fs_cfg.uid;
+  st->st_gid = fs_cfg.gid;
+}
+
+/* See fs.h. */
+int
+files_point_list (const char *vm, const char *disk, const char *display,
+                  files_dirent **ents)
+{
+  uint32_t sl[PARTTAB_MAX + 1];
+  int n = point_slots (vm, disk, display, sl);
+  if (n < 0)
+    return n;
+  *ents = qb_calloc (2 * n + 1, sizeof **ents);
+  int k = 0;
+  for (int i = 0; i < n; i++) {
+    fslot *s = slot_by_num (sl[i]);
+    snprintf ((*ents)[k].name, sizeof (*ents)[k].name, "%s", s->name);
+    (*ents)[k].ino = files_ino (sl[i], ROOT_INO);
+    (*ents)[k++].mode = S_IFDIR;
+    if (s->clean_note) {
+      snprintf ((*ents)[k].name, sizeof (*ents)[k].name, "%s.NOT-CLEAN.txt", s->name);
+      (*ents)[k].ino = files_ino (sl[i], CLEAN_INO);
+      (*ents)[k++].mode = S_IFREG;
+    }
+  }
+  return k;
+}
+
+/* ---- guest inodes ---- */
+
+/* Seconds and nanoseconds of an ext4 time with its extra field. */
+static void
+ext_time (struct timespec *ts, uint32_t lo, const struct ext2_inode_large *in,
+          size_t extra_off, uint32_t extra)
+{
+  ts->tv_sec = (int32_t) lo;
+  ts->tv_nsec = 0;
+  if (in->i_extra_isize >= extra_off + 4 - EXT2_GOOD_OLD_INODE_SIZE) {
+    ts->tv_sec += (int64_t) (extra & 3) << 32;
+    ts->tv_nsec = (extra >> 2) % 1000000000;
+  }
+}
+
+/* Fill ST from guest inode GINO of E's file system; 0 or -errno. */
+static int
+attr_guest (fsent *e, uint32_t gino, struct stat *st)
+{
+  struct ext2_inode_large in;
+  memset (&in, 0, sizeof in);
+  errcode_t rc = ext2fs_read_inode_full (e->fs, gino, (struct ext2_inode *) &in, sizeof in);
+  if (rc)
+    return -ext_errno (rc);
+  if (in.i_links_count == 0 && in.i_mode == 0)
+    return -ENOENT;
+  memset (st, 0, sizeof *st);
+  st->st_ino = files_ino (e->slot, gino);
+  st->st_mode = in.i_mode;
+  st->st_nlink = in.i_links_count ? in.i_links_count : 1;
+  st->st_uid = inode_uid (in);
+  st->st_gid = inode_gid (in);
+  st->st_size = EXT2_I_SIZE (&in);
+  st->st_blocks = ext2fs_get_stat_i_blocks (e->fs, (struct ext2_inode *) &in);
+  st->st_blksize = e->fs->blocksize;
+  if (S_ISCHR (in.i_mode) || S_ISBLK (in.i_mode)) {
+    uint32_t old = in.i_block[0], new = in.i_block[1];
+    st->st_rdev = old ? makedev ((old >> 8) & 255, old & 255)
+      : makedev ((new & 0xfff00) >> 8, (new & 0xff) | ((new >> 12) & 0xfff00));
+  }
+  size_t base = EXT2_GOOD_OLD_INODE_SIZE;
+  size_t ext = e->fs->super->s_inode_size > base ? in.i_extra_isize : 0;
+  in.i_extra_isize = ext;
+  ext_time (&st->st_ctim, in.i_ctime, &in, base + 4, in.i_ctime_extra);
+  ext_time (&st->st_mtim, in.i_mtime, &in, base + 8, in.i_mtime_extra);
+  ext_time (&st->st_atim, in.i_atime, &in, base + 12, in.i_atime_extra);
+  return 0;
+}
+
+/* The text of note file INO of E (NOT-SUPPORTED, ERROR, NOT-CLEAN), or NULL. */
+static const char *
+note_text (fsent *e, fuse_ino_t ino)
+{
+  if ((uint32_t) ino == CLEAN_INO)
+    return slot_by_num (e->slot)->clean_note;
+  return e->note && (uint32_t) ino == NOTE_INO ? e->note : NULL;
+}
+
+/* Fill ST for INO (a guest inode or a note file); 0 or -errno.  E locked. */
+static int
+attr_ino (fsent *e, fuse_ino_t ino, struct stat *st)
+{
+  uint32_t gino = (uint32_t) ino;
+  const char *text = note_text (e, ino);
+  if (text) {
+    memset (st, 0, sizeof *st);
+    st->st_ino = ino;
+    st->st_mode = S_IFREG | 0444;
+    st->st_nlink = 1;
+    st->st_uid = fs_cfg.uid;
+    st->st_gid = fs_cfg.gid;
+    st->st_size = strlen (text);
+    return 0;
+  }
+  if (gino == CLEAN_INO)
+    return -ENOENT;
+  if (e->note) {
+    if (gino == ROOT_INO) {
+      attr_slot_root (st, e->slot);
+      return 0;
+    }
+    return -ENOENT;
+  }
+  return attr_guest (e, gino, st);
+}
+
+/* See files-int.h. */
+fsent *
+entry_or_reply (fuse_req_t req, fuse_ino_t ino)
+{
+  uint32_t sl = (uint32_t) ((ino & ~FILES_INO_BIT) >> 32);
+  int err = -ENOENT;
+  fsent *e = slot_by_num (sl) ? fsent_get (sl, &err) : NULL;
+  if (!e)
+    fuse_reply_err (req, -err);
+  return e;
+}
+
+/* See fs.h. */
+void
+files_getattr (fuse_req_t req, fuse_ino_t ino)
+{
+  fsent *e = entry_or_reply (req, ino);
+  if (!e)
+    return;
+  struct stat st;
+  int r = attr_ino (e, ino, &st);
+  fsent_put (e);
+  if (r < 0)
+    fuse_reply_err (req, -r);
+  else
+    fuse_reply_attr (req, &st, TIMEOUT_GUEST);
+}
+
+/* See fs.h. */
+void
+files_lookup (fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+  fsent *e = entry_or_reply (req, parent);
+  if (!e)
+    return;
+  struct fuse_entry_param ep;
+  memset (&ep, 0, sizeof ep);
+  int r;
+  uint32_t gino = 0;
+  size_t len = strlen (name);
+  if (e->note)
+    r = (uint32_t) parent == ROOT_INO && strcmp (name, e->note_name) == 0 ? 0 : -ENOENT,
+      gino = NOTE_INO;
+  else if (len > EXT2_NAME_LEN)
+    r = -ENAMETOOLONG;
+  else {
+    ext2_ino_t found = 0;
+    errcode_t rc = ext2fs_lookup (e->fs, (uint32_t) parent, name, len, NULL, &found);
+    r = rc ? -ext_errno (rc) : 0;
+    gino = found;
+  }
+  if (r == 0)
+    r = attr_ino (e, files_ino (e->slot, gino), &ep.attr);
+  fsent_put (e);
+  if (r < 0) {
+    fuse_reply_err (req, -r);
+    return;
+  }
+  ep.ino = ep.attr.st_ino;
+  ep.entry_timeout = ep.attr_timeout = TIMEOUT_GUEST;
+  fuse_reply_entry (req, &ep);
+}
+
+/* See fs.h. */
+void
+files_readlink (fuse_req_t req, fuse_ino_t ino)
+{
+  fsent *e = entry_or_reply (req, ino);
+  if (!e)
+    return;
+  char *buf = NULL;
+  int r = 0;
+  struct ext2_inode in;
+  errcode_t rc = e->note ? EXT2_ET_FILE_NOT_FOUND : ext2fs_read_inode (e->fs, (uint32_t) ino, &in);
+  uint64_t size = rc ? 0 : EXT2_I_SIZE (&in);
+  if (rc)
+    r = -ext_errno (rc);
+  else if (!LINUX_S_ISLNK (in.i_mode))
+    r = -EINVAL;
+  else if (size == 0 || size >= LINK_MAX_LEN)
+    r = -EIO;
+  else {
+    buf = qb_calloc (1, size + 1);
+    if (ext2fs_is_fast_symlink (&in))
+      memcpy (buf, in.i_block, size < sizeof in.i_block ? size : sizeof in.i_block);
+    else {
+      ext2_file_t f;
+      unsigned got = 0;
+      rc = ext2fs_file_open2 (e->fs, (uint32_t) ino, &in, 0, &f);
+      if (!rc) {
+        rc = ext2fs_file_read (f, buf, size, &got);
+        ext2fs_file_close (f);
+      }
+      if (rc || got != size)
+        r = -EIO;
+    }
+  }
+  fsent_put (e);
+  if (r < 0)
+    fuse_reply_err (req, -r);
+  else
+    fuse_reply_readlink (req, buf);
+  free (buf);
+}
+
+/* ---- directories ---- */
+
+typedef struct dirlist {
+  fuse_req_t req;
+  uint32_t slot;
+  char *p;
+  size_t size, cap;
+  unsigned count;
+  bool too_big;
+} dirlist;
+
+/* Add NAME (inode INO, mode MODE) to the listing L. */
+static void
+dirlist_add (dirlist *l, const char *name, fuse_ino_t ino, mode_t mode)
+{
+  struct stat st;
+  memset (&st, 0, sizeof st);
+  st.st_ino = ino;
+  st.st_mode = mode;
+  size_t need = fuse_add_direntry (l->req, NULL, 0, name, NULL, 0);
+  if (l->size + need > l->cap) {
+    l->cap = (l->size + need) * 2;
+    l->p = qb_realloc (l->p, l->cap);
+  }
+  fuse_add_direntry (l->req, l->p + l->size, need, name, &st, l->size + need);
+  l->size += need;
+}
+
+/* dir_iterate callback: one guest entry (bounded, names with '/' skipped). */
+static int
+dirlist_cb (ext2_ino_t dir, int entry, struct ext2_dir_entry *d, int offset, int blocksize,
+            char *buf, void *priv)
+{
+  (void) dir; (void) entry; (void) offset; (void) blocksize; (void) buf;
+  dirlist *l = priv;
+  int len = ext2fs_dirent_name_len (d);
+  if (l->count >= DIR_MAX_ENTRIES || l->size >= DIR_MAX_BYTES) {
+    l->too_big = true;
+    return DIRENT_ABORT;
+  }
+  if (len == 0 || d->inode == 0)
+    return 0;
+  char name[EXT2_NAME_LEN + 1];
+  memcpy (name, d->name, len);
+  name[len] = '\0';
+  if (strlen (name) != (size_t) len || strchr (name, '/')
+      || strcmp (name, ".") == 0 || strcmp (name, "..") == 0)
+    return 0;
+  static const mode_t types[] = {
+    [EXT2_FT_REG_FILE] = S_IFREG, [EXT2_FT_DIR] = S_IFDIR, [EXT2_FT_CHRDEV] = S_IFCHR,
+    [EXT2_FT_BLKDEV] = S_IFBLK, [EXT2_FT_FIFO] = S_IFIFO, [EXT2_FT_SOCK] = S_IFSOCK,
+    [EXT2_FT_SYMLINK] = S_IFLNK,
+  };
+  int ft = ext2fs_dirent_file_type (d);
+  mode_t mode = ft > 0 && ft < (int) (sizeof types / sizeof types[0]) ? types[ft] : 0;
+  dirlist_add (l, name, files_ino (l->slot, d->inode), mode);
+  l->count++;
+  return 0;
+}
+
+/* See fs.h. */
+void
+files_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  fsent *e = entry_or_reply (req, ino);
+  if (!e)
+    return;
+  dirlist *l = qb_calloc (1, sizeof *l);
+  l->req = req;
+  l->slot = e->slot;
+  struct stat st;
+  int r = attr_ino (e, ino, &st);
+  if (r == 0 && !S_ISDIR (st.st_mode))
+    r = -ENOTDIR;
+  if (r == 0) {
+    dirlist_add (l, ".", ino, S_IFDIR);
+    dirlist_add (l, "..", ino, S_IFDIR);
+    if (e->note)
+      dirlist_add (l, e->note_name, files_ino (e->slot, NOTE_INO), S_IFREG);
+    else {
+      errcode_t rc = ext2fs_dir_iterate2 (e->fs, (uint32_t) ino, 0, NULL, dirlist_cb, l);
+      if (rc)
+        r = -ext_errno (rc);
+      else if (l->too_big)
+        r = -EFBIG;
+    }
+  }
+  fsent_put (e);
+  if (r < 0) {
+    fslot *s = slot_by_num (l->slot);
+    if (r == -EIO || r == -EFBIG)
+      fs_log ("%s/%s/files/%s/%s: directory inode %u: %s", s->vm, s->disk, s->display,
+              s->name, (unsigned) (uint32_t) ino, r == -EFBIG ? "too many entries" : "unreadable");
+    free (l->p);
+    free (l);
+    fuse_reply_err (req, -r);
+    return;
+  }
+  fi->fh = (uintptr_t) l;
+  fi->keep_cache = 1;
+  fi->cache_readdir = 1;
+  if (fuse_reply_open (req, fi) != 0) {
+    free (l->p);
+    free (l);
+  }
+}
+
+/* See fs.h. */
+void
+files_readdir (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
+{
+  dirlist *l = (dirlist *) (uintptr_t) fi->fh;
+  if ((size_t) off >= l->size) {
+    fuse_reply_buf (req, NULL, 0);
+    return;
+  }
+  /* reply from a copy: once the kernel has part of the listing, the
+   * process may close the folder and another thread free it */
+  size_t len = l->size - off < size ? l->size - off : size;
+  char *copy = qb_calloc (1, len);
+  memcpy (copy, l->p + off, len);
+  fuse_reply_buf (req, copy, len);
+  free (copy);
+}
+
+/* See fs.h. */
+void
+files_releasedir (struct fuse_file_info *fi)
+{
+  dirlist *l = (dirlist *) (uintptr_t) fi->fh;
+  if (l)
+    free (l->p);
+  free (l);
+}
+
+/* ---- regular files ---- */
+
+
+/* See fs.h. */
+void
+files_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  if ((fi->flags & O_ACCMODE) != O_RDONLY) {
+    fuse_reply_err (req, EROFS);
+    return;
+  }
+  fsent *e = entry_or_reply (req, ino);
+  if (!e)
+    return;
+  struct stat st;
+  int r = attr_ino (e, ino, &st);
+  fhandle *h = NULL;
+  if (r == 0 && S_ISDIR (st.st_mode))
+    r = -EISDIR;
+  else if (r == 0 && !S_ISREG (st.st_mode))
+    r = -EACCES;
+  if (r == 0) {
+    h = qb_calloc (1, sizeof *h);
+    h->e = e;
+    h->text = note_text (e, ino);
+    if (!h->text) {
+      errcode_t rc = ext2fs_file_open (e->fs, (uint32_t) ino, 0, &h->f);
+      if (rc) {
+        r = -ext_errno (rc);
+        free (h);
+        h = NULL;
+      }
+    }
+  }
+  pthread_mutex_unlock (&e->lock);   /* keep the reference while open */
+  if (r < 0) {
+    fsent_unref (e);
+    fuse_reply_err (req, -r);
+    return;
+  }
+  fi->fh = (uintptr_t) h;
+  fi->keep_cache = 1;
+  if (fuse_reply_open (req, fi) != 0)
+    files_release (fi);
+}
+
+/* See fs.h. */
+void
+files_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
+{
+  fhandle *h = (fhandle *) (uintptr_t) fi->fh;
+  fsent *e = h->e;
+  if (size > (1u << 20))
+    size = 1u << 20;
+  char *buf = malloc (size ? size : 1);
+  if (!buf) {
+    fuse_reply_err (req, ENOMEM);
+    return;
+  }
+  size_t done = 0;
+  int err = 0;
+  pthread_mutex_lock (&e->lock);
+  if (!h->f) {
+    size_t len = strlen (h->text);
+    if ((size_t) off < len)
+      done = len - off < size ? len - off : size;
+    memcpy (buf, h->text + (off < (off_t) len ? off : 0), done);
+  }
+  else {
+    errcode_t rc = ext2fs_file_llseek (h->f, off, EXT2_SEEK_SET, NULL);
+    while (!rc && done < size) {
+      unsigned got = 0;
+      rc = ext2fs_file_read (h->f, buf + done, size - done, &got);
+      if (got == 0)
+        break;
+      done += got;
+    }
+    if (rc)
+      err = ext_errno (rc);
+  }
+  pthread_mutex_unlock (&e->lock);
+  if (err) {
+    fslot *s = slot_by_num (e->slot);
+    fs_log ("%s/%s/files/%s/%s: read of inode %u failed", s->vm, s->disk, s->display,
+            s->name, (unsigned) ext2fs_file_get_inode_num (h->f));
+    fuse_reply_err (req, err);
+  }
+  else
+    fuse_reply_buf (req, buf, done);
+  free (buf);
+}
+
+/* See fs.h. */
+void
+files_release (struct fuse_file_info *fi)
+{
+  fhandle *h = (fhandle *) (uintptr_t) fi->fh;
+  if (!h)
+    return;
+  if (h->f) {
+    pthread_mutex_lock (&h->e->lock);
+    ext2fs_file_close (h->f);
+    pthread_mutex_unlock (&h->e->lock);
+  }
+  fsent_unref (h->e);
+  free (h);
+}
+
+/* See fs.h. */
+void
+files_point_lookup (fuse_req_t req, const char *vm, const char *disk, const char *display,
+                    const char *name)
+{
+  files_dirent *ents = NULL;
+  int n = files_point_list (vm, disk, display, &ents);
+  if (n < 0) {
+    fuse_reply_err (req, -n);
+    return;
+  }
+  fuse_ino_t ino = 0;
+  for (int i = 0; i < n; i++)
+    if (strcmp (ents[i].name, name) == 0)
+      ino = ents[i].ino;
+  free (ents);
+  bool is_note = ino && (uint32_t) ino == CLEAN_INO;
+  if (!ino) {
+    fuse_reply_err (req, ENOENT);
+    return;
+  }
+  fsent *e = entry_or_reply (req, ino);
+  if (!e)
+    return;
+  struct fuse_entry_param ep;
+  memset (&ep, 0, sizeof ep);
+  int r = attr_ino (e, ino, &ep.attr);
+  fsent_put (e);
+  if (r < 0 && !is_note) {
+    /* the root inode itself is unreadable: still show the folder */
+    attr_slot_root (&ep.attr, (uint32_t) ((ino & ~FILES_INO_BIT) >> 32));
+  }
+  ep.ino = ep.attr.st_ino = ino;
+  ep.entry_timeout = ep.attr_timeout = TIMEOUT_GUEST;
+  fuse_reply_entry (req, &ep);
+}
