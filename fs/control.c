@@ -60,6 +60,24 @@ control_log_result (const fs_vm *vm, backup_level level, int r, int code,
             secs, err);
 }
 
+/* Start the notification for the end of one backup of VM (arguments as
+ * control_log_result); never waits for it. */
+static void
+control_notify (fs_vm *vm, backup_level level, int r, int code,
+                const backup_result *res, double secs, const char *err)
+{
+  if (r == 0) {
+    char disp[64] = "";
+    if (store_id_display (res->id, disp, sizeof disp) == -1)
+      snprintf (disp, sizeof disp, "%s", res->id);
+    notify_backup_end (vm, backup_level_name (res->level), disp, "ok", res->reason,
+                       res->bytes_stored, secs);
+  }
+  else
+    notify_backup_end (vm, backup_level_name (level), "",
+                       code == QB_ECANCELED ? "canceled" : "failed", err, 0, secs);
+}
+
 /* Run one backup of VM at LEVEL; 0 or -errno.  Blocks until it finished. */
 static int
 control_run (fuse_req_t req, fs_vm *vm, backup_level level, quiesce_mode q)
@@ -156,6 +174,7 @@ control_run (fuse_req_t req, fs_vm *vm, backup_level level, quiesce_mode q)
   vm_scan_invalidate (vm);
   vms_notify_idle ();
   control_log_result (vm, level, r, code, &res, (now - t0) / 1e6, err);
+  control_notify (vm, level, r, code, &res, (now - t0) / 1e6, err);
   free (qmp);
   free (qga);
   return r == 0 ? 0 : -fs_backup_errno (code);

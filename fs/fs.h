@@ -41,6 +41,9 @@ typedef struct fs_config {
   char **include;        /* NULL-terminated disk names, or NULL = all */
   char **exclude;        /* NULL-terminated disk names, or NULL = none */
   bool allow_other;
+  char *on_success;      /* sh command after a backup that worked, NULL: none */
+  char *on_failure;      /* sh command after a backup that failed or was cancelled */
+  unsigned notify_timeout; /* seconds a notification may run (default 60) */
   uid_t uid;
   gid_t gid;
 } fs_config;
@@ -104,6 +107,7 @@ typedef struct fs_vm {
   bool info_busy;                 /* a refresh is in flight */
   int info_waiters;               /* readers waiting for it (bounded) */
   uint64_t info_started_ms;       /* when the refresh in flight started */
+  atomic_int notify_busy;         /* a notification process runs (notify.c) */
 } fs_vm;
 
 /* Set up the registry (after fs_cfg is filled). */
@@ -291,6 +295,19 @@ bool fs_err_is_damage (int code);
 /* The errno a failed backup returns to the writer: EBUSY, EHOSTDOWN, ENOSPC,
  * EINTR (cancelled) or EIO. */
 int fs_backup_errno (int code);
+
+/* ---- notifications (notify.c) ---- */
+
+/* After a backup of VM at LEVEL ended with RESULT ("ok", "failed",
+ * "canceled"), start fs_cfg.on_success or on_failure with /bin/sh -c in the
+ * background, with QB_VM, QB_LEVEL, QB_POINT (POINT, "" if none),
+ * QB_RESULT, QB_REASON (REASON, control bytes as \xNN), QB_BYTES and
+ * QB_SECONDS in its environment, stdin and output on /dev/null.  At most one
+ * runs per VM (a second is skipped and logged); one that overstays
+ * fs_cfg.notify_timeout gets SIGTERM, 5 s later SIGKILL (its whole process
+ * group).  Never waits for the command; failures are logged. */
+void notify_backup_end (fs_vm *vm, const char *level, const char *point, const char *result,
+                        const char *reason, uint64_t bytes, double seconds);
 
 /* ---- the daemon's log (log.c) ---- */
 

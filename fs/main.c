@@ -24,6 +24,9 @@ struct fs_opts {
   char *speed;
   char *include;
   char *exclude;
+  char *on_success;
+  char *on_failure;
+  char *notify_timeout;
   int compress;
   int monthly;
   int allow_other;
@@ -40,6 +43,9 @@ static const struct fuse_opt fs_opt_spec[] = {
   { "speed=%s", offsetof (struct fs_opts, speed), 0 },
   { "include=%s", offsetof (struct fs_opts, include), 0 },
   { "exclude=%s", offsetof (struct fs_opts, exclude), 0 },
+  { "on_success=%s", offsetof (struct fs_opts, on_success), 0 },
+  { "on_failure=%s", offsetof (struct fs_opts, on_failure), 0 },
+  { "notify_timeout=%s", offsetof (struct fs_opts, notify_timeout), 0 },
   FUSE_OPT_KEY ("vm=", KEY_VM),
   FUSE_OPT_KEY ("allow_other", KEY_ALLOW_OTHER),
   FUSE_OPT_END
@@ -102,6 +108,11 @@ usage (const char *prog)
           "  -o compress             compressed backup files\n"
           "  -o include=D1:D2        back up only these disks\n"
           "  -o exclude=D1:D2        never back up these disks\n"
+          "  -o on_success=CMD       after each backup that worked, run sh -c CMD with\n"
+          "                          QB_VM, QB_LEVEL, QB_POINT, QB_RESULT, QB_REASON,\n"
+          "                          QB_BYTES, QB_SECONDS in its environment\n"
+          "  -o on_failure=CMD       the same after a backup that failed or was cancelled\n"
+          "  -o notify_timeout=SECS  kill a notification running longer (default 60)\n"
           "  -o allow_other          let other users in (permissions enforced by the kernel)\n"
           "  -f                      stay in the foreground\n"
           "  -d                      debug output (implies -f)\n"
@@ -243,6 +254,25 @@ main (int argc, char **argv)
   fs_cfg.include = o.include ? split_names (o.include) : NULL;
   fs_cfg.exclude = o.exclude ? split_names (o.exclude) : NULL;
   fs_cfg.allow_other = o.allow_other;
+  if ((o.on_success && !o.on_success[0]) || (o.on_failure && !o.on_failure[0])) {
+    fs_log ("%s=: empty command; give a command or leave the option out",
+            o.on_success && !o.on_success[0] ? "on_success" : "on_failure");
+    return 1;
+  }
+  fs_cfg.on_success = o.on_success;
+  fs_cfg.on_failure = o.on_failure;
+  fs_cfg.notify_timeout = 60;
+  if (o.notify_timeout) {
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul (o.notify_timeout, &end, 10);
+    if (errno || end == o.notify_timeout || *end || v < 1 || v > 86400) {
+      fs_log ("notify_timeout=%s: expected a number of seconds from 1 to 86400",
+              o.notify_timeout);
+      return 1;
+    }
+    fs_cfg.notify_timeout = (unsigned) v;
+  }
   fs_cfg.uid = getuid ();
   fs_cfg.gid = getgid ();
   vms_init ();
