@@ -56,6 +56,7 @@ for ((i = 0; i < 100; i++)); do [ -S "$T/evil.qmp" ] && break; sleep 0.1; done
 [ -S "$T/evil.qmp" ] || qb_die "fake QMP peer did not start"
 
 qb_fs_mount "$store" "$mnt" -o "sockets=$T/sockets" -o "vm=evil:$T/evil.qmp" \
+  -o "vm=gone:$T/no"$'\x1b[31m'"such"$'\n'"socket.qmp" \
   -o "on_success=$T/hook.sh" -o "on_failure=$T/hook.sh" -o notify_timeout=2
 
 # 1. inc with no chain: EIO, on_failure with result=failed and a reason.
@@ -86,11 +87,21 @@ l=$(sed -n 3p "$T/hook.log")
 [[ $l == "vm=evil level=full point= result=failed "*'\x1b[31mred\x1b[0m\x0d\x0aqmpbackupfs: FORGED'* ]] \
   || qb_die "QB_REASON not escaped: $l"
 
+# 3b. a socket path with ESC and a newline in the error text: escaped too.
+r=$(timeout 120 python3 -c "$QB_FS_WRITER" "$mnt/gone/backup" full)
+[ "$r" != OK ] || qb_die "backup through a missing socket: $r"
+wait_hook_lines 4
+[ "$(wc -l < "$T/hook.log")" -eq 4 ] || qb_die "a raw newline reached QB_REASON: $(cat -A "$T/hook.log")"
+! grep -q $'\x1b' "$T/hook.log" || qb_die "a raw ESC reached QB_REASON: $(cat -A "$T/hook.log")"
+l=$(sed -n 4p "$T/hook.log")
+[[ $l == "vm=gone level=full point= result=failed "*'no\x1b[31msuch\x0asocket.qmp'* ]] \
+  || qb_die "QB_REASON not escaped: $l"
+
 # 4. a hook that never ends: the writer still gets its answer, the hook is killed.
 touch "$T/sleep-vm1"
 r=$(timeout 120 python3 -c "$QB_FS_WRITER" "$mnt/vm1/backup" inc)
 [ "$r" = OK ] || qb_die "inc with a hanging hook: $r"
-wait_hook_lines 4
+wait_hook_lines 5
 for ((i = 0; i < 300; i++)); do [ -s "$T/sleep.pid" ] && break; sleep 0.1; done
 spid=$(cat "$T/sleep.pid")
 for ((i = 0; i < 300; i++)); do kill -0 "$spid" 2>/dev/null || break; sleep 0.1; done
