@@ -19,7 +19,7 @@ _qmprebase_opts_merge='--dir --targetfile --until --force'
 _qmprebase_opts_list='--dir --json'
 
 _qmpbackupfs_opts='-o -f -d -h --help -V --version'
-_qmpbackupfs_mount_opts='sockets= vm= monthly speed= compress include= exclude= allow_other'
+_qmpbackupfs_mount_opts='sockets= vm= monthly speed= compress include= exclude= on_success= on_failure= notify_timeout= allow_other'
 
 # Set COMPREPLY to the words of WORDLIST ($1) that start with $2.
 _qmpbackupfs_words() {

@@ -86,7 +86,7 @@ def check_scripted(tmp):
     expect(['qmpbackupfs', t], [tmp + '/store1'])
     expect(['qmpbackupfs', 'STORE', 'MNT', '-o', ''],
            ['sockets=', 'vm=', 'monthly', 'speed=', 'compress', 'include=', 'exclude=',
-            'allow_other'])
+            'on_success=', 'on_failure=', 'notify_timeout=', 'allow_other'])
     expect(['qmpbackupfs', 'STORE', 'MNT', '-o', 'sockets=/run/qemu,mo'],
            ['sockets=/run/qemu,monthly'])
     expect(['qmpbackupfs', 'STORE', 'MNT', '-o', 'sockets=' + t], ['sockets=' + tmp + '/store1'])
