@@ -111,5 +111,23 @@ grep -q 'event=notify-killed vm=vm1 hook=on_success reason="ran longer than 2 s'
   || qb_die "no log line for the killed hook: $(tail -5 "$T/fs.log")"
 rm -f "$T/sleep-vm1"
 
+# 5. contrib/monitoring: the textfile script copies .metrics, and every
+# qmpbackupfs_* name the alert rules use is one the mount prints.
+mon=$QB_SOURCE_DIR/contrib/monitoring
+mkdir -p "$T/textfile"
+sh "$mon/qmpbackupfs-textfile.sh" "$mnt" "$T/textfile" || qb_die "qmpbackupfs-textfile.sh failed"
+grep -q '^qmpbackupfs_backups_total{vm="vm1",level="full",result="ok"} 1$' "$T/textfile/qmpbackupfs.prom" \
+  || qb_die "the textfile is not the mount's .metrics: $(head -20 "$T/textfile/qmpbackupfs.prom")"
+[ -z "$(ls -A "$T/textfile" | grep -v '^qmpbackupfs.prom$')" ] || qb_die "temporary files left: $(ls -A "$T/textfile")"
+for m in $(grep -o 'qmpbackupfs_[a-z_]*' "$mon/qmpbackupfs-alerts.yml" | sort -u); do
+  grep -q "^$m{" "$T/textfile/qmpbackupfs.prom" || qb_die "the alert rules use $m, which .metrics does not print"
+done
+if python3 -c 'import yaml' 2>/dev/null; then
+  python3 -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); assert d["groups"][0]["rules"]' \
+    "$mon/qmpbackupfs-alerts.yml" || qb_die "qmpbackupfs-alerts.yml is not valid YAML"
+else
+  qb_log "note: python3 yaml module missing, the YAML syntax of the alert rules is not checked"
+fi
+
 qb_fs_unmount "$mnt"
 echo "notify: ok"
