@@ -332,6 +332,7 @@ main (int argc, char **argv)
   free (o.speed);
   free (o.include);
   free (o.exclude);
+  free (o.notify_timeout);
   for (char **p = fs_cfg.include; p && *p; p++)
     free (*p);
   for (char **p = fs_cfg.exclude; p && *p; p++)
