@@ -530,19 +530,21 @@ status_metrics_text (void)
   }
   append (&t, "# HELP qmpbackupfs_restore_points Restore points in the store.\n"
           "# TYPE qmpbackupfs_restore_points gauge\n");
-  char *stored = NULL, *newest = NULL;
+  char *stored = NULL, *newest = NULL, *damaged = NULL;
   for (size_t i = 0; i < n; i++) {
     fs_vm *vm = vms_find (names[i]);
     if (!vm) continue;
     vm_scan *s = vm_scan_get (vm);
     for (size_t d = 0; s->v && d < s->v->ndisks; d++) {
       const store_disk *dk = &s->v->disks[d];
-      size_t pts = 0;
+      size_t pts = 0, bad = 0;
       uint64_t bytes = 0;
       int64_t t_us = 0;
       for (size_t c = 0; c < dk->nchains; c++)
         for (size_t k = 0; k < dk->chains[c].n; k++) {
           pts++;
+          if (restore_point_damage (vm->name, dk->name, &dk->chains[c], k))
+            bad++;
           bytes += dk->chains[c].layers[k].file_size;
           if (dk->chains[c].layers[k].time_us > t_us)
             t_us = dk->chains[c].layers[k].time_us;
@@ -552,6 +554,8 @@ status_metrics_text (void)
               dk->name, (unsigned long long) bytes);
       append (&newest, "qmpbackupfs_last_restore_point_timestamp_seconds{vm=\"%s\",disk=\"%s\"} %lld\n",
               vm->name, dk->name, (long long) (t_us / 1000000));
+      append (&damaged, "qmpbackupfs_damaged_points{vm=\"%s\",disk=\"%s\"} %zu\n", vm->name,
+              dk->name, bad);
     }
     vm_scan_put (s);
   }
@@ -559,8 +563,11 @@ status_metrics_text (void)
           "# TYPE qmpbackupfs_stored_bytes gauge\n%s", stored ? stored : "");
   append (&t, "# HELP qmpbackupfs_last_restore_point_timestamp_seconds Time of the newest restore point.\n"
           "# TYPE qmpbackupfs_last_restore_point_timestamp_seconds gauge\n%s", newest ? newest : "");
+  append (&t, "# HELP qmpbackupfs_damaged_points Restore points that cannot be read whole.\n"
+          "# TYPE qmpbackupfs_damaged_points gauge\n%s", damaged ? damaged : "");
   free (stored);
   free (newest);
+  free (damaged);
   for (size_t i = 0; i < n; i++)
     free (names[i]);
   free (names);

@@ -122,6 +122,8 @@ for vm in vt vl vd; do
   dmg=$(fault_status $vm 'd["disks"][0]["damaged_points"]')
   want=3; [ $vm = vd ] && want=2
   [ "$dmg" -ge $want ] || qb_die "$vm: status marks $dmg points damaged, want $want: $(cat "$T/status.json")"
+  m=$(sed -n "s/^qmpbackupfs_damaged_points{vm=\"$vm\",disk=\"drive0\"} //p" "$mnt/.metrics")
+  [ "$m" = "$dmg" ] || qb_die "$vm: .metrics says ${m:-nothing} damaged points, status $dmg"
   qb_log "$vm: $dmg points damaged: $(fault_status $vm '[x["damage"] for x in d["disks"][0]["damage"]][:1]')"
   _qb_alive "$FS_PID" || qb_die "qmpbackupfs died"
 done
