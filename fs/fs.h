@@ -319,6 +319,10 @@ void fs_log_init (bool foreground);
  * peers cannot forge lines or send terminal escapes). */
 void fs_log (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 
+/* Copy IN into OUT (OUTLEN bytes) as the log writes text: control bytes, DEL
+ * and bytes >= 0x80 as \xNN, "..." when it does not fit. */
+void fs_log_escape (const char *in, char *out, size_t outlen);
+
 /* ---- the tree (tree.c) ---- */
 
 extern const struct fuse_lowlevel_ops fs_ops;

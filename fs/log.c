@@ -29,8 +29,8 @@ fs_log_init (bool foreground)
  * \xNN; truncated with "..." when it does not fit.  (Backslashes stay: text
  * from peers arrives already escaped by the wire clients, and a backslash
  * cannot forge a line or drive a terminal.) */
-static void
-log_escape (const char *in, char *out, size_t outlen)
+void
+fs_log_escape (const char *in, char *out, size_t outlen)
 {
   static const char hex[] = "0123456789abcdef";
   size_t o = 0;
@@ -61,7 +61,7 @@ fs_log (const char *fmt, ...)
   va_start (ap, fmt);
   vsnprintf (raw, sizeof raw, fmt, ap);
   va_end (ap);
-  log_escape (raw, line, sizeof line);
+  fs_log_escape (raw, line, sizeof line);
   fprintf (stderr, "qmpbackupfs: %s\n", line);
   if (log_syslog)
     syslog (LOG_WARNING, "%s", line);

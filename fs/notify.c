@@ -27,23 +27,6 @@ typedef struct notify_job {
   const char *hook;           /* "on_success" or "on_failure" */
 } notify_job;
 
-/* Copy S into a malloc'd string with every control byte, DEL and byte >= 0x80
- * written as \xNN, as the log writes them. */
-static char *
-notify_escape (const char *s)
-{
-  size_t n = strlen (s);
-  char *out = qb_calloc (n * 4 + 1, 1), *o = out;
-  for (const unsigned char *p = (const unsigned char *) s; *p; p++) {
-    if (*p < 0x20 || *p >= 0x7f)
-      o += sprintf (o, "\\x%02x", *p);
-    else
-      *o++ = (char) *p;
-  }
-  *o = '\0';
-  return out;
-}
-
 /* Sleep MS milliseconds. */
 static void
 notify_sleep_ms (unsigned ms)
@@ -124,7 +107,10 @@ notify_backup_end (fs_vm *vm, const char *level, const char *point, const char *
             "of this VM is still running\"", vm->name, hook);
     return;
   }
-  char *esc = notify_escape (reason ? reason : "");
+  const char *why = reason ? reason : "";
+  size_t esclen = strlen (why) * 4 + 16;   /* room for every byte as \xNN: never cut */
+  char *esc = qb_calloc (esclen, 1);
+  fs_log_escape (why, esc, esclen);
   char *extra[7] = {
     qb_asprintf ("QB_VM=%s", vm->name),
     qb_asprintf ("QB_LEVEL=%s", level),
