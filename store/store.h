@@ -40,6 +40,7 @@
 #define QB_STORE_H
 
 #include "chain.h"
+#include "retention.h"
 
 #include <json-c/json.h>
 #include <stdbool.h>
@@ -291,6 +292,27 @@ int store_points_remove (store *st, const char *vm, char *const *ids, size_t n,
  * the journal is DIR/.rewrite.json.  The caller locks DIR. */
 int store_folder_points_remove (const char *dir, char *const *ids, size_t n,
                                 const store_remove_opts *o, store_remove_result *res);
+
+/* One restore point as prune judged it. */
+typedef struct store_prune_point {
+  char id[40];
+  char display[48];
+  int64_t time_us;
+  uint64_t bytes;      /* bytes of its layer files (all disks) */
+  bool keep;
+  const char *why;     /* the rule that kept it (static), NULL when it goes */
+  bool pinned;         /* holds a disk's newest layer: always kept */
+  bool damaged;
+} store_prune_point;
+
+/* Apply retention POLICY (retention.h) to VM's restore points, the caller
+ * holding the VM's lock: every point the policy does not keep is removed
+ * as store_points_remove does (O->dry_run: only decided).  *PTS (malloc'd,
+ * *N entries, oldest first) says what was decided for each point.  0, or
+ * -1 (QB_EINVAL for an empty policy, or store_points_remove's errors). */
+int store_prune (store *st, const char *vm, const store_retention *policy,
+                 const store_remove_opts *o, store_prune_point **pts, size_t *n,
+                 store_remove_result *res);
 
 /* Finish VM's interrupted chain rewrite, if any (caller holds the lock):
  * 0 when there was none, 1 when one was finished, -1 when it cannot go on
