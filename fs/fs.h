@@ -100,7 +100,7 @@ typedef struct fs_vm {
   vm_scan *scan;
   char *scan_stamp;
   uint64_t scan_checked_ms;
-  struct timespec scan_points_mtime; /* .points dir mtime at the last check */
+  struct timespec scan_points_mtime; /* store_vm_changed at the last check */
   /* engine_info cache, refreshed by one thread of its own per VM (never
    * a FUSE worker), so a VM whose QMP never answers holds no reader long */
   json_object *info;

@@ -621,8 +621,8 @@ rel_dir (const char *rel)
 }
 
 /* The name a FULL takes when it absorbs layer TOP ("INC-x" -> "FULL-x"). */
-static char *
-full_name_for (const store_layer *top)
+char *
+store_fold_name (const store_layer *top)
 {
   const char *rest = strchr (top->name, '-');
   return qb_asprintf ("FULL%s", rest ? rest : "-");
@@ -658,7 +658,7 @@ plan_chain (const rw_unit *u, plan *p, const char *disk, const store_chain *c, c
   if (f > 0) {
     /* Fold layers 1..f into the FULL, which takes point f's name.  The FULL
        changes in place: readers of the points that go are locked out. */
-    char *newname = full_name_for (&c->layers[f]);
+    char *newname = store_fold_name (&c->layers[f]);
     char *newrel = strcmp (dir, ".") == 0 ? qb_strdup (newname) : qb_asprintf ("%s/%s", dir, newname);
     json_object_array_add (p->busy, json_object_new_string (newrel));
     for (size_t i = 0; i < f; i++)

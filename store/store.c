@@ -1307,3 +1307,160 @@ store_point_open (store *st, const store_chain *c, size_t idx)
   free (names);
   return ci;
 }
+
+/* ---- Change stamps (for readers that cache scans) ---- */
+
+/* Append "REL mtime ino;" of REL beneath DIRFD (no link followed) to *S. */
+static void
+stamp_add (char **s, int dirfd, const char *rel)
+{
+  struct stat sb;
+  if (fstatat (dirfd, rel, &sb, AT_SYMLINK_NOFOLLOW) == -1)
+    memset (&sb, 0, sizeof sb);
+  char *n = qb_asprintf ("%s%s %lld.%09ld %llu;", *s ? *s : "", rel,
+                         (long long) sb.st_mtim.tv_sec, sb.st_mtim.tv_nsec,
+                         (unsigned long long) sb.st_ino);
+  free (*s);
+  *s = n;
+}
+
+/* The newest mtime of VM's folder and its records folder (see store.h). */
+struct timespec
+store_vm_changed (store *st, const char *vm)
+{
+  struct timespec t = { 0, 0 };
+  int vmfd = store_vm_open (st, vm);
+  if (vmfd < 0) {
+    qb_error_clear ();
+    return t;
+  }
+  struct stat a, b;
+  if (fstat (vmfd, &a) == 0)
+    t = a.st_mtim;
+  if (fstatat (vmfd, STORE_POINTS_DIR, &b, AT_SYMLINK_NOFOLLOW) == 0
+      && (b.st_mtim.tv_sec > t.tv_sec
+          || (b.st_mtim.tv_sec == t.tv_sec && b.st_mtim.tv_nsec > t.tv_nsec)))
+    t = b.st_mtim;
+  close (vmfd);
+  return t;
+}
+
+/* A string that changes whenever any folder of VM changes (see store.h). */
+char *
+store_vm_stamp (store *st, const char *vm)
+{
+  char *s = qb_strdup ("");
+  int vmfd = store_vm_open (st, vm);
+  if (vmfd < 0) {
+    qb_error_clear ();
+    return s;
+  }
+  stamp_add (&s, vmfd, ".");
+  int dfd = openat (vmfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR *d = dfd >= 0 ? fdopendir (dfd) : NULL;
+  if (!d && dfd >= 0)
+    close (dfd);
+  struct dirent *de;
+  while (d && (de = readdir (d)) != NULL) {
+    if (strcmp (de->d_name, ".") == 0 || strcmp (de->d_name, "..") == 0
+        || strcmp (de->d_name, STORE_LOCK_FILE) == 0)
+      continue;
+    struct stat sb;
+    if (fstatat (vmfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR (sb.st_mode))
+      continue;
+    stamp_add (&s, vmfd, de->d_name);
+    if (!store_is_month (de->d_name))
+      continue;
+    int mfd = qb_openat_nofollow (vmfd, de->d_name, O_RDONLY | O_DIRECTORY);
+    DIR *m = mfd >= 0 ? fdopendir (mfd) : NULL;
+    if (!m && mfd >= 0)
+      close (mfd);
+    struct dirent *me;
+    while (m && (me = readdir (m)) != NULL) {
+      if (me->d_name[0] == '.')
+        continue;
+      char *rel = qb_asprintf ("%s/%s", de->d_name, me->d_name);
+      stamp_add (&s, vmfd, rel);
+      free (rel);
+    }
+    if (m)
+      closedir (m);
+  }
+  if (d)
+    closedir (d);
+  close (vmfd);
+  return s;
+}
+
+/* ---- Telling folders apart (for tools given a path) ---- */
+
+/* True if directory PATH holds a layer file (FULL-/INC-/COPY-...). */
+static bool
+dir_has_layers (const char *path)
+{
+  DIR *d = opendir (path);
+  if (!d)
+    return false;
+  bool found = false;
+  struct dirent *de;
+  while (!found && (de = readdir (d)) != NULL)
+    found = strncmp (de->d_name, "FULL-", 5) == 0 || strncmp (de->d_name, "INC-", 4) == 0
+      || strncmp (de->d_name, "COPY-", 5) == 0;
+  closedir (d);
+  return found;
+}
+
+/* True if PATH/NAME exists (not following a link). */
+static bool
+has_entry (const char *path, const char *name)
+{
+  char *p = qb_asprintf ("%s/%s", path, name);
+  struct stat sb;
+  bool r = lstat (p, &sb) == 0;
+  free (p);
+  return r;
+}
+
+/* True if folder PATH holds a VM's records or lock (see store.h). */
+bool
+store_path_has_vm_state (const char *path)
+{
+  return has_entry (path, STORE_POINTS_DIR) || has_entry (path, STORE_LOCK_FILE);
+}
+
+/* True if PATH looks like a VM folder (see store.h). */
+bool
+store_path_is_vm (const char *path)
+{
+  if (store_path_has_vm_state (path))
+    return !dir_has_layers (path);
+  if (dir_has_layers (path))
+    return false;
+  DIR *d = opendir (path);
+  if (!d)
+    return false;
+  bool found = false;
+  struct dirent *de;
+  while (!found && (de = readdir (d)) != NULL) {
+    if (!qb_name_is_safe (de->d_name))
+      continue;
+    char *sub = qb_asprintf ("%s/%s", path, de->d_name);
+    found = dir_has_layers (sub);
+    if (!found && store_is_month (de->d_name)) {
+      DIR *m = opendir (sub);
+      struct dirent *me;
+      while (m && !found && (me = readdir (m)) != NULL)
+        if (qb_name_is_safe (me->d_name)) {
+          char *mm = qb_asprintf ("%s/%s", sub, me->d_name);
+          found = dir_has_layers (mm);
+          free (mm);
+        }
+      if (m)
+        closedir (m);
+    }
+    free (sub);
+  }
+  closedir (d);
+  return found;
+}
+
