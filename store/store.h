@@ -295,12 +295,13 @@ typedef struct store_prune_point {
   bool keep;
   const char *why;     /* the rule that kept it (static), NULL when it goes */
   bool pinned;         /* holds a disk's newest layer: always kept */
-  bool damaged;
+  bool damaged;        /* a layer of it lies in a damaged chain: kept, left as it is */
 } store_prune_point;
 
 /* Apply retention POLICY (retention.h) to VM's restore points, the caller
  * holding the VM's lock: every point the policy does not keep is removed
- * as store_points_remove does (O->dry_run: only decided).  *PTS (malloc'd,
+ * as store_points_remove does (O->dry_run: only decided); points in a
+ * damaged chain are kept and left as they are.  *PTS (malloc'd,
  * *N entries, oldest first) says what was decided for each point.  0, or
  * -1 (QB_EINVAL for an empty policy, or store_points_remove's errors). */
 int store_prune (store *st, const char *vm, const store_retention *policy,
