@@ -220,7 +220,7 @@ static void
 add_restore_image (json_object *j, const char *id)
 {
   char disp[64];
-  if (id && store_id_display (id, disp, sizeof disp) == 0) {
+  if (id && store_id_display (id, store_get_names (fs_cfg.st), disp, sizeof disp) == 0) {
     char name[80];
     snprintf (name, sizeof name, "%s.img", disp);
     json_object_object_add (j, "restore_image", json_object_new_string (name));

@@ -20,6 +20,7 @@
 struct store {
   char *root;            /* absolute, no symbolic link in it */
   int rootfd;            /* O_PATH descriptor of the root: walks start here */
+  store_names names;     /* how the mount and the tools name restore points */
 };
 
 /* One disk entry of a record. */

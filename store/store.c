@@ -387,21 +387,54 @@ store_id_valid (const char *id)
   return id && parse_our_id (id, NULL, NULL);
 }
 
-/* "2026-11-26T04:50:00Z[_02]" for ID. */
+/* The mount's name of ID in STYLE (see store.h): the one formatter of restore
+ * point names. */
 int
-store_id_display (const char *id, char *buf, size_t len)
+store_id_display (const char *id, store_names style, char *buf, size_t len)
 {
   int64_t t;
   int seq;
   if (!parse_our_id (id, &t, &seq))
     return -1;
+  time_t secs = (time_t) (t / 1000000);
+  struct tm tm;
+  gmtime_r (&secs, &tm);
   char base[32];
-  qb_format_utc (t, base, sizeof base);
+  strftime (base, sizeof base,
+            style == STORE_NAMES_ISO ? "%Y-%m-%dT%H:%M:%SZ" : "%Y-%m-%dT%H%M%SZ", &tm);
   if (seq > 1)
     snprintf (buf, len, "%s_%02d", base, seq);
   else
     snprintf (buf, len, "%s", base);
   return 0;
+}
+
+/* The style named WORD ("safe" or "iso") into *STYLE; 0, or -1 (QB_EINVAL). */
+int
+store_names_parse (const char *word, store_names *style)
+{
+  if (word && strcmp (word, "safe") == 0)
+    *style = STORE_NAMES_SAFE;
+  else if (word && strcmp (word, "iso") == 0)
+    *style = STORE_NAMES_ISO;
+  else
+    return qb_error_set (QB_EINVAL, "names=%s: expected safe (2026-11-26T045000Z.img, "
+                         "the default) or iso (2026-11-26T04:50:00Z.img)", word ? word : "");
+  return 0;
+}
+
+/* Name restore points of ST in STYLE from now on (before any scan). */
+void
+store_set_names (store *st, store_names style)
+{
+  st->names = style;
+}
+
+/* The style restore points of ST are named in. */
+store_names
+store_get_names (const store *st)
+{
+  return st->names;
 }
 
 /* True for "YYYY-MM". */

@@ -293,8 +293,6 @@ static json_object *
 txn_record (const store_txn *t, json_object *extra)
 {
   json_object *o = json_object_new_object ();
-  char disp[64];
-  store_id_display (t->id, disp, sizeof disp);
   char when[32];
   qb_format_utc (t->time_us, when, sizeof when);
   json_object_object_add (o, "version", json_object_new_int (1));
