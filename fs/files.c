@@ -291,6 +291,26 @@ fsent_get (uint32_t slot, int *err)
   return e;
 }
 
+/* Close the cached file systems of VM that nobody uses now (see fs.h). */
+void
+files_cache_drop_idle (const char *vm)
+{
+  fsent *drop[sizeof cache / sizeof cache[0]];
+  size_t nd = 0;
+  pthread_mutex_lock (&cache_lock);
+  for (size_t i = 0; i < ncache;) {
+    const fslot *sl = slot_by_num (cache[i]->slot);
+    if (cache[i]->refs == 0 && sl && strcmp (sl->vm, vm) == 0) {
+      drop[nd++] = cache[i];
+      cache[i] = cache[--ncache];
+    } else
+      i++;
+  }
+  pthread_mutex_unlock (&cache_lock);
+  for (size_t i = 0; i < nd; i++)
+    fsent_free (drop[i]);
+}
+
 /* See files-int.h. */
 void
 fsent_put (fsent *e)

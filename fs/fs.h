@@ -242,6 +242,11 @@ void xattr_point_get (fuse_req_t req, const char *vm, const xattr_point *p, cons
 
 /* ---- the guest's files (files.c) ---- */
 
+/* Close the cached guest file systems of VM that nobody reads now, so that
+ * they hold no restore point open (a removal that rewrites a FULL in place
+ * waits for readers). */
+void files_cache_drop_idle (const char *vm);
+
 /* FUSE inodes with this bit are guest files: bits 32..61 the (point,
  * partition) slot, bits 0..31 the guest inode. */
 #define FILES_INO_BIT (UINT64_C (1) << 62)

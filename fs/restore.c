@@ -189,8 +189,10 @@ restore_vm_points (const store_vm *v, const store_layer ***out)
   for (size_t k = 0; k < v->ndisks; k++)
     for (size_t c = 0; c < v->disks[k].nchains; c++)
       for (size_t i = 0; i < v->disks[k].chains[c].n; i++)
-        all[n++] = &v->disks[k].chains[c].layers[i];
-  qsort (all, n, sizeof *all, cmp_layer_time);
+        if (!v->disks[k].chains[c].layers[i].removing)   /* going: not listed */
+          all[n++] = &v->disks[k].chains[c].layers[i];
+  if (n > 1)
+    qsort (all, n, sizeof *all, cmp_layer_time);
   /* one entry per point: the disks of a point share its id (and display) */
   size_t u = 0;
   for (size_t i = 0; i < n; i++) {
