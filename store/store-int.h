@@ -13,6 +13,7 @@
 #define STORE_SIDECAR_DIR ".chain"   /* <disk dir>/.chain/<layer>.json: the layer's own record */
 #define STORE_LOCK_FILE ".lock"
 #define STORE_TMP_PREFIX ".tmp-"
+#define STORE_REWRITE_JOURNAL ".rewrite.json" /* <unit>/.rewrite.json: a chain rewrite under way */
 #define STORE_ID_MAX 40
 #define STORE_RECORD_MAX (1 << 20)   /* a record file bigger than this is not read */
 
@@ -115,5 +116,27 @@ int store_json_write_at (const store *st, int dfd, const char *path, const char 
 
 /* Set the error for a failed write: ENOSPC becomes the "store is full" message. */
 int store_write_error (const store *st, int errnum, const char *what, const char *path);
+
+/* What an unfinished chain rewrite (rewrite.c) means for readers. */
+typedef struct store_rewrite_state {
+  bool active;           /* a journal is present */
+  bool all_busy;         /* it cannot be read: nothing of the unit is served */
+  char **hide;           /* layers (relative to the unit) of points that go */
+  size_t nhide;
+  char **busy;           /* layers of every chain the rewrite touches */
+  size_t nbusy;
+  char *why;             /* the damage text of busy layers */
+} store_rewrite_state;
+
+/* Read the journal of the unit folder UNITFD (a VM folder, or a disk
+ * folder outside a store) into RS: 0 (RS->active false when there is
+ * none), or -1 for a shortage of descriptors or memory. */
+int store_rewrite_state_load (int unitfd, store_rewrite_state *rs);
+
+/* Free RS's contents. */
+void store_rewrite_state_clear (store_rewrite_state *rs);
+
+/* True when REL is one of the N entries of SET. */
+bool store_rewrite_state_has (char *const *set, size_t n, const char *rel);
 
 #endif

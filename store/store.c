@@ -757,6 +757,37 @@ store_record_read (store *st, const char *vm, const char *id)
   return o;
 }
 
+/* A newer point of DISK in CHAIN than AFTER_ID that the scan lost (see store.h). */
+char *
+store_chain_lost_after (store *st, const char *vm, const char *disk, const char *chain,
+                        const char *after_id)
+{
+  int vmfd = store_vm_open (st, vm);
+  if (vmfd < 0) {
+    qb_error_clear ();
+    return NULL;
+  }
+  store_rec *recs;
+  size_t n;
+  char *reason = NULL;
+  if (store_recs_load (vmfd, vm, &recs, &n, NULL, NULL) == 0) {
+    for (size_t r = 0; r < n && !reason; r++) {
+      if (strcmp (recs[r].id, after_id) <= 0)
+        continue;
+      for (size_t i = 0; i < recs[r].ndisks && !reason; i++) {
+        const store_rec_disk *d = &recs[r].disks[i];
+        if (strcmp (d->name, disk) == 0 && d->chain && strcmp (d->chain, chain) == 0)
+          reason = qb_asprintf ("restore point %s of disk %s is lost (%s is missing or "
+                                "unreadable)", recs[r].id, disk, d->file);
+      }
+    }
+    store_recs_free (recs, n);
+  } else
+    qb_error_clear ();
+  close (vmfd);
+  return reason;
+}
+
 /* The newest record of VM by id, or NULL (QB_ENOENT when there is none). */
 json_object *
 store_record_latest (store *st, const char *vm)
@@ -1188,6 +1219,47 @@ store_layer_open (store *st, const store_layer *l)
   return fd;
 }
 
+/* The reader's side of chain rewrites (rewrite.c): hold a shared lock on
+ * the point's top layer FDS[IDX] (a rewrite that changes this point's
+ * layers in place takes it exclusively), then make sure no rewrite is
+ * removing the point and every layer name still is the file opened.
+ * 0, or -1 with QB_EAGAIN (try again: the chain is being rewritten). */
+static int
+point_guard (store *st, const store_chain *c, size_t idx, const int *fds)
+{
+  const store_layer *top = &c->layers[idx];
+  if (flock (fds[idx], LOCK_SH | LOCK_NB) < 0)
+    return qb_error_set (QB_EAGAIN, "restore point %s is being removed or its chain "
+                         "rewritten: try again in a moment", top->display);
+  const char *rel = layer_rel (st, top);
+  const char *slash = rel ? strchr (rel, '/') : NULL;
+  if (!slash)
+    return 0;
+  char *vm = qb_asprintf ("%.*s", (int) (slash - rel), rel);
+  int vmfd = store_vm_open (st, vm);
+  free (vm);
+  if (vmfd < 0)
+    return qb_error_set (QB_EAGAIN, "restore point %s: its VM folder is gone", top->display);
+  store_rewrite_state rs;
+  int r = store_rewrite_state_load (vmfd, &rs);
+  close (vmfd);
+  if (r < 0)
+    return -1;
+  bool hidden = rs.active && (rs.all_busy || store_rewrite_state_has (rs.hide, rs.nhide, slash + 1));
+  store_rewrite_state_clear (&rs);
+  if (hidden)
+    return qb_error_set (QB_EAGAIN, "restore point %s is being removed", top->display);
+  for (size_t i = 0; i <= idx; i++) {
+    struct stat a, b;
+    const char *lr = layer_rel (st, &c->layers[i]);
+    if (!lr || fstat (fds[i], &a) < 0 || fstatat (st->rootfd, lr, &b, AT_SYMLINK_NOFOLLOW) < 0
+        || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+      return qb_error_set (QB_EAGAIN, "restore point %s: its chain was rewritten while it "
+                           "was being opened: try again", top->display);
+  }
+  return 0;
+}
+
 /* Restore point IDX of C through the chain reader, layers opened safely. */
 chain_image *
 store_point_open (store *st, const store_chain *c, size_t idx)
@@ -1209,8 +1281,12 @@ store_point_open (store *st, const store_chain *c, size_t idx)
     names[i] = c->layers[i].path;
     fds[i] = store_layer_open (st, &c->layers[i]);
     if (fds[i] < 0) {
+      /* The scan said it was there: it went since (a point removed, a
+         chain rewritten).  Missing layers are damage only when the scan
+         says so. */
       if (qb_error_code () == QB_ENOENT)
-        qb_error_set (QB_EDAMAGED, "layer %zu of the chain is missing: %s", i,
+        qb_error_set (QB_EAGAIN, "layer %s went away since the store was read (a restore "
+                      "point was removed or its chain rewritten): look again",
                       c->layers[i].path);
       while (i-- > 0)
         close (fds[i]);
@@ -1218,6 +1294,13 @@ store_point_open (store *st, const store_chain *c, size_t idx)
       free (names);
       return NULL;
     }
+  }
+  if (point_guard (st, c, idx, fds) < 0) {
+    for (size_t i = 0; i <= idx; i++)
+      close (fds[i]);
+    free (fds);
+    free (names);
+    return NULL;
   }
   chain_image *ci = chain_open_fds (fds, names, idx + 1);
   free (fds);

@@ -12,6 +12,7 @@
  *                                        anywhere still proves its chain
  *   STORE/<vm>/.lock                     flock: one backup per VM across processes
  *   <disk dir>/.tmp-<FILE>               a file being written (never visible as a layer)
+ *   STORE/<vm>/.rewrite.json             intent journal of a chain rewrite under way
  *
  * <id> is the UTC time of the backup transaction, "YYYYMMDDTHHMMSSZ", with
  * "_02", "_03", ... appended for further points of the same VM in the same
@@ -39,6 +40,7 @@
 #define QB_STORE_H
 
 #include "chain.h"
+#include "retention.h"
 
 #include <json-c/json.h>
 #include <stdbool.h>
@@ -80,6 +82,9 @@ typedef struct store_layer {
   bool quiesced;       /* from the record */
   char *chain_id;      /* from the record; NULL for seed files */
   char *damage;        /* non-NULL: why this layer (and every point above it) is unusable */
+  bool busy;           /* damage is not damage: a chain rewrite (removal of restore
+                          points) is under way or was interrupted; try again later */
+  bool removing;       /* busy, and this layer's point is being removed: not listed */
 } store_layer;
 
 /* When a chain's FULL is gone (or an INC's record names a chain that is not
@@ -163,6 +168,14 @@ int store_sidecar_remove (int dirfd, const char *name);
 /* The record of restore point ID (new reference), or NULL (QB_ENOENT). */
 json_object *store_record_read (store *st, const char *vm, const char *id);
 
+/* Why disk DISK of VM cannot continue chain CHAIN after its layer of point
+ * AFTER_ID: a newer point's record puts the disk in that chain, but the
+ * scan ends the chain before it (its file is gone, and the bitmap was
+ * reset when it was taken).  The reason (malloc'd), or NULL when no newer
+ * point of that chain is recorded. */
+char *store_chain_lost_after (store *st, const char *vm, const char *disk, const char *chain,
+                              const char *after_id);
+
 /* The newest record of VM (new reference), or NULL when it has none. */
 json_object *store_record_latest (store *st, const char *vm);
 
@@ -226,13 +239,92 @@ void store_txn_free (store_txn *t);
 /* A new random chain id (16 hex digits) into BUF (>= 17 bytes). */
 void store_new_chain_id (char *buf, size_t len);
 
-/* Recovery at start-up for VM (caller holds the lock): roll committed points
+/* Recovery at start-up for VM (caller holds the lock): finish an
+ * interrupted chain rewrite (store_rewrite_resume), roll committed points
  * forward, delete temps that no record names.  Returns the number of files
- * removed or renamed, or -1. */
+ * removed or renamed (a finished rewrite counts one), or -1. */
 int store_recover (store *st, const char *vm);
 
+/* ---- Rewriting chains: removing restore points (rewrite.c) ----
+ *
+ * A restore point is one transaction over all of a VM's disks; removing it
+ * removes its layer on every disk (or on DISK only, for qmprebase rebase).
+ * Every other point keeps reading exactly as before: a FULL that goes is
+ * folded forward (the INCs up to the first kept point are committed into
+ * it and it takes that point's name, FULL-<id>); an INC that goes has its
+ * changes moved into the next kept layer (qemu-img's safe rebase); a chain
+ * whose points all go is deleted.  The newest point of the VM and the
+ * newest layer of each disk are never removed (the next incremental
+ * continues them, so the VM's bitmap always names a chain that exists).
+ *
+ * The operation is journaled (STORE/<vm>/.rewrite.json): a crash at any
+ * step is rolled forward by store_rewrite_resume, which the next backup,
+ * mount and qmprebase run.  While it runs, the scan marks every layer of
+ * the chains it touches busy (not served, not damage) and the layers of
+ * points that go removing.  Readers already holding a point open keep
+ * reading it: a point whose FULL is rewritten in place can only be removed
+ * when nobody has it open (QB_EBUSY otherwise); other points can always
+ * be removed, their open readers keep the removed files' data. */
+
+typedef struct store_remove_opts {
+  bool dry_run;        /* plan only */
+  const char *why;     /* recorded in the journal: "prune", "rebase", "rm" */
+} store_remove_opts;
+
+typedef struct store_remove_result {
+  size_t steps;        /* steps of the plan */
+  uint64_t bytes_before; /* bytes of the files of the chains touched, before */
+  uint64_t bytes_after;  /* the same after (0 for a dry run) */
+} store_remove_result;
+
+/* Remove restore points IDS[0..N-1] of VM (ids as in store_layer.id; on
+ * DISK only when non-NULL), the caller holding the VM's lock.  Finishes an
+ * interrupted rewrite first.  0, or -1: QB_ENOENT (no such point),
+ * QB_EINVAL (the newest point or a disk's newest layer), QB_EDAMAGED (a
+ * damaged chain can only be removed whole), QB_EBUSY (a point whose FULL
+ * is rewritten in place is open for reading; or another rewrite is busy),
+ * or the errors of the steps (the journal then finishes it later). */
+int store_points_remove (store *st, const char *vm, char *const *ids, size_t n,
+                         const char *disk, const store_remove_opts *o,
+                         store_remove_result *res);
+
+/* The same for the disk folder DIR outside a store (see store_scan_folder);
+ * the journal is DIR/.rewrite.json.  The caller locks DIR. */
+int store_folder_points_remove (const char *dir, char *const *ids, size_t n,
+                                const store_remove_opts *o, store_remove_result *res);
+
+/* One restore point as prune judged it. */
+typedef struct store_prune_point {
+  char id[40];
+  char display[48];
+  int64_t time_us;
+  uint64_t bytes;      /* bytes of its layer files (all disks) */
+  bool keep;
+  const char *why;     /* the rule that kept it (static), NULL when it goes */
+  bool pinned;         /* holds a disk's newest layer: always kept */
+  bool damaged;
+} store_prune_point;
+
+/* Apply retention POLICY (retention.h) to VM's restore points, the caller
+ * holding the VM's lock: every point the policy does not keep is removed
+ * as store_points_remove does (O->dry_run: only decided).  *PTS (malloc'd,
+ * *N entries, oldest first) says what was decided for each point.  0, or
+ * -1 (QB_EINVAL for an empty policy, or store_points_remove's errors). */
+int store_prune (store *st, const char *vm, const store_retention *policy,
+                 const store_remove_opts *o, store_prune_point **pts, size_t *n,
+                 store_remove_result *res);
+
+/* Finish VM's interrupted chain rewrite, if any (caller holds the lock):
+ * 0 when there was none, 1 when one was finished, -1 when it cannot go on
+ * yet (QB_EBUSY: a reader holds a point that goes; or the step's error). */
+int store_rewrite_resume (store *st, const char *vm);
+
+/* The same for a disk folder outside a store. */
+int store_folder_rewrite_resume (const char *dir);
+
 /* Remove restore point ID: first the files its record names, then the
- * record (used by qmprebase after merging).  Caller holds the lock. */
+ * record.  Only for points no other point depends on (a COPY).  Caller
+ * holds the lock. */
 int store_point_remove (store *st, const char *vm, const char *id);
 
 /* The mount's name of restore point ID without ".img"

@@ -36,7 +36,6 @@
 #include <unistd.h>
 
 #define EXIT_USAGE 2
-#define MERGING_PREFIX ".merging-"
 
 /* What the command line asked for. */
 typedef struct opts {
@@ -755,136 +754,6 @@ dir_private (const char *dir)
   return 0;
 }
 
-/* Index of this disk's entry (file REL/NAME) in record OBJ's "disks", or -1. */
-static int
-record_disk_index (json_object *obj, const where *w, const char *name)
-{
-  json_object *disks;
-  if (!json_object_object_get_ex (obj, "disks", &disks)
-      || !json_object_is_type (disks, json_type_array))
-    return -1;
-  char *file = qb_asprintf ("%s/%s", w->rel, name);
-  int found = -1;
-  for (size_t i = 0; i < json_object_array_length (disks) && found < 0; i++) {
-    json_object *d = json_object_array_get_idx (disks, i), *f, *n;
-    if (json_object_object_get_ex (d, "file", &f) && json_object_object_get_ex (d, "name", &n)
-        && strcmp (json_object_get_string (f), file) == 0
-        && strcmp (json_object_get_string (n), w->disk) == 0)
-      found = (int) i;
-  }
-  free (file);
-  return found;
-}
-
-/* Records: points 0..K-1 lose this disk (a record left without disks goes),
- * point K's entry becomes the FULL NEWNAME.  Seed layers have no records. */
-static int
-records_update (store *st, const where *w, const store_chain *ch, size_t k,
-                const char *newname, const char *newpath)
-{
-  for (size_t i = 0; i <= k; i++) {
-    const store_layer *l = &ch->layers[i];
-    json_object *obj = store_record_read (st, w->vm, l->id);
-    if (!obj) {
-      qb_error_clear ();
-      continue;             /* a seed layer */
-    }
-    int idx = record_disk_index (obj, w, l->name);
-    if (idx < 0) {
-      json_object_put (obj);
-      continue;
-    }
-    json_object *disks;
-    json_object_object_get_ex (obj, "disks", &disks);
-    int ret;
-    if (i < k) {
-      if (json_object_array_length (disks) == 1)
-        ret = store_point_remove (st, w->vm, l->id);
-      else {
-        json_object_array_del_idx (disks, (size_t) idx, 1);
-        ret = store_record_write (st, w->vm, l->id, obj, true);
-      }
-    } else {
-      json_object *d = json_object_array_get_idx (disks, (size_t) idx);
-      struct stat sb;
-      json_object_object_add (d, "kind", json_object_new_string ("full"));
-      char *file = qb_asprintf ("%s/%s", w->rel, newname);
-      json_object_object_add (d, "file", json_object_new_string (file));
-      free (file);
-      json_object_object_add (d, "prev", NULL);
-      if (stat (newpath, &sb) == 0) {
-        json_object_object_add (d, "bytes", json_object_new_int64 ((int64_t) sb.st_blocks * 512));
-        json_object_object_add (d, "size", json_object_new_int64 ((int64_t) sb.st_size));
-      }
-      ret = store_record_write (st, w->vm, l->id, obj, true);
-    }
-    json_object_put (obj);
-    if (ret < 0)
-      return -1;
-  }
-  return 0;
-}
-
-/* The per-layer record of the merged FULL NEWNAME (file NEWPATH) in disk
- * folder DFD, made from the record of point K's layer TOP (its own
- * .chain record, else its entry in the VM's record REC_K): a FULL, no
- * previous layer, the new length.  NULL when TOP has neither (seed). */
-static json_object *
-sidecar_merged (int dfd, const store_layer *top, json_object *rec_k, const where *w,
-                const char *newname, const char *newpath)
-{
-  json_object *side = store_sidecar_read (dfd, top->name);
-  if (!side && rec_k) {
-    int idx = record_disk_index (rec_k, w, top->name);
-    if (idx >= 0) {
-      json_object *disks, *one = json_object_new_array ();
-      json_object_object_get_ex (rec_k, "disks", &disks);
-      json_object_deep_copy (rec_k, &side, NULL);
-      json_object_array_add (one, json_object_get (json_object_array_get_idx (disks, (size_t) idx)));
-      json_object_object_add (side, "disks", one);
-    }
-  }
-  qb_error_clear ();
-  json_object *disks;
-  if (!side || !json_object_object_get_ex (side, "disks", &disks)
-      || !json_object_is_type (disks, json_type_array) || json_object_array_length (disks) != 1) {
-    json_object_put (side);
-    return NULL;
-  }
-  json_object *d = json_object_array_get_idx (disks, 0), *f;
-  char *file = NULL;
-  if (json_object_object_get_ex (d, "file", &f) && json_object_is_type (f, json_type_string)) {
-    const char *old = json_object_get_string (f);
-    const char *sl = strrchr (old, '/');
-    file = sl ? qb_asprintf ("%.*s/%s", (int) (sl - old), old, newname) : qb_strdup (newname);
-  } else
-    file = qb_asprintf ("%s/%s", w->rel, newname);
-  json_object_object_add (d, "file", json_object_new_string (file));
-  free (file);
-  json_object_object_add (d, "kind", json_object_new_string ("full"));
-  json_object_object_add (d, "prev", NULL);
-  struct stat sb;
-  if (stat (newpath, &sb) == 0) {
-    json_object_object_add (d, "bytes", json_object_new_int64 ((int64_t) sb.st_blocks * 512));
-    json_object_object_add (d, "size", json_object_new_int64 ((int64_t) sb.st_size));
-  }
-  json_object_object_add (side, "layer", json_object_new_string (newname));
-  return side;
-}
-
-/* qemu-img rebase -u FILE onto BACKING (a name relative to FILE's directory). */
-static int
-set_backing (const char *file, const char *backing)
-{
-  char *argv[] = { "qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-b", (char *) backing,
-                   "-F", "qcow2", (char *) file, NULL };
-  if (qb_run (argv, NULL) < 0) {
-    qb_error_prefix ("set the backing file of %s", file);
-    return -1;
-  }
-  return 0;
-}
-
 /* `rebase`: merge layers 1..K into the FULL; exit code. */
 static int
 cmd_rebase (const opts *o)
@@ -896,7 +765,7 @@ cmd_rebase (const opts *o)
   const store_chain *ch;
   size_t k;
   int rc = 1;
-  char *newname = NULL, *newpath = NULL, *mpath = NULL, *mname = NULL;
+  char *newname = NULL;
   int dfd = -1;
 
   if (where_parse (o->dir, &w) < 0 || dir_private (w.dir) < 0) {
@@ -920,8 +789,16 @@ cmd_rebase (const opts *o)
       rc = fail ("rebase");
       goto out;
     }
+    /* An interrupted rewrite is finished first. */
+    if (store_rewrite_resume (st, w.vm) < 0) {
+      rc = fail ("rebase");
+      goto out;
+    }
     store_close (st);
     st = NULL;
+  } else if (!o->dry_run && store_folder_rewrite_resume (w.dir) < 0) {
+    rc = fail ("rebase");
+    goto out;
   }
   if (locate (&w, o->until, &st, &v, &ch, &k) < 0 || check_damage (ch, k, true) < 0) {
     rc = fail ("rebase");
@@ -941,9 +818,6 @@ cmd_rebase (const opts *o)
   }
   /* The merged FULL takes the name of point K ("INC-x" -> "FULL-x"). */
   newname = qb_asprintf ("FULL-%s", top->name + strlen ("INC-"));
-  newpath = qb_asprintf ("%s/%s", w.dir, newname);
-  mname = qb_asprintf (MERGING_PREFIX "%s", newname);
-  mpath = qb_asprintf ("%s/%s", w.dir, mname);
 
   printf ("%s merge %zu INC%s into %s (restore point %s):\n", o->dry_run ? "would" : "will",
           k, k == 1 ? "" : "s", full->name, top->display);
@@ -961,80 +835,26 @@ cmd_rebase (const opts *o)
   }
   fflush (stdout);
 
-  /* 1. Take the FULL's name away first: while it holds newer data, no name shows it. */
-  if (rename (full->path, mpath) < 0) {
-    qb_error_set_errno (errno, "rename %s", full->path);
-    rc = fail ("rebase");
-    goto out;
-  }
-  qb_fsync_dir (w.dir);
-  /* 2. Link the layers by name (seed INCs are standalone; ours may name another path). */
-  for (size_t i = 1; i <= k; i++)
-    if (set_backing (ch->layers[i].path, i == 1 ? mname : ch->layers[i - 1].name) < 0) {
-      fprintf (stderr, "qmprebase: rebase: %s; the data is intact in %s and the INC files\n",
-               qb_error_msg (), mpath);
-      goto out;
-    }
-  /* 3. Commit the whole chain into the FULL. */
+  /* One journaled store operation: a crash at any step is finished by the
+     next backup, mount or qmprebase run. */
   {
-    char *argv[] = { "qemu-img", "commit", "-q", "-d", "-f", "qcow2", "-b", mpath,
-                     (char *) top->path, NULL };
-    if (qb_run (argv, NULL) < 0 || qb_fsync_path (mpath) < 0) {
-      fprintf (stderr, "qmprebase: rebase: qemu-img commit failed: %s\n"
-               "qmprebase: the chain is left as %s + %s..%s (data intact; not merged)\n",
-               qb_error_msg (), mpath, ch->layers[1].name, top->name);
-      goto out;
-    }
-  }
-  /* 4. Records: the new FULL's own record first, then the VM's records:
-     older points lose this disk, point K's layer is the new FULL. */
-  {
-    json_object *rec_k = st ? store_record_read (st, w.vm, top->id) : NULL;
-    qb_error_clear ();
-    json_object *side = sidecar_merged (dfd, top, rec_k, &w, newname, mpath);
-    json_object_put (rec_k);
-    int r = side ? store_sidecar_write (dfd, newname, side) : 0;
-    json_object_put (side);
+    char **ids = qb_calloc (k, sizeof *ids);
+    for (size_t i = 0; i < k; i++)
+      ids[i] = ch->layers[i].id;
+    store_remove_opts ro = { .why = "rebase" };
+    int r = w.alone ? store_folder_points_remove (w.dir, ids, k, &ro, NULL)
+      : store_points_remove (st, w.vm, ids, k, w.disk, &ro, NULL);
+    free (ids);
     if (r < 0) {
-      rc = fail ("rebase: write the record of the merged FULL");
-      goto out;
-    }
-  }
-  if (!w.alone && records_update (st, &w, ch, k, newname, mpath) < 0) {
-    rc = fail ("rebase: update the restore point records");
-    goto out;
-  }
-  /* 5. Files: merged INCs go, the FULL takes its new name. */
-  for (size_t i = 1; i <= k; i++)
-    if (unlink (ch->layers[i].path) < 0 && errno != ENOENT) {
-      qb_error_set_errno (errno, "remove %s", ch->layers[i].path);
       rc = fail ("rebase");
       goto out;
     }
-  if (rename (mpath, newpath) < 0) {
-    qb_error_set_errno (errno, "rename %s to %s", mpath, newpath);
-    rc = fail ("rebase");
-    goto out;
-  }
-  qb_fsync_dir (w.dir);
-  for (size_t i = 0; i <= k; i++)
-    if (store_sidecar_remove (dfd, ch->layers[i].name) < 0) {
-      rc = fail ("rebase");
-      goto out;
-    }
-  /* 6. The INC above K now continues the new FULL. */
-  if (k + 1 < ch->n && set_backing (ch->layers[k + 1].path, newname) < 0) {
-    rc = fail ("rebase");
-    goto out;
   }
   printf ("%s: merged %zu INC%s; restore point %s is now %s\n", w.disk, k, k == 1 ? "" : "s",
           top->display, newname);
   rc = 0;
  out:
   free (newname);
-  free (newpath);
-  free (mname);
-  free (mpath);
   store_vm_free (v);
   store_unlock (lk);
   store_close (st);
