@@ -80,9 +80,13 @@ def main():
     zone = zoneinfo.ZoneInfo(tzname)
     epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
+    cache = {}
+
     def local(t_us):
         # Whole seconds, rounded down (also before 1970).
-        return (epoch + datetime.timedelta(seconds=t_us // 1000000)).astimezone(zone)
+        if t_us not in cache:
+            cache[t_us] = (epoch + datetime.timedelta(seconds=t_us // 1000000)).astimezone(zone)
+        return cache[t_us]
 
     # Newest first; among equal times the later input line first.
     newest_first = sorted(range(len(times)), key=lambda i: (times[i], i), reverse=True)
@@ -103,7 +107,7 @@ def main():
                     reason[i] = "last"
                 continue
             covered = {bucket_of(option, local(times[i])) for i in reason}
-            taken = []
+            taken = set()
             for i in newest_first:
                 if i in reason or i in passed_over:
                     continue
@@ -115,7 +119,7 @@ def main():
                     continue
                 if len(taken) == count:
                     break
-                taken.append(b)
+                taken.add(b)
                 reason[i] = option
         if "within" in policy and times:
             newest = max(times)
