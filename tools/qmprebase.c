@@ -3,6 +3,8 @@
  *   qmprebase rebase --dir DIR/<disk> [--until ID-or-TIME] [--dry-run]
  *   qmprebase merge  --dir DIR/<disk> --targetfile FILE [--until ID-or-TIME] [--force]
  *   qmprebase list   --dir STORE/<vm> | DIR/<disk> [--json]
+ *   qmprebase prune  --dir STORE/<vm> --keep-last N ... [--dry-run] [--json]
+ *   qmprebase remove --dir STORE/<vm> --point T [--point T2 ...] [--dry-run]
  *
  * DIR/<disk> may also be a copy of a disk folder made anywhere (cp -a): the
  * chain is then proved by the layers' own records in DIR/<disk>/.chain/.
@@ -18,6 +20,7 @@
  * Exit codes: 0 ok, 1 failed, 2 usage. */
 #include "store/store.h"
 #include "store/chain.h"
+#include "tools/prune.h"
 #include "common/error.h"
 #include "common/util.h"
 
@@ -46,6 +49,10 @@ typedef struct opts {
   bool dry_run;
   bool force;
   bool json;
+  store_retention keep;  /* prune */
+  bool keep_given;
+  char **points;         /* remove: --point, in order */
+  size_t npoints;
 } opts;
 
 /* Where --dir points: the store, the VM, the disk, and the directory itself. */
@@ -98,6 +105,45 @@ help (const char *cmd)
             "  --json                one JSON object instead of text\n"
             "  -h, --help            this help\n"
             "  -V, --version         the version\n");
+  else if (cmd && strcmp (cmd, "prune") == 0)
+    printf ("usage: qmprebase prune --dir STORE/<vm> [--keep-last N] [--keep-hourly N]\n"
+            "       [--keep-daily N] [--keep-weekly N] [--keep-monthly N] [--keep-yearly N]\n"
+            "       [--keep-within DURATION] [--dry-run] [--json]\n"
+            "\n"
+            "Remove the restore points of a VM that the retention policy does not keep,\n"
+            "over every disk and chain (monthly folders included).  A point in the middle\n"
+            "of a chain has its changes merged into the next point; the oldest points of\n"
+            "a chain are folded into its FULL; every point kept reads exactly as before.\n"
+            "The newest point is always kept.  Rules as Proxmox Backup Server's prune:\n"
+            "options apply in the order last, hourly, daily, weekly, monthly, yearly;\n"
+            "each keeps the newest point of each of its N most recent periods (local\n"
+            "time; ISO weeks) that holds no point kept already.  --keep-within keeps\n"
+            "every point within DURATION (e.g. 30d, 2w, 1y6m, 36h) of the newest one.\n"
+            "\n"
+            "  --dir STORE/<vm>          the VM folder\n"
+            "  --keep-last N             the N newest points\n"
+            "  --keep-hourly N           one point for each of the last N hours\n"
+            "  --keep-daily N            one point for each of the last N days\n"
+            "  --keep-weekly N           one point for each of the last N weeks\n"
+            "  --keep-monthly N          one point for each of the last N months\n"
+            "  --keep-yearly N           one point for each of the last N years\n"
+            "  --keep-within DURATION    every point within DURATION of the newest\n"
+            "  --dry-run                 say what would be removed, change nothing\n"
+            "  --json                    one JSON object instead of text\n"
+            "  -h, --help                this help\n"
+            "  -V, --version             the version\n");
+  else if (cmd && strcmp (cmd, "remove") == 0)
+    printf ("usage: qmprebase remove --dir STORE/<vm> --point T [--point T2 ...] [--dry-run]\n"
+            "\n"
+            "Remove restore points of a VM, on all of its disks (a point is one\n"
+            "transaction over all disks), as prune removes them: every other point\n"
+            "reads exactly as before.  The newest point is never removed.\n"
+            "\n"
+            "  --dir STORE/<vm>      the VM folder\n"
+            "  --point T             a restore point: its id, or its name under restore/\n"
+            "  --dry-run             check and say what would be done, change nothing\n"
+            "  -h, --help            this help\n"
+            "  -V, --version         the version\n");
   else
     printf ("usage: qmprebase COMMAND --dir FOLDER [OPTIONS]\n"
             "\n"
@@ -105,10 +151,14 @@ help (const char *cmd)
             "  rebase  merge a disk's chain up to a restore point into its FULL, in place\n"
             "  merge   write a restore point as a new raw or qcow2 image\n"
             "  list    show the restore points, chains, sizes and health of a folder\n"
+            "  prune   remove the restore points a retention policy does not keep\n"
+            "  remove  remove chosen restore points\n"
             "\n"
             "  qmprebase rebase --dir DIR/<disk> [--until ID-or-TIME] [--dry-run]\n"
             "  qmprebase merge  --dir DIR/<disk> --targetfile FILE [--until ID-or-TIME] [--force]\n"
             "  qmprebase list   --dir STORE/<vm> | DIR/<disk> [--json]\n"
+            "  qmprebase prune  --dir STORE/<vm> --keep-daily N ... [--dry-run] [--json]\n"
+            "  qmprebase remove --dir STORE/<vm> --point T [--point T2 ...] [--dry-run]\n"
             "\n"
             "DIR is STORE/<vm> (or STORE/<vm>/<YYYY-MM> with monthly chains); a disk folder\n"
             "copied anywhere (cp -a STORE/<vm>/<disk> /tmp/r) works on its own.\n"
@@ -1020,7 +1070,8 @@ cmd_list (const opts *o)
 static bool
 known_command (const char *c)
 {
-  return strcmp (c, "rebase") == 0 || strcmp (c, "merge") == 0 || strcmp (c, "list") == 0;
+  return strcmp (c, "rebase") == 0 || strcmp (c, "merge") == 0 || strcmp (c, "list") == 0
+    || strcmp (c, "prune") == 0 || strcmp (c, "remove") == 0;
 }
 
 int
@@ -1033,6 +1084,14 @@ main (int argc, char **argv)
     { "dry-run", no_argument, NULL, 'n' },
     { "force", no_argument, NULL, 'f' },
     { "json", no_argument, NULL, 'j' },
+    { "keep-last", required_argument, NULL, 'L' },
+    { "keep-hourly", required_argument, NULL, 'H' },
+    { "keep-daily", required_argument, NULL, 'D' },
+    { "keep-weekly", required_argument, NULL, 'W' },
+    { "keep-monthly", required_argument, NULL, 'M' },
+    { "keep-yearly", required_argument, NULL, 'Y' },
+    { "keep-within", required_argument, NULL, 'I' },
+    { "point", required_argument, NULL, 'p' },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
@@ -1049,6 +1108,28 @@ main (int argc, char **argv)
     case 'n': o.dry_run = true; break;
     case 'f': o.force = true; break;
     case 'j': o.json = true; break;
+    case 'L': case 'H': case 'D': case 'W': case 'M': case 'Y': {
+      char *end;
+      errno = 0;
+      unsigned long v = strtoul (optarg, &end, 10);
+      if (errno || *end || !*optarg || optarg[0] == '-' || v == 0 || v > 4294967295UL)
+        return usage_error ("%s needs a whole number from 1 up, not \"%s\"",
+                            argv[optind - 1], optarg);
+      unsigned *f = c == 'L' ? &o.keep.last : c == 'H' ? &o.keep.hourly : c == 'D'
+        ? &o.keep.daily : c == 'W' ? &o.keep.weekly : c == 'M' ? &o.keep.monthly : &o.keep.yearly;
+      *f = (unsigned) v;
+      o.keep_given = true;
+      break;
+    }
+    case 'p':
+      o.points = qb_realloc (o.points, (o.npoints + 1) * sizeof *o.points);
+      o.points[o.npoints++] = optarg;
+      break;
+    case 'I':
+      if (store_retention_parse_duration (optarg, &o.keep.within_us) < 0)
+        return usage_error ("--keep-within %s: %s", optarg, qb_error_msg ());
+      o.keep_given = true;
+      break;
     case 'h': want_help = true; break;
     case 'V': want_version = true; break;
     case ':':
@@ -1062,7 +1143,7 @@ main (int argc, char **argv)
   if (optind < argc)
     o.cmd = argv[optind];
   if (o.cmd && !known_command (o.cmd))
-    return usage_error ("unknown command %s (commands: rebase, merge, list)", o.cmd);
+    return usage_error ("unknown command %s (commands: rebase, merge, list, prune, remove)", o.cmd);
   if (want_help) {
     help (o.cmd);
     return 0;
@@ -1072,11 +1153,33 @@ main (int argc, char **argv)
     return 0;
   }
   if (!o.cmd)
-    return usage_error ("no command given (rebase, merge or list)");
+    return usage_error ("no command given (rebase, merge, list, prune or remove)");
   if (optind + 1 < argc)
     return usage_error ("unexpected argument %s", argv[optind + 1]);
   if (!o.dir)
     return usage_error ("%s needs --dir", o.cmd);
+  if (o.keep_given && strcmp (o.cmd, "prune") != 0)
+    return usage_error ("--keep-... options belong to prune");
+  if (o.npoints && strcmp (o.cmd, "remove") != 0)
+    return usage_error ("--point belongs to remove");
+  if (strcmp (o.cmd, "remove") == 0) {
+    if (o.until || o.target || o.force || o.json)
+      return usage_error ("remove takes only --dir, --point and --dry-run");
+    if (!o.npoints)
+      return usage_error ("remove needs --point T (one or more)");
+    int r = prune_remove_run (o.dir, o.points, o.npoints, o.dry_run);
+    free (o.points);
+    return r;
+  }
+  if (strcmp (o.cmd, "prune") == 0) {
+    if (o.until || o.target || o.force)
+      return usage_error ("prune takes no %s", o.until ? "--until" : o.target ? "--targetfile"
+                          : "--force");
+    if (!o.keep_given)
+      return usage_error ("prune needs at least one --keep-... option (it never removes "
+                          "everything by default)");
+    return prune_run (o.dir, &o.keep, o.dry_run, o.json);
+  }
   if (strcmp (o.cmd, "rebase") == 0) {
     if (o.target || o.force || o.json)
       return usage_error ("rebase takes no %s", o.target ? "--targetfile" : o.force ? "--force"
