@@ -167,6 +167,11 @@ echo "all $nkeep points kept read byte for byte as before (qmprebase merge, qemu
 grep -q ' keep yearly$' "$T/want" || qb_die "the schedule should make yearly keep a point of 2025"
 [ "$(ls "$dir" | grep -c '^FULL-')" -eq 3 ] || qb_die "the second chain should be gone, have: $(ls "$dir" | tr '\n' ' ')"
 
+# The same policy again, with no new point, removes nothing.
+"$QMPREBASE" prune --dir "$vmdir" "${KEEP[@]}" --dry-run > "$T/again.txt"
+grep -q 'all kept: nothing to do' "$T/again.txt" \
+  || { cat "$T/again.txt" >&2; qb_die "a second prune with the same policy would remove more"; }
+
 # The next backup continues the chain.
 qb_guest_write vm1 drive0 "write -P 0x99 3M 128k"
 backup_at 1797904800 inc                            # 2026-12-22T02:00:00Z
