@@ -51,18 +51,22 @@ store_prune (store *st, const char *vm, const store_retention *policy,
   size_t n = 0;
   for (size_t d = 0; d < v->ndisks; d++) {
     const store_disk *sd = &v->disks[d];
-    for (size_t c = 0; c < sd->nchains; c++)
+    for (size_t c = 0; c < sd->nchains; c++) {
+      bool chain_damaged = false;
+      for (size_t i = 0; i < sd->chains[c].n; i++)
+        chain_damaged |= sd->chains[c].layers[i].damage && !sd->chains[c].layers[i].busy;
       for (size_t i = 0; i < sd->chains[c].n; i++) {
         const store_layer *l = &sd->chains[c].layers[i];
         if (l->removing)
           continue;
         size_t k = point_add (&pts, &n, l);
         pts[k].bytes += l->file_size;
-        if (l->damage && !l->busy)
+        if (chain_damaged)
           pts[k].damaged = true;
         if (c + 1 == sd->nchains && i + 1 == sd->chains[c].n)
           pts[k].pinned = true;       /* the disk's newest layer */
       }
+    }
   }
   if (n > 1)
     qsort (pts, n, sizeof *pts, cmp_point);
@@ -82,6 +86,11 @@ store_prune (store *st, const char *vm, const store_retention *policy,
     if (!pts[i].keep && pts[i].pinned) {
       pts[i].keep = true;
       pts[i].why = "newest of a disk";
+    }
+    if (!pts[i].keep && pts[i].damaged) {
+      /* never rewritten: a damaged chain is left as it is for an admin */
+      pts[i].keep = true;
+      pts[i].why = "in a damaged chain: left as it is";
     }
     if (!pts[i].keep)
       ids[nids++] = pts[i].id;

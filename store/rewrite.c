@@ -621,8 +621,8 @@ rel_dir (const char *rel)
 }
 
 /* The name a FULL takes when it absorbs layer TOP ("INC-x" -> "FULL-x"). */
-static char *
-full_name_for (const store_layer *top)
+char *
+store_fold_name (const store_layer *top)
 {
   const char *rest = strchr (top->name, '-');
   return qb_asprintf ("FULL%s", rest ? rest : "-");
@@ -658,7 +658,7 @@ plan_chain (const rw_unit *u, plan *p, const char *disk, const store_chain *c, c
   if (f > 0) {
     /* Fold layers 1..f into the FULL, which takes point f's name.  The FULL
        changes in place: readers of the points that go are locked out. */
-    char *newname = full_name_for (&c->layers[f]);
+    char *newname = store_fold_name (&c->layers[f]);
     char *newrel = strcmp (dir, ".") == 0 ? qb_strdup (newname) : qb_asprintf ("%s/%s", dir, newname);
     json_object_array_add (p->busy, json_object_new_string (newrel));
     for (size_t i = 0; i < f; i++)
@@ -1000,68 +1000,3 @@ store_folder_rewrite_resume (const char *dir)
   return r;
 }
 
-/* ---- what readers see (scan.c, store_point_open) ---- */
-
-/* Add the strings of array KEY of J to the set *S (*N entries). */
-static void
-set_add (json_object *j, const char *key, char ***s, size_t *n)
-{
-  json_object *arr;
-  if (!json_object_object_get_ex (j, key, &arr) || !json_object_is_type (arr, json_type_array))
-    return;
-  for (size_t i = 0; i < json_object_array_length (arr); i++) {
-    json_object *e = json_object_array_get_idx (arr, i);
-    if (!json_object_is_type (e, json_type_string))
-      continue;
-    *s = qb_realloc (*s, (*n + 1) * sizeof **s);
-    (*s)[(*n)++] = qb_strdup (json_object_get_string (e));
-  }
-}
-
-int
-store_rewrite_state_load (int unitfd, store_rewrite_state *rs)
-{
-  memset (rs, 0, sizeof *rs);
-  int e;
-  json_object *j = store_json_load_at (unitfd, STORE_REWRITE_JOURNAL, &e);
-  if (!j) {
-    if (e == ENOENT)
-      return 0;
-    if (e == EMFILE || e == ENFILE || e == ENOMEM || e == EAGAIN || e == EINTR)
-      return store_fs_error (e, "read", STORE_REWRITE_JOURNAL);
-    rs->active = true;
-    rs->all_busy = true;
-    rs->why = qb_asprintf ("the rewrite journal " STORE_REWRITE_JOURNAL " cannot be read (%s): "
-                           "an interrupted removal of restore points cannot finish; look at "
-                           "it, and remove it only once the files it names are as they "
-                           "should be", e ? strerror (e) : "not valid JSON");
-    return 0;
-  }
-  rs->active = true;
-  set_add (j, "hide", &rs->hide, &rs->nhide);
-  set_add (j, "busy", &rs->busy, &rs->nbusy);
-  const char *op = jget_str (j, "op");
-  rs->why = qb_asprintf ("being rewritten (%s of restore points in progress, or interrupted: "
-                         "it finishes at the next backup, mount or qmprebase run): try again "
-                         "in a moment", op ? op : "removal");
-  json_object_put (j);
-  return 0;
-}
-
-void
-store_rewrite_state_clear (store_rewrite_state *rs)
-{
-  store_names_free (rs->hide, rs->nhide);
-  store_names_free (rs->busy, rs->nbusy);
-  free (rs->why);
-  memset (rs, 0, sizeof *rs);
-}
-
-bool
-store_rewrite_state_has (char *const *set, size_t n, const char *rel)
-{
-  for (size_t i = 0; i < n; i++)
-    if (strcmp (set[i], rel) == 0)
-      return true;
-  return false;
-}

@@ -53,8 +53,6 @@ void store_id_format (int64_t t_us, int seq, char *buf, size_t len);
 /* True for a well-formed id of this store ("YYYYMMDDTHHMMSSZ[_NN]"). */
 bool store_id_valid (const char *id);
 
-/* True for a "YYYY-MM" month folder name. */
-bool store_is_month (const char *name);
 
 /* Parse a layer file name (FULL-/INC-/COPY- with an id or a seed epoch).
  * Fills KIND, ID (canonical id), TIME_US, SEQ.  False for anything else,
@@ -138,5 +136,34 @@ void store_rewrite_state_clear (store_rewrite_state *rs);
 
 /* True when REL is one of the N entries of SET. */
 bool store_rewrite_state_has (char *const *set, size_t n, const char *rel);
+
+/* ---- Records (store.c): the on-disk JSON is known only inside store/ ---- */
+
+/* The per-layer record of layer NAME ("<disk dir>/.chain/NAME.json") in the
+ * disk folder DIRFD, read without following a link: a new reference, or
+ * NULL (QB_ENOENT when there is none, QB_EIO when unreadable). */
+json_object *store_sidecar_read (int dirfd, const char *name);
+
+/* Write OBJ as the per-layer record of layer NAME in disk folder DIRFD,
+ * atomically (0600 tmp with O_EXCL|O_NOFOLLOW, fsync, rename, fsync);
+ * .chain is created 0700 when missing.  0, or -1. */
+int store_sidecar_write (int dirfd, const char *name, json_object *obj);
+
+/* Remove the per-layer record of layer NAME in disk folder DIRFD (none is fine). 0 or -1. */
+int store_sidecar_remove (int dirfd, const char *name);
+
+/* The record of restore point ID (new reference), or NULL (QB_ENOENT). */
+json_object *store_record_read (store *st, const char *vm, const char *id);
+
+/* Write REC as the record of restore point ID of VM, atomically (tmp file,
+ * fsync, rename, fsync .points).  Without REPLACE an existing record is an
+ * error (QB_EINVAL); tools that rewrite chains (qmprebase) replace. */
+int store_record_write (store *st, const char *vm, const char *id, json_object *rec,
+                        bool replace);
+
+/* Remove restore point ID: first the files its record names, then the
+ * record.  Only for points no other point depends on (a COPY).  Caller
+ * holds the lock. */
+int store_point_remove (store *st, const char *vm, const char *id);
 
 #endif

@@ -46,6 +46,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 typedef enum store_kind { STORE_FULL, STORE_INC, STORE_COPY } store_kind;
 
@@ -124,6 +125,18 @@ typedef struct store_vm {
  * try again later; no layer is ever marked damaged for it). */
 store_vm *store_scan_vm (store *st, const char *vm);
 
+/* The newest modification time of VM's folder and of its records: it
+ * changes whenever a restore point is committed or removed and at every
+ * step of a chain rewrite (zero when the VM has no folder).  A cheap test
+ * for "scan again". */
+struct timespec store_vm_changed (store *st, const char *vm);
+
+/* A string (malloc'd) that changes whenever any folder of VM changes: the
+ * VM folder, its records, each disk folder, each month folder and its disk
+ * folders (the lock file excluded).  Catches layer files dropped in by
+ * other tools, which store_vm_changed does not. */
+char *store_vm_stamp (store *st, const char *vm);
+
 /* Free a scan. NULL is fine. */
 void store_vm_free (store_vm *v);
 
@@ -152,22 +165,6 @@ chain_image *store_point_open (store *st, const store_chain *c, size_t idx);
  * store_scan_vm, QB_ENOENT/QB_EPERM when PATH is no folder or a link. */
 store_vm *store_scan_folder (const char *path);
 
-/* The per-layer record of layer NAME ("<disk dir>/.chain/NAME.json") in the
- * disk folder DIRFD, read without following a link: a new reference, or
- * NULL (QB_ENOENT when there is none, QB_EIO when unreadable). */
-json_object *store_sidecar_read (int dirfd, const char *name);
-
-/* Write OBJ as the per-layer record of layer NAME in disk folder DIRFD,
- * atomically (0600 tmp with O_EXCL|O_NOFOLLOW, fsync, rename, fsync);
- * .chain is created 0700 when missing.  0, or -1. */
-int store_sidecar_write (int dirfd, const char *name, json_object *obj);
-
-/* Remove the per-layer record of layer NAME in disk folder DIRFD (none is fine). 0 or -1. */
-int store_sidecar_remove (int dirfd, const char *name);
-
-/* The record of restore point ID (new reference), or NULL (QB_ENOENT). */
-json_object *store_record_read (store *st, const char *vm, const char *id);
-
 /* Why disk DISK of VM cannot continue chain CHAIN after its layer of point
  * AFTER_ID: a newer point's record puts the disk in that chain, but the
  * scan ends the chain before it (its file is gone, and the bitmap was
@@ -176,14 +173,10 @@ json_object *store_record_read (store *st, const char *vm, const char *id);
 char *store_chain_lost_after (store *st, const char *vm, const char *disk, const char *chain,
                               const char *after_id);
 
-/* The newest record of VM (new reference), or NULL when it has none. */
+/* The newest record of VM as JSON (new reference), for display only (the
+ * mount's status shows it as it is); NULL when it has none.  Everything
+ * else reads the store through store_scan_vm. */
 json_object *store_record_latest (store *st, const char *vm);
-
-/* Write REC as the record of restore point ID of VM, atomically (tmp file,
- * fsync, rename, fsync .points).  Without REPLACE an existing record is an
- * error (QB_EINVAL); tools that rewrite chains (qmprebase) replace. */
-int store_record_write (store *st, const char *vm, const char *id, json_object *rec,
-                        bool replace);
 
 /* ---- Locking ---- */
 
@@ -302,17 +295,22 @@ typedef struct store_prune_point {
   bool keep;
   const char *why;     /* the rule that kept it (static), NULL when it goes */
   bool pinned;         /* holds a disk's newest layer: always kept */
-  bool damaged;
+  bool damaged;        /* a layer of it lies in a damaged chain: kept, left as it is */
 } store_prune_point;
 
 /* Apply retention POLICY (retention.h) to VM's restore points, the caller
  * holding the VM's lock: every point the policy does not keep is removed
- * as store_points_remove does (O->dry_run: only decided).  *PTS (malloc'd,
+ * as store_points_remove does (O->dry_run: only decided); points in a
+ * damaged chain are kept and left as they are.  *PTS (malloc'd,
  * *N entries, oldest first) says what was decided for each point.  0, or
  * -1 (QB_EINVAL for an empty policy, or store_points_remove's errors). */
 int store_prune (store *st, const char *vm, const store_retention *policy,
                  const store_remove_opts *o, store_prune_point **pts, size_t *n,
                  store_remove_result *res);
+
+/* The name (malloc'd) a chain's FULL takes when the layers up to TOP are
+ * folded into it: TOP's name with "FULL" for "INC" (FULL-<id of TOP>). */
+char *store_fold_name (const store_layer *top);
 
 /* Finish VM's interrupted chain rewrite, if any (caller holds the lock):
  * 0 when there was none, 1 when one was finished, -1 when it cannot go on
@@ -322,10 +320,17 @@ int store_rewrite_resume (store *st, const char *vm);
 /* The same for a disk folder outside a store. */
 int store_folder_rewrite_resume (const char *dir);
 
-/* Remove restore point ID: first the files its record names, then the
- * record.  Only for points no other point depends on (a COPY).  Caller
- * holds the lock. */
-int store_point_remove (store *st, const char *vm, const char *id);
+/* True if folder PATH holds the records or the lock of a VM of a store
+ * (so PATH is a VM folder, not a disk folder copied somewhere). */
+bool store_path_has_vm_state (const char *path);
+
+/* True if PATH looks like a VM folder: it holds a VM's records or lock and
+ * no layer files, or disk folders (possibly in month folders) below it
+ * hold layer files. */
+bool store_path_is_vm (const char *path);
+
+/* True for a "YYYY-MM" month folder name (the monthly layout). */
+bool store_is_month (const char *name);
 
 /* The mount's name of restore point ID without ".img"
  * ("2026-11-26T04:50:00Z[_02]") into BUF; -1 if ID is not one of ours. */

@@ -157,7 +157,9 @@ help (const char *cmd)
             "  qmprebase rebase --dir DIR/<disk> [--until ID-or-TIME] [--dry-run]\n"
             "  qmprebase merge  --dir DIR/<disk> --targetfile FILE [--until ID-or-TIME] [--force]\n"
             "  qmprebase list   --dir STORE/<vm> | DIR/<disk> [--json]\n"
-            "  qmprebase prune  --dir STORE/<vm> --keep-daily N ... [--dry-run] [--json]\n"
+            "  qmprebase prune  --dir STORE/<vm> [--keep-last N] [--keep-hourly N]\n"
+            "                   [--keep-daily N] [--keep-weekly N] [--keep-monthly N]\n"
+            "                   [--keep-yearly N] [--keep-within DURATION] [--dry-run] [--json]\n"
             "  qmprebase remove --dir STORE/<vm> --point T [--point T2 ...] [--dry-run]\n"
             "\n"
             "DIR is STORE/<vm> (or STORE/<vm>/<YYYY-MM> with monthly chains); a disk folder\n"
@@ -194,14 +196,6 @@ fail (const char *prefix)
   return 1;
 }
 
-/* True for a "YYYY-MM" month folder name. */
-static bool
-is_month (const char *s)
-{
-  return strlen (s) == 7 && s[4] == '-'
-    && strspn (s, "0123456789") == 4 && strspn (s + 5, "0123456789") == 2;
-}
-
 /* Free a where. */
 static void
 where_free (where *w)
@@ -211,70 +205,6 @@ where_free (where *w)
   free (w->disk);
   free (w->dir);
   free (w->rel);
-}
-
-/* True if directory PATH holds a layer file (FULL-/INC-/COPY-...). */
-static bool
-dir_has_layers (const char *path)
-{
-  DIR *d = opendir (path);
-  if (!d)
-    return false;
-  bool found = false;
-  struct dirent *de;
-  while (!found && (de = readdir (d)) != NULL)
-    found = strncmp (de->d_name, "FULL-", 5) == 0 || strncmp (de->d_name, "INC-", 4) == 0
-      || strncmp (de->d_name, "COPY-", 5) == 0;
-  closedir (d);
-  return found;
-}
-
-/* True if PATH/NAME exists (not following a link). */
-static bool
-has_entry (const char *path, const char *name)
-{
-  char *p = qb_asprintf ("%s/%s", path, name);
-  struct stat sb;
-  bool r = lstat (p, &sb) == 0;
-  free (p);
-  return r;
-}
-
-/* True if directory PATH looks like a VM folder: records or a lock, or
- * disk folders (possibly in month folders) below it and no layers in it. */
-static bool
-is_vm_folder (const char *path)
-{
-  if (has_entry (path, ".points") || has_entry (path, ".lock"))
-    return !dir_has_layers (path);
-  if (dir_has_layers (path))
-    return false;
-  DIR *d = opendir (path);
-  if (!d)
-    return false;
-  bool found = false;
-  struct dirent *de;
-  while (!found && (de = readdir (d)) != NULL) {
-    if (!qb_name_is_safe (de->d_name))
-      continue;
-    char *sub = qb_asprintf ("%s/%s", path, de->d_name);
-    found = dir_has_layers (sub);
-    if (!found && is_month (de->d_name)) {
-      DIR *m = opendir (sub);
-      struct dirent *me;
-      while (m && !found && (me = readdir (m)) != NULL)
-        if (qb_name_is_safe (me->d_name)) {
-          char *mm = qb_asprintf ("%s/%s", sub, me->d_name);
-          found = dir_has_layers (mm);
-          free (mm);
-        }
-      if (m)
-        closedir (m);
-    }
-    free (sub);
-  }
-  closedir (d);
-  return found;
 }
 
 /* Scan the VM folder at real path REAL (store root = its parent): NULL with an error. */
@@ -345,7 +275,7 @@ where_parse (const char *dir, where *w)
   struct stat sb;
   if (stat (real, &sb) < 0 || !S_ISDIR (sb.st_mode))
     return qb_error_set (QB_EINVAL, "--dir %s is not a directory", dir);
-  if (is_vm_folder (real))
+  if (store_path_is_vm (real))
     return vm_folder_error (dir, real);
   w->dir = qb_strdup (real);
   char *slash = strrchr (real, '/');
@@ -356,18 +286,17 @@ where_parse (const char *dir, where *w)
   *slash = '\0';
   slash = strrchr (real, '/');
   char *month = NULL;
-  if (slash && slash != real && is_month (slash + 1)) {
+  if (slash && slash != real && store_is_month (slash + 1)) {
     char *vmdir = qb_strdup (real);
     *strrchr (vmdir, '/') = '\0';
-    if (has_entry (vmdir, ".points") || has_entry (vmdir, ".lock")) {
+    if (store_path_has_vm_state (vmdir)) {
       month = qb_strdup (slash + 1);
       *slash = '\0';
       slash = strrchr (real, '/');
     }
     free (vmdir);
   }
-  if (!slash || slash == real || (!month && !has_entry (real, ".points")
-                                  && !has_entry (real, ".lock"))) {
+  if (!slash || slash == real || (!month && !store_path_has_vm_state (real))) {
     /* Outside a store: the folder alone, proved by its own .chain records. */
     free (month);
     w->alone = true;
@@ -867,7 +796,7 @@ cmd_rebase (const opts *o)
     goto out;
   }
   /* The merged FULL takes the name of point K ("INC-x" -> "FULL-x"). */
-  newname = qb_asprintf ("FULL-%s", top->name + strlen ("INC-"));
+  newname = store_fold_name (top);
 
   printf ("%s merge %zu INC%s into %s (restore point %s):\n", o->dry_run ? "would" : "will",
           k, k == 1 ? "" : "s", full->name, top->display);
@@ -1036,7 +965,7 @@ cmd_list (const opts *o)
   where w;
   memset (&w, 0, sizeof w);
   int rc = 1;
-  if (is_vm_folder (real)) {
+  if (store_path_is_vm (real)) {
     v = scan_vm_folder (real, &st);
     if (!v) {
       rc = fail ("list");

@@ -78,41 +78,75 @@ grep -q "^remove" "$T/dry" || qb_die "prune --dry-run names nothing to remove: $
 [ "$(cd "$vmdir" && find . -type f | sort | xargs md5sum)" = "$before" ] || qb_die "a dry run changed the store"
 echo "refusals and dry runs: nothing changed"
 
-# The crash matrix, on copies: remove points 0,1 (fold into 2) and 4,5 (merged into 6).
+# The crash matrix, on copies of a one-disk VM's store: remove point 0 (a fold
+# into point 1) and point 3 (merged into point 4).
+qb_vm_start vm2 disk0:qcow2:8M
+qb_qmp vm2 cont >/dev/null
+qb_guest_write vm2 disk0 "write -P 0x61 0 3M"
+mids=()
+for i in 0 1 2 3 4 5; do
+  if [ $i -gt 0 ]; then
+    qb_guest_write vm2 disk0 "write -P $((0x62 + i)) $((i * 1024 * 1024 + i * 4096)) 192k"
+    qb_guest_write vm2 disk0 "write -z $(( (i - 1) * 1024 * 1024 )) 64k"
+  fi
+  qb_backup_expect 0 vm2 $([ $i -eq 0 ] && echo full || echo inc)
+  qb_capture vm2 disk0 "$T/m$i.raw"
+  mids+=("$(qb_layer_id "$(qb_newest_layer "$T/store/vm2/disk0")")")
+done
 pristine=$T/pristine
-cp -a "$T/store" "$pristine"
+cp -a "$T/store/vm2" "$pristine"
 steps=-1
 for ((k = 0; ; k++)); do
-  rm -rf "$T/c"; cp -a "$pristine" "$T/c"
-  cvm=$T/c/vm1
+  rm -rf "$T/c"; mkdir "$T/c"; cp -a "$pristine" "$T/c/vm2"
+  cvm=$T/c/vm2
   rc=0
-  QB_REWRITE_KILL_AFTER=$k "$QMPREBASE" remove --dir "$cvm" --point "${ids[0]}" \
-    --point "${ids[1]}" --point "${ids[4]}" --point "${ids[5]}" >/dev/null 2>"$T/err" || rc=$?
+  QB_REWRITE_KILL_AFTER=$k "$QMPREBASE" remove --dir "$cvm" --point "${mids[0]}" \
+    --point "${mids[3]}" >/dev/null 2>"$T/err" || rc=$?
   if [ $rc -eq 0 ]; then
     steps=$((k - 1)); break                  # ran to the end: k exceeded the step count
   fi
   [ $rc -eq 137 ] || qb_die "remove killed after step $k: exit $rc ($(cat "$T/err"))"
   [ -e "$cvm/.rewrite.json" ] || qb_die "killed after step $k but no journal"
-  # Interrupted: a point that stays reads exactly, or is refused; never wrong
-  # (the fold's and the merge's targets).
-  for i in 2 6; do
-    for disk in drive0 data1; do
-      rc=0; "$QMPREBASE" merge --dir "$cvm/$disk" --until "${ids[$i]}" \
-        --targetfile "$T/read.raw" --force >/dev/null 2>&1 || rc=$?
-      if [ $rc -eq 0 ]; then
-        cmp -s "$T/read.raw" "$T/p$i.$disk.raw" || qb_die "after step $k point $i of $disk reads WRONG bytes"
-      fi
-    done
+  # Interrupted: the fold's and the merge's targets read exactly, or are refused; never wrong.
+  for i in 1 4; do
+    rc=0; "$QMPREBASE" merge --dir "$cvm/disk0" --until "${mids[$i]}" \
+      --targetfile "$T/read.raw" --force >/dev/null 2>&1 || rc=$?
+    if [ $rc -eq 0 ]; then
+      cmp -s "$T/read.raw" "$T/m$i.raw" || qb_die "after step $k point $i reads WRONG bytes"
+    fi
   done
   # The next qmprebase run finishes the removal (prune keeping everything).
   "$QMPREBASE" prune --dir "$cvm" --keep-last 100 >/dev/null
-  check_points "$cvm" 2 3 6 7
-  gone "$cvm" 0 1 4 5
-  leftovers "$cvm"
+  for i in 1 2 4 5; do qb_check_merge "$cvm/disk0" "${mids[$i]}" "$T/m$i.raw"; done
+  for i in 0 3; do
+    ! ls "$cvm/disk0" | grep -q -- "-${mids[$i]}\$" || qb_die "after step $k point $i still has a layer"
+    [ ! -e "$cvm/.points/${mids[$i]}.json" ] || qb_die "after step $k point $i still has a record"
+  done
+  [ ! -e "$cvm/.rewrite.json" ] || qb_die "after step $k the journal is left over"
+  ! find "$cvm" -name '.tmp-*' | grep -q . || qb_die "after step $k temps are left"
+  for rec in "$cvm/disk0"/.chain/*.json; do
+    [ -e "$cvm/disk0/$(basename "$rec" .json)" ] || qb_die "after step $k orphan record $rec"
+  done
   [ $k -lt 200 ] || qb_die "the journal never ends"
 done
 [ $steps -ge 10 ] || qb_die "the removal had only $steps steps: the matrix proves little"
 echo "crash matrix: killed after each of $steps steps, finished by the next run, points exact"
+
+# Killed in the real store, finished by the next backup (qmpbackup takes the
+# lock and rolls the journal forward before it starts).
+rc=0
+QB_REWRITE_KILL_AFTER=$((steps / 2)) "$QMPREBASE" remove --dir "$T/store/vm2" \
+  --point "${mids[0]}" --point "${mids[3]}" >/dev/null 2>&1 || rc=$?
+[ $rc -eq 137 ] && [ -e "$T/store/vm2/.rewrite.json" ] || qb_die "the kill in the real store did not happen (rc $rc)"
+qb_guest_write vm2 disk0 "write -P 0x7e 5M 64k"
+qb_backup_expect 0 vm2 auto
+[ ! -e "$T/store/vm2/.rewrite.json" ] || qb_die "the backup did not finish the interrupted removal"
+f=$(qb_newest_layer "$T/store/vm2/disk0")
+[[ $f == INC-* ]] || qb_die "the backup after the interrupted removal made $f"
+qb_capture vm2 disk0 "$T/m6.raw"
+mids+=("$(qb_layer_id "$f")")
+for i in 1 2 4 5 6; do qb_check_merge "$T/store/vm2/disk0" "${mids[$i]}" "$T/m$i.raw"; done
+echo "an interrupted removal is finished by the next backup, which continues the chain"
 
 # In the real store: the same removal, then prune, then the next backup continues.
 "$QMPREBASE" remove --dir "$vmdir" --point "${ids[0]}" --point "${ids[1]}" \
