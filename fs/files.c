@@ -36,6 +36,8 @@
 #define TIMEOUT_GUEST 3600.0
 #define NOTE_INO 1                /* the note file of a folder we cannot read */
 #define CLEAN_INO 0               /* files/<point>/pN.NOT-CLEAN.txt (no guest inode 0) */
+#define TABLE_INO UINT32_MAX      /* files/<point>/GPT-BACKUP.txt (of the point's first slot) */
+#define TABLE_NOTE_NAME "GPT-BACKUP.txt"
 #define ROOT_INO EXT2_ROOT_INO
 
 /* One (point, partition): where it is and what it holds. */
@@ -45,6 +47,7 @@ typedef struct fslot {
   uint64_t start, length;
   parttab_probe_result probe;
   char *clean_note;               /* NULL: clean; else why the fs is shown "not clean" */
+  char *table_note;               /* NULL, or why the partitions come from the backup GPT */
 } fslot;
 
 
@@ -58,11 +61,11 @@ static uint64_t tick;
 
 /* ---- slots ---- */
 
-/* The slot (VM, DISK, DISPLAY, NAME) if it exists, else created from PART
- * and PROBE when they are given; its number, or 0 (none). */
+/* The slot (VM, DISK, DISPLAY, NAME) if it exists, else created from PART,
+ * PROBE and the table's KIND when they are given; its number, or 0 (none). */
 static uint32_t
 slot_get (const char *vm, const char *disk, const char *display, const char *name,
-          const parttab_part *part, const parttab_probe_result *probe)
+          const parttab_part *part, const parttab_probe_result *probe, parttab_kind kind)
 {
   uint32_t r = 0;
   pthread_mutex_lock (&slots_lock);
@@ -93,6 +96,13 @@ slot_get (const char *vm, const char *disk, const char *display, const char *nam
         "(quiesced) are clean.\n",
         name, probe->needs_recovery ? "  - its journal needs recovery (not replayed here)\n" : "",
         probe->has_errors ? "  - the file system recorded errors (e2fsck not run)\n" : "");
+    if (kind == PARTTAB_GPT_BACKUP)
+      s->table_note = qb_asprintf (
+        "The primary GPT of this disk (sector 1 and its partition entries) is\n"
+        "damaged in this restore point: its CRC32 does not match.  The partitions\n"
+        "shown here come from the backup GPT at the end of the disk, which is\n"
+        "intact.  The guest's firmware and kernel do the same; gdisk or sgdisk\n"
+        "can rewrite the primary from the backup on a restored copy.\n");
     if (nslots == cap_slots) {
       cap_slots = cap_slots ? cap_slots * 2 : 64;
       slots = qb_realloc (slots, cap_slots * sizeof *slots);
@@ -345,16 +355,16 @@ point_slots (const char *vm, const char *disk, const char *display, uint32_t *ou
     parttab_part whole = { 0, 0, size };
     parttab_probe_result pr;
     parttab_probe (chain_rd, ci, 0, size, &pr);
-    out[k++] = slot_get (vm, disk, display, "fs", &whole, &pr);
+    out[k++] = slot_get (vm, disk, display, "fs", &whole, &pr, kind);
   }
   for (int i = 0; i < n; i++) {
     char name[16];
     snprintf (name, sizeof name, "p%d", parts[i].number);
-    uint32_t sl = slot_get (vm, disk, display, name, NULL, NULL);
+    uint32_t sl = slot_get (vm, disk, display, name, NULL, NULL, kind);
     if (!sl) {
       parttab_probe_result pr;
       parttab_probe (chain_rd, ci, parts[i].start, parts[i].length, &pr);
-      sl = slot_get (vm, disk, display, name, &parts[i], &pr);
+      sl = slot_get (vm, disk, display, name, &parts[i], &pr, kind);
     }
     if (sl)
       out[k++] = sl;
@@ -384,10 +394,15 @@ files_point_list (const char *vm, const char *disk, const char *display,
   int n = point_slots (vm, disk, display, sl);
   if (n < 0)
     return n;
-  *ents = qb_calloc (2 * n + 1, sizeof **ents);
+  *ents = qb_calloc (2 * n + 2, sizeof **ents);
   int k = 0;
   for (int i = 0; i < n; i++) {
     fslot *s = slot_by_num (sl[i]);
+    if (i == 0 && s->table_note) {
+      snprintf ((*ents)[k].name, sizeof (*ents)[k].name, "%s", TABLE_NOTE_NAME);
+      (*ents)[k].ino = files_ino (sl[i], TABLE_INO);
+      (*ents)[k++].mode = S_IFREG;
+    }
     snprintf ((*ents)[k].name, sizeof (*ents)[k].name, "%s", s->name);
     (*ents)[k].ino = files_ino (sl[i], ROOT_INO);
     (*ents)[k++].mode = S_IFDIR;
@@ -455,6 +470,8 @@ note_text (fsent *e, fuse_ino_t ino)
 {
   if ((uint32_t) ino == CLEAN_INO)
     return slot_by_num (e->slot)->clean_note;
+  if ((uint32_t) ino == TABLE_INO)
+    return slot_by_num (e->slot)->table_note;
   return e->note && (uint32_t) ino == NOTE_INO ? e->note : NULL;
 }
 
@@ -474,7 +491,7 @@ attr_ino (fsent *e, fuse_ino_t ino, struct stat *st)
     st->st_size = strlen (text);
     return 0;
   }
-  if (gino == CLEAN_INO)
+  if (gino == CLEAN_INO || gino == TABLE_INO)
     return -ENOENT;
   if (e->note) {
     if (gino == ROOT_INO) {
@@ -850,7 +867,7 @@ files_point_lookup (fuse_req_t req, const char *vm, const char *disk, const char
     if (strcmp (ents[i].name, name) == 0)
       ino = ents[i].ino;
   free (ents);
-  bool is_note = ino && (uint32_t) ino == CLEAN_INO;
+  bool is_note = ino && ((uint32_t) ino == CLEAN_INO || (uint32_t) ino == TABLE_INO);
   if (!ino) {
     fuse_reply_err (req, ENOENT);
     return;
@@ -869,4 +886,53 @@ files_point_lookup (fuse_req_t req, const char *vm, const char *disk, const char
   ep.ino = ep.attr.st_ino = ino;
   ep.entry_timeout = ep.attr_timeout = TIMEOUT_GUEST;
   fuse_reply_entry (req, &ep);
+}
+
+/* True if point DISPLAY of VM/DISK has slots (its table was read). */
+static bool
+point_known (const char *vm, const char *disk, const char *display)
+{
+  bool r = false;
+  pthread_mutex_lock (&slots_lock);
+  for (size_t i = 0; i < nslots && !r; i++)
+    r = strcmp (slots[i]->display, display) == 0 && strcmp (slots[i]->disk, disk) == 0
+      && strcmp (slots[i]->vm, vm) == 0;
+  pthread_mutex_unlock (&slots_lock);
+  return r;
+}
+
+/* See fs.h. */
+json_object *
+files_status_notes (const char *vm, const char *disk, const char *latest)
+{
+  if (latest && !point_known (vm, disk, latest)) {
+    uint32_t sl[PARTTAB_MAX + 1];
+    if (point_slots (vm, disk, latest, sl) < 0)
+      qb_error_clear ();
+  }
+  json_object *a = json_object_new_array ();
+  pthread_mutex_lock (&slots_lock);
+  for (size_t i = 0; i < nslots; i++) {
+    const fslot *s = slots[i];
+    if (strcmp (s->disk, disk) != 0 || strcmp (s->vm, vm) != 0)
+      continue;
+    char *line = NULL;
+    if (s->table_note && (i == 0 || strcmp (slots[i - 1]->display, s->display) != 0)) {
+      line = qb_asprintf ("files: %s: primary GPT damaged: partitions read from the backup GPT",
+                          s->display);
+      json_object_array_add (a, json_object_new_string (line));
+      free (line);
+    }
+    if (!s->clean_note)
+      continue;
+    line = qb_asprintf ("files: %s %s: %s not clean (%s%s%s): shown as on disk", s->display,
+                        s->name, s->probe.ext_name ? s->probe.ext_name : "ext",
+                        s->probe.needs_recovery ? "journal not replayed" : "",
+                        s->probe.needs_recovery && s->probe.has_errors ? ", " : "",
+                        s->probe.has_errors ? "errors recorded" : "");
+    json_object_array_add (a, json_object_new_string (line));
+    free (line);
+  }
+  pthread_mutex_unlock (&slots_lock);
+  return a;
 }

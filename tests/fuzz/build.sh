@@ -50,7 +50,7 @@ for t in "${targets[@]}"; do
     qcow2)  srcs=("$src/store/qcow2.c"); libs=() ;;
     chain)  srcs=("$src/store/qcow2.c" "$src/store/chain.c"); libs=(libqcow) ;;
     control) srcs=("$src/fs/control-parse.c"); libs=(json-c) ;;
-    parttab) srcs=("$src/fs/parttab.c"); libs=() ;;
+    parttab) srcs=("$src/fs/parttab.c"); libs=(zlib) ;;
     *) echo "fuzz: unknown target $t" >&2; exit 2 ;;
   esac
   all=("$src/tests/fuzz/fuzz_$t.c" "${srcs[@]}" "${common[@]}")
