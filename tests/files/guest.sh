@@ -47,7 +47,7 @@ cp "$setfattr" "$T/tools/setfattr"
 mkfs.ext4 -q -F -d "$T/tools" "$T/data.raw" 16M
 qemu-img convert -f raw -O qcow2 "$T/data.raw" "$T/img/vm-data.qcow2"
 # The disk the guest writes: GPT, p1 ext4 (120 MiB), p2 ext4 (24 MiB).
-mkfs.ext4 -q -F -I 256 -L guestp1 "$T/p1.raw" 120M
+mkfs.ext4 -q -F -b 4096 -I 256 -L guestp1 "$T/p1.raw" 120M
 mkfs.ext4 -q -F -L guestp2 "$T/p2.raw" 24M
 python3 "$py/mkdisk.py" "$T/disk.raw" 150 gpt "1:$T/p1.raw" "122:$T/p2.raw"
 qemu-img convert -f raw -O qcow2 "$T/disk.raw" "$T/img/vm-disk.qcow2"
