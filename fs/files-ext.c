@@ -1,5 +1,5 @@
 /* qmpbackupfs — files/: extended attributes and SEEK_DATA/SEEK_HOLE of
- * guest files (the rest is in files.c). */
+ * guest files (the rest is in files.c; NTFS's in files-ntfs.c). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +63,20 @@ files_listxattr (fuse_req_t req, fuse_ino_t ino, size_t size)
     return;
   int r;
   xlist l = { 0 };
+  if (e->ntfs) {
+    r = files_ntfs_listxattr (e->ntfs, (uint32_t) ino, &l.p, &l.len);
+    fsent_put (e);
+    if (r < 0)
+      fuse_reply_err (req, -r);
+    else if (size == 0)
+      fuse_reply_xattr (req, l.len);
+    else if (l.len > size)
+      fuse_reply_err (req, ERANGE);
+    else
+      fuse_reply_buf (req, l.p, l.len);
+    free (l.p);
+    return;
+  }
   struct ext2_xattr_handle *xh = xattrs_load (e, ino, &r);
   if (xh) {
     errcode_t rc = ext2fs_xattrs_iterate (xh, xlist_cb, &l);
@@ -94,6 +108,21 @@ files_getxattr (fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
   int r;
   void *val = NULL;
   size_t vlen = 0;
+  if (e->ntfs) {
+    char *nval = NULL;
+    r = files_ntfs_getxattr (e->ntfs, (uint32_t) ino, name, &nval, &vlen);
+    fsent_put (e);
+    if (r < 0)
+      fuse_reply_err (req, -r);
+    else if (size == 0)
+      fuse_reply_xattr (req, vlen);
+    else if (vlen > size)
+      fuse_reply_err (req, ERANGE);
+    else
+      fuse_reply_buf (req, nval, vlen);
+    free (nval);
+    return;
+  }
   struct ext2_xattr_handle *xh = xattrs_load (e, ino, &r);
   if (xh) {
     errcode_t rc = ext2fs_xattr_get (xh, name, &val, &vlen);
@@ -132,11 +161,12 @@ files_lseek (fuse_req_t req, off_t off, int whence, struct fuse_file_info *fi)
     return;
   }
   pthread_mutex_lock (&e->lock);
-  uint64_t size = h->f ? EXT2_I_SIZE (ext2fs_file_get_inode (h->f)) : strlen (h->text);
+  uint64_t size = h->f ? EXT2_I_SIZE (ext2fs_file_get_inode (h->f))
+    : h->nf ? files_ntfs_file_size (h->nf) : strlen (h->text);
   int64_t res = -1;
   if ((uint64_t) off >= size)
     res = -1;
-  else if (!h->f)
+  else if (!h->f)                 /* notes and NTFS: all data (no hole map) */
     res = whence == SEEK_DATA ? off : (int64_t) size;
   else {
     ext2_ino_t ino = ext2fs_file_get_inode_num (h->f);

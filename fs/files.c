@@ -2,7 +2,8 @@
  * <vm>/<disk>/files/<point>/p1/... (or .../fs/ for a disk without a
  * partition table), read-only, without root and without the kernel mounting
  * anything.  ext2/3/4 are read in-process with libext2fs through an I/O
- * manager of our own over the chain reader (writes refused); other file
+ * manager of our own over the chain reader (writes refused), NTFS with
+ * libntfs-3g over read-only device operations (files-ntfs.c); other file
  * systems show a folder holding NOT-SUPPORTED.txt.
  *
  * Inode numbers: every (point, partition) gets a slot number the first time
@@ -189,11 +190,28 @@ fsent_open (fsent *e)
   if (!ci)
     return -err;
   e->ci = ci;
+  if (s->probe.is_ntfs) {
+    char *why = NULL;
+    e->ntfs = files_ntfs_open (chain_rd, ci, s->start, s->length, &why);
+    if (!e->ntfs) {
+      e->note_name = "ERROR.txt";
+      e->note = qb_asprintf (
+        "The NTFS file system of this partition could not be read:\n  %s\n"
+        "The restore image MOUNT/%s/%s/restore/%s.img holds the raw bytes;\n"
+        "ntfsfix -n or ntfs-3g on a copy of them may tell more.\n",
+        why ? why : "unknown error", s->vm, s->disk, s->display);
+      fs_log ("%s/%s/files/%s/%s: cannot read the NTFS: %s", s->vm, s->disk, s->display,
+              s->name, why ? why : "unknown error");
+    }
+    free (why);
+    e->opened = true;
+    return 0;
+  }
   if (!s->probe.is_ext) {
     e->note_name = "NOT-SUPPORTED.txt";
     e->note = qb_asprintf (
       "This partition holds %s%s%s, which qmpbackupfs cannot show as files\n"
-      "(it reads ext2, ext3 and ext4).\n\n"
+      "(it reads ext2, ext3, ext4 and NTFS).\n\n"
       "To restore from it as root, attach the restore image read-only and\n"
       "mount it read-only:\n"
       "  dev=$(losetup -r -P -f --show MOUNT/%s/%s/restore/%s.img)\n"
@@ -242,6 +260,7 @@ fsent_free (fsent *e)
 {
   if (e->fs)
     ext2fs_close_free (&e->fs);
+  files_ntfs_close (e->ntfs);
   chain_close (e->ci);
   free (e->note);
   pthread_mutex_destroy (&e->lock);
@@ -500,6 +519,13 @@ attr_ino (fsent *e, fuse_ino_t ino, struct stat *st)
     }
     return -ENOENT;
   }
+  if (e->ntfs) {
+    int r = files_ntfs_stat (e->ntfs, gino, st);
+    st->st_ino = files_ino (e->slot, gino);
+    st->st_uid = fs_cfg.uid;
+    st->st_gid = fs_cfg.gid;
+    return r;
+  }
   return attr_guest (e, gino, st);
 }
 
@@ -546,6 +572,8 @@ files_lookup (fuse_req_t req, fuse_ino_t parent, const char *name)
   if (e->note)
     r = (uint32_t) parent == ROOT_INO && strcmp (name, e->note_name) == 0 ? 0 : -ENOENT,
       gino = NOTE_INO;
+  else if (e->ntfs)
+    r = files_ntfs_lookup (e->ntfs, (uint32_t) parent, name, &gino);
   else if (len > EXT2_NAME_LEN)
     r = -ENAMETOOLONG;
   else {
@@ -575,6 +603,16 @@ files_readlink (fuse_req_t req, fuse_ino_t ino)
     return;
   char *buf = NULL;
   int r = 0;
+  if (e->ntfs) {
+    r = files_ntfs_readlink (e->ntfs, (uint32_t) ino, &buf);
+    fsent_put (e);
+    if (r < 0)
+      fuse_reply_err (req, -r);
+    else
+      fuse_reply_readlink (req, buf);
+    free (buf);
+    return;
+  }
   struct ext2_inode in;
   errcode_t rc = e->note ? EXT2_ET_FILE_NOT_FOUND : ext2fs_read_inode (e->fs, (uint32_t) ino, &in);
   uint64_t size = rc ? 0 : EXT2_I_SIZE (&in);
@@ -668,6 +706,20 @@ dirlist_cb (ext2_ino_t dir, int entry, struct ext2_dir_entry *d, int offset, int
   return 0;
 }
 
+/* files_ntfs_readdir callback: one NTFS entry (bounded like ext's). */
+static int
+dirlist_ntfs_cb (void *priv, const char *name, uint32_t gino, mode_t type)
+{
+  dirlist *l = priv;
+  if (l->count >= DIR_MAX_ENTRIES || l->size >= DIR_MAX_BYTES) {
+    l->too_big = true;
+    return 1;
+  }
+  dirlist_add (l, name, files_ino (l->slot, gino), type);
+  l->count++;
+  return 0;
+}
+
 /* See fs.h. */
 void
 files_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -687,6 +739,11 @@ files_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     dirlist_add (l, "..", ino, S_IFDIR);
     if (e->note)
       dirlist_add (l, e->note_name, files_ino (e->slot, NOTE_INO), S_IFREG);
+    else if (e->ntfs) {
+      r = files_ntfs_readdir (e->ntfs, (uint32_t) ino, dirlist_ntfs_cb, l);
+      if (r == -EFBIG || l->too_big)
+        r = -EFBIG;
+    }
     else {
       errcode_t rc = ext2fs_dir_iterate2 (e->fs, (uint32_t) ino, 0, NULL, dirlist_cb, l);
       if (rc)
@@ -768,7 +825,14 @@ files_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     h = qb_calloc (1, sizeof *h);
     h->e = e;
     h->text = note_text (e, ino);
-    if (!h->text) {
+    if (!h->text && e->ntfs) {
+      r = files_ntfs_file_open (e->ntfs, (uint32_t) ino, &h->nf);
+      if (r < 0) {
+        free (h);
+        h = NULL;
+      }
+    }
+    else if (!h->text) {
       errcode_t rc = ext2fs_file_open (e->fs, (uint32_t) ino, 0, &h->f);
       if (rc) {
         r = -ext_errno (rc);
@@ -805,7 +869,14 @@ files_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
   size_t done = 0;
   int err = 0;
   pthread_mutex_lock (&e->lock);
-  if (!h->f) {
+  if (h->nf) {
+    ssize_t n = files_ntfs_file_pread (h->nf, buf, size, off);
+    if (n < 0)
+      err = -n;
+    else
+      done = n;
+  }
+  else if (!h->f) {
     size_t len = strlen (h->text);
     if ((size_t) off < len)
       done = len - off < size ? len - off : size;
@@ -827,7 +898,7 @@ files_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
   if (err) {
     fslot *s = slot_by_num (e->slot);
     fs_log ("%s/%s/files/%s/%s: read of inode %u failed", s->vm, s->disk, s->display,
-            s->name, (unsigned) ext2fs_file_get_inode_num (h->f));
+            s->name, h->f ? (unsigned) ext2fs_file_get_inode_num (h->f) : 0u);
     fuse_reply_err (req, err);
   }
   else
@@ -842,9 +913,12 @@ files_release (struct fuse_file_info *fi)
   fhandle *h = (fhandle *) (uintptr_t) fi->fh;
   if (!h)
     return;
-  if (h->f) {
+  if (h->f || h->nf) {
     pthread_mutex_lock (&h->e->lock);
-    ext2fs_file_close (h->f);
+    if (h->f)
+      ext2fs_file_close (h->f);
+    else
+      files_ntfs_file_close (h->nf);
     pthread_mutex_unlock (&h->e->lock);
   }
   fsent_unref (h->e);

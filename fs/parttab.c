@@ -280,6 +280,7 @@ parttab_probe (parttab_read_fn rd, void *opaque, uint64_t start, uint64_t length
     if (probes[i].name
         && magic_at (rd, opaque, start, length, probes[i].off, probes[i].magic, probes[i].len)) {
       res->fs = probes[i].name;
+      res->is_ntfs = strcmp (res->fs, "ntfs") == 0;
       return;
     }
 }

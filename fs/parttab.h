@@ -40,6 +40,7 @@ typedef struct parttab_probe_result {
   const char *fs;                 /* "ext2/3/4", "xfs", ..., or NULL: unknown */
   const char *ext_name;           /* ext: "ext4" (extents or 64bit), "ext3" (journal), "ext2" */
   bool is_ext;                    /* ext2/3/4: libext2fs can read it */
+  bool is_ntfs;                   /* NTFS (boot sector magic): libntfs-3g may read it */
   bool needs_recovery;            /* ext: the journal has not been replayed */
   bool has_errors;                /* ext: the file system recorded errors */
   bool too_big;                   /* ext: its superblock claims more blocks than the
