@@ -46,6 +46,13 @@ fsent *entry_or_reply (fuse_req_t req, fuse_ino_t ino);
 /* Unlock E and drop the reference of entry_or_reply. */
 void fsent_put (fsent *e);
 
+/* Read up to SIZE bytes at OFF of regular file F of E (E locked) straight
+ * through the block map, contiguous blocks in one read: 0 and the bytes in
+ * *DONE (short only at the end of the file), -errno, or 1 when F needs
+ * ext2fs_file_read (inline data, encrypted). */
+int ext_read_direct (fsent *e, ext2_file_t f, char *buf, size_t size, uint64_t off,
+                     size_t *done);
+
 /* The errno for libext2fs error RC: system errors as they are, the rest EIO. */
 int ext_errno (errcode_t rc);
 

@@ -867,7 +867,7 @@ files_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
     return;
   }
   size_t done = 0;
-  int err = 0;
+  int err = 0, direct;
   pthread_mutex_lock (&e->lock);
   if (h->nf) {
     ssize_t n = files_ntfs_file_pread (h->nf, buf, size, off);
@@ -882,7 +882,10 @@ files_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
       done = len - off < size ? len - off : size;
     memcpy (buf, h->text + (off < (off_t) len ? off : 0), done);
   }
+  else if ((direct = ext_read_direct (e, h->f, buf, size, off, &done)) <= 0)
+    err = -direct;              /* read straight through the block map, or failed */
   else {
+    done = 0;
     errcode_t rc = ext2fs_file_llseek (h->f, off, EXT2_SEEK_SET, NULL);
     while (!rc && done < size) {
       unsigned got = 0;
