@@ -130,9 +130,12 @@ echo inc > "$mnt/vm1/backup" || qb_die "inc 3 failed"
 p3=$(readlink "$mnt/vm1/drive0/files/latest")
 if [ -e "$mnt/vm1/drive0/files/$p3/p1/ERROR.txt" ]; then
   grep -q "could not be read" "$mnt/vm1/drive0/files/$p3/p1/ERROR.txt" || qb_die "ERROR.txt: $(cat "$mnt/vm1/drive0/files/$p3/p1/ERROR.txt")"
+  echo "damaged NTFS: ERROR.txt: $(sed -n 2p "$mnt/vm1/drive0/files/$p3/p1/ERROR.txt")"
 else
   # libntfs-3g may still mount it (the MFT mirror): then reads fail cleanly or succeed
-  find "$mnt/vm1/drive0/files/$p3/p1" > /dev/null 2>&1 || true
+  rc=0
+  find "$mnt/vm1/drive0/files/$p3/p1" > /dev/null 2>&1 || rc=$?
+  echo "damaged NTFS: mounted by libntfs-3g, find exit $rc"
 fi
 [ "$(cat "$v2/etc/hostname")" = ntfshost-2 ] || qb_die "the daemon stopped serving after the damaged NTFS"
 
