@@ -4,7 +4,8 @@
  * tree.c     inode numbers, lookup/getattr/readdir/open/read/write dispatch
  * control.c  the control file <vm>/backup: parse, run the backup
  * status.c   <vm>/status, .status, .metrics
- * restore.c  restore images (chain reader) and the chain/ view
+ * restore.c  restore images (chain reader), the chain/ view, the points of a VM
+ * xattr.c    user.qmpbackup.* attributes of restore images and point folders
  * files.c    the guest's files inside restore points (files/, libext2fs)
  * parttab.c  partition tables and file system probes of guest disks
  * errmap.c   the only place where error codes become errno values
@@ -44,6 +45,9 @@ typedef struct fs_config {
   char *on_success;      /* sh command after a backup that worked, NULL: none */
   char *on_failure;      /* sh command after a backup that failed or was cancelled */
   unsigned notify_timeout; /* seconds a notification may run (default 60) */
+  struct fuse_session *se; /* the session (kernel cache invalidations) */
+  store_retention keep;  /* -o keep=: prune after each backup that worked */
+  bool keep_set;
   uid_t uid;
   gid_t gid;
 } fs_config;
@@ -84,6 +88,7 @@ typedef struct fs_vm {
   char last_id[40];
   char last_reason[512];
   char last_error[1024];
+  char last_prune[512];           /* what -o keep= or rm did last, "" if nothing */
   char last_quiesce_note[256];
   double last_seconds;
   uint64_t last_bytes;
@@ -96,7 +101,7 @@ typedef struct fs_vm {
   vm_scan *scan;
   char *scan_stamp;
   uint64_t scan_checked_ms;
-  struct timespec scan_points_mtime; /* .points dir mtime at the last check */
+  struct timespec scan_points_mtime; /* store_vm_changed at the last check */
   /* engine_info cache, refreshed by one thread of its own per VM (never
    * a FUSE worker), so a VM whose QMP never answers holds no reader long */
   json_object *info;
@@ -171,6 +176,10 @@ const store_layer *restore_latest (const store_vm *v, const char *disk);
 /* Damage text for point IDX of CHAIN (itself or a layer below), or NULL. */
 const char *restore_damage (const store_chain *c, size_t idx);
 
+/* Why point IDX of chain C cannot be opened for a moment (a chain rewrite
+ * is under way: open answers EBUSY), or NULL. */
+const char *restore_busy (const store_chain *c, size_t idx);
+
 /* Like restore_damage, plus damage found while reading point IDX (EIO). */
 const char *restore_point_damage (const char *vm, const char *disk, const store_chain *c,
                                   size_t idx);
@@ -187,6 +196,49 @@ void restore_lseek (fuse_req_t req, off_t off, int whence, struct fuse_file_info
 
 /* Release an open restore image. */
 void restore_release (struct fuse_file_info *fi);
+
+/* ---- the points of a VM: <vm>/points/<T>/<disk>.img (restore.c) ----
+ *
+ * A restore point is one backup transaction over all disks of the VM; each
+ * disk it covers has a layer with the point's id. */
+
+/* One disk's image of a point: point IDX of CHAIN of DISK (borrowed from a scan). */
+typedef struct point_ref {
+  const char *disk;
+  const store_chain *chain;
+  size_t idx;
+} point_ref;
+
+/* The points of V over all its disks in time order: one layer per point
+ * (that of its first disk), a malloc'd array in *OUT; the count. */
+size_t restore_vm_points (const store_vm *v, const store_layer ***out);
+
+/* The disks of point DISPLAY of V, in disk order: a malloc'd array in *OUT
+ * (NULL when none); the count (0: no such point). */
+size_t restore_point_refs (const store_vm *v, const char *display, point_ref **out);
+
+/* The newest point of V no disk of which is damaged, or NULL. */
+const store_layer *restore_vm_latest (const store_vm *v);
+
+/* ---- extended attributes of restore points (xattr.c) ---- */
+
+/* What an inode with user.qmpbackup.* attributes shows: a restore image
+ * (one ref, FOLDER false) or a point folder (a ref per disk, FOLDER true). */
+typedef struct xattr_point {
+  const point_ref *refs;
+  size_t n;
+  bool folder;
+} xattr_point;
+
+/* True if NAME is one of the user.qmpbackup.* names of a restore point. */
+bool xattr_is_point_name (const char *name);
+
+/* FUSE listxattr of point P of VM (SIZE 0: the length only). */
+void xattr_point_list (fuse_req_t req, const char *vm, const xattr_point *p, size_t size);
+
+/* FUSE getxattr NAME of point P of VM: the value without a NUL, or ENODATA. */
+void xattr_point_get (fuse_req_t req, const char *vm, const xattr_point *p, const char *name,
+                      size_t size);
 
 /* ---- the guest's files (files.c) ---- */
 
@@ -266,6 +318,22 @@ void control_write (fuse_req_t req, fs_vm *vm, const char *buf, size_t size);
  * Returns 0 or -errno (the caller replies). */
 int control_touch (fuse_req_t req, fs_vm *vm);
 
+/* ---- removing restore points (remove.c) ---- */
+
+/* rm of MOUNT/VM/DISK/restore/NAME: remove that restore point from the
+ * store, on every disk of VM (a point is one transaction over all disks),
+ * as one journaled store operation.  0, or -errno: ENOENT (no such point),
+ * EBUSY (a backup or another removal runs, or the point must be rewritten
+ * in place while a reader has it open), EPERM (the newest point, or a
+ * disk's newest layer: the next incremental continues it), EIO (failed;
+ * the reason is in the log and the VM's status). */
+int remove_point (fs_vm *vm, const char *disk, const char *name);
+
+/* After a backup of VM that worked, with -o keep=: remove the points the
+ * policy does not keep.  Never fails the backup: what it did or why it
+ * could not is logged and shown in status (tried again after the next). */
+void remove_prune_after_backup (fs_vm *vm);
+
 /* ---- status (status.c) ---- */
 
 /* <vm>/status as a malloc'd JSON text. */
@@ -302,6 +370,10 @@ bool fs_err_is_damage (int code);
 /* The errno a failed backup returns to the writer: EBUSY, EHOSTDOWN, ENOSPC,
  * EINTR (cancelled) or EIO. */
 int fs_backup_errno (int code);
+
+/* The errno a failed removal of a restore point (rm) returns for CODE:
+ * ENOENT, EBUSY (busy, try again), EPERM (never removed), else as fs_err_errno. */
+int fs_remove_errno (int code);
 
 /* ---- notifications (notify.c) ---- */
 

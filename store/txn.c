@@ -293,8 +293,6 @@ static json_object *
 txn_record (const store_txn *t, json_object *extra)
 {
   json_object *o = json_object_new_object ();
-  char disp[64];
-  store_id_display (t->id, disp, sizeof disp);
   char when[32];
   qb_format_utc (t->time_us, when, sizeof when);
   json_object_object_add (o, "version", json_object_new_int (1));
@@ -642,6 +640,9 @@ recover_layer (int vmfd, const char *rel)
 int
 store_recover (store *st, const char *vm)
 {
+  int rw = store_rewrite_resume (st, vm);
+  if (rw < 0)
+    return -1;
   int vmfd = store_vm_open (st, vm);
   if (vmfd < 0)
     return qb_error_code () == QB_ENOENT ? (qb_error_clear (), 0) : -1;
@@ -707,5 +708,5 @@ store_recover (store *st, const char *vm)
   count += pc;
   store_recs_free (recs, n);
   close (vmfd);
-  return ret < 0 ? -1 : count;
+  return ret < 0 ? -1 : count + rw;
 }

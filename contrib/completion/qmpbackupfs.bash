@@ -12,14 +12,16 @@ _qmpbackup_commands='backup info cleanup'
 _qmpbackup_levels='full inc auto copy'
 _qmpbackup_show='blockdev bitmaps store'
 
-_qmprebase_commands='rebase merge list'
+_qmprebase_commands='rebase merge list prune remove'
 _qmprebase_opts_common='-h --help -V --version'
 _qmprebase_opts_rebase='--dir --until --dry-run'
 _qmprebase_opts_merge='--dir --targetfile --until --force'
 _qmprebase_opts_list='--dir --json'
+_qmprebase_opts_prune='--dir --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --keep-within --dry-run --json'
+_qmprebase_opts_remove='--dir --point --dry-run'
 
 _qmpbackupfs_opts='-o -f -d -h --help -V --version'
-_qmpbackupfs_mount_opts='sockets= vm= monthly speed= compress include= exclude= on_success= on_failure= notify_timeout= allow_other'
+_qmpbackupfs_mount_opts='sockets= vm= monthly speed= compress include= exclude= on_success= on_failure= notify_timeout= keep= ro names= allow_other'
 
 # Set COMPREPLY to the words of WORDLIST ($1) that start with $2.
 _qmpbackupfs_words() {
@@ -82,7 +84,7 @@ _qmprebase() {
   for ((i = 1; i < COMP_CWORD; i++)); do
     w=${COMP_WORDS[i]}
     case $w in
-      --dir|--targetfile|--until) ((i++)) ;;
+      --dir|--targetfile|--until|--point|--keep-*) ((i++)) ;;
       -*) ;;
       *) [ -z "$cmd" ] && cmd=$w ;;
     esac
@@ -91,7 +93,7 @@ _qmprebase() {
   case $prev in
     --dir) _qmpbackupfs_paths -d "$cur"; return 0 ;;
     --targetfile) _qmpbackupfs_paths -f "$cur"; return 0 ;;
-    --until) return 0 ;;
+    --until|--point|--keep-*) return 0 ;;
   esac
   if [ -z "$cmd" ]; then
     if [[ $cur == -* ]]; then
@@ -104,6 +106,8 @@ _qmprebase() {
       rebase) _qmpbackupfs_words "$_qmprebase_opts_rebase $_qmprebase_opts_common" "$cur" ;;
       merge) _qmpbackupfs_words "$_qmprebase_opts_merge $_qmprebase_opts_common" "$cur" ;;
       list) _qmpbackupfs_words "$_qmprebase_opts_list $_qmprebase_opts_common" "$cur" ;;
+      prune) _qmpbackupfs_words "$_qmprebase_opts_prune $_qmprebase_opts_common" "$cur" ;;
+      remove) _qmpbackupfs_words "$_qmprebase_opts_remove $_qmprebase_opts_common" "$cur" ;;
     esac
   fi
   return 0
@@ -126,8 +130,9 @@ _qmpbackupfs() {
       for d in $(compgen -d -- "${last#sockets=}"); do COMPREPLY+=("sockets=$d"); done
       return 0
     fi
-    local IFS=$' \t\n' o
-    for o in $(compgen -W "$_qmpbackupfs_mount_opts" -- "$last"); do
+    local IFS=$' \t\n' o words=$_qmpbackupfs_mount_opts
+    [[ $last == names=* ]] && words='names=safe names=iso'
+    for o in $(compgen -W "$words" -- "$last"); do
       COMPREPLY+=("$head$o")
     done
     compopt -o nospace 2>/dev/null
