@@ -63,28 +63,18 @@ files_listxattr (fuse_req_t req, fuse_ino_t ino, size_t size)
     return;
   int r;
   xlist l = { 0 };
-  if (e->ntfs) {
+  if (e->ntfs)
     r = files_ntfs_listxattr (e->ntfs, (uint32_t) ino, &l.p, &l.len);
-    fsent_put (e);
-    if (r < 0)
-      fuse_reply_err (req, -r);
-    else if (size == 0)
-      fuse_reply_xattr (req, l.len);
-    else if (l.len > size)
-      fuse_reply_err (req, ERANGE);
-    else
-      fuse_reply_buf (req, l.p, l.len);
-    free (l.p);
-    return;
-  }
-  struct ext2_xattr_handle *xh = xattrs_load (e, ino, &r);
-  if (xh) {
-    errcode_t rc = ext2fs_xattrs_iterate (xh, xlist_cb, &l);
-    if (rc)
-      r = -ext_errno (rc);
-    else if (l.too_big)
-      r = -E2BIG;
-    ext2fs_xattrs_close (&xh);
+  else {
+    struct ext2_xattr_handle *xh = xattrs_load (e, ino, &r);
+    if (xh) {
+      errcode_t rc = ext2fs_xattrs_iterate (xh, xlist_cb, &l);
+      if (rc)
+        r = -ext_errno (rc);
+      else if (l.too_big)
+        r = -E2BIG;
+      ext2fs_xattrs_close (&xh);
+    }
   }
   fsent_put (e);
   if (r < 0)
