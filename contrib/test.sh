@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what is missing, build, and run the whole test suite with `meson test`,
 # then the same suite again in an AddressSanitizer + UndefinedBehaviorSanitizer build
-# (but for the Debian package build, which does not use the build's programs).
+# (but for the Debian package build, which does not use the build's programs, and
+# the `long` suite: minutes-long runs of code that other tests drive in both
+# builds, kept under the 30 minutes a 2-core CI machine allows).
 # Usage: contrib/test.sh [--no-asan] [meson test args...]
 # Ends with one line "N passed, N failed, N skipped" summing both runs.
 set -euo pipefail
@@ -33,7 +35,7 @@ if [ $asan -eq 1 ]; then
   [ -d build-asan ] || meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false
   ninja -C build-asan
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-    meson test -C build-asan --print-errorlogs --no-suite package "$@" || rc=1
+    meson test -C build-asan --print-errorlogs --no-suite package --no-suite long "$@" || rc=1
   read -r p2 f2 s2 < <(count build-asan)
   p=$((p + p2)); f=$((f + f2)); s=$((s + s2))
 fi

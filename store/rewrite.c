@@ -21,6 +21,7 @@
  * moves into layers that stay before the layers it came from are removed,
  * so every kept point reads exactly as before, at every step. */
 #include "store-int.h"
+#include "qcow2.h"
 #include "common/error.h"
 #include "common/util.h"
 
@@ -124,11 +125,50 @@ unit_stat (const rw_unit *u, const char *rel, struct stat *sb)
 
 /* ---- steps ---- */
 
+/* True when the header of FILE already names the backing file TO ("" for
+ * none), read without following a link: then nothing needs rewriting. */
+static bool
+backing_is (const rw_unit *u, const char *file, const char *to)
+{
+  const char *base;
+  char *dir = rel_split (file, &base);
+  int dfd = unit_opendir (u, dir);
+  free (dir);
+  if (dfd < 0) {
+    qb_error_clear ();
+    return false;
+  }
+  int fd = openat (dfd, base, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+  close (dfd);
+  if (fd < 0)
+    return false;
+  qcow2_header h;
+  uint64_t fsize;
+  bool same = false;
+  if (qcow2_header_read (fd, file, &h, &fsize) == 0) {
+    size_t want = strlen (to);
+    if (h.backing_offset == 0 || h.backing_size == 0)
+      same = want == 0;
+    else if (h.backing_size == want && h.backing_offset <= fsize
+             && want <= fsize - h.backing_offset && want <= 4096) {
+      char buf[4097];
+      same = pread (fd, buf, want, (off_t) h.backing_offset) == (ssize_t) want
+        && memcmp (buf, to, want) == 0;
+    }
+  }
+  qb_error_clear ();
+  close (fd);
+  return same;
+}
+
 /* qemu-img rebase of FILE onto backing name TO ("" for none); UNSAFE only
- * rewrites the header, else the data that differs moves into FILE. */
+ * rewrites the header (nothing to do when it names TO already), else the
+ * data that differs moves into FILE. */
 static int
 step_qemu_rebase (const rw_unit *u, const char *file, const char *to, bool unsafe)
 {
+  if (unsafe && backing_is (u, file, to))
+    return 0;
   char *abs = unit_abs (u, file);
   char *argv[16];
   int n = 0;
