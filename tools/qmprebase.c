@@ -20,6 +20,7 @@
 #include "store/chain.h"
 #include "common/error.h"
 #include "common/util.h"
+#include "sync.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -106,10 +107,12 @@ help (const char *cmd)
             "  rebase  merge a disk's chain up to a restore point into its FULL, in place\n"
             "  merge   write a restore point as a new raw or qcow2 image\n"
             "  list    show the restore points, chains, sizes and health of a folder\n"
+            "  sync    copy a store's new restore points into another store\n"
             "\n"
             "  qmprebase rebase --dir DIR/<disk> [--until ID-or-TIME] [--dry-run]\n"
             "  qmprebase merge  --dir DIR/<disk> --targetfile FILE [--until ID-or-TIME] [--force]\n"
             "  qmprebase list   --dir STORE/<vm> | DIR/<disk> [--json]\n"
+            "  qmprebase sync   --from STORE --to STORE2 [--vm NAME] [--dry-run]\n"
             "\n"
             "DIR is STORE/<vm> (or STORE/<vm>/<YYYY-MM> with monthly chains); a disk folder\n"
             "copied anywhere (cp -a STORE/<vm>/<disk> /tmp/r) works on its own.\n"
@@ -1200,7 +1203,8 @@ cmd_list (const opts *o)
 static bool
 known_command (const char *c)
 {
-  return strcmp (c, "rebase") == 0 || strcmp (c, "merge") == 0 || strcmp (c, "list") == 0;
+  return strcmp (c, "rebase") == 0 || strcmp (c, "merge") == 0 || strcmp (c, "list") == 0
+         || strcmp (c, "sync") == 0;
 }
 
 int
@@ -1217,6 +1221,8 @@ main (int argc, char **argv)
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
   };
+  if (argc > 1 && strcmp (argv[1], "sync") == 0)
+    return sync_main (argc - 1, argv + 1);
   opts o = { 0 };
   bool want_help = false, want_version = false;
   int c;

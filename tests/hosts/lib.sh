@@ -194,3 +194,19 @@ gl_wait_listed() {
 
 # Print the md5 of file F (or of stdin with -).
 gl_md5() { md5sum < "$1" | cut -d' ' -f1; }
+
+# True when GlusterFS can run here (root, /dev/fuse, the programs); else
+# print the reason on stderr and return 1 (for tests with a part without it).
+gl_available() {
+  local why=""
+  [ "$(id -u)" -eq 0 ] || why="not root"
+  [ -c /dev/fuse ] || why="no /dev/fuse"
+  PATH=$PATH:/usr/sbin
+  command -v glusterfsd >/dev/null 2>&1 && command -v glusterfs >/dev/null 2>&1 \
+    || why="glusterfsd/glusterfs not installed"
+  if [ -n "$why" ]; then
+    qb_log "GlusterFS part skipped: $why"
+    return 1
+  fi
+  mkdir -p "$T/gl"
+}
