@@ -6,7 +6,8 @@ set -euo pipefail
 pkgs=(gcc pkg-config meson ninja-build libjson-c-dev libqcow-dev libfuse3-dev fuse3 libext2fs-dev
       qemu-system-x86 qemu-utils qemu-guest-agent util-linux e2fsprogs
       linux-image-amd64 busybox-static kmod cpio clang libclang-rt-14-dev python3
-      systemd debhelper dpkg-dev man-db groff-base bash-completion)
+      systemd debhelper dpkg-dev man-db groff-base bash-completion
+      glusterfs-client glusterfs-server)   # glusterfs-server: glusterfsd, for the hosts tests
 [ "${1:-}" = "--bench" ] && pkgs+=(fio qemu-system-common)
 
 missing=()

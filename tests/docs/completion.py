@@ -77,7 +77,7 @@ def check_scripted(tmp):
     expect(['qmpbackup', '--logfile', t], [tmp + '/store1', tmp + '/store2.log'])
     expect(['qmpbackup', 'cleanup', '--rem'], ['--remove-bitmaps', '--remove-bitmap'])
     expect(['qmpbackup', 'backup', '-l', 'full', ''], [])
-    expect(['qmprebase', ''], ['rebase', 'merge', 'list'])
+    expect(['qmprebase', ''], ['rebase', 'merge', 'list', 'sync'])
     expect(['qmprebase', 'm'], ['merge'])
     expect(['qmprebase', 'merge', '--t'], ['--targetfile'])
     expect(['qmprebase', 'merge', '--targetfile', t], [tmp + '/store1', tmp + '/store2.log'])
