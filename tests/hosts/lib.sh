@@ -113,6 +113,9 @@ EOF
 volume rep
   type cluster/replicate
   option afr-pending-xattr $pend
+  option data-self-heal on
+  option metadata-self-heal on
+  option entry-self-heal on
   subvolumes$subs
 end-volume
 EOF
