@@ -384,6 +384,13 @@ sync_small_write (int dfd, const char *name, const char *data, size_t len, const
   return ret;
 }
 
+/* Compare two strings through pointers (qsort). */
+static int
+sync_str_cmp (const void *a, const void *b)
+{
+  return strcmp (*(char *const *) a, *(char *const *) b);
+}
+
 /* Compare a sort key: ".json" records last, the rest by name (qsort). */
 static int
 sync_chain_cmp (const void *a, const void *b)
@@ -588,16 +595,41 @@ sync_point_ids (int rootfd, const char *root, const char *vm, size_t *n)
     closedir (d);
   else
     close (pfd);
-  qsort (ids, k, sizeof *ids, sync_chain_cmp);
+  qsort (ids, k, sizeof *ids, sync_str_cmp);
   *n = k;
   free (rel);
   free (where);
   return ids;
 }
 
+/* True when layer REL of VM is being committed in the source store at
+ * SRCFD right now: its temp, or by now its final file, is there (a backup
+ * names its layers after writing the record). */
+static bool
+sync_committing (int srcfd, const char *vm, const char *rel)
+{
+  char *dir = qb_strdup (rel);
+  *strrchr (dir, '/') = '\0';
+  char *tmp = qb_asprintf ("%s/%s/" SYNC_TMP "%s", vm, dir, strrchr (rel, '/') + 1);
+  char *fin = qb_asprintf ("%s/%s", vm, rel);
+  int a = qb_openat_nofollow (srcfd, tmp, O_RDONLY);
+  int b = a >= 0 ? -1 : qb_openat_nofollow (srcfd, fin, O_RDONLY);
+  bool yes = a >= 0 || b >= 0;
+  if (a >= 0)
+    close (a);
+  if (b >= 0)
+    close (b);
+  free (dir);
+  free (tmp);
+  free (fin);
+  return yes;
+}
+
 /* Copy (or with DRY_RUN, describe) point ID of VM: every disk's layer and
  * .chain files, then the record.  DST (NULL in a dry run into a store that
- * does not exist yet) has its root DROOT open at DSTFD (or -1).  0 or -1. */
+ * does not exist yet) has its root DROOT open at DSTFD (or -1).  0; 1 when
+ * the point is still being committed in the source (stop here, no error);
+ * or -1. */
 static int
 sync_point (store *src, int srcfd, store *dst, const char *droot, int dstfd, const store_vm *v,
             const char *id, bool dry_run, sync_stats *stats)
@@ -624,6 +656,12 @@ sync_point (store *src, int srcfd, store *dst, const char *droot, int dstfd, con
       break;
     }
     const store_layer *L = sync_find_layer (src, v, rel);
+    if (!L && sync_committing (srcfd, vm, rel)) {
+      printf ("%s: point %s is still being committed in the source: it is copied next time\n",
+              vm, id);
+      ret = 1;
+      break;
+    }
     if (!L) {
       ret = qb_error_set (QB_EDAMAGED, "point %s of VM %s: its layer %s/%s/%s is missing in the "
                           "source; later points build on it, so %s is synced no further",
@@ -745,17 +783,19 @@ static int
 sync_vm (store *src, int srcfd, store *dst, const char *droot, int dstfd, const char *vm,
          bool dry_run, sync_stats *stats)
 {
-  store_vm *v = store_scan_vm (src, vm);
-  if (!v)
-    return -1;
-  for (size_t i = 0; i < v->nskipped; i++)
-    fprintf (stderr, "qmprebase sync: warning: %s\n", v->skipped[i]);
+  /* The records first, then the scan: every layer of a listed point is
+   * committed (or being named) by the time the scan looks. */
   size_t n;
   char **ids = sync_point_ids (srcfd, store_root (src), vm, &n);
-  if (n == (size_t) -1) {
-    store_vm_free (v);
+  if (n == (size_t) -1)
+    return -1;
+  store_vm *v = store_scan_vm (src, vm);
+  if (!v) {
+    sync_strv_free (ids, n);
     return -1;
   }
+  for (size_t i = 0; i < v->nskipped; i++)
+    fprintf (stderr, "qmprebase sync: warning: %s\n", v->skipped[i]);
   store_lock *lk = NULL;
   if (!dry_run) {
     lk = store_lock_vm (dst, vm, 0);
@@ -774,6 +814,8 @@ sync_vm (store *src, int srcfd, store *dst, const char *droot, int dstfd, const 
     }
     ret = sync_point (src, srcfd, dst, droot, dstfd, v, ids[i], dry_run, stats);
   }
+  if (ret == 1)
+    ret = 0;
   store_unlock (lk);
   store_vm_free (v);
   sync_strv_free (ids, n);

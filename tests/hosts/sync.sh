@@ -3,7 +3,7 @@
 # discards) copied from a store to a plain folder.  A dry run changes nothing;
 # runs killed -9 at many moments never leave a listed point incomplete and a
 # rerun converges; a stale temp and a layer published without its record are
-# picked up; a destination layer of other size or another record is an error
+# picked up; a point the source is still committing waits for the next run; a destination layer of other size or another record is an error
 # naming both files and is not overwritten; a linked destination folder is
 # never followed; a second run copies nothing; the copy, mounted on its own,
 # reads every point exactly.  Then the same into a GlusterFS volume (when it
@@ -122,6 +122,19 @@ rc=0
 [ "$rc" = 1 ] && grep -q "records differ" "$T/sync.out" || qb_die "another record: $rc $(cat "$T/sync.out")"
 rm "$T/copy/vm1/drive0/INC-$last" "$T/copy/vm1/drive0/.chain/INC-$last.json"
 "$QMPREBASE" sync --from "$T/store" --to "$T/copy" > "$T/sync.out" || qb_die "after the fix: $(cat "$T/sync.out")"
+
+# ---- a point still being committed in the source (record written, layer
+# not yet named): left for the next run, no error ----
+qb_guest_write vm1 drive0 "write -P 0x77 30M 1M"
+backup inc
+last=$(qb_layer_id "$(qb_newest_layer "$T/store/vm1/drive0")")
+mv "$T/store/vm1/drive0/INC-$last" "$T/store/vm1/drive0/.tmp-INC-$last"
+out=$("$QMPREBASE" sync --from "$T/store" --to "$T/copy") || qb_die "sync during a commit: $out"
+echo "$out" | grep -q "point $last is still being committed" || qb_die "during a commit: $out"
+[ ! -e "$T/copy/vm1/.points/$last.json" ] || qb_die "a point being committed was listed"
+mv "$T/store/vm1/drive0/.tmp-INC-$last" "$T/store/vm1/drive0/INC-$last"
+out=$("$QMPREBASE" sync --from "$T/store" --to "$T/copy") || qb_die "sync after the commit: $out"
+[ -e "$T/copy/vm1/.points/$last.json" ] || qb_die "the committed point was not copied: $out"
 
 # ---- a linked destination folder is never followed ----
 mkdir -p "$T/elsewhere" "$T/copy2"
