@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One store on a GlusterFS volume shared by two hosts: host A and host B each
 # mount the volume with a client of their own and run qmpbackupfs for their
-# own VMs; a restore host mounts it a third time and runs qmpbackupfs without
-# any socket (restore only).
+# own VMs; a restore host mounts it a third time, read-only (glusterfs
+# --read-only), and runs qmpbackupfs without any socket (restore only).
 #  - every backup of both hosts reads back exactly (against qemu-img convert -U
 #    of the disk at that moment) through all three mounts;
 #  - a point committed on A is listed on B and on the restore host within a
@@ -35,8 +35,9 @@ LIMIT=30
 gl_brick_start b1
 gl_mount "$T/hostA" b1
 gl_mount "$T/hostB" b1
-gl_mount "$T/hostR" b1
+GL_CLIENT_OPTS=--read-only gl_mount "$T/hostR" b1    # the restore host cannot write
 mkdir -m 0700 "$T/hostA/store"
+! touch "$T/hostR/store/x" 2>/dev/null || qb_die "the restore host's mount is writable"
 
 qb_vm_start vmA drive0:qcow2:16M
 qb_vm_start vmB drive0:qcow2:16M
