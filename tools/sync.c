@@ -220,10 +220,36 @@ sync_hash_extents (int fd, const sync_extent *ext, size_t n, unsigned char *buf,
   return 0;
 }
 
+/* Copy N bytes at OFF from SFD to the same offset of OUT in the kernel
+ * (copy_file_range: a reflink or a server-side copy where the file systems
+ * offer one) while *USE is set.  True when all N bytes were copied; false
+ * when the caller must write them itself (then *USE is cleared for the rest
+ * of the file when the kernel cannot do it for these two files). */
+static bool
+sync_copy_range (int sfd, int out, off_t off, size_t n, bool *use)
+{
+  if (!*use)
+    return false;
+  loff_t si = off, di = off;
+  size_t done = 0;
+  while (done < n) {
+    ssize_t r = copy_file_range (sfd, &si, out, &di, n - done, 0);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0) {
+      *use = false;     /* EXDEV, EOPNOTSUPP, ...: read and write from here on */
+      return false;     /* the caller rewrites the whole chunk */
+    }
+    done += (size_t) r;
+  }
+  return true;
+}
+
 /* Copy the layer open at SFD (SNAME in messages) to NAME in destination
  * folder DFD (DNAME in messages): data extents only (SEEK_DATA/SEEK_HOLE),
- * into the temp, fsync, read back and compare with the hash of what was read
- * from the source, then publish.  Adds the bytes copied to *BYTES.  0 or -1. */
+ * into the temp (copy_file_range where the kernel can, else the bytes read),
+ * fsync, read back and compare with the hash of what was read from the
+ * source, then publish.  Adds the bytes copied to *BYTES.  0 or -1. */
 static int
 sync_copy_layer (int sfd, const char *sname, int dfd, const char *name, const char *dname,
                  uint64_t *bytes)
@@ -240,6 +266,7 @@ sync_copy_layer (int sfd, const char *sname, int dfd, const char *name, const ch
   size_t next = 0, cap = 0;
   uint64_t h = 0xcbf29ce484222325ULL, copied = 0;
   int ret = -1, in = -1;
+  bool use_cfr = true;
   if (out < 0) {
     qb_error_set_errno (errno, "create %s/%s", dname, tmp);
     goto done;
@@ -272,7 +299,8 @@ sync_copy_layer (int sfd, const char *sname, int dfd, const char *name, const ch
         goto done;
       }
       h = sync_hash (h, buf, k);
-      if (sync_pwrite_full (out, buf, k, o) == -1) {
+      if (!sync_copy_range (sfd, out, o, k, &use_cfr)
+          && sync_pwrite_full (out, buf, k, o) == -1) {
         qb_error_set_errno (errno, "write %s/%s", dname, tmp);
         goto done;
       }
