@@ -5,7 +5,8 @@
 # rerun converges; a stale temp and a layer published without its record are
 # picked up; a point the source is still committing waits for the next run; a destination layer of other size or another record is an error
 # naming both files and is not overwritten; a linked destination folder is
-# never followed; a second run copies nothing; the copy, mounted on its own,
+# never followed; a second run copies nothing; the monthly layout is copied;
+# the copy, mounted on its own,
 # reads every point exactly.  Then the same into a GlusterFS volume (when it
 # can run here), interrupted and rerun.
 set -euo pipefail
@@ -165,6 +166,20 @@ for l in sys.stdin:
   qb_log "copy at $store: $n disk points exact"
 }
 check_mount "$T/copy" "$T/mnt"
+
+# ---- the monthly layout (STORE/<vm>/<YYYY-MM>/<disk>) ----
+pat=0x78
+for lvl in full inc; do
+  pat=$((pat + 1))
+  qb_guest_write vm1 drive0 "write -P $pat 2M 1M"
+  "$QMPBACKUP" --socket "$T/sockets/vm1.qmp" backup --level $lvl --monthly --target "$T/mstore/vm1" \
+    > "$T/last-backup.out" 2>&1 || qb_die "monthly $lvl: $(cat "$T/last-backup.out")"
+done
+qb_capture vm1 drive0 "$T/cap-m.raw"
+"$QMPREBASE" sync --from "$T/mstore" --to "$T/mcopy" > "$T/sync.out" || qb_die "monthly sync: $(cat "$T/sync.out")"
+mdir=$(find "$T/mcopy/vm1" -mindepth 2 -maxdepth 2 -name drive0)
+id=$(ls "$T/mcopy/vm1/.points" | sort | tail -n 1)
+qb_check_merge "$mdir" "${id%.json}" "$T/cap-m.raw"
 
 # ---- into a GlusterFS volume, interrupted and rerun ----
 if gl_available; then
