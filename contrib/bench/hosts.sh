@@ -104,9 +104,9 @@ cat <<EOF
 | figure | local store | GlusterFS store |
 |---|---|---|
 | full backup, $data MiB of data (qmpbackup) | ${fig[backup_local]} MB/s | ${fig[backup_gluster]} MB/s |
-| restore read, cat of the point's image (fresh mount) | ${fig[restore_local]} MB/s | ${fig[restore_gluster]} MB/s |
+| restore read, cat of the point's $((vsize >> 20)) MiB image holding $data MiB (fresh mount) | ${fig[restore_local]} MB/s | ${fig[restore_gluster]} MB/s |
 | point committed on A until listed on B ($samples samples) | - | median ${vis_med} ms, max ${vis_max} ms |
-| qmprebase sync from the local store, to a plain folder / to the volume | ${fig[sync_plain]} MB/s | ${fig[sync_gluster]} MB/s |
+| qmprebase sync of the local store (every point), to a plain folder / to the volume | ${fig[sync_plain]} MB/s | ${fig[sync_gluster]} MB/s |
 
 GlusterFS: one brick (glusterfsd from a volfile) on 127.0.0.1, FUSE clients
 with default attribute caching (1 s); $(nproc) CPUs; QEMU $(qemu-system-x86_64 --version | head -n 1 | awk '{ print $4 }').
