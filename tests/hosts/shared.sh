@@ -2,7 +2,7 @@
 # One store on a GlusterFS volume shared by two hosts: host A and host B each
 # mount the volume with a client of their own and run qmpbackupfs for their
 # own VMs; a restore host mounts it a third time, read-only (glusterfs
-# --read-only), and runs qmpbackupfs without any socket (restore only).
+# --read-only), and runs qmpbackupfs -o ro without any socket (restore only).
 #  - every backup of both hosts reads back exactly (against qemu-img convert -U
 #    of the disk at that moment) through all three mounts;
 #  - a point committed on A is listed on B and on the restore host within a
@@ -47,7 +47,7 @@ S=$T/sockets
 # speed: A's jobs last long enough for the test to catch one and hold it
 gl_fs_mount PID_A "$T/hostA/store" "$T/mntA" -o speed=4M -o "vm=vmA:$S/vmA.qmp" -o "vm=mig:$S/migA.qmp"
 gl_fs_mount PID_B "$T/hostB/store" "$T/mntB" -o "vm=vmB:$S/vmB.qmp" -o "vm=mig:$S/migB.qmp"
-gl_fs_mount PID_R "$T/hostR/store" "$T/mntR"
+gl_fs_mount PID_R "$T/hostR/store" "$T/mntR" -o ro
 MNTS="$T/mntA $T/mntB $T/mntR"
 
 declare -A sum       # "vm/point" -> md5 of the disk captured for it
@@ -116,6 +116,8 @@ for i in 1 2 3 4 5 6; do
 done
 touch "$T/stop"
 wait "$RD1" "$RD2" "$RD3"
+r=$(qb_fs_control "$T/mntR/vmA/backup" full)
+[ "$r" = EROFS ] || qb_die "a backup through the read-only restore mount: $r (expected EROFS)"
 nreads=0
 for f in reads-R:vmA reads-B:vmA reads-A:vmB; do
   while read -r p m; do
