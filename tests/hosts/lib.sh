@@ -140,6 +140,8 @@ gl_mount() {
   echo "$pid" > "$vol.pid"
   qb_register_mount "$mnt"
   qb_register_pid "$pid"
+  # a client that was killed leaves a mount `mountpoint` cannot stat
+  qb_on_exit "umount -l '$mnt' 2>/dev/null || true"
   for ((i = 0; i < 100; i++)); do
     if mountpoint -q "$mnt" && stat -f "$mnt" >/dev/null 2>&1; then
       # the first operations wait for the bricks' handshake

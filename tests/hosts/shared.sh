@@ -12,11 +12,12 @@
 #  - the per-VM lock holds across hosts: a lock held through B's client makes
 #    A's backup fail with EBUSY; a backup of VM "mig" running on A makes B's
 #    (same VM folder, another QEMU) fail with EBUSY;
-#  - host A's daemon killed -9 mid-backup releases the lock: B backs the VM up
-#    after it moved (stop on A, start on B with the same disk), the leftovers
-#    of A are cleaned, every earlier point still reads exactly, and B continues
-#    A's chain (QEMU saved the persistent bitmap into the qcow2 at the stop);
-#  - B's QEMU killed -9 and the VM back on A (daemon restarted): the bitmap was
+#  - host A (its daemon and its GlusterFS client) killed -9 mid-backup
+#    releases the lock: B backs the VM up after it moved (stop on A, start on
+#    B with the same disk), the leftovers of A are cleaned, every earlier
+#    point still reads exactly, and B continues A's chain (QEMU saved the
+#    persistent bitmap into the qcow2 at the stop);
+#  - B's QEMU killed -9 and the VM back on A (mounted again): the bitmap was
 #    not saved, so A starts a new chain with the reason in its status.
 set -euo pipefail
 . "$QB_SOURCE_DIR/tests/lib/vm.sh"
@@ -179,10 +180,12 @@ r=$(qb_fs_control "$T/mntB/mig/backup" full)
 [ "$r" = EBUSY ] || qb_die "B's backup while A's runs: $r (expected EBUSY)"
 ls -a "$T/hostR/store/mig/drive0" | grep -q '^\.tmp-' || qb_die "A's backup wrote no temp file"
 
-# Host A's daemon dies mid-backup.
-kill -9 "$PID_A"
+# Host A dies mid-backup: its daemon and its GlusterFS client, killed -9.
+CLIENT_A=$(gl_client_pid "$T/hostA") || qb_die "no GlusterFS client for host A"
+kill -9 "$PID_A" "$CLIENT_A"
 wait "$BG" 2>/dev/null || true
 _qb_wait_gone "$PID_A"
+_qb_wait_gone "$CLIENT_A"
 ls -a "$T/hostR/store/mig/drive0" | grep -q '^\.tmp-' || qb_die "the temp file vanished before recovery"
 # The VM moves: stopped on A, started on B with the same disk (same name).
 qb_vm_stop migA
@@ -207,7 +210,8 @@ check_points "$T/mntR" mig
 qb_guest_write migB drive0 "write -P 0x76 2M 1M"
 qb_vm_kill migB
 _qb_vm_launch migA
-gl_fs_mount PID_A "$T/hostA/store" "$T/mntA2" -o "vm=mig:$S/migA.qmp"
+gl_mount "$T/hostA2" b1
+gl_fs_mount PID_A "$T/hostA2/store" "$T/mntA2" -o "vm=mig:$S/migA.qmp"
 MNTS="$T/mntA2 $T/mntB $T/mntR"
 backup_on "$T/mntA2" mig auto migA
 cat "$T/mntA2/mig/status" > "$T/mig-status.json"
