@@ -35,7 +35,6 @@
 #include "common/error.h"
 #include "common/util.h"
 
-#include <dirent.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -168,53 +167,6 @@ last_chain (const store_disk *sd, const char *month, bool *other_month)
   return NULL;
 }
 
-/* A restore point newer than LAST_ID whose record puts disk DISK in chain
- * CHAIN although the scan ends the chain before it: its file is gone, and
- * the bitmap was reset when it was taken, so the chain cannot continue.
- * Returns a reason (malloc'd) or NULL.  The records are read by the
- * documented layout, STORE/<vm>/.points/<id>.json. */
-static char *
-newer_layer_lost (store *st, const char *vm, const char *disk, const char *chain,
-                  const char *last_id)
-{
-  if (!st || !vm)
-    return NULL;
-  char *dir = qb_asprintf ("%s/%s/.points", store_root (st), vm);
-  DIR *d = opendir (dir);
-  free (dir);
-  if (!d)
-    return NULL;
-  char *reason = NULL;
-  struct dirent *de;
-  while (!reason && (de = readdir (d)) != NULL) {
-    size_t len = strlen (de->d_name);
-    if (de->d_name[0] == '.' || len < 6 || strcmp (de->d_name + len - 5, ".json") != 0)
-      continue;
-    char id[64];
-    snprintf (id, sizeof id, "%.*s", (int) (len - 5), de->d_name);
-    if (strcmp (id, last_id) <= 0)
-      continue;
-    json_object *rec = store_record_read (st, vm, id);
-    json_object *disks;
-    if (rec && json_object_object_get_ex (rec, "disks", &disks)
-        && json_object_is_type (disks, json_type_array))
-      for (size_t i = 0; i < json_object_array_length (disks); i++) {
-        json_object *jd = json_object_array_get_idx (disks, i), *v;
-        const char *name = json_object_object_get_ex (jd, "name", &v) ? json_object_get_string (v) : "";
-        const char *ch = json_object_object_get_ex (jd, "chain", &v) ? json_object_get_string (v) : NULL;
-        const char *file = json_object_object_get_ex (jd, "file", &v) ? json_object_get_string (v) : "?";
-        if (strcmp (name, disk) == 0 && ch && strcmp (ch, chain) == 0) {
-          reason = qb_asprintf ("restore point %s of disk %s is lost (%s is missing or unreadable)",
-                                id, disk, file);
-          break;
-        }
-      }
-    json_object_put (rec);
-  }
-  closedir (d);
-  return reason;
-}
-
 /* Judge whether disk VD can continue its chain in SD, whose bitmap is
  * "qmpbackup-<TARGET>-<chain>" (TARGET "" when the folder has no id yet) or
  * an older version's "qmpbackup-<chain>": returns the health word; sets
@@ -253,7 +205,7 @@ disk_health (store *st, const char *vm, const char *target, const vm_disk *vd,
       return "damaged";
     }
   const store_layer *last = &c->layers[c->n - 1];
-  *reason = newer_layer_lost (st, vm, vd->name, c->chain_id, last->id);
+  *reason = store_chain_lost_after (st, vm, vd->name, c->chain_id, last->id);
   if (*reason)
     return "damaged";
   if (last->virtual_size != vd->size) {

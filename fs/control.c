@@ -141,6 +141,13 @@ control_run (fuse_req_t req, fs_vm *vm, backup_level level, quiesce_mode q)
   if (r != 0 && cancelled && code != QB_EHOSTDOWN)
     code = QB_ECANCELED;
 
+  if (r == 0 && fs_cfg.keep_set) {
+    /* still "running": no other backup starts while the chains change */
+    pthread_mutex_lock (&vm->lock);
+    snprintf (vm->phase, sizeof vm->phase, "pruning");
+    pthread_mutex_unlock (&vm->lock);
+    remove_prune_after_backup (vm);
+  }
   int64_t now = qb_now_us ();
   pthread_mutex_lock (&vm->lock);
   vm->has_last = true;

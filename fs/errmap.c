@@ -62,3 +62,15 @@ fs_backup_errno (int code)
   default: return EIO;
   }
 }
+
+/* The errno a failed removal of a restore point (rm) returns. */
+int
+fs_remove_errno (int code)
+{
+  switch ((qb_err) code) {
+  case QB_ENOENT: return ENOENT;
+  case QB_EBUSY: case QB_EAGAIN: return EBUSY;
+  case QB_EINVAL: return EPERM;      /* the newest point: never removed */
+  default: return fs_err_errno (code);
+  }
+}

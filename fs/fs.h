@@ -44,6 +44,9 @@ typedef struct fs_config {
   char *on_success;      /* sh command after a backup that worked, NULL: none */
   char *on_failure;      /* sh command after a backup that failed or was cancelled */
   unsigned notify_timeout; /* seconds a notification may run (default 60) */
+  struct fuse_session *se; /* the session (kernel cache invalidations) */
+  store_retention keep;  /* -o keep=: prune after each backup that worked */
+  bool keep_set;
   uid_t uid;
   gid_t gid;
 } fs_config;
@@ -84,6 +87,7 @@ typedef struct fs_vm {
   char last_id[40];
   char last_reason[512];
   char last_error[1024];
+  char last_prune[512];           /* what -o keep= or rm did last, "" if nothing */
   char last_quiesce_note[256];
   double last_seconds;
   uint64_t last_bytes;
@@ -96,7 +100,7 @@ typedef struct fs_vm {
   vm_scan *scan;
   char *scan_stamp;
   uint64_t scan_checked_ms;
-  struct timespec scan_points_mtime; /* .points dir mtime at the last check */
+  struct timespec scan_points_mtime; /* store_vm_changed at the last check */
   /* engine_info cache, refreshed by one thread of its own per VM (never
    * a FUSE worker), so a VM whose QMP never answers holds no reader long */
   json_object *info;
@@ -170,6 +174,10 @@ const store_layer *restore_latest (const store_vm *v, const char *disk);
 
 /* Damage text for point IDX of CHAIN (itself or a layer below), or NULL. */
 const char *restore_damage (const store_chain *c, size_t idx);
+
+/* Why point IDX of chain C cannot be opened for a moment (a chain rewrite
+ * is under way: open answers EBUSY), or NULL. */
+const char *restore_busy (const store_chain *c, size_t idx);
 
 /* Like restore_damage, plus damage found while reading point IDX (EIO). */
 const char *restore_point_damage (const char *vm, const char *disk, const store_chain *c,
@@ -259,6 +267,22 @@ void control_write (fuse_req_t req, fs_vm *vm, const char *buf, size_t size);
  * Returns 0 or -errno (the caller replies). */
 int control_touch (fuse_req_t req, fs_vm *vm);
 
+/* ---- removing restore points (remove.c) ---- */
+
+/* rm of MOUNT/VM/DISK/restore/NAME: remove that restore point from the
+ * store, on every disk of VM (a point is one transaction over all disks),
+ * as one journaled store operation.  0, or -errno: ENOENT (no such point),
+ * EBUSY (a backup or another removal runs, or the point must be rewritten
+ * in place while a reader has it open), EPERM (the newest point, or a
+ * disk's newest layer: the next incremental continues it), EIO (failed;
+ * the reason is in the log and the VM's status). */
+int remove_point (fs_vm *vm, const char *disk, const char *name);
+
+/* After a backup of VM that worked, with -o keep=: remove the points the
+ * policy does not keep.  Never fails the backup: what it did or why it
+ * could not is logged and shown in status (tried again after the next). */
+void remove_prune_after_backup (fs_vm *vm);
+
 /* ---- status (status.c) ---- */
 
 /* <vm>/status as a malloc'd JSON text. */
@@ -295,6 +319,10 @@ bool fs_err_is_damage (int code);
 /* The errno a failed backup returns to the writer: EBUSY, EHOSTDOWN, ENOSPC,
  * EINTR (cancelled) or EIO. */
 int fs_backup_errno (int code);
+
+/* The errno a failed removal of a restore point (rm) returns for CODE:
+ * ENOENT, EBUSY (busy, try again), EPERM (never removed), else as fs_err_errno. */
+int fs_remove_errno (int code);
 
 /* ---- notifications (notify.c) ---- */
 

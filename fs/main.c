@@ -32,9 +32,11 @@ struct fs_opts {
   int allow_other;
   char *store;
   int bad_vm;
+  char *keep;            /* keep=SPEC, with the parts fuse_opt split at commas */
+  int bad_keep;
 };
 
-enum { KEY_VM, KEY_ALLOW_OTHER, KEY_POSITIONAL_DONE };
+enum { KEY_VM, KEY_ALLOW_OTHER, KEY_KEEP, KEY_KEEP_PART, KEY_POSITIONAL_DONE };
 
 static const struct fuse_opt fs_opt_spec[] = {
   { "sockets=%s", offsetof (struct fs_opts, sockets), 0 },
@@ -48,6 +50,15 @@ static const struct fuse_opt fs_opt_spec[] = {
   { "notify_timeout=%s", offsetof (struct fs_opts, notify_timeout), 0 },
   FUSE_OPT_KEY ("vm=", KEY_VM),
   FUSE_OPT_KEY ("allow_other", KEY_ALLOW_OTHER),
+  FUSE_OPT_KEY ("keep=", KEY_KEEP),
+  /* -o keep=daily=7,weekly=4: fuse_opt splits at the commas */
+  FUSE_OPT_KEY ("last=", KEY_KEEP_PART),
+  FUSE_OPT_KEY ("hourly=", KEY_KEEP_PART),
+  FUSE_OPT_KEY ("daily=", KEY_KEEP_PART),
+  FUSE_OPT_KEY ("weekly=", KEY_KEEP_PART),
+  FUSE_OPT_KEY ("monthly=", KEY_KEEP_PART),
+  FUSE_OPT_KEY ("yearly=", KEY_KEEP_PART),
+  FUSE_OPT_KEY ("within=", KEY_KEEP_PART),
   FUSE_OPT_END
 };
 
@@ -67,6 +78,26 @@ fs_opt_proc (void *data, const char *arg, int key, struct fuse_args *outargs)
   case KEY_ALLOW_OTHER:
     o->allow_other = 1;
     return 1;                 /* the kernel needs it too */
+  case KEY_KEEP:
+    if (o->keep) {
+      fs_log ("keep= given twice: give one keep=RULE=N,RULE=N,... option");
+      o->bad_keep = 1;
+      return 0;
+    }
+    o->keep = qb_strdup (arg + 5);
+    return 0;
+  case KEY_KEEP_PART:
+    if (!o->keep) {
+      fs_log ("%s: a retention rule belongs to keep= (e.g. -o keep=daily=7,weekly=4)", arg);
+      o->bad_keep = 1;
+      return 0;
+    }
+    {
+      char *n = qb_asprintf ("%s,%s", o->keep, arg);
+      free (o->keep);
+      o->keep = n;
+    }
+    return 0;
   case FUSE_OPT_KEY_NONOPT:
     if (!o->store) {
       o->store = strdup (arg);
@@ -113,6 +144,10 @@ usage (const char *prog)
           "                          QB_BYTES, QB_SECONDS in its environment\n"
           "  -o on_failure=CMD       the same after a backup that failed or was cancelled\n"
           "  -o notify_timeout=SECS  kill a notification running longer (default 60)\n"
+          "  -o keep=RULE=N,...      after each backup that worked, prune the VM's points:\n"
+          "                          last, hourly, daily, weekly, monthly, yearly=N,\n"
+          "                          within=DURATION (as qmprebase prune --keep-...)\n"
+          "  -o ro                   read-only: restore only (no backups, no removals)\n"
           "  -o allow_other          let other users in (permissions enforced by the kernel)\n"
           "  -f                      stay in the foreground\n"
           "  -d                      debug output (implies -f)\n"
@@ -273,6 +308,15 @@ main (int argc, char **argv)
     }
     fs_cfg.notify_timeout = (unsigned) v;
   }
+  if (o.bad_keep)
+    return 1;
+  if (o.keep) {
+    if (store_retention_parse (o.keep, &fs_cfg.keep) < 0) {
+      fs_log ("keep=%s: %s", o.keep, qb_error_msg ());
+      return 1;
+    }
+    fs_cfg.keep_set = !store_retention_empty (&fs_cfg.keep);
+  }
   fs_cfg.uid = getuid ();
   fs_cfg.gid = getgid ();
   vms_init ();
@@ -288,6 +332,7 @@ main (int argc, char **argv)
   struct fuse_session *se = fuse_session_new (&args, &fs_ops, sizeof fs_ops, NULL);
   if (!se)
     goto out;
+  fs_cfg.se = se;
   if (fs_signals_install (se) != 0) {
     fs_log ("cannot install signal handlers");
     goto out_session;
@@ -333,6 +378,7 @@ main (int argc, char **argv)
   free (o.include);
   free (o.exclude);
   free (o.notify_timeout);
+  free (o.keep);
   for (char **p = fs_cfg.include; p && *p; p++)
     free (*p);
   for (char **p = fs_cfg.exclude; p && *p; p++)

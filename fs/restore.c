@@ -68,7 +68,8 @@ restore_find (const store_vm *v, const char *disk, const char *display,
     return false;
   for (size_t c = 0; c < d->nchains; c++)
     for (size_t i = 0; i < d->chains[c].n; i++)
-      if (strcmp (d->chains[c].layers[i].display, display) == 0) {
+      if (!d->chains[c].layers[i].removing
+          && strcmp (d->chains[c].layers[i].display, display) == 0) {
         *chain = &d->chains[c];
         *idx = i;
         return true;
@@ -110,12 +111,24 @@ restore_runtime_damage (const char *vm, const char *disk, const char *id)
   return msg;
 }
 
-/* Damage text for point IDX of CHAIN (itself or a layer below), or NULL. */
+/* Damage text for point IDX of CHAIN (itself or a layer below), or NULL;
+ * a layer busy in a chain rewrite is not damaged (restore_busy). */
 const char *
 restore_damage (const store_chain *c, size_t idx)
 {
   for (size_t i = 0; i <= idx && i < c->n; i++)
-    if (c->layers[i].damage)
+    if (c->layers[i].damage && !c->layers[i].busy)
+      return c->layers[i].damage;
+  return NULL;
+}
+
+/* Why point IDX of CHAIN cannot be opened for a moment (a chain rewrite
+ * under way), or NULL. */
+const char *
+restore_busy (const store_chain *c, size_t idx)
+{
+  for (size_t i = 0; i <= idx && i < c->n; i++)
+    if (c->layers[i].busy)
       return c->layers[i].damage;
   return NULL;
 }
@@ -183,6 +196,13 @@ restore_open (const char *vm, const char *disk, const store_chain *c, size_t idx
   if (restore_damage (c, idx)) {
     fi->direct_io = 1;
     return 0;
+  }
+  const char *busy = restore_busy (c, idx);
+  if (busy) {
+    free (h);
+    fi->fh = 0;
+    fs_log ("%s/%s/%s: cannot open now: %s", vm, disk, c->layers[idx].display, busy);
+    return -EBUSY;
   }
   char *key = qb_asprintf ("%s/%s/%s", vm, disk, c->layers[idx].id);
   char *sig = layers_sig (c, idx);

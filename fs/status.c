@@ -268,7 +268,7 @@ status_disks (const store_vm *v, json_object *info)
     copy_key (j, q, "reason", "health_reason");
     if (q)
       json_object_object_add (j, "qemu", json_object_get (q));
-    size_t points = 0, damaged = 0;
+    size_t points = 0, damaged = 0, busy = 0;
     uint64_t stored = 0;
     json_object *dmg = json_object_new_array ();
     /* the chain the next incremental continues: not a copy, newest layer last */
@@ -283,8 +283,12 @@ status_disks (const store_vm *v, json_object *info)
     for (size_t c = 0; c < d->nchains; c++)
       for (size_t k = 0; k < d->chains[c].n; k++) {
         const store_layer *l = &d->chains[c].layers[k];
+        if (l->removing)
+          continue;
         points++;
         stored += l->file_size;
+        if (restore_busy (&d->chains[c], k))
+          busy++;
         const char *why = restore_point_damage (v->name, d->name, &d->chains[c], k);
         if (why) {
           json_object *e = json_object_new_object ();
@@ -299,6 +303,8 @@ status_disks (const store_vm *v, json_object *info)
     json_object_object_add (j, "chain_length", json_object_new_int64 (last ? last->n : 0));
     json_object_object_add (j, "restore_points", json_object_new_int64 (points));
     json_object_object_add (j, "damaged_points", json_object_new_int64 (damaged));
+    if (busy)
+      json_object_object_add (j, "busy_points", json_object_new_int64 (busy));
     json_object_object_add (j, "bytes_stored", json_object_new_int64 (stored));
     const store_layer *lt = restore_latest (v, d->name);
     json_object_object_add (j, "latest", lt ? json_object_new_string (lt->display) : NULL);
@@ -367,6 +373,8 @@ status_vm_json (fs_vm *vm, bool full)
   json_object_object_add (j, "agent", a);
   json_object_object_add (j, "job", status_job (vm));
   json_object_object_add (j, "last", status_last (vm));
+  if (vm->last_prune[0])
+    json_object_object_add (j, "last_removal", json_object_new_string (vm->last_prune));
   if (vm->last_rejected_us) {
     json_object *r = json_object_new_object ();
     json_object_object_add (r, "time", json_time (vm->last_rejected_us));
@@ -542,6 +550,8 @@ status_metrics_text (void)
       int64_t t_us = 0;
       for (size_t c = 0; c < dk->nchains; c++)
         for (size_t k = 0; k < dk->chains[c].n; k++) {
+          if (dk->chains[c].layers[k].removing)
+            continue;
           pts++;
           if (restore_point_damage (vm->name, dk->name, &dk->chains[c], k))
             bad++;

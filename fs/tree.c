@@ -640,6 +640,8 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
       for (size_t c = 0; d && c < d->nchains; c++)
         for (size_t i = 0; i < d->chains[c].n; i++) {
           const store_layer *l = &d->chains[c].layers[i];
+          if (l->removing)
+            continue;          /* a point being removed is no longer listed */
           if (n->kind == N_RESTORE) {
             char *name = qb_asprintf ("%s.img", l->display);
             dirbuf_add (req, b, name, node_get (N_IMG, n->vm, n->disk, name), 0);
@@ -966,6 +968,106 @@ op_statfs (fuse_req_t req, fuse_ino_t ino)
   fuse_reply_statfs (req, &sv);
 }
 
+/* ---- changing the tree: only rm of a restore image removes something ---- */
+
+/* The errno for an operation the tree does not support under PARENT: EROFS
+ * inside files/ (a read-only view of the guest's files), EPERM elsewhere
+ * (the tree is made by the program; remove restore points with rm). */
+static int
+tree_refuse (fuse_ino_t parent)
+{
+  if (files_is_ino (parent))
+    return EROFS;
+  node *p = node_by_ino (parent);
+  return p && (p->kind == N_FILES || p->kind == N_FPOINT) ? EROFS : EPERM;
+}
+
+/* FUSE unlink: rm MOUNT/VM/DISK/restore/T.img removes restore point T (all
+ * of the VM's disks); everything else is refused. */
+static void
+op_unlink (fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+  node *p = files_is_ino (parent) ? NULL : node_by_ino (parent);
+  if (!p || p->kind != N_RESTORE || strcmp (name, "latest.img") == 0) {
+    fuse_reply_err (req, tree_refuse (parent));
+    return;
+  }
+  fs_vm *vm = vms_find (p->vm);
+  int r = vm ? remove_point (vm, p->disk, name) : -ENOENT;
+  fuse_reply_err (req, -r);
+  if (r == 0 && vm) {
+    /* the point went from every disk: drop the kernel's cached names */
+    vm_scan *s = vm_scan_get (vm);
+    for (size_t i = 0; s && s->v && i < s->v->ndisks; i++) {
+      node *rd = node_get (N_RESTORE, p->vm, s->v->disks[i].name, NULL);
+      if (fs_cfg.se && strcmp (s->v->disks[i].name, p->disk) != 0)
+        fuse_lowlevel_notify_inval_entry (fs_cfg.se, rd->ino, name, strlen (name));
+    }
+    vm_scan_put (s);
+  }
+}
+
+static void
+op_rmdir (fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+  (void) name;
+  fuse_reply_err (req, tree_refuse (parent));
+}
+
+static void
+op_mkdir (fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+  (void) name;
+  (void) mode;
+  fuse_reply_err (req, tree_refuse (parent));
+}
+
+static void
+op_mknod (fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+  (void) name;
+  (void) mode;
+  (void) rdev;
+  fuse_reply_err (req, tree_refuse (parent));
+}
+
+static void
+op_symlink (fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+  (void) link;
+  (void) name;
+  fuse_reply_err (req, tree_refuse (parent));
+}
+
+static void
+op_link (fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+  (void) ino;
+  (void) newname;
+  fuse_reply_err (req, tree_refuse (newparent));
+}
+
+static void
+op_rename (fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+           const char *newname, unsigned int flags)
+{
+  (void) name;
+  (void) newparent;
+  (void) newname;
+  (void) flags;
+  fuse_reply_err (req, tree_refuse (parent));
+}
+
+static void
+op_create (fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+           struct fuse_file_info *fi)
+{
+  (void) name;
+  (void) mode;
+  (void) fi;
+  fuse_reply_err (req, tree_refuse (parent));
+}
+
 const struct fuse_lowlevel_ops fs_ops = {
   .init = op_init,
   .lookup = op_lookup,
@@ -985,4 +1087,12 @@ const struct fuse_lowlevel_ops fs_ops = {
   .statfs = op_statfs,
   .getxattr = op_getxattr,
   .listxattr = op_listxattr,
+  .unlink = op_unlink,
+  .rmdir = op_rmdir,
+  .mkdir = op_mkdir,
+  .mknod = op_mknod,
+  .symlink = op_symlink,
+  .link = op_link,
+  .rename = op_rename,
+  .create = op_create,
 };

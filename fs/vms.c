@@ -490,62 +490,6 @@ vms_all (fs_vm ***vms)
   return n;
 }
 
-/* Append "PATH mtime ino;" of PATH to the stamp in *S. */
-static void
-stamp_add (char **s, const char *path)
-{
-  struct stat sb;
-  if (stat (path, &sb) == -1)
-    memset (&sb, 0, sizeof sb);
-  char *n = qb_asprintf ("%s%s %lld.%09ld %llu;", *s ? *s : "", path,
-                         (long long) sb.st_mtim.tv_sec, sb.st_mtim.tv_nsec,
-                         (unsigned long long) sb.st_ino);
-  free (*s);
-  *s = n;
-}
-
-/* A string that changes whenever VM's directories in the store change:
- * the VM dir, .points, each disk dir, each month dir and its disk dirs. */
-static char *
-scan_stamp (const char *vmname)
-{
-  char *s = NULL;
-  char *dir = qb_asprintf ("%s/%s", fs_cfg.store_root, vmname);
-  stamp_add (&s, dir);
-  DIR *d = opendir (dir);
-  if (d) {
-    struct dirent *de;
-    while ((de = readdir (d)) != NULL) {
-      if (strcmp (de->d_name, ".") == 0 || strcmp (de->d_name, "..") == 0
-          || strcmp (de->d_name, ".lock") == 0)
-        continue;
-      char *sub = qb_asprintf ("%s/%s", dir, de->d_name);
-      struct stat sb;
-      if (stat (sub, &sb) == 0 && S_ISDIR (sb.st_mode)) {
-        stamp_add (&s, sub);
-        /* month folders hold disk folders */
-        if (strlen (de->d_name) == 7 && de->d_name[4] == '-') {
-          DIR *m = opendir (sub);
-          struct dirent *me;
-          while (m && (me = readdir (m)) != NULL) {
-            if (me->d_name[0] == '.')
-              continue;
-            char *mp = qb_asprintf ("%s/%s", sub, me->d_name);
-            stamp_add (&s, mp);
-            free (mp);
-          }
-          if (m)
-            closedir (m);
-        }
-      }
-      free (sub);
-    }
-    closedir (d);
-  }
-  free (dir);
-  return s;
-}
-
 /* Drop a reference from vm_scan_get. */
 void
 vm_scan_put (vm_scan *s)
@@ -558,22 +502,8 @@ vm_scan_put (vm_scan *s)
   }
 }
 
-/* Modification time of VM's .points directory: every restore point committed
- * or rewritten by this store's programs changes it (zero if absent). */
-static struct timespec
-points_mtime (const char *vmname)
-{
-  char *p = qb_asprintf ("%s/%s/.points", fs_cfg.store_root, vmname);
-  struct stat sb;
-  struct timespec t = { 0, 0 };
-  if (stat (p, &sb) == 0)
-    t = sb.st_mtim;
-  free (p);
-  return t;
-}
-
 /* How long a store scan is trusted without looking at all the directories
- * again, as long as .points did not change (a walk over thousands of images
+ * again, as long as store_vm_changed did not change (a walk over thousands of images
  * must not re-stat the store each time).  Points committed by qmpbackup or
  * the mount show at once; files dropped in by other tools within this time. */
 #define SCAN_RECHECK_MS 500
@@ -583,7 +513,7 @@ vm_scan *
 vm_scan_get (fs_vm *vm)
 {
   uint64_t now = qb_mono_ms ();
-  struct timespec pm = points_mtime (vm->name);
+  struct timespec pm = store_vm_changed (fs_cfg.st, vm->name);
   pthread_mutex_lock (&vm->lock);
   if (vm->scan && vm->scan_stamp && now - vm->scan_checked_ms < SCAN_RECHECK_MS
       && pm.tv_sec == vm->scan_points_mtime.tv_sec && pm.tv_nsec == vm->scan_points_mtime.tv_nsec) {
@@ -593,7 +523,7 @@ vm_scan_get (fs_vm *vm)
     return s;
   }
   pthread_mutex_unlock (&vm->lock);
-  char *stamp = scan_stamp (vm->name);
+  char *stamp = store_vm_stamp (fs_cfg.st, vm->name);
   pthread_mutex_lock (&vm->lock);
   vm->scan_checked_ms = now;
   vm->scan_points_mtime = pm;

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* A directory holding layer files of one disk. */
@@ -78,6 +79,7 @@ typedef struct scan_ctx {
   int err;               /* first resource shortage (errno), 0 if none */
   store_rec **side;      /* the per-layer records read from .chain folders */
   size_t nside;
+  bool folder;           /* a disk folder outside a store (dirs[0]) */
 } scan_ctx;
 
 /* Note errno E met on WHAT: a shortage fails the scan, a link is noted. */
@@ -616,6 +618,40 @@ cmp_file_disk (const void *a, const void *b, void *arg)
   return c ? c : cmp_file (a, b);
 }
 
+/* Mark the layers an unfinished chain rewrite of the unit touches (see
+ * store.h): busy, and removing for the points that go.  -1 on a shortage. */
+static int
+rewrite_apply (scan_ctx *cx, store_vm *v)
+{
+  int ufd = cx->folder && cx->ndirs
+    ? qb_openat_nofollow (cx->vmfd, cx->dirs[0].rel, O_RDONLY | O_DIRECTORY)
+    : dup (cx->vmfd);
+  if (ufd < 0)
+    return 0;            /* the folder went away: the layers will fail to open */
+  store_rewrite_state rs;
+  int r = store_rewrite_state_load (ufd, &rs);
+  close (ufd);
+  if (r < 0 || !rs.active)
+    return r;
+  size_t ul = cx->folder && cx->ndirs
+    ? strlen (cx->vmdir) + 1 + strlen (cx->dirs[0].rel) : strlen (cx->vmdir);
+  for (size_t d = 0; d < v->ndisks; d++)
+    for (size_t c = 0; c < v->disks[d].nchains; c++)
+      for (size_t i = 0; i < v->disks[d].chains[c].n; i++) {
+        store_layer *l = &v->disks[d].chains[c].layers[i];
+        const char *rel = strlen (l->path) > ul ? l->path + ul + 1 : l->name;
+        bool hide = store_rewrite_state_has (rs.hide, rs.nhide, rel);
+        if (!hide && !rs.all_busy && !store_rewrite_state_has (rs.busy, rs.nbusy, rel))
+          continue;
+        free (l->damage);
+        l->damage = qb_strdup (rs.why);
+        l->busy = true;
+        l->removing = hide;
+      }
+  store_rewrite_state_clear (&rs);
+  return 0;
+}
+
 /* Read the directories of CX (found already), build disks and chains,
  * and free CX: the scan, or NULL with an error.  With FAILED (an error is
  * set already) only free CX. */
@@ -650,6 +686,11 @@ scan_run (scan_ctx *cx, bool failed)
     build_chains (cx, disk, files + i, j - i, d);
     i = j;
   }
+  if (rewrite_apply (cx, v) < 0) {
+    store_vm_free (v);
+    v = NULL;
+    goto out;
+  }
   v->skipped = cx->notes;
   v->nskipped = cx->nnotes;
   cx->notes = NULL;
@@ -677,6 +718,16 @@ scan_run (scan_ctx *cx, bool failed)
   return v;
 }
 
+/* The modification time of folder FD (zero when it cannot be read). */
+static struct timespec
+folder_mtime (int fd)
+{
+  struct stat sb;
+  if (fstat (fd, &sb) < 0)
+    return (struct timespec) { 0, 0 };
+  return sb.st_mtim;
+}
+
 /* Scan VM into disks, chains and layers. */
 store_vm *
 store_scan_vm (store *st, const char *vm)
@@ -685,12 +736,26 @@ store_scan_vm (store *st, const char *vm)
   if (vmfd < 0)
     return NULL;
   char *vmdir = qb_asprintf ("%s/%s", store_root (st), vm);
-  scan_ctx cx = { .vm = vm, .vmdir = vmdir, .vmfd = vmfd };
-  bool failed = store_recs_load (vmfd, vm, &cx.recs, &cx.nrecs, &cx.notes, &cx.nnotes) < 0
-    || find_dirs (&cx) < 0;
-  if (failed)
-    qb_error_prefix ("scanning VM %s", vm);
-  store_vm *v = scan_run (&cx, failed);
+  store_vm *v = NULL;
+  /* A chain rewrite changes the VM folder (its journal) at every step: a
+     scan that overlapped one is done again, so that no half-rewritten
+     state is ever taken for damage. */
+  for (int tries = 0; tries < 3; tries++) {
+    struct timespec before = folder_mtime (vmfd);
+    scan_ctx cx = { .vm = vm, .vmdir = vmdir, .vmfd = vmfd };
+    bool failed = store_recs_load (vmfd, vm, &cx.recs, &cx.nrecs, &cx.notes, &cx.nnotes) < 0
+      || find_dirs (&cx) < 0;
+    if (failed)
+      qb_error_prefix ("scanning VM %s", vm);
+    v = scan_run (&cx, failed);
+    struct timespec after = folder_mtime (vmfd);
+    if (!v || (before.tv_sec == after.tv_sec && before.tv_nsec == after.tv_nsec))
+      break;
+    if (tries < 2) {
+      store_vm_free (v);
+      v = NULL;
+    }
+  }
   close (vmfd);
   free (vmdir);
   return v;
@@ -728,9 +793,23 @@ store_scan_folder (const char *path)
   }
   const char *pname = strrchr (parent, '/') ? strrchr (parent, '/') + 1 : parent;
   char *vmname = qb_strdup (pname[0] ? pname : "/");
-  scan_ctx cx = { .vm = vmname, .vmdir = parent, .vmfd = pfd };
-  add_dir (&cx, NULL, slash + 1);
-  store_vm *v = scan_run (&cx, false);
+  int ufd = qb_openat_nofollow (pfd, slash + 1, O_RDONLY | O_DIRECTORY);
+  store_vm *v = NULL;
+  for (int tries = 0; tries < 3; tries++) {
+    struct timespec before = ufd >= 0 ? folder_mtime (ufd) : (struct timespec) { 0, 0 };
+    scan_ctx cx = { .vm = vmname, .vmdir = parent, .vmfd = pfd, .folder = true };
+    add_dir (&cx, NULL, slash + 1);
+    v = scan_run (&cx, false);
+    struct timespec after = ufd >= 0 ? folder_mtime (ufd) : (struct timespec) { 0, 0 };
+    if (!v || (before.tv_sec == after.tv_sec && before.tv_nsec == after.tv_nsec))
+      break;
+    if (tries < 2) {
+      store_vm_free (v);
+      v = NULL;
+    }
+  }
+  if (ufd >= 0)
+    close (ufd);
   close (pfd);
   free (vmname);
   free (real);

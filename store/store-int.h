@@ -13,6 +13,7 @@
 #define STORE_SIDECAR_DIR ".chain"   /* <disk dir>/.chain/<layer>.json: the layer's own record */
 #define STORE_LOCK_FILE ".lock"
 #define STORE_TMP_PREFIX ".tmp-"
+#define STORE_REWRITE_JOURNAL ".rewrite.json" /* <unit>/.rewrite.json: a chain rewrite under way */
 #define STORE_ID_MAX 40
 #define STORE_RECORD_MAX (1 << 20)   /* a record file bigger than this is not read */
 
@@ -52,8 +53,6 @@ void store_id_format (int64_t t_us, int seq, char *buf, size_t len);
 /* True for a well-formed id of this store ("YYYYMMDDTHHMMSSZ[_NN]"). */
 bool store_id_valid (const char *id);
 
-/* True for a "YYYY-MM" month folder name. */
-bool store_is_month (const char *name);
 
 /* Parse a layer file name (FULL-/INC-/COPY- with an id or a seed epoch).
  * Fills KIND, ID (canonical id), TIME_US, SEQ.  False for anything else,
@@ -115,5 +114,56 @@ int store_json_write_at (const store *st, int dfd, const char *path, const char 
 
 /* Set the error for a failed write: ENOSPC becomes the "store is full" message. */
 int store_write_error (const store *st, int errnum, const char *what, const char *path);
+
+/* What an unfinished chain rewrite (rewrite.c) means for readers. */
+typedef struct store_rewrite_state {
+  bool active;           /* a journal is present */
+  bool all_busy;         /* it cannot be read: nothing of the unit is served */
+  char **hide;           /* layers (relative to the unit) of points that go */
+  size_t nhide;
+  char **busy;           /* layers of every chain the rewrite touches */
+  size_t nbusy;
+  char *why;             /* the damage text of busy layers */
+} store_rewrite_state;
+
+/* Read the journal of the unit folder UNITFD (a VM folder, or a disk
+ * folder outside a store) into RS: 0 (RS->active false when there is
+ * none), or -1 for a shortage of descriptors or memory. */
+int store_rewrite_state_load (int unitfd, store_rewrite_state *rs);
+
+/* Free RS's contents. */
+void store_rewrite_state_clear (store_rewrite_state *rs);
+
+/* True when REL is one of the N entries of SET. */
+bool store_rewrite_state_has (char *const *set, size_t n, const char *rel);
+
+/* ---- Records (store.c): the on-disk JSON is known only inside store/ ---- */
+
+/* The per-layer record of layer NAME ("<disk dir>/.chain/NAME.json") in the
+ * disk folder DIRFD, read without following a link: a new reference, or
+ * NULL (QB_ENOENT when there is none, QB_EIO when unreadable). */
+json_object *store_sidecar_read (int dirfd, const char *name);
+
+/* Write OBJ as the per-layer record of layer NAME in disk folder DIRFD,
+ * atomically (0600 tmp with O_EXCL|O_NOFOLLOW, fsync, rename, fsync);
+ * .chain is created 0700 when missing.  0, or -1. */
+int store_sidecar_write (int dirfd, const char *name, json_object *obj);
+
+/* Remove the per-layer record of layer NAME in disk folder DIRFD (none is fine). 0 or -1. */
+int store_sidecar_remove (int dirfd, const char *name);
+
+/* The record of restore point ID (new reference), or NULL (QB_ENOENT). */
+json_object *store_record_read (store *st, const char *vm, const char *id);
+
+/* Write REC as the record of restore point ID of VM, atomically (tmp file,
+ * fsync, rename, fsync .points).  Without REPLACE an existing record is an
+ * error (QB_EINVAL); tools that rewrite chains (qmprebase) replace. */
+int store_record_write (store *st, const char *vm, const char *id, json_object *rec,
+                        bool replace);
+
+/* Remove restore point ID: first the files its record names, then the
+ * record.  Only for points no other point depends on (a COPY).  Caller
+ * holds the lock. */
+int store_point_remove (store *st, const char *vm, const char *id);
 
 #endif

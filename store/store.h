@@ -12,6 +12,7 @@
  *                                        anywhere still proves its chain
  *   STORE/<vm>/.lock                     flock: one backup per VM across processes
  *   <disk dir>/.tmp-<FILE>               a file being written (never visible as a layer)
+ *   STORE/<vm>/.rewrite.json             intent journal of a chain rewrite under way
  *
  * <id> is the UTC time of the backup transaction, "YYYYMMDDTHHMMSSZ", with
  * "_02", "_03", ... appended for further points of the same VM in the same
@@ -39,11 +40,13 @@
 #define QB_STORE_H
 
 #include "chain.h"
+#include "retention.h"
 
 #include <json-c/json.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 typedef enum store_kind { STORE_FULL, STORE_INC, STORE_COPY } store_kind;
 
@@ -80,6 +83,9 @@ typedef struct store_layer {
   bool quiesced;       /* from the record */
   char *chain_id;      /* from the record; NULL for seed files */
   char *damage;        /* non-NULL: why this layer (and every point above it) is unusable */
+  bool busy;           /* damage is not damage: a chain rewrite (removal of restore
+                          points) is under way or was interrupted; try again later */
+  bool removing;       /* busy, and this layer's point is being removed: not listed */
 } store_layer;
 
 /* When a chain's FULL is gone (or an INC's record names a chain that is not
@@ -119,6 +125,18 @@ typedef struct store_vm {
  * try again later; no layer is ever marked damaged for it). */
 store_vm *store_scan_vm (store *st, const char *vm);
 
+/* The newest modification time of VM's folder and of its records: it
+ * changes whenever a restore point is committed or removed and at every
+ * step of a chain rewrite (zero when the VM has no folder).  A cheap test
+ * for "scan again". */
+struct timespec store_vm_changed (store *st, const char *vm);
+
+/* A string (malloc'd) that changes whenever any folder of VM changes: the
+ * VM folder, its records, each disk folder, each month folder and its disk
+ * folders (the lock file excluded).  Catches layer files dropped in by
+ * other tools, which store_vm_changed does not. */
+char *store_vm_stamp (store *st, const char *vm);
+
 /* Free a scan. NULL is fine. */
 void store_vm_free (store_vm *v);
 
@@ -147,30 +165,18 @@ chain_image *store_point_open (store *st, const store_chain *c, size_t idx);
  * store_scan_vm, QB_ENOENT/QB_EPERM when PATH is no folder or a link. */
 store_vm *store_scan_folder (const char *path);
 
-/* The per-layer record of layer NAME ("<disk dir>/.chain/NAME.json") in the
- * disk folder DIRFD, read without following a link: a new reference, or
- * NULL (QB_ENOENT when there is none, QB_EIO when unreadable). */
-json_object *store_sidecar_read (int dirfd, const char *name);
+/* Why disk DISK of VM cannot continue chain CHAIN after its layer of point
+ * AFTER_ID: a newer point's record puts the disk in that chain, but the
+ * scan ends the chain before it (its file is gone, and the bitmap was
+ * reset when it was taken).  The reason (malloc'd), or NULL when no newer
+ * point of that chain is recorded. */
+char *store_chain_lost_after (store *st, const char *vm, const char *disk, const char *chain,
+                              const char *after_id);
 
-/* Write OBJ as the per-layer record of layer NAME in disk folder DIRFD,
- * atomically (0600 tmp with O_EXCL|O_NOFOLLOW, fsync, rename, fsync);
- * .chain is created 0700 when missing.  0, or -1. */
-int store_sidecar_write (int dirfd, const char *name, json_object *obj);
-
-/* Remove the per-layer record of layer NAME in disk folder DIRFD (none is fine). 0 or -1. */
-int store_sidecar_remove (int dirfd, const char *name);
-
-/* The record of restore point ID (new reference), or NULL (QB_ENOENT). */
-json_object *store_record_read (store *st, const char *vm, const char *id);
-
-/* The newest record of VM (new reference), or NULL when it has none. */
+/* The newest record of VM as JSON (new reference), for display only (the
+ * mount's status shows it as it is); NULL when it has none.  Everything
+ * else reads the store through store_scan_vm. */
 json_object *store_record_latest (store *st, const char *vm);
-
-/* Write REC as the record of restore point ID of VM, atomically (tmp file,
- * fsync, rename, fsync .points).  Without REPLACE an existing record is an
- * error (QB_EINVAL); tools that rewrite chains (qmprebase) replace. */
-int store_record_write (store *st, const char *vm, const char *id, json_object *rec,
-                        bool replace);
 
 /* ---- Locking ---- */
 
@@ -226,14 +232,104 @@ void store_txn_free (store_txn *t);
 /* A new random chain id (16 hex digits) into BUF (>= 17 bytes). */
 void store_new_chain_id (char *buf, size_t len);
 
-/* Recovery at start-up for VM (caller holds the lock): roll committed points
+/* Recovery at start-up for VM (caller holds the lock): finish an
+ * interrupted chain rewrite (store_rewrite_resume), roll committed points
  * forward, delete temps that no record names.  Returns the number of files
- * removed or renamed, or -1. */
+ * removed or renamed (a finished rewrite counts one), or -1. */
 int store_recover (store *st, const char *vm);
 
-/* Remove restore point ID: first the files its record names, then the
- * record (used by qmprebase after merging).  Caller holds the lock. */
-int store_point_remove (store *st, const char *vm, const char *id);
+/* ---- Rewriting chains: removing restore points (rewrite.c) ----
+ *
+ * A restore point is one transaction over all of a VM's disks; removing it
+ * removes its layer on every disk (or on DISK only, for qmprebase rebase).
+ * Every other point keeps reading exactly as before: a FULL that goes is
+ * folded forward (the INCs up to the first kept point are committed into
+ * it and it takes that point's name, FULL-<id>); an INC that goes has its
+ * changes moved into the next kept layer (qemu-img's safe rebase); a chain
+ * whose points all go is deleted.  The newest point of the VM and the
+ * newest layer of each disk are never removed (the next incremental
+ * continues them, so the VM's bitmap always names a chain that exists).
+ *
+ * The operation is journaled (STORE/<vm>/.rewrite.json): a crash at any
+ * step is rolled forward by store_rewrite_resume, which the next backup,
+ * mount and qmprebase run.  While it runs, the scan marks every layer of
+ * the chains it touches busy (not served, not damage) and the layers of
+ * points that go removing.  Readers already holding a point open keep
+ * reading it: a point whose FULL is rewritten in place can only be removed
+ * when nobody has it open (QB_EBUSY otherwise); other points can always
+ * be removed, their open readers keep the removed files' data. */
+
+typedef struct store_remove_opts {
+  bool dry_run;        /* plan only */
+  const char *why;     /* recorded in the journal: "prune", "rebase", "rm" */
+} store_remove_opts;
+
+typedef struct store_remove_result {
+  size_t steps;        /* steps of the plan */
+  uint64_t bytes_before; /* bytes of the files of the chains touched, before */
+  uint64_t bytes_after;  /* the same after (0 for a dry run) */
+} store_remove_result;
+
+/* Remove restore points IDS[0..N-1] of VM (ids as in store_layer.id; on
+ * DISK only when non-NULL), the caller holding the VM's lock.  Finishes an
+ * interrupted rewrite first.  0, or -1: QB_ENOENT (no such point),
+ * QB_EINVAL (the newest point or a disk's newest layer), QB_EDAMAGED (a
+ * damaged chain can only be removed whole), QB_EBUSY (a point whose FULL
+ * is rewritten in place is open for reading; or another rewrite is busy),
+ * or the errors of the steps (the journal then finishes it later). */
+int store_points_remove (store *st, const char *vm, char *const *ids, size_t n,
+                         const char *disk, const store_remove_opts *o,
+                         store_remove_result *res);
+
+/* The same for the disk folder DIR outside a store (see store_scan_folder);
+ * the journal is DIR/.rewrite.json.  The caller locks DIR. */
+int store_folder_points_remove (const char *dir, char *const *ids, size_t n,
+                                const store_remove_opts *o, store_remove_result *res);
+
+/* One restore point as prune judged it. */
+typedef struct store_prune_point {
+  char id[40];
+  char display[48];
+  int64_t time_us;
+  uint64_t bytes;      /* bytes of its layer files (all disks) */
+  bool keep;
+  const char *why;     /* the rule that kept it (static), NULL when it goes */
+  bool pinned;         /* holds a disk's newest layer: always kept */
+  bool damaged;
+} store_prune_point;
+
+/* Apply retention POLICY (retention.h) to VM's restore points, the caller
+ * holding the VM's lock: every point the policy does not keep is removed
+ * as store_points_remove does (O->dry_run: only decided).  *PTS (malloc'd,
+ * *N entries, oldest first) says what was decided for each point.  0, or
+ * -1 (QB_EINVAL for an empty policy, or store_points_remove's errors). */
+int store_prune (store *st, const char *vm, const store_retention *policy,
+                 const store_remove_opts *o, store_prune_point **pts, size_t *n,
+                 store_remove_result *res);
+
+/* The name (malloc'd) a chain's FULL takes when the layers up to TOP are
+ * folded into it: TOP's name with "FULL" for "INC" (FULL-<id of TOP>). */
+char *store_fold_name (const store_layer *top);
+
+/* Finish VM's interrupted chain rewrite, if any (caller holds the lock):
+ * 0 when there was none, 1 when one was finished, -1 when it cannot go on
+ * yet (QB_EBUSY: a reader holds a point that goes; or the step's error). */
+int store_rewrite_resume (store *st, const char *vm);
+
+/* The same for a disk folder outside a store. */
+int store_folder_rewrite_resume (const char *dir);
+
+/* True if folder PATH holds the records or the lock of a VM of a store
+ * (so PATH is a VM folder, not a disk folder copied somewhere). */
+bool store_path_has_vm_state (const char *path);
+
+/* True if PATH looks like a VM folder: it holds a VM's records or lock and
+ * no layer files, or disk folders (possibly in month folders) below it
+ * hold layer files. */
+bool store_path_is_vm (const char *path);
+
+/* True for a "YYYY-MM" month folder name (the monthly layout). */
+bool store_is_month (const char *name);
 
 /* The mount's name of restore point ID without ".img"
  * ("2026-11-26T04:50:00Z[_02]") into BUF; -1 if ID is not one of ours. */

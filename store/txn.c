@@ -642,6 +642,9 @@ recover_layer (int vmfd, const char *rel)
 int
 store_recover (store *st, const char *vm)
 {
+  int rw = store_rewrite_resume (st, vm);
+  if (rw < 0)
+    return -1;
   int vmfd = store_vm_open (st, vm);
   if (vmfd < 0)
     return qb_error_code () == QB_ENOENT ? (qb_error_clear (), 0) : -1;
@@ -707,5 +710,5 @@ store_recover (store *st, const char *vm)
   count += pc;
   store_recs_free (recs, n);
   close (vmfd);
-  return ret < 0 ? -1 : count;
+  return ret < 0 ? -1 : count + rw;
 }

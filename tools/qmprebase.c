@@ -3,6 +3,9 @@
  *   qmprebase rebase --dir DIR/<disk> [--until ID-or-TIME] [--dry-run]
  *   qmprebase merge  --dir DIR/<disk> --targetfile FILE [--until ID-or-TIME] [--force]
  *   qmprebase list   --dir STORE/<vm> | DIR/<disk> [--json]
+ *   qmprebase prune  --dir STORE/<vm> --keep-last N ... [--dry-run] [--json]
+ *   qmprebase remove --dir STORE/<vm> --point T [--point T2 ...] [--dry-run]
+ *   qmprebase sync   --from STORE --to STORE2 [--vm NAME] [--dry-run]
  *
  * DIR/<disk> may also be a copy of a disk folder made anywhere (cp -a): the
  * chain is then proved by the layers' own records in DIR/<disk>/.chain/.
@@ -18,9 +21,10 @@
  * Exit codes: 0 ok, 1 failed, 2 usage. */
 #include "store/store.h"
 #include "store/chain.h"
+#include "tools/prune.h"
+#include "tools/sync.h"
 #include "common/error.h"
 #include "common/util.h"
-#include "sync.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -37,7 +41,6 @@
 #include <unistd.h>
 
 #define EXIT_USAGE 2
-#define MERGING_PREFIX ".merging-"
 
 /* What the command line asked for. */
 typedef struct opts {
@@ -48,6 +51,10 @@ typedef struct opts {
   bool dry_run;
   bool force;
   bool json;
+  store_retention keep;  /* prune */
+  bool keep_given;
+  char **points;         /* remove: --point, in order */
+  size_t npoints;
 } opts;
 
 /* Where --dir points: the store, the VM, the disk, and the directory itself. */
@@ -100,6 +107,45 @@ help (const char *cmd)
             "  --json                one JSON object instead of text\n"
             "  -h, --help            this help\n"
             "  -V, --version         the version\n");
+  else if (cmd && strcmp (cmd, "prune") == 0)
+    printf ("usage: qmprebase prune --dir STORE/<vm> [--keep-last N] [--keep-hourly N]\n"
+            "       [--keep-daily N] [--keep-weekly N] [--keep-monthly N] [--keep-yearly N]\n"
+            "       [--keep-within DURATION] [--dry-run] [--json]\n"
+            "\n"
+            "Remove the restore points of a VM that the retention policy does not keep,\n"
+            "over every disk and chain (monthly folders included).  A point in the middle\n"
+            "of a chain has its changes merged into the next point; the oldest points of\n"
+            "a chain are folded into its FULL; every point kept reads exactly as before.\n"
+            "The newest point is always kept.  Rules as Proxmox Backup Server's prune:\n"
+            "options apply in the order last, hourly, daily, weekly, monthly, yearly;\n"
+            "each keeps the newest point of each of its N most recent periods (local\n"
+            "time; ISO weeks) that holds no point kept already.  --keep-within keeps\n"
+            "every point within DURATION (e.g. 30d, 2w, 1y6m, 36h) of the newest one.\n"
+            "\n"
+            "  --dir STORE/<vm>          the VM folder\n"
+            "  --keep-last N             the N newest points\n"
+            "  --keep-hourly N           one point for each of the last N hours\n"
+            "  --keep-daily N            one point for each of the last N days\n"
+            "  --keep-weekly N           one point for each of the last N weeks\n"
+            "  --keep-monthly N          one point for each of the last N months\n"
+            "  --keep-yearly N           one point for each of the last N years\n"
+            "  --keep-within DURATION    every point within DURATION of the newest\n"
+            "  --dry-run                 say what would be removed, change nothing\n"
+            "  --json                    one JSON object instead of text\n"
+            "  -h, --help                this help\n"
+            "  -V, --version             the version\n");
+  else if (cmd && strcmp (cmd, "remove") == 0)
+    printf ("usage: qmprebase remove --dir STORE/<vm> --point T [--point T2 ...] [--dry-run]\n"
+            "\n"
+            "Remove restore points of a VM, on all of its disks (a point is one\n"
+            "transaction over all disks), as prune removes them: every other point\n"
+            "reads exactly as before.  The newest point is never removed.\n"
+            "\n"
+            "  --dir STORE/<vm>      the VM folder\n"
+            "  --point T             a restore point: its id, or its name under restore/\n"
+            "  --dry-run             check and say what would be done, change nothing\n"
+            "  -h, --help            this help\n"
+            "  -V, --version         the version\n");
   else
     printf ("usage: qmprebase COMMAND --dir FOLDER [OPTIONS]\n"
             "\n"
@@ -107,11 +153,15 @@ help (const char *cmd)
             "  rebase  merge a disk's chain up to a restore point into its FULL, in place\n"
             "  merge   write a restore point as a new raw or qcow2 image\n"
             "  list    show the restore points, chains, sizes and health of a folder\n"
+            "  prune   remove the restore points a retention policy does not keep\n"
+            "  remove  remove chosen restore points\n"
             "  sync    copy a store's new restore points into another store\n"
             "\n"
             "  qmprebase rebase --dir DIR/<disk> [--until ID-or-TIME] [--dry-run]\n"
             "  qmprebase merge  --dir DIR/<disk> --targetfile FILE [--until ID-or-TIME] [--force]\n"
             "  qmprebase list   --dir STORE/<vm> | DIR/<disk> [--json]\n"
+            "  qmprebase prune  --dir STORE/<vm> --keep-daily N ... [--dry-run] [--json]\n"
+            "  qmprebase remove --dir STORE/<vm> --point T [--point T2 ...] [--dry-run]\n"
             "  qmprebase sync   --from STORE --to STORE2 [--vm NAME] [--dry-run]\n"
             "\n"
             "DIR is STORE/<vm> (or STORE/<vm>/<YYYY-MM> with monthly chains); a disk folder\n"
@@ -148,14 +198,6 @@ fail (const char *prefix)
   return 1;
 }
 
-/* True for a "YYYY-MM" month folder name. */
-static bool
-is_month (const char *s)
-{
-  return strlen (s) == 7 && s[4] == '-'
-    && strspn (s, "0123456789") == 4 && strspn (s + 5, "0123456789") == 2;
-}
-
 /* Free a where. */
 static void
 where_free (where *w)
@@ -165,70 +207,6 @@ where_free (where *w)
   free (w->disk);
   free (w->dir);
   free (w->rel);
-}
-
-/* True if directory PATH holds a layer file (FULL-/INC-/COPY-...). */
-static bool
-dir_has_layers (const char *path)
-{
-  DIR *d = opendir (path);
-  if (!d)
-    return false;
-  bool found = false;
-  struct dirent *de;
-  while (!found && (de = readdir (d)) != NULL)
-    found = strncmp (de->d_name, "FULL-", 5) == 0 || strncmp (de->d_name, "INC-", 4) == 0
-      || strncmp (de->d_name, "COPY-", 5) == 0;
-  closedir (d);
-  return found;
-}
-
-/* True if PATH/NAME exists (not following a link). */
-static bool
-has_entry (const char *path, const char *name)
-{
-  char *p = qb_asprintf ("%s/%s", path, name);
-  struct stat sb;
-  bool r = lstat (p, &sb) == 0;
-  free (p);
-  return r;
-}
-
-/* True if directory PATH looks like a VM folder: records or a lock, or
- * disk folders (possibly in month folders) below it and no layers in it. */
-static bool
-is_vm_folder (const char *path)
-{
-  if (has_entry (path, ".points") || has_entry (path, ".lock"))
-    return !dir_has_layers (path);
-  if (dir_has_layers (path))
-    return false;
-  DIR *d = opendir (path);
-  if (!d)
-    return false;
-  bool found = false;
-  struct dirent *de;
-  while (!found && (de = readdir (d)) != NULL) {
-    if (!qb_name_is_safe (de->d_name))
-      continue;
-    char *sub = qb_asprintf ("%s/%s", path, de->d_name);
-    found = dir_has_layers (sub);
-    if (!found && is_month (de->d_name)) {
-      DIR *m = opendir (sub);
-      struct dirent *me;
-      while (m && !found && (me = readdir (m)) != NULL)
-        if (qb_name_is_safe (me->d_name)) {
-          char *mm = qb_asprintf ("%s/%s", sub, me->d_name);
-          found = dir_has_layers (mm);
-          free (mm);
-        }
-      if (m)
-        closedir (m);
-    }
-    free (sub);
-  }
-  closedir (d);
-  return found;
 }
 
 /* Scan the VM folder at real path REAL (store root = its parent): NULL with an error. */
@@ -299,7 +277,7 @@ where_parse (const char *dir, where *w)
   struct stat sb;
   if (stat (real, &sb) < 0 || !S_ISDIR (sb.st_mode))
     return qb_error_set (QB_EINVAL, "--dir %s is not a directory", dir);
-  if (is_vm_folder (real))
+  if (store_path_is_vm (real))
     return vm_folder_error (dir, real);
   w->dir = qb_strdup (real);
   char *slash = strrchr (real, '/');
@@ -310,18 +288,17 @@ where_parse (const char *dir, where *w)
   *slash = '\0';
   slash = strrchr (real, '/');
   char *month = NULL;
-  if (slash && slash != real && is_month (slash + 1)) {
+  if (slash && slash != real && store_is_month (slash + 1)) {
     char *vmdir = qb_strdup (real);
     *strrchr (vmdir, '/') = '\0';
-    if (has_entry (vmdir, ".points") || has_entry (vmdir, ".lock")) {
+    if (store_path_has_vm_state (vmdir)) {
       month = qb_strdup (slash + 1);
       *slash = '\0';
       slash = strrchr (real, '/');
     }
     free (vmdir);
   }
-  if (!slash || slash == real || (!month && !has_entry (real, ".points")
-                                  && !has_entry (real, ".lock"))) {
+  if (!slash || slash == real || (!month && !store_path_has_vm_state (real))) {
     /* Outside a store: the folder alone, proved by its own .chain records. */
     free (month);
     w->alone = true;
@@ -758,136 +735,6 @@ dir_private (const char *dir)
   return 0;
 }
 
-/* Index of this disk's entry (file REL/NAME) in record OBJ's "disks", or -1. */
-static int
-record_disk_index (json_object *obj, const where *w, const char *name)
-{
-  json_object *disks;
-  if (!json_object_object_get_ex (obj, "disks", &disks)
-      || !json_object_is_type (disks, json_type_array))
-    return -1;
-  char *file = qb_asprintf ("%s/%s", w->rel, name);
-  int found = -1;
-  for (size_t i = 0; i < json_object_array_length (disks) && found < 0; i++) {
-    json_object *d = json_object_array_get_idx (disks, i), *f, *n;
-    if (json_object_object_get_ex (d, "file", &f) && json_object_object_get_ex (d, "name", &n)
-        && strcmp (json_object_get_string (f), file) == 0
-        && strcmp (json_object_get_string (n), w->disk) == 0)
-      found = (int) i;
-  }
-  free (file);
-  return found;
-}
-
-/* Records: points 0..K-1 lose this disk (a record left without disks goes),
- * point K's entry becomes the FULL NEWNAME.  Seed layers have no records. */
-static int
-records_update (store *st, const where *w, const store_chain *ch, size_t k,
-                const char *newname, const char *newpath)
-{
-  for (size_t i = 0; i <= k; i++) {
-    const store_layer *l = &ch->layers[i];
-    json_object *obj = store_record_read (st, w->vm, l->id);
-    if (!obj) {
-      qb_error_clear ();
-      continue;             /* a seed layer */
-    }
-    int idx = record_disk_index (obj, w, l->name);
-    if (idx < 0) {
-      json_object_put (obj);
-      continue;
-    }
-    json_object *disks;
-    json_object_object_get_ex (obj, "disks", &disks);
-    int ret;
-    if (i < k) {
-      if (json_object_array_length (disks) == 1)
-        ret = store_point_remove (st, w->vm, l->id);
-      else {
-        json_object_array_del_idx (disks, (size_t) idx, 1);
-        ret = store_record_write (st, w->vm, l->id, obj, true);
-      }
-    } else {
-      json_object *d = json_object_array_get_idx (disks, (size_t) idx);
-      struct stat sb;
-      json_object_object_add (d, "kind", json_object_new_string ("full"));
-      char *file = qb_asprintf ("%s/%s", w->rel, newname);
-      json_object_object_add (d, "file", json_object_new_string (file));
-      free (file);
-      json_object_object_add (d, "prev", NULL);
-      if (stat (newpath, &sb) == 0) {
-        json_object_object_add (d, "bytes", json_object_new_int64 ((int64_t) sb.st_blocks * 512));
-        json_object_object_add (d, "size", json_object_new_int64 ((int64_t) sb.st_size));
-      }
-      ret = store_record_write (st, w->vm, l->id, obj, true);
-    }
-    json_object_put (obj);
-    if (ret < 0)
-      return -1;
-  }
-  return 0;
-}
-
-/* The per-layer record of the merged FULL NEWNAME (file NEWPATH) in disk
- * folder DFD, made from the record of point K's layer TOP (its own
- * .chain record, else its entry in the VM's record REC_K): a FULL, no
- * previous layer, the new length.  NULL when TOP has neither (seed). */
-static json_object *
-sidecar_merged (int dfd, const store_layer *top, json_object *rec_k, const where *w,
-                const char *newname, const char *newpath)
-{
-  json_object *side = store_sidecar_read (dfd, top->name);
-  if (!side && rec_k) {
-    int idx = record_disk_index (rec_k, w, top->name);
-    if (idx >= 0) {
-      json_object *disks, *one = json_object_new_array ();
-      json_object_object_get_ex (rec_k, "disks", &disks);
-      json_object_deep_copy (rec_k, &side, NULL);
-      json_object_array_add (one, json_object_get (json_object_array_get_idx (disks, (size_t) idx)));
-      json_object_object_add (side, "disks", one);
-    }
-  }
-  qb_error_clear ();
-  json_object *disks;
-  if (!side || !json_object_object_get_ex (side, "disks", &disks)
-      || !json_object_is_type (disks, json_type_array) || json_object_array_length (disks) != 1) {
-    json_object_put (side);
-    return NULL;
-  }
-  json_object *d = json_object_array_get_idx (disks, 0), *f;
-  char *file = NULL;
-  if (json_object_object_get_ex (d, "file", &f) && json_object_is_type (f, json_type_string)) {
-    const char *old = json_object_get_string (f);
-    const char *sl = strrchr (old, '/');
-    file = sl ? qb_asprintf ("%.*s/%s", (int) (sl - old), old, newname) : qb_strdup (newname);
-  } else
-    file = qb_asprintf ("%s/%s", w->rel, newname);
-  json_object_object_add (d, "file", json_object_new_string (file));
-  free (file);
-  json_object_object_add (d, "kind", json_object_new_string ("full"));
-  json_object_object_add (d, "prev", NULL);
-  struct stat sb;
-  if (stat (newpath, &sb) == 0) {
-    json_object_object_add (d, "bytes", json_object_new_int64 ((int64_t) sb.st_blocks * 512));
-    json_object_object_add (d, "size", json_object_new_int64 ((int64_t) sb.st_size));
-  }
-  json_object_object_add (side, "layer", json_object_new_string (newname));
-  return side;
-}
-
-/* qemu-img rebase -u FILE onto BACKING (a name relative to FILE's directory). */
-static int
-set_backing (const char *file, const char *backing)
-{
-  char *argv[] = { "qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-b", (char *) backing,
-                   "-F", "qcow2", (char *) file, NULL };
-  if (qb_run (argv, NULL) < 0) {
-    qb_error_prefix ("set the backing file of %s", file);
-    return -1;
-  }
-  return 0;
-}
-
 /* `rebase`: merge layers 1..K into the FULL; exit code. */
 static int
 cmd_rebase (const opts *o)
@@ -899,7 +746,7 @@ cmd_rebase (const opts *o)
   const store_chain *ch;
   size_t k;
   int rc = 1;
-  char *newname = NULL, *newpath = NULL, *mpath = NULL, *mname = NULL;
+  char *newname = NULL;
   int dfd = -1;
 
   if (where_parse (o->dir, &w) < 0 || dir_private (w.dir) < 0) {
@@ -923,8 +770,16 @@ cmd_rebase (const opts *o)
       rc = fail ("rebase");
       goto out;
     }
+    /* An interrupted rewrite is finished first. */
+    if (store_rewrite_resume (st, w.vm) < 0) {
+      rc = fail ("rebase");
+      goto out;
+    }
     store_close (st);
     st = NULL;
+  } else if (!o->dry_run && store_folder_rewrite_resume (w.dir) < 0) {
+    rc = fail ("rebase");
+    goto out;
   }
   if (locate (&w, o->until, &st, &v, &ch, &k) < 0 || check_damage (ch, k, true) < 0) {
     rc = fail ("rebase");
@@ -943,10 +798,7 @@ cmd_rebase (const opts *o)
     goto out;
   }
   /* The merged FULL takes the name of point K ("INC-x" -> "FULL-x"). */
-  newname = qb_asprintf ("FULL-%s", top->name + strlen ("INC-"));
-  newpath = qb_asprintf ("%s/%s", w.dir, newname);
-  mname = qb_asprintf (MERGING_PREFIX "%s", newname);
-  mpath = qb_asprintf ("%s/%s", w.dir, mname);
+  newname = store_fold_name (top);
 
   printf ("%s merge %zu INC%s into %s (restore point %s):\n", o->dry_run ? "would" : "will",
           k, k == 1 ? "" : "s", full->name, top->display);
@@ -964,80 +816,26 @@ cmd_rebase (const opts *o)
   }
   fflush (stdout);
 
-  /* 1. Take the FULL's name away first: while it holds newer data, no name shows it. */
-  if (rename (full->path, mpath) < 0) {
-    qb_error_set_errno (errno, "rename %s", full->path);
-    rc = fail ("rebase");
-    goto out;
-  }
-  qb_fsync_dir (w.dir);
-  /* 2. Link the layers by name (seed INCs are standalone; ours may name another path). */
-  for (size_t i = 1; i <= k; i++)
-    if (set_backing (ch->layers[i].path, i == 1 ? mname : ch->layers[i - 1].name) < 0) {
-      fprintf (stderr, "qmprebase: rebase: %s; the data is intact in %s and the INC files\n",
-               qb_error_msg (), mpath);
-      goto out;
-    }
-  /* 3. Commit the whole chain into the FULL. */
+  /* One journaled store operation: a crash at any step is finished by the
+     next backup, mount or qmprebase run. */
   {
-    char *argv[] = { "qemu-img", "commit", "-q", "-d", "-f", "qcow2", "-b", mpath,
-                     (char *) top->path, NULL };
-    if (qb_run (argv, NULL) < 0 || qb_fsync_path (mpath) < 0) {
-      fprintf (stderr, "qmprebase: rebase: qemu-img commit failed: %s\n"
-               "qmprebase: the chain is left as %s + %s..%s (data intact; not merged)\n",
-               qb_error_msg (), mpath, ch->layers[1].name, top->name);
-      goto out;
-    }
-  }
-  /* 4. Records: the new FULL's own record first, then the VM's records:
-     older points lose this disk, point K's layer is the new FULL. */
-  {
-    json_object *rec_k = st ? store_record_read (st, w.vm, top->id) : NULL;
-    qb_error_clear ();
-    json_object *side = sidecar_merged (dfd, top, rec_k, &w, newname, mpath);
-    json_object_put (rec_k);
-    int r = side ? store_sidecar_write (dfd, newname, side) : 0;
-    json_object_put (side);
+    char **ids = qb_calloc (k, sizeof *ids);
+    for (size_t i = 0; i < k; i++)
+      ids[i] = ch->layers[i].id;
+    store_remove_opts ro = { .why = "rebase" };
+    int r = w.alone ? store_folder_points_remove (w.dir, ids, k, &ro, NULL)
+      : store_points_remove (st, w.vm, ids, k, w.disk, &ro, NULL);
+    free (ids);
     if (r < 0) {
-      rc = fail ("rebase: write the record of the merged FULL");
-      goto out;
-    }
-  }
-  if (!w.alone && records_update (st, &w, ch, k, newname, mpath) < 0) {
-    rc = fail ("rebase: update the restore point records");
-    goto out;
-  }
-  /* 5. Files: merged INCs go, the FULL takes its new name. */
-  for (size_t i = 1; i <= k; i++)
-    if (unlink (ch->layers[i].path) < 0 && errno != ENOENT) {
-      qb_error_set_errno (errno, "remove %s", ch->layers[i].path);
       rc = fail ("rebase");
       goto out;
     }
-  if (rename (mpath, newpath) < 0) {
-    qb_error_set_errno (errno, "rename %s to %s", mpath, newpath);
-    rc = fail ("rebase");
-    goto out;
-  }
-  qb_fsync_dir (w.dir);
-  for (size_t i = 0; i <= k; i++)
-    if (store_sidecar_remove (dfd, ch->layers[i].name) < 0) {
-      rc = fail ("rebase");
-      goto out;
-    }
-  /* 6. The INC above K now continues the new FULL. */
-  if (k + 1 < ch->n && set_backing (ch->layers[k + 1].path, newname) < 0) {
-    rc = fail ("rebase");
-    goto out;
   }
   printf ("%s: merged %zu INC%s; restore point %s is now %s\n", w.disk, k, k == 1 ? "" : "s",
           top->display, newname);
   rc = 0;
  out:
   free (newname);
-  free (newpath);
-  free (mname);
-  free (mpath);
   store_vm_free (v);
   store_unlock (lk);
   store_close (st);
@@ -1169,7 +967,7 @@ cmd_list (const opts *o)
   where w;
   memset (&w, 0, sizeof w);
   int rc = 1;
-  if (is_vm_folder (real)) {
+  if (store_path_is_vm (real)) {
     v = scan_vm_folder (real, &st);
     if (!v) {
       rc = fail ("list");
@@ -1204,7 +1002,7 @@ static bool
 known_command (const char *c)
 {
   return strcmp (c, "rebase") == 0 || strcmp (c, "merge") == 0 || strcmp (c, "list") == 0
-         || strcmp (c, "sync") == 0;
+    || strcmp (c, "prune") == 0 || strcmp (c, "remove") == 0 || strcmp (c, "sync") == 0;
 }
 
 int
@@ -1217,6 +1015,14 @@ main (int argc, char **argv)
     { "dry-run", no_argument, NULL, 'n' },
     { "force", no_argument, NULL, 'f' },
     { "json", no_argument, NULL, 'j' },
+    { "keep-last", required_argument, NULL, 'L' },
+    { "keep-hourly", required_argument, NULL, 'H' },
+    { "keep-daily", required_argument, NULL, 'D' },
+    { "keep-weekly", required_argument, NULL, 'W' },
+    { "keep-monthly", required_argument, NULL, 'M' },
+    { "keep-yearly", required_argument, NULL, 'Y' },
+    { "keep-within", required_argument, NULL, 'I' },
+    { "point", required_argument, NULL, 'p' },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
@@ -1235,6 +1041,28 @@ main (int argc, char **argv)
     case 'n': o.dry_run = true; break;
     case 'f': o.force = true; break;
     case 'j': o.json = true; break;
+    case 'L': case 'H': case 'D': case 'W': case 'M': case 'Y': {
+      char *end;
+      errno = 0;
+      unsigned long v = strtoul (optarg, &end, 10);
+      if (errno || *end || !*optarg || optarg[0] == '-' || v == 0 || v > 4294967295UL)
+        return usage_error ("%s needs a whole number from 1 up, not \"%s\"",
+                            argv[optind - 1], optarg);
+      unsigned *f = c == 'L' ? &o.keep.last : c == 'H' ? &o.keep.hourly : c == 'D'
+        ? &o.keep.daily : c == 'W' ? &o.keep.weekly : c == 'M' ? &o.keep.monthly : &o.keep.yearly;
+      *f = (unsigned) v;
+      o.keep_given = true;
+      break;
+    }
+    case 'p':
+      o.points = qb_realloc (o.points, (o.npoints + 1) * sizeof *o.points);
+      o.points[o.npoints++] = optarg;
+      break;
+    case 'I':
+      if (store_retention_parse_duration (optarg, &o.keep.within_us) < 0)
+        return usage_error ("--keep-within %s: %s", optarg, qb_error_msg ());
+      o.keep_given = true;
+      break;
     case 'h': want_help = true; break;
     case 'V': want_version = true; break;
     case ':':
@@ -1248,7 +1076,7 @@ main (int argc, char **argv)
   if (optind < argc)
     o.cmd = argv[optind];
   if (o.cmd && !known_command (o.cmd))
-    return usage_error ("unknown command %s (commands: rebase, merge, list)", o.cmd);
+    return usage_error ("unknown command %s (commands: rebase, merge, list, prune, remove, sync)", o.cmd);
   if (want_help) {
     help (o.cmd);
     return 0;
@@ -1258,11 +1086,33 @@ main (int argc, char **argv)
     return 0;
   }
   if (!o.cmd)
-    return usage_error ("no command given (rebase, merge or list)");
+    return usage_error ("no command given (rebase, merge, list, prune, remove or sync)");
   if (optind + 1 < argc)
     return usage_error ("unexpected argument %s", argv[optind + 1]);
   if (!o.dir)
     return usage_error ("%s needs --dir", o.cmd);
+  if (o.keep_given && strcmp (o.cmd, "prune") != 0)
+    return usage_error ("--keep-... options belong to prune");
+  if (o.npoints && strcmp (o.cmd, "remove") != 0)
+    return usage_error ("--point belongs to remove");
+  if (strcmp (o.cmd, "remove") == 0) {
+    if (o.until || o.target || o.force || o.json)
+      return usage_error ("remove takes only --dir, --point and --dry-run");
+    if (!o.npoints)
+      return usage_error ("remove needs --point T (one or more)");
+    int r = prune_remove_run (o.dir, o.points, o.npoints, o.dry_run);
+    free (o.points);
+    return r;
+  }
+  if (strcmp (o.cmd, "prune") == 0) {
+    if (o.until || o.target || o.force)
+      return usage_error ("prune takes no %s", o.until ? "--until" : o.target ? "--targetfile"
+                          : "--force");
+    if (!o.keep_given)
+      return usage_error ("prune needs at least one --keep-... option (it never removes "
+                          "everything by default)");
+    return prune_run (o.dir, &o.keep, o.dry_run, o.json);
+  }
   if (strcmp (o.cmd, "rebase") == 0) {
     if (o.target || o.force || o.json)
       return usage_error ("rebase takes no %s", o.target ? "--targetfile" : o.force ? "--force"

@@ -5,6 +5,7 @@
  * damage: the same chain opens once descriptors are back.
  * Needs qemu-img (exit 77 without it). */
 #include "store/store.h"
+#include "store/store-int.h"   /* white box: records */
 #include "store/chain.h"
 #include "common/error.h"
 #include "common/util.h"

@@ -2,6 +2,7 @@
  * locks, scans of monthly and seed layouts, damage detection, unsafe names.
  * Needs no QEMU; qemu-img (if installed) makes small real qcow2 images. */
 #include "store/store.h"
+#include "store/store-int.h"   /* white box: records */
 #include "common/error.h"
 #include "common/util.h"
 

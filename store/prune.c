@@ -1,0 +1,107 @@
+/* qmpbackupfs — prune: apply a retention policy to one VM's restore points
+ * (the policy from retention.c, the removal from rewrite.c). */
+#include "store-int.h"
+#include "retention.h"
+#include "common/error.h"
+#include "common/util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int
+cmp_point (const void *a, const void *b)
+{
+  const store_prune_point *x = a, *y = b;
+  return strcmp (x->id, y->id);
+}
+
+/* Index of point ID in PTS[0..N-1], appending it when new. */
+static size_t
+point_add (store_prune_point **pts, size_t *n, const store_layer *l)
+{
+  for (size_t i = 0; i < *n; i++)
+    if (strcmp ((*pts)[i].id, l->id) == 0)
+      return i;
+  *pts = qb_realloc (*pts, (*n + 1) * sizeof **pts);
+  store_prune_point *p = &(*pts)[(*n)++];
+  memset (p, 0, sizeof *p);
+  snprintf (p->id, sizeof p->id, "%s", l->id);
+  snprintf (p->display, sizeof p->display, "%s", l->display);
+  p->time_us = l->time_us;
+  return *n - 1;
+}
+
+int
+store_prune (store *st, const char *vm, const store_retention *policy,
+             const store_remove_opts *o, store_prune_point **out, size_t *nout,
+             store_remove_result *res)
+{
+  *out = NULL;
+  *nout = 0;
+  if (store_retention_empty (policy))
+    return qb_error_set (QB_EINVAL, "no retention option given: prune needs at least one "
+                         "(it never removes everything by default)");
+  if (!(o && o->dry_run) && store_rewrite_resume (st, vm) < 0)
+    return -1;
+  store_vm *v = store_scan_vm (st, vm);
+  if (!v)
+    return -1;
+  store_prune_point *pts = NULL;
+  size_t n = 0;
+  for (size_t d = 0; d < v->ndisks; d++) {
+    const store_disk *sd = &v->disks[d];
+    for (size_t c = 0; c < sd->nchains; c++)
+      for (size_t i = 0; i < sd->chains[c].n; i++) {
+        const store_layer *l = &sd->chains[c].layers[i];
+        if (l->removing)
+          continue;
+        size_t k = point_add (&pts, &n, l);
+        pts[k].bytes += l->file_size;
+        if (l->damage && !l->busy)
+          pts[k].damaged = true;
+        if (c + 1 == sd->nchains && i + 1 == sd->chains[c].n)
+          pts[k].pinned = true;       /* the disk's newest layer */
+      }
+  }
+  if (n > 1)
+    qsort (pts, n, sizeof *pts, cmp_point);
+  int64_t *times = qb_calloc (n ? n : 1, sizeof *times);
+  uint8_t *keep = qb_calloc (n ? n : 1, 1);
+  const char **why = qb_calloc (n ? n : 1, sizeof *why);
+  for (size_t i = 0; i < n; i++)
+    times[i] = pts[i].time_us;
+  int ret = -1;
+  if (store_retention_select (times, n, policy, keep, why) < 0)
+    goto out;
+  char **ids = qb_calloc (n ? n : 1, sizeof *ids);
+  size_t nids = 0;
+  for (size_t i = 0; i < n; i++) {
+    pts[i].keep = keep[i] != 0;
+    pts[i].why = why[i];
+    if (!pts[i].keep && pts[i].pinned) {
+      pts[i].keep = true;
+      pts[i].why = "newest of a disk";
+    }
+    if (!pts[i].keep)
+      ids[nids++] = pts[i].id;
+  }
+  ret = 0;
+  if (nids)
+    ret = store_points_remove (st, vm, ids, nids, NULL, o, res);
+  else if (res)
+    memset (res, 0, sizeof *res);
+  free (ids);
+ out:
+  free (times);
+  free (keep);
+  free (why);
+  store_vm_free (v);
+  if (ret < 0) {
+    free (pts);
+    return -1;
+  }
+  *out = pts;
+  *nout = n;
+  return 0;
+}
