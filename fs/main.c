@@ -146,7 +146,7 @@ usage (const char *prog)
           "  -o notify_timeout=SECS  kill a notification running longer (default 60)\n"
           "  -o keep=RULE=N,...      after each backup that worked, prune the VM's points:\n"
           "                          last, hourly, daily, weekly, monthly, yearly=N,\n"
-          "                          within=DURATION (as qmprebase prune --keep-...)\n"
+          "                          within=DURATION (the rules of qmprebase prune)\n"
           "  -o ro                   read-only: restore only (no backups, no removals)\n"
           "  -o allow_other          let other users in (permissions enforced by the kernel)\n"
           "  -f                      stay in the foreground\n"

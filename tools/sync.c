@@ -47,6 +47,7 @@ typedef struct sync_stats {
   size_t layers;          /* layer files copied */
   size_t layers_there;    /* layer files already there, the same */
   uint64_t bytes;         /* bytes of layer data copied */
+  size_t damaged;         /* points left out: damaged in the source */
 } sync_stats;
 
 /* Print the help of `qmprebase sync`. */
@@ -550,22 +551,7 @@ sync_same_record (int sdfd, int ddfd, const char *layer, bool *dst_has)
   return same;
 }
 
-/* The layer of scan V whose file is REL beneath the VM folder of SRC, or NULL. */
-static const store_layer *
-sync_find_layer (store *src, const store_vm *v, const char *rel)
-{
-  char *want = qb_asprintf ("%s/%s/%s", store_root (src), v->name, rel);
-  const store_layer *found = NULL;
-  for (size_t d = 0; d < v->ndisks && !found; d++)
-    for (size_t c = 0; c < v->disks[d].nchains && !found; c++)
-      for (size_t l = 0; l < v->disks[d].chains[c].n && !found; l++)
-        if (strcmp (v->disks[d].chains[c].layers[l].path, want) == 0)
-          found = &v->disks[d].chains[c].layers[l];
-  free (want);
-  return found;
-}
-
-/* True for a record's file path: 2 or 3 safe components ("disk/FILE",
+/* True for a layer's path below its VM folder: 2 or 3 safe components ("disk/FILE",
  * "YYYY-MM/disk/FILE"). */
 static bool
 sync_rel_ok (const char *rel)
@@ -630,77 +616,161 @@ sync_point_ids (int rootfd, const char *root, const char *vm, size_t *n)
   return ids;
 }
 
-/* True when layer REL of VM is being committed in the source store at
- * SRCFD right now: its temp, or by now its final file, is there (a backup
- * names its layers after writing the record). */
+/* True when disk folder DFD holds a temp of a layer of point ID. */
 static bool
-sync_committing (int srcfd, const char *vm, const char *rel)
+sync_has_temp (int dfd, const char *id)
 {
-  char *dir = qb_strdup (rel);
-  *strrchr (dir, '/') = '\0';
-  char *tmp = qb_asprintf ("%s/%s/" SYNC_TMP "%s", vm, dir, strrchr (rel, '/') + 1);
-  char *fin = qb_asprintf ("%s/%s", vm, rel);
-  int a = qb_openat_nofollow (srcfd, tmp, O_RDONLY);
-  int b = a >= 0 ? -1 : qb_openat_nofollow (srcfd, fin, O_RDONLY);
-  bool yes = a >= 0 || b >= 0;
-  if (a >= 0)
-    close (a);
-  if (b >= 0)
-    close (b);
-  free (dir);
-  free (tmp);
-  free (fin);
+  static const char *const kinds[] = { "FULL", "INC", "COPY" };
+  for (size_t k = 0; k < 3; k++) {
+    char *t = qb_asprintf (SYNC_TMP "%s-%s", kinds[k], id);
+    bool yes = faccessat (dfd, t, F_OK, AT_SYMLINK_NOFOLLOW) == 0;
+    free (t);
+    if (yes)
+      return true;
+  }
+  return false;
+}
+
+/* True when point ID of VM is being committed in the source store at
+ * SRCFD right now: a temp of one of its layers is in a disk folder (a
+ * backup names its layers after writing the record). */
+static bool
+sync_committing (int srcfd, const char *vm, const char *id)
+{
+  int vfd = qb_openat_nofollow (srcfd, vm, O_RDONLY | O_DIRECTORY);
+  DIR *d = vfd >= 0 ? fdopendir (vfd) : NULL;
+  if (!d && vfd >= 0)
+    close (vfd);
+  bool yes = false;
+  struct dirent *de;
+  while (d && !yes && (de = readdir (d)) != NULL) {
+    if (de->d_name[0] == '.' || !qb_name_is_safe (de->d_name))
+      continue;
+    int dfd = openat (dirfd (d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0)
+      continue;
+    yes = sync_has_temp (dfd, id);
+    if (!yes && store_is_month (de->d_name)) {
+      DIR *m = fdopendir (dup (dfd));
+      struct dirent *me;
+      while (m && !yes && (me = readdir (m)) != NULL) {
+        if (me->d_name[0] == '.' || !qb_name_is_safe (me->d_name))
+          continue;
+        int mfd = openat (dirfd (m), me->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (mfd >= 0) {
+          yes = sync_has_temp (mfd, id);
+          close (mfd);
+        }
+      }
+      if (m)
+        closedir (m);
+    }
+    close (dfd);
+  }
+  if (d)
+    closedir (d);
   return yes;
 }
 
-/* Copy (or with DRY_RUN, describe) point ID of VM: every disk's layer and
- * .chain files, then the record.  DST (NULL in a dry run into a store that
- * does not exist yet) has its root DROOT open at DSTFD (or -1).  0; 1 when
- * the point is still being committed in the source (stop here, no error);
- * or -1. */
+/* The layers of point ID in scan V (one per disk that has one), *N of
+ * them: a malloc'd array of pointers into V. */
+static const store_layer **
+sync_point_layers (const store_vm *v, const char *id, size_t *n)
+{
+  const store_layer **out = NULL;
+  size_t k = 0;
+  for (size_t d = 0; d < v->ndisks; d++)
+    for (size_t c = 0; c < v->disks[d].nchains; c++)
+      for (size_t l = 0; l < v->disks[d].chains[c].n; l++)
+        if (strcmp (v->disks[d].chains[c].layers[l].id, id) == 0) {
+          out = qb_realloc (out, (k + 1) * sizeof *out);
+          out[k++] = &v->disks[d].chains[c].layers[l];
+        }
+  *n = k;
+  return out;
+}
+
+/* Copy the record of point ID of VM (.points/ID.json, its bytes as they
+ * are) from SRCFD to DSTFD (DROOT in messages), through a temp.  0 or -1. */
 static int
-sync_point (store *src, int srcfd, store *dst, const char *droot, int dstfd, const store_vm *v,
+sync_record (int srcfd, const char *sroot, int dstfd, const char *droot, const char *vm,
+             const char *id)
+{
+  char *rel = qb_asprintf ("%s/" SYNC_POINTS, vm);
+  char *sw = qb_asprintf ("%s/%s", sroot, rel), *dw = qb_asprintf ("%s/%s", droot, rel);
+  char *name = qb_asprintf ("%s.json", id);
+  char *sp = qb_asprintf ("%s/%s", sw, name), *dp = qb_asprintf ("%s/%s", dw, name);
+  char *data = NULL;
+  size_t len = 0;
+  int ret = -1;
+  int sfd = sync_dir_open (srcfd, rel, false, sw);
+  int dfd = sfd < 0 ? -1 : sync_dir_open (dstfd, rel, true, dw);
+  int r = dfd < 0 ? -1 : sync_small_read (sfd, name, &data, &len, sp);
+  if (r == 0)
+    qb_error_set (QB_ENOENT, "%s is gone (the point was removed in the source meanwhile)", sp);
+  else if (r == 1)
+    ret = sync_small_write (dfd, name, data, len, dp);
+  if (sfd >= 0)
+    close (sfd);
+  if (dfd >= 0)
+    close (dfd);
+  free (data);
+  free (rel);
+  free (sw);
+  free (dw);
+  free (name);
+  free (sp);
+  free (dp);
+  return ret;
+}
+
+/* Copy (or with DRY_RUN, describe) point ID of VM: every disk's layer and
+ * .chain files, then the record.  The destination store's root DROOT is open
+ * at DSTFD (-1 in a dry run into a store that does not exist yet).  The
+ * point's layers are those of the scan V with its id.  0; 1 when the point
+ * is still being committed in the source (stop here, no error); 2 when it
+ * is not copied (damaged in the source: warned, go on); or -1. */
+static int
+sync_point (store *src, int srcfd, const char *droot, int dstfd, const store_vm *v,
             const char *id, bool dry_run, sync_stats *stats)
 {
   const char *vm = v->name;
-  json_object *rec = store_record_read (src, vm, id), *disks = NULL;
-  if (!rec)
-    return -1;
   int ret = 0;
-  size_t copied = 0;
+  size_t copied = 0, nl = 0;
   uint64_t bytes0 = stats->bytes;
-  if (!json_object_object_get_ex (rec, "disks", &disks)
-      || !json_object_is_type (disks, json_type_array)) {
-    json_object_put (rec);
-    return qb_error_set (QB_EDAMAGED, "%s/%s/" SYNC_POINTS "/%s.json names no disks",
-                         store_root (src), vm, id);
+  char *prefix = qb_asprintf ("%s/%s/", store_root (src), vm);
+  const store_layer **ls = sync_point_layers (v, id, &nl);
+  /* Decide before copying anything: the point is copied whole or not at all. */
+  if (sync_committing (srcfd, vm, id)) {
+    printf ("%s: point %s is still being committed in the source: it is copied next time\n",
+            vm, id);
+    ret = 1;
   }
-  for (size_t i = 0; i < json_object_array_length (disks) && ret == 0; i++) {
-    json_object *jd = json_object_array_get_idx (disks, i), *jf = NULL;
-    const char *rel = json_object_object_get_ex (jd, "file", &jf) ? json_object_get_string (jf) : NULL;
-    if (!rel || !sync_rel_ok (rel)) {
-      ret = qb_error_set (QB_EDAMAGED, "%s/%s/" SYNC_POINTS "/%s.json names an unsafe file \"%s\"",
-                          store_root (src), vm, id, rel ? rel : "");
-      break;
+  else if (nl == 0) {
+    fprintf (stderr, "qmprebase sync: warning: %s: point %s has a record but no layer in the "
+             "source: not copied\n", vm, id);
+    ret = 2;
+  }
+  for (size_t i = 0; i < nl && ret == 0; i++) {
+    const store_layer *L = ls[i];
+    if (L->busy)
+      ret = qb_error_set (QB_EBUSY, "a removal of restore points is under way or was "
+                          "interrupted in the source (%s%s): copied up to the point before "
+                          "%s; the next backup, mount or qmprebase run on the source finishes "
+                          "it, then run sync again", prefix, ".rewrite.json", id);
+    else if (L->damage) {
+      fprintf (stderr, "qmprebase sync: warning: %s: point %s is damaged in the source (%s): "
+               "not copied\n", vm, id, L->damage);
+      stats->damaged++;
+      ret = 2;
     }
-    const store_layer *L = sync_find_layer (src, v, rel);
-    if (!L && sync_committing (srcfd, vm, rel)) {
-      printf ("%s: point %s is still being committed in the source: it is copied next time\n",
-              vm, id);
-      ret = 1;
-      break;
-    }
-    if (!L) {
-      ret = qb_error_set (QB_EDAMAGED, "point %s of VM %s: its layer %s/%s/%s is missing in the "
-                          "source; later points build on it, so %s is synced no further",
-                          id, vm, store_root (src), vm, rel, vm);
-      break;
-    }
-    if (L->damage) {
-      ret = qb_error_set (QB_EDAMAGED, "point %s of VM %s: %s is damaged in the source (%s); "
-                          "%s is synced no further", id, vm, L->path, L->damage, vm);
-      break;
-    }
+    else if (strncmp (L->path, prefix, strlen (prefix)) != 0
+             || !sync_rel_ok (L->path + strlen (prefix)))
+      ret = qb_error_set (QB_EDAMAGED, "%s: an unexpected layer path", L->path);
+  }
+  for (size_t i = 0; i < nl && ret == 0; i++) {
+    const store_layer *L = ls[i];
+    const char *rel = L->path + strlen (prefix);
     char *dirrel = qb_strdup (rel);
     *strrchr (dirrel, '/') = '\0';
     const char *name = strrchr (rel, '/') + 1;
@@ -780,7 +850,7 @@ sync_point (store *src, int srcfd, store *dst, const char *droot, int dstfd, con
   }
   /* The record last: the commit point of the copy. */
   if (ret == 0 && !dry_run)
-    ret = store_record_write (dst, vm, id, rec, false);
+    ret = sync_record (srcfd, store_root (src), dstfd, droot, vm, id);
   if (ret == 0) {
     stats->points++;
     if (!dry_run) {
@@ -789,7 +859,8 @@ sync_point (store *src, int srcfd, store *dst, const char *droot, int dstfd, con
       printf ("%s: point %s copied (%zu layer%s, %s)\n", vm, id, copied, copied == 1 ? "" : "s", b);
     }
   }
-  json_object_put (rec);
+  free (ls);
+  free (prefix);
   return ret;
 }
 
@@ -840,7 +911,9 @@ sync_vm (store *src, int srcfd, store *dst, const char *droot, int dstfd, const 
       stats->points_there++;
       continue;
     }
-    ret = sync_point (src, srcfd, dst, droot, dstfd, v, ids[i], dry_run, stats);
+    ret = sync_point (src, srcfd, droot, dstfd, v, ids[i], dry_run, stats);
+    if (ret == 2)
+      ret = 0;                   /* damaged in the source: warned, the next point */
   }
   if (ret == 1)
     ret = 0;
@@ -920,6 +993,12 @@ sync_run (const sync_opts *o)
             st.points, st.points == 1 ? "" : "s", st.layers, st.layers == 1 ? "" : "s", b, secs,
             secs > 0 ? st.bytes / 1e6 / secs : 0.0, st.points_there, st.layers_there,
             st.layers_there == 1 ? "" : "s");
+  if (st.damaged) {
+    fprintf (stderr, "qmprebase sync: %zu point%s damaged in the source %s not copied "
+             "(see the warnings; qmprebase list --dir shows why)\n", st.damaged,
+             st.damaged == 1 ? "" : "s", st.damaged == 1 ? "was" : "were");
+    rc = 1;
+  }
   sync_strv_free (vms, nvms);
   if (srcfd >= 0)
     close (srcfd);

@@ -77,7 +77,10 @@ def check_scripted(tmp):
     expect(['qmpbackup', '--logfile', t], [tmp + '/store1', tmp + '/store2.log'])
     expect(['qmpbackup', 'cleanup', '--rem'], ['--remove-bitmaps', '--remove-bitmap'])
     expect(['qmpbackup', 'backup', '-l', 'full', ''], [])
-    expect(['qmprebase', ''], ['rebase', 'merge', 'list', 'sync'])
+    expect(['qmprebase', ''], ['rebase', 'merge', 'list', 'prune', 'remove', 'sync'])
+    expect(['qmprebase', 'prune', '--keep-d'], ['--keep-daily'])
+    expect(['qmprebase', 'remove', '--p'], ['--point'])
+    expect(['qmprebase', 'sync', '--'], ['--from', '--to', '--vm', '--dry-run', '--help'])
     expect(['qmprebase', 'm'], ['merge'])
     expect(['qmprebase', 'merge', '--t'], ['--targetfile'])
     expect(['qmprebase', 'merge', '--targetfile', t], [tmp + '/store1', tmp + '/store2.log'])
@@ -86,7 +89,7 @@ def check_scripted(tmp):
     expect(['qmpbackupfs', t], [tmp + '/store1'])
     expect(['qmpbackupfs', 'STORE', 'MNT', '-o', ''],
            ['sockets=', 'vm=', 'monthly', 'speed=', 'compress', 'include=', 'exclude=',
-            'on_success=', 'on_failure=', 'notify_timeout=', 'allow_other'])
+            'on_success=', 'on_failure=', 'notify_timeout=', 'keep=', 'ro', 'allow_other'])
     expect(['qmpbackupfs', 'STORE', 'MNT', '-o', 'sockets=/run/qemu,mo'],
            ['sockets=/run/qemu,monthly'])
     expect(['qmpbackupfs', 'STORE', 'MNT', '-o', 'sockets=' + t], ['sockets=' + tmp + '/store1'])
