@@ -89,7 +89,7 @@ check_points() {
 # line "POINT MD5" (or "POINT ERROR") per read into FILE.
 reader() {
   local mnt=$1 vm=$2 out=$3 f n
-  while [ ! -e "$T/stop" ]; do
+  while [ -d "$T" ] && [ ! -e "$T/stop" ]; do
     for f in "$mnt/$vm/drive0/restore/"*.img; do
       n=${f##*/}
       [ "$n" = latest.img ] || [ ! -e "$f" ] && continue
@@ -107,6 +107,7 @@ backup_on "$T/mntB" vmB full
 reader "$T/mntR" vmA "$T/reads-R" & RD1=$!
 reader "$T/mntB" vmA "$T/reads-B" & RD2=$!
 reader "$T/mntA" vmB "$T/reads-A" & RD3=$!
+qb_register_pid "$RD1"; qb_register_pid "$RD2"; qb_register_pid "$RD3"   # stopped on a failure
 for i in 1 2 3 4 5 6; do
   qb_guest_write vmA drive0 "write -P $((0x50 + i)) $((i * 1024 * 1024)) 1M"
   qb_guest_write vmB drive0 "write -P $((0x60 + i)) $((i * 512 * 1024)) 256k"
@@ -151,8 +152,9 @@ fd = os.open(sys.argv[1], os.O_RDWR)
 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 print("locked", flush=True)
 sys.stdin.read()
-' "$T/hostB/store/mig/.lock" < <(while [ ! -e "$T/unlock" ]; do sleep 0.1; done) > "$T/locker.out" &
+' "$T/hostB/store/mig/.lock" < <(while [ -d "$T" ] && [ ! -e "$T/unlock" ]; do sleep 0.1; done) > "$T/locker.out" &
 LOCKER=$!
+qb_register_pid "$LOCKER"
 for ((i = 0; i < 100; i++)); do grep -q locked "$T/locker.out" && break; sleep 0.1; done
 grep -q locked "$T/locker.out" || qb_die "the test could not take the lock through host B"
 r=$(qb_fs_control "$T/mntA/mig/backup" inc)
