@@ -68,7 +68,7 @@ control_notify (fs_vm *vm, backup_level level, int r, int code,
 {
   if (r == 0) {
     char disp[64] = "";
-    if (store_id_display (res->id, disp, sizeof disp) == -1)
+    if (store_id_display (res->id, store_get_names (fs_cfg.st), disp, sizeof disp) == -1)
       snprintf (disp, sizeof disp, "%s", res->id);
     notify_backup_end (vm, backup_level_name (res->level), disp, "ok", res->reason,
                        res->bytes_stored, secs);

@@ -4,7 +4,8 @@
  * tree.c     inode numbers, lookup/getattr/readdir/open/read/write dispatch
  * control.c  the control file <vm>/backup: parse, run the backup
  * status.c   <vm>/status, .status, .metrics
- * restore.c  restore images (chain reader) and the chain/ view
+ * restore.c  restore images (chain reader), the chain/ view, the points of a VM
+ * xattr.c    user.qmpbackup.* attributes of restore images and point folders
  * files.c    the guest's files inside restore points (files/, libext2fs)
  * parttab.c  partition tables and file system probes of guest disks
  * errmap.c   the only place where error codes become errno values
@@ -196,7 +197,55 @@ void restore_lseek (fuse_req_t req, off_t off, int whence, struct fuse_file_info
 /* Release an open restore image. */
 void restore_release (struct fuse_file_info *fi);
 
+/* ---- the points of a VM: <vm>/points/<T>/<disk>.img (restore.c) ----
+ *
+ * A restore point is one backup transaction over all disks of the VM; each
+ * disk it covers has a layer with the point's id. */
+
+/* One disk's image of a point: point IDX of CHAIN of DISK (borrowed from a scan). */
+typedef struct point_ref {
+  const char *disk;
+  const store_chain *chain;
+  size_t idx;
+} point_ref;
+
+/* The points of V over all its disks in time order: one layer per point
+ * (that of its first disk), a malloc'd array in *OUT; the count. */
+size_t restore_vm_points (const store_vm *v, const store_layer ***out);
+
+/* The disks of point DISPLAY of V, in disk order: a malloc'd array in *OUT
+ * (NULL when none); the count (0: no such point). */
+size_t restore_point_refs (const store_vm *v, const char *display, point_ref **out);
+
+/* The newest point of V no disk of which is damaged, or NULL. */
+const store_layer *restore_vm_latest (const store_vm *v);
+
+/* ---- extended attributes of restore points (xattr.c) ---- */
+
+/* What an inode with user.qmpbackup.* attributes shows: a restore image
+ * (one ref, FOLDER false) or a point folder (a ref per disk, FOLDER true). */
+typedef struct xattr_point {
+  const point_ref *refs;
+  size_t n;
+  bool folder;
+} xattr_point;
+
+/* True if NAME is one of the user.qmpbackup.* names of a restore point. */
+bool xattr_is_point_name (const char *name);
+
+/* FUSE listxattr of point P of VM (SIZE 0: the length only). */
+void xattr_point_list (fuse_req_t req, const char *vm, const xattr_point *p, size_t size);
+
+/* FUSE getxattr NAME of point P of VM: the value without a NUL, or ENODATA. */
+void xattr_point_get (fuse_req_t req, const char *vm, const xattr_point *p, const char *name,
+                      size_t size);
+
 /* ---- the guest's files (files.c) ---- */
+
+/* Close the cached guest file systems of VM that nobody reads now, so that
+ * they hold no restore point open (a removal that rewrites a FULL in place
+ * waits for readers). */
+void files_cache_drop_idle (const char *vm);
 
 /* FUSE inodes with this bit are guest files: bits 32..61 the (point,
  * partition) slot, bits 0..31 the guest inode. */
@@ -217,6 +266,13 @@ bool files_is_ino (fuse_ino_t ino);
  * recorded errors.  Count and a malloc'd array in *ENTS, or -errno. */
 int files_point_list (const char *vm, const char *disk, const char *display,
                       files_dirent **ents);
+
+/* The "files: ..." lines of VM/DISK for <vm>/status: each point and
+ * partition already read whose ext file system is not clean (journal not
+ * replayed, errors recorded), and points read from their backup GPT.
+ * Point LATEST (may be NULL) is read first if it was not yet: a
+ * crash-consistent newest point is always reported.  A new JSON array. */
+json_object *files_status_notes (const char *vm, const char *disk, const char *latest);
 
 /* FUSE lookup of NAME in files/DISPLAY/ of VM/DISK (a partition folder). */
 void files_point_lookup (fuse_req_t req, const char *vm, const char *disk,

@@ -27,6 +27,7 @@ struct fs_opts {
   char *on_success;
   char *on_failure;
   char *notify_timeout;
+  char *names;
   int compress;
   int monthly;
   int allow_other;
@@ -48,6 +49,7 @@ static const struct fuse_opt fs_opt_spec[] = {
   { "on_success=%s", offsetof (struct fs_opts, on_success), 0 },
   { "on_failure=%s", offsetof (struct fs_opts, on_failure), 0 },
   { "notify_timeout=%s", offsetof (struct fs_opts, notify_timeout), 0 },
+  { "names=%s", offsetof (struct fs_opts, names), 0 },
   FUSE_OPT_KEY ("vm=", KEY_VM),
   FUSE_OPT_KEY ("allow_other", KEY_ALLOW_OTHER),
   FUSE_OPT_KEY ("keep=", KEY_KEEP),
@@ -143,11 +145,14 @@ usage (const char *prog)
           "                          with QB_VM, QB_LEVEL, QB_POINT, QB_RESULT, QB_REASON,\n"
           "                          QB_BYTES, QB_SECONDS in its environment\n"
           "  -o on_failure=CMD       the same after a backup that failed or was cancelled\n"
+          "                          (a comma inside CMD is written \\, a backslash \\\\)\n"
           "  -o notify_timeout=SECS  kill a notification running longer (default 60)\n"
           "  -o keep=RULE=N,...      after each backup that worked, prune the VM's points:\n"
           "                          last, hourly, daily, weekly, monthly, yearly=N,\n"
           "                          within=DURATION (the rules of qmprebase prune)\n"
           "  -o ro                   read-only: restore only (no backups, no removals)\n"
+          "  -o names=safe|iso       restore point names: 2026-11-26T045000Z.img (safe,\n"
+          "                          the default) or 2026-11-26T04:50:00Z.img (iso)\n"
           "  -o allow_other          let other users in (permissions enforced by the kernel)\n"
           "  -f                      stay in the foreground\n"
           "  -d                      debug output (implies -f)\n"
@@ -317,6 +322,14 @@ main (int argc, char **argv)
     }
     fs_cfg.keep_set = !store_retention_empty (&fs_cfg.keep);
   }
+  if (o.names) {
+    store_names style;
+    if (store_names_parse (o.names, &style) == -1) {
+      fs_log ("%s", qb_error_msg ());
+      return 1;
+    }
+    store_set_names (fs_cfg.st, style);
+  }
   fs_cfg.uid = getuid ();
   fs_cfg.gid = getgid ();
   vms_init ();
@@ -379,6 +392,7 @@ main (int argc, char **argv)
   free (o.exclude);
   free (o.notify_timeout);
   free (o.keep);
+  free (o.names);
   for (char **p = fs_cfg.include; p && *p; p++)
     free (*p);
   for (char **p = fs_cfg.exclude; p && *p; p++)

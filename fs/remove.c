@@ -52,6 +52,7 @@ remove_point (fs_vm *vm, const char *disk, const char *name)
     free (display);
     return -ENOENT;
   }
+  files_cache_drop_idle (vm->name);
   store_lock *lk = remove_lock (vm);
   int r = -1;
   if (lk) {
@@ -92,6 +93,7 @@ remove_prune_after_backup (fs_vm *vm)
 {
   if (!fs_cfg.keep_set)
     return;
+  files_cache_drop_idle (vm->name);
   store_lock *lk = store_lock_vm (fs_cfg.st, vm->name, 0);
   if (!lk) {
     char *msg = qb_asprintf ("prune (keep=) postponed to the next backup: %s", qb_error_msg ());

@@ -164,6 +164,86 @@ restore_latest (const store_vm *v, const char *disk)
   return best;
 }
 
+/* qsort: layers in time order (time, then id). */
+static int
+cmp_layer_time (const void *a, const void *b)
+{
+  const store_layer *x = *(const store_layer *const *) a, *y = *(const store_layer *const *) b;
+  if (x->time_us != y->time_us)
+    return x->time_us < y->time_us ? -1 : 1;
+  return strcmp (x->id, y->id);
+}
+
+/* The points of V over all its disks in time order, one layer each. */
+size_t
+restore_vm_points (const store_vm *v, const store_layer ***out)
+{
+  size_t n = 0, total = 0;
+  *out = NULL;
+  for (size_t k = 0; v && k < v->ndisks; k++)
+    for (size_t c = 0; c < v->disks[k].nchains; c++)
+      total += v->disks[k].chains[c].n;
+  if (total == 0)
+    return 0;
+  const store_layer **all = qb_calloc (total, sizeof *all);
+  for (size_t k = 0; k < v->ndisks; k++)
+    for (size_t c = 0; c < v->disks[k].nchains; c++)
+      for (size_t i = 0; i < v->disks[k].chains[c].n; i++)
+        if (!v->disks[k].chains[c].layers[i].removing)   /* going: not listed */
+          all[n++] = &v->disks[k].chains[c].layers[i];
+  if (n > 1)
+    qsort (all, n, sizeof *all, cmp_layer_time);
+  /* one entry per point: the disks of a point share its id (and display) */
+  size_t u = 0;
+  for (size_t i = 0; i < n; i++) {
+    bool seen = false;
+    for (size_t j = u; j-- > 0 && !seen && all[j]->time_us == all[i]->time_us;)
+      seen = strcmp (all[j]->display, all[i]->display) == 0;
+    if (!seen)
+      all[u++] = all[i];
+  }
+  *out = all;
+  return u;
+}
+
+/* The disks of point DISPLAY of V, in disk order. */
+size_t
+restore_point_refs (const store_vm *v, const char *display, point_ref **out)
+{
+  size_t n = 0;
+  *out = NULL;
+  for (size_t k = 0; v && k < v->ndisks; k++) {
+    const store_chain *c;
+    size_t idx;
+    if (!restore_find (v, v->disks[k].name, display, &c, &idx))
+      continue;
+    *out = qb_realloc (*out, (n + 1) * sizeof **out);
+    (*out)[n++] = (point_ref) { .disk = v->disks[k].name, .chain = c, .idx = idx };
+  }
+  return n;
+}
+
+/* The newest point of V no disk of which is damaged, or NULL. */
+const store_layer *
+restore_vm_latest (const store_vm *v)
+{
+  const store_layer **pts;
+  size_t n = restore_vm_points (v, &pts);
+  const store_layer *best = NULL;
+  for (size_t i = n; i-- > 0 && !best;) {
+    point_ref *refs;
+    size_t nr = restore_point_refs (v, pts[i]->display, &refs);
+    bool bad = false;
+    for (size_t k = 0; k < nr && !bad; k++)
+      bad = restore_point_damage (v->name, refs[k].disk, refs[k].chain, refs[k].idx) != NULL;
+    if (!bad)
+      best = pts[i];
+    free (refs);
+  }
+  free (pts);
+  return best;
+}
+
 /* Identity of the files of layers 0..IDX (path, inode, mtime, size). */
 static char *
 layers_sig (const store_chain *c, size_t idx)

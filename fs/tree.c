@@ -5,7 +5,11 @@
  * time it is found to exist and keeps it for the life of the daemon, so
  * numbers are stable and never reused (lookups of missing names allocate
  * nothing).  Whether a node still exists is decided on every
- * request against the VM registry and the store scan. */
+ * request against the VM registry and the store scan.
+ *
+ * Restore images appear twice: <vm>/<disk>/restore/<T>.img (N_IMG) and
+ * <vm>/points/<T>/<disk>.img (N_PIMG); both are found by img_find and served
+ * by the same stat (img_stat), open (img_open) and restore_* calls. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -23,11 +27,12 @@ typedef enum node_kind {
   N_ROOT = 1, N_STATUS_ALL, N_METRICS, N_VM, N_CONTROL, N_VMSTATUS,
   N_DISK, N_RESTORE, N_IMG, N_LATEST, N_CHAIN, N_CHAINFILE,
   N_FILES, N_FPOINT, N_FLATEST,   /* files/, files/<point>/, files/latest */
+  N_POINTS, N_POINT, N_PIMG, N_PLATEST, /* points/, points/<T>/, points/<T>/<disk>.img, points/latest */
 } node_kind;
 
 typedef struct node {
   node_kind kind;
-  char *vm, *disk, *name;
+  char *vm, *disk, *name;   /* N_IMG: name "<T>.img"; N_POINT: name <T>; N_PIMG: disk, name <T> */
   fuse_ino_t ino;
   atomic_int opens;         /* N_CONTROL: open handles and requests in flight */
   struct node *next;        /* hash chain */
@@ -144,6 +149,76 @@ chain_file_find (const store_vm *v, const char *disk, const char *name)
   return NULL;
 }
 
+/* The restore point an image node N (N_IMG or N_PIMG) shows: its chain and
+ * layer index in V, or false. */
+static bool
+img_find (const node *n, const store_vm *v, const store_chain **c, size_t *idx)
+{
+  if (n->kind == N_PIMG)
+    return restore_find (v, n->disk, n->name, c, idx);
+  char display[256];
+  size_t len = strlen (n->name);
+  if (len <= 4 || len - 4 >= sizeof display)
+    return false;
+  memcpy (display, n->name, len - 4);      /* "<T>.img" */
+  display[len - 4] = '\0';
+  return restore_find (v, n->disk, display, c, idx);
+}
+
+/* Attributes of image node N showing point IDX of chain C. */
+static void
+img_stat (node *n, const store_chain *c, size_t idx, struct stat *st, double *entry_to,
+          double *attr_to)
+{
+  const store_layer *l = &c->layers[idx];
+  attr_base (st, n, S_IFREG | 0440);
+  st->st_size = l->virtual_size;   /* from the record or the qcow2 header (scan) */
+  st->st_mtime = st->st_ctime = st->st_atime = l->time_us / 1000000;
+  uint64_t stored = 0;
+  for (size_t i = 0; i <= idx; i++)
+    stored += c->layers[i].file_size;
+  if (stored > (uint64_t) st->st_size)
+    stored = st->st_size;
+  st->st_blocks = (stored + 511) / 512;
+  *entry_to = TIMEOUT_IMG_ENTRY;
+  *attr_to = TIMEOUT_IMG_ATTR;
+}
+
+/* Check that node N of points/ (N_POINTS, N_POINT, N_PLATEST) exists in V
+ * and fill ST and the timeouts; 0 or -errno. */
+static int
+points_stat (node *n, const store_vm *v, struct stat *st, double *entry_to)
+{
+  switch (n->kind) {
+  case N_POINTS:
+    attr_base (st, n, S_IFDIR | 0550);
+    return 0;
+  case N_POINT: {
+    point_ref *refs;
+    size_t nr = restore_point_refs (v, n->name, &refs);
+    if (nr == 0)
+      return -ENOENT;
+    attr_base (st, n, S_IFDIR | 0550);
+    st->st_mtime = st->st_ctime = st->st_atime
+      = refs[0].chain->layers[refs[0].idx].time_us / 1000000;
+    free (refs);
+    *entry_to = TIMEOUT_IMG_ENTRY;
+    return 0;
+  }
+  case N_PLATEST: {
+    const store_layer *l = restore_vm_latest (v);
+    if (!l)
+      return -ENOENT;
+    attr_base (st, n, S_IFLNK | 0777);
+    st->st_size = strlen (l->display);
+    st->st_mtime = l->time_us / 1000000;
+    return 0;
+  }
+  default:
+    return -ENOENT;
+  }
+}
+
 /* Check that N exists now and fill ST and the timeouts; 0 or -errno. */
 static int
 node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
@@ -181,6 +256,10 @@ node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
   }
   vm_scan *s = vm_scan_get (vm);
   int r = 0;
+  if (n->kind == N_POINTS || n->kind == N_POINT || n->kind == N_PLATEST) {
+    r = points_stat (n, s->v, st, entry_to);
+    goto out;
+  }
   const store_disk *d = s->v ? store_vm_disk (s->v, n->disk) : NULL;
   if (!d) {
     r = -ENOENT;
@@ -213,31 +292,13 @@ node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
     st->st_mtime = l->time_us / 1000000;
     break;
   }
-  case N_IMG: {
+  case N_IMG: case N_PIMG: {
     const store_chain *c;
     size_t idx;
-    char *display = qb_strdup (n->name);
-    size_t len = strlen (display);
-    if (len > 4)
-      display[len - 4] = '\0';
-    bool found = restore_find (s->v, n->disk, display, &c, &idx);
-    free (display);
-    if (!found) {
+    if (!img_find (n, s->v, &c, &idx))
       r = -ENOENT;
-      break;
-    }
-    const store_layer *l = &c->layers[idx];
-    attr_base (st, n, S_IFREG | 0440);
-    st->st_size = l->virtual_size;   /* from the record or the qcow2 header (scan) */
-    st->st_mtime = st->st_ctime = st->st_atime = l->time_us / 1000000;
-    uint64_t stored = 0;
-    for (size_t i = 0; i <= idx; i++)
-      stored += c->layers[i].file_size;
-    if (stored > (uint64_t) st->st_size)
-      stored = st->st_size;
-    st->st_blocks = (stored + 511) / 512;
-    *entry_to = TIMEOUT_IMG_ENTRY;
-    *attr_to = TIMEOUT_IMG_ATTR;
+    else
+      img_stat (n, c, idx, st, entry_to, attr_to);
     break;
   }
   case N_LATEST: {
@@ -312,6 +373,26 @@ node_tmpl (node *t, node_kind k, const char *vm, const char *disk, const char *n
   return true;
 }
 
+/* The child NAME of a points/ folder P as a template in *T, or false.  The
+ * disk name of points/<T>/<disk>.img lives in a buffer of the calling
+ * thread until its next call. */
+static bool
+points_child (node *p, const char *name, node *t)
+{
+  static __thread char disk[256];
+  if (p->kind == N_POINTS) {
+    if (strcmp (name, "latest") == 0)
+      return node_tmpl (t, N_PLATEST, p->vm, NULL, NULL);
+    return qb_name_is_safe (name) && node_tmpl (t, N_POINT, p->vm, NULL, name);
+  }
+  size_t len = strlen (name);
+  if (len <= 4 || len - 4 >= sizeof disk || strcmp (name + len - 4, ".img") != 0)
+    return false;
+  memcpy (disk, name, len - 4);
+  disk[len - 4] = '\0';
+  return qb_name_is_safe (disk) && node_tmpl (t, N_PIMG, p->vm, disk, p->name);
+}
+
 /* The child NAME of P as a template in *T (not interned: a lookup of a name
  * that does not exist allocates nothing), or false if no such child can
  * exist.  The control file is an interned instance, returned in *CTL. */
@@ -337,9 +418,13 @@ node_child (node *p, const char *name, node *t, node **ctl)
     }
     if (strcmp (name, "status") == 0)
       return node_tmpl (t, N_VMSTATUS, p->vm, NULL, NULL);
+    if (strcmp (name, "points") == 0)
+      return node_tmpl (t, N_POINTS, p->vm, NULL, NULL);
     if (!qb_name_is_safe (name))
       return false;
     return node_tmpl (t, N_DISK, p->vm, name, NULL);
+  case N_POINTS: case N_POINT:
+    return points_child (p, name, t);
   case N_DISK:
     if (strcmp (name, "restore") == 0)
       return node_tmpl (t, N_RESTORE, p->vm, p->disk, NULL);
@@ -506,7 +591,7 @@ op_setattr (fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
   fuse_reply_attr (req, &st, at);
 }
 
-/* FUSE readlink: latest.img, files/latest, guest links. */
+/* FUSE readlink: latest.img, files/latest, points/latest, guest links. */
 static void
 op_readlink (fuse_req_t req, fuse_ino_t ino)
 {
@@ -515,10 +600,11 @@ op_readlink (fuse_req_t req, fuse_ino_t ino)
     return;
   }
   node *n = node_by_ino (ino);
-  if (n && n->kind == N_FLATEST) {
+  if (n && (n->kind == N_FLATEST || n->kind == N_PLATEST)) {
     fs_vm *fvm = vms_find (n->vm);
     vm_scan *fs = fvm ? vm_scan_get (fvm) : NULL;
-    const store_layer *l = fs ? restore_latest (fs->v, n->disk) : NULL;
+    const store_layer *l = !fs ? NULL : n->kind == N_FLATEST ? restore_latest (fs->v, n->disk)
+                                                          : restore_vm_latest (fs->v);
     if (!l)
       fuse_reply_err (req, ENOENT);
     else
@@ -566,6 +652,30 @@ dirbuf_add (fuse_req_t req, dirbuf *b, const char *name, node *n, fuse_ino_t ino
   b->size += fuse_add_direntry (req, NULL, 0, name, NULL, 0);
   b->p = qb_realloc (b->p, b->size);
   fuse_add_direntry (req, b->p + old, b->size - old, name, &st, b->size);
+}
+
+/* Add the entries of points/ or points/<T>/ (node N, scan V) to B. */
+static void
+points_list (fuse_req_t req, dirbuf *b, node *n, const store_vm *v)
+{
+  if (n->kind == N_POINTS) {
+    const store_layer **pts;
+    size_t np = restore_vm_points (v, &pts);
+    for (size_t i = 0; i < np; i++)
+      dirbuf_add (req, b, pts[i]->display, node_get (N_POINT, n->vm, NULL, pts[i]->display), 0);
+    free (pts);
+    if (restore_vm_latest (v))
+      dirbuf_add (req, b, "latest", node_get (N_PLATEST, n->vm, NULL, NULL), 0);
+    return;
+  }
+  point_ref *refs;
+  size_t nr = restore_point_refs (v, n->name, &refs);
+  for (size_t i = 0; i < nr; i++) {
+    char *name = qb_asprintf ("%s.img", refs[i].disk);
+    dirbuf_add (req, b, name, node_get (N_PIMG, n->vm, refs[i].disk, n->name), 0);
+    free (name);
+  }
+  free (refs);
 }
 
 /* FUSE opendir: the listing is built once per open. */
@@ -632,9 +742,13 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     if (n->kind == N_VM) {
       dirbuf_add (req, b, "backup", node_get (N_CONTROL, n->vm, NULL, "0"), 0);
       dirbuf_add (req, b, "status", node_get (N_VMSTATUS, n->vm, NULL, NULL), 0);
+      dirbuf_add (req, b, "points", node_get (N_POINTS, n->vm, NULL, NULL), 0);
       for (size_t i = 0; v && i < v->ndisks; i++)
-        dirbuf_add (req, b, v->disks[i].name, node_get (N_DISK, n->vm, v->disks[i].name, NULL), 0);
+        if (strcmp (v->disks[i].name, "points") != 0)   /* shown in points/<T>/ only */
+          dirbuf_add (req, b, v->disks[i].name, node_get (N_DISK, n->vm, v->disks[i].name, NULL), 0);
     }
+    else if (n->kind == N_POINTS || n->kind == N_POINT)
+      points_list (req, b, n, v);
     else if (v) {
       const store_disk *d = store_vm_disk (v, n->disk);
       for (size_t c = 0; d && c < d->nchains; c++)
@@ -712,6 +826,21 @@ typedef struct text_handle {
   size_t len;
 } text_handle;
 
+/* Open image node N (N_IMG or N_PIMG) through restore_open; 0 or -errno. */
+static int
+img_open (node *n, struct fuse_file_info *fi)
+{
+  fs_vm *vm = vms_find (n->vm);
+  if (!vm)
+    return -ENOENT;
+  vm_scan *s = vm_scan_get (vm);
+  const store_chain *c;
+  size_t idx;
+  int r = img_find (n, s->v, &c, &idx) ? restore_open (n->vm, n->disk, c, idx, fi) : -ENOENT;
+  vm_scan_put (s);
+  return r;
+}
+
 /* FUSE open: per kind. */
 static void
 op_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -759,24 +888,8 @@ op_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     if (fuse_reply_open (req, fi) != 0)
       atomic_fetch_sub (&n->opens, 1);
     return;
-  case N_IMG: {
-    fs_vm *vm = vms_find (n->vm);
-    if (!vm) {
-      fuse_reply_err (req, ENOENT);
-      return;
-    }
-    vm_scan *s = vm_scan_get (vm);
-    const store_chain *c;
-    size_t idx;
-    char *display = qb_strdup (n->name);
-    display[strlen (display) - 4] = '\0';
-    int r;
-    if (!restore_find (s->v, n->disk, display, &c, &idx))
-      r = -ENOENT;
-    else
-      r = restore_open (n->vm, n->disk, c, idx, fi);
-    free (display);
-    vm_scan_put (s);
+  case N_IMG: case N_PIMG: {
+    int r = img_open (n, fi);
     if (r < 0)
       fuse_reply_err (req, -r);
     else
@@ -836,7 +949,7 @@ op_read (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_fil
       reply_copy (req, h->text + off, h->len - off < size ? h->len - off : size);
     return;
   }
-  case N_IMG:
+  case N_IMG: case N_PIMG:
     restore_read (req, size, off, fi);
     return;
   case N_CHAINFILE: {
@@ -896,7 +1009,7 @@ op_release (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
       free (h);
       break;
     }
-    case N_IMG:
+    case N_IMG: case N_PIMG:
       restore_release (fi);
       break;
     case N_CHAINFILE:
@@ -921,7 +1034,7 @@ op_lseek (fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_fil
     return;
   }
   node *n = node_by_ino (ino);
-  if (n && n->kind == N_IMG)
+  if (n && (n->kind == N_IMG || n->kind == N_PIMG))
     restore_lseek (req, off, whence, fi);
   else if (n && n->kind == N_CHAINFILE) {
     off_t r = lseek (fi->fh, off, whence);
@@ -934,26 +1047,107 @@ op_lseek (fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_fil
     fuse_reply_err (req, EINVAL);
 }
 
-/* FUSE getxattr: guest files only. */
+/* The point whose user.qmpbackup.* attributes node N shows (restore images
+ * and point folders) in scan V, into *P with its refs in *REFS (free them);
+ * false for nodes without such attributes (or gone). */
+static bool
+xattr_point_of (node *n, const store_vm *v, xattr_point *p, point_ref **refs)
+{
+  *refs = NULL;
+  memset (p, 0, sizeof *p);
+  if (n->kind == N_POINT) {
+    p->n = restore_point_refs (v, n->name, refs);
+    p->folder = true;
+  }
+  else if (n->kind == N_IMG || n->kind == N_PIMG) {
+    const store_chain *c;
+    size_t idx;
+    if (img_find (n, v, &c, &idx)) {
+      *refs = qb_calloc (1, sizeof **refs);
+      **refs = (point_ref) { .disk = n->disk, .chain = c, .idx = idx };
+      p->n = 1;
+    }
+  }
+  p->refs = *refs;
+  return p->n > 0;
+}
+
+typedef enum xattr_op { XA_GET, XA_LIST, XA_SET } xattr_op;
+
+/* Serve xattr operation OP on the tree's inode INO (NAME and SIZE as the
+ * FUSE call gives them).  Restore images and point folders answer from
+ * their point; every other inode has no attributes.  Nothing can be set:
+ * EPERM for an attribute a point has, ENOTSUP for any other name. */
+static void
+xattr_dispatch (fuse_req_t req, fuse_ino_t ino, xattr_op op, const char *name, size_t size)
+{
+  node *n = node_by_ino (ino);
+  fs_vm *vm = n && n->vm ? vms_find (n->vm) : NULL;
+  vm_scan *s = vm ? vm_scan_get (vm) : NULL;
+  xattr_point p;
+  point_ref *refs = NULL;
+  bool has = s && xattr_point_of (n, s->v, &p, &refs);
+  if (!n)
+    fuse_reply_err (req, ENOENT);
+  else if (op == XA_SET)
+    fuse_reply_err (req, has && xattr_is_point_name (name) ? EPERM : ENOTSUP);
+  else if (op == XA_GET && has)
+    xattr_point_get (req, n->vm, &p, name, size);
+  else if (op == XA_GET)
+    fuse_reply_err (req, ENODATA);
+  else if (has)
+    xattr_point_list (req, n->vm, &p, size);
+  else if (size == 0)
+    fuse_reply_xattr (req, 0);
+  else
+    fuse_reply_buf (req, NULL, 0);
+  free (refs);
+  vm_scan_put (s);
+}
+
+/* FUSE getxattr: guest files, restore images and point folders. */
 static void
 op_getxattr (fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
   if (files_is_ino (ino))
     files_getxattr (req, ino, name, size);
   else
-    fuse_reply_err (req, ENODATA);
+    xattr_dispatch (req, ino, XA_GET, name, size);
 }
 
-/* FUSE listxattr: guest files only. */
+/* FUSE listxattr: guest files, restore images and point folders. */
 static void
 op_listxattr (fuse_req_t req, fuse_ino_t ino, size_t size)
 {
   if (files_is_ino (ino))
     files_listxattr (req, ino, size);
-  else if (size == 0)
-    fuse_reply_xattr (req, 0);
   else
-    fuse_reply_buf (req, NULL, 0);
+    xattr_dispatch (req, ino, XA_LIST, NULL, size);
+}
+
+/* FUSE setxattr: attributes are read-only (EPERM for ours, else ENOTSUP;
+ * guest files are a read-only file system: EROFS). */
+static void
+op_setxattr (fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+             size_t size, int flags)
+{
+  (void) value;
+  (void) size;
+  (void) flags;
+  if (files_is_ino (ino))
+    fuse_reply_err (req, EROFS);
+  else
+    xattr_dispatch (req, ino, XA_SET, name, 0);
+}
+
+/* FUSE removexattr: as setxattr. */
+static void
+op_removexattr (fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+  if (files_is_ino (ino))
+    fuse_reply_err (req, EROFS);
+  else
+    xattr_dispatch (req, ino, XA_SET, name, 0);
 }
 
 /* FUSE statfs: the store's file system. */
@@ -1095,4 +1289,6 @@ const struct fuse_lowlevel_ops fs_ops = {
   .link = op_link,
   .rename = op_rename,
   .create = op_create,
+  .setxattr = op_setxattr,
+  .removexattr = op_removexattr,
 };

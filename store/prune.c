@@ -51,34 +51,51 @@ store_prune (store *st, const char *vm, const store_retention *policy,
   size_t n = 0;
   for (size_t d = 0; d < v->ndisks; d++) {
     const store_disk *sd = &v->disks[d];
-    for (size_t c = 0; c < sd->nchains; c++)
+    for (size_t c = 0; c < sd->nchains; c++) {
+      bool chain_damaged = false;
+      for (size_t i = 0; i < sd->chains[c].n; i++)
+        chain_damaged |= sd->chains[c].layers[i].damage && !sd->chains[c].layers[i].busy;
       for (size_t i = 0; i < sd->chains[c].n; i++) {
         const store_layer *l = &sd->chains[c].layers[i];
         if (l->removing)
           continue;
         size_t k = point_add (&pts, &n, l);
         pts[k].bytes += l->file_size;
-        if (l->damage && !l->busy)
+        if (chain_damaged)
           pts[k].damaged = true;
         if (c + 1 == sd->nchains && i + 1 == sd->chains[c].n)
           pts[k].pinned = true;       /* the disk's newest layer */
       }
+    }
   }
   if (n > 1)
     qsort (pts, n, sizeof *pts, cmp_point);
+  /* The policy judges the healthy points only: a damaged point must never
+     take the slot of a healthy one (it is kept anyway, below). */
   int64_t *times = qb_calloc (n ? n : 1, sizeof *times);
   uint8_t *keep = qb_calloc (n ? n : 1, 1);
   const char **why = qb_calloc (n ? n : 1, sizeof *why);
+  size_t *map = qb_calloc (n ? n : 1, sizeof *map), nh = 0;
   for (size_t i = 0; i < n; i++)
-    times[i] = pts[i].time_us;
+    if (!pts[i].damaged) {
+      map[nh] = i;
+      times[nh++] = pts[i].time_us;
+    }
   int ret = -1;
-  if (store_retention_select (times, n, policy, keep, why) < 0)
+  if (nh && store_retention_select (times, nh, policy, keep, why) < 0)
     goto out;
+  for (size_t h = 0; h < nh; h++) {
+    pts[map[h]].keep = keep[h] != 0;
+    pts[map[h]].why = why[h];
+  }
   char **ids = qb_calloc (n ? n : 1, sizeof *ids);
   size_t nids = 0;
   for (size_t i = 0; i < n; i++) {
-    pts[i].keep = keep[i] != 0;
-    pts[i].why = why[i];
+    if (!pts[i].keep && pts[i].damaged) {
+      /* never rewritten: a damaged chain is left as it is for an admin */
+      pts[i].keep = true;
+      pts[i].why = "in a damaged chain: left as it is";
+    }
     if (!pts[i].keep && pts[i].pinned) {
       pts[i].keep = true;
       pts[i].why = "newest of a disk";
@@ -96,6 +113,7 @@ store_prune (store *st, const char *vm, const store_retention *policy,
   free (times);
   free (keep);
   free (why);
+  free (map);
   store_vm_free (v);
   if (ret < 0) {
     free (pts);

@@ -77,6 +77,7 @@ typedef struct scan_ctx {
   char **notes;          /* what was left out, and why */
   size_t nnotes;
   int err;               /* first resource shortage (errno), 0 if none */
+  store_names names;     /* style of the layers' display names */
   store_rec **side;      /* the per-layer records read from .chain folders */
   size_t nside;
   bool folder;           /* a disk folder outside a store (dirs[0]) */
@@ -444,7 +445,7 @@ fill_layer (scan_ctx *cx, const scan_file *f, store_layer *l)
   l->path = qb_asprintf ("%s/%s/%s", cx->vmdir, cx->dirs[f->dir].rel, f->name);
   l->name = qb_strdup (f->name);
   snprintf (l->id, sizeof l->id, "%s", f->id);
-  if (store_id_display (f->id, l->display, sizeof l->display) < 0)
+  if (store_id_display (f->id, cx->names, l->display, sizeof l->display) < 0)
     snprintf (l->display, sizeof l->display, "%s", f->id);
   l->kind = f->kind;
   l->time_us = f->rec ? f->rec->time_us : f->id_time_us;
@@ -742,7 +743,7 @@ store_scan_vm (store *st, const char *vm)
      state is ever taken for damage. */
   for (int tries = 0; tries < 3; tries++) {
     struct timespec before = folder_mtime (vmfd);
-    scan_ctx cx = { .vm = vm, .vmdir = vmdir, .vmfd = vmfd };
+    scan_ctx cx = { .vm = vm, .vmdir = vmdir, .vmfd = vmfd, .names = store_get_names (st) };
     bool failed = store_recs_load (vmfd, vm, &cx.recs, &cx.nrecs, &cx.notes, &cx.nnotes) < 0
       || find_dirs (&cx) < 0;
     if (failed)

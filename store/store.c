@@ -387,21 +387,54 @@ store_id_valid (const char *id)
   return id && parse_our_id (id, NULL, NULL);
 }
 
-/* "2026-11-26T04:50:00Z[_02]" for ID. */
+/* The mount's name of ID in STYLE (see store.h): the one formatter of restore
+ * point names. */
 int
-store_id_display (const char *id, char *buf, size_t len)
+store_id_display (const char *id, store_names style, char *buf, size_t len)
 {
   int64_t t;
   int seq;
   if (!parse_our_id (id, &t, &seq))
     return -1;
+  time_t secs = (time_t) (t / 1000000);
+  struct tm tm;
+  gmtime_r (&secs, &tm);
   char base[32];
-  qb_format_utc (t, base, sizeof base);
+  strftime (base, sizeof base,
+            style == STORE_NAMES_ISO ? "%Y-%m-%dT%H:%M:%SZ" : "%Y-%m-%dT%H%M%SZ", &tm);
   if (seq > 1)
     snprintf (buf, len, "%s_%02d", base, seq);
   else
     snprintf (buf, len, "%s", base);
   return 0;
+}
+
+/* The style named WORD ("safe" or "iso") into *STYLE; 0, or -1 (QB_EINVAL). */
+int
+store_names_parse (const char *word, store_names *style)
+{
+  if (word && strcmp (word, "safe") == 0)
+    *style = STORE_NAMES_SAFE;
+  else if (word && strcmp (word, "iso") == 0)
+    *style = STORE_NAMES_ISO;
+  else
+    return qb_error_set (QB_EINVAL, "names=%s: expected safe (2026-11-26T045000Z.img, "
+                         "the default) or iso (2026-11-26T04:50:00Z.img)", word ? word : "");
+  return 0;
+}
+
+/* Name restore points of ST in STYLE from now on (before any scan). */
+void
+store_set_names (store *st, store_names style)
+{
+  st->names = style;
+}
+
+/* The style restore points of ST are named in. */
+store_names
+store_get_names (const store *st)
+{
+  return st->names;
 }
 
 /* True for "YYYY-MM". */
@@ -658,6 +691,49 @@ store_vm_changed (store *st, const char *vm)
   return t;
 }
 
+/* Call FN for every folder of the VM folder VMFD that may hold a disk (see store-int.h). */
+void
+store_vm_walk_dirs (int vmfd, void (*fn) (int vmfd, const char *rel, void *opaque),
+                    void *opaque)
+{
+  int dfd = openat (vmfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR *d = dfd >= 0 ? fdopendir (dfd) : NULL;
+  if (!d && dfd >= 0)
+    close (dfd);
+  struct dirent *de;
+  while (d && (de = readdir (d)) != NULL) {
+    struct stat sb;
+    if (!qb_name_is_safe (de->d_name)
+        || fstatat (vmfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR (sb.st_mode))
+      continue;
+    fn (vmfd, de->d_name, opaque);
+    if (!store_is_month (de->d_name))
+      continue;
+    int mfd = qb_openat_nofollow (vmfd, de->d_name, O_RDONLY | O_DIRECTORY);
+    DIR *m = mfd >= 0 ? fdopendir (mfd) : NULL;
+    if (!m && mfd >= 0)
+      close (mfd);
+    struct dirent *me;
+    while (m && (me = readdir (m)) != NULL) {
+      if (!qb_name_is_safe (me->d_name))
+        continue;
+      char *rel = qb_asprintf ("%s/%s", de->d_name, me->d_name);
+      fn (vmfd, rel, opaque);
+      free (rel);
+    }
+    if (m)
+      closedir (m);
+  }
+  if (d)
+    closedir (d);
+}
+
+static void
+stamp_dir (int vmfd, const char *rel, void *opaque)
+{
+  stamp_add (opaque, vmfd, rel);
+}
+
 /* A string that changes whenever any folder of VM changes (see store.h). */
 char *
 store_vm_stamp (store *st, const char *vm)
@@ -669,38 +745,8 @@ store_vm_stamp (store *st, const char *vm)
     return s;
   }
   stamp_add (&s, vmfd, ".");
-  int dfd = openat (vmfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  DIR *d = dfd >= 0 ? fdopendir (dfd) : NULL;
-  if (!d && dfd >= 0)
-    close (dfd);
-  struct dirent *de;
-  while (d && (de = readdir (d)) != NULL) {
-    if (strcmp (de->d_name, ".") == 0 || strcmp (de->d_name, "..") == 0
-        || strcmp (de->d_name, STORE_LOCK_FILE) == 0)
-      continue;
-    struct stat sb;
-    if (fstatat (vmfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR (sb.st_mode))
-      continue;
-    stamp_add (&s, vmfd, de->d_name);
-    if (!store_is_month (de->d_name))
-      continue;
-    int mfd = qb_openat_nofollow (vmfd, de->d_name, O_RDONLY | O_DIRECTORY);
-    DIR *m = mfd >= 0 ? fdopendir (mfd) : NULL;
-    if (!m && mfd >= 0)
-      close (mfd);
-    struct dirent *me;
-    while (m && (me = readdir (m)) != NULL) {
-      if (me->d_name[0] == '.')
-        continue;
-      char *rel = qb_asprintf ("%s/%s", de->d_name, me->d_name);
-      stamp_add (&s, vmfd, rel);
-      free (rel);
-    }
-    if (m)
-      closedir (m);
-  }
-  if (d)
-    closedir (d);
+  stamp_add (&s, vmfd, STORE_POINTS_DIR);
+  store_vm_walk_dirs (vmfd, stamp_dir, &s);
   close (vmfd);
   return s;
 }

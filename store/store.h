@@ -52,6 +52,14 @@ typedef enum store_kind { STORE_FULL, STORE_INC, STORE_COPY } store_kind;
 
 typedef struct store store;
 
+/* How restore points are named in the mount and in the tools' output
+ * (store_id_display).  Both sort in time order under byte order.
+ * STORE_NAMES_SAFE, the default: "2026-11-26T045000Z[_02]", no colon, so
+ * qemu-img, rsync, scp and shell completion take the name as a plain file
+ * name.  STORE_NAMES_ISO: "2026-11-26T04:50:00Z[_02]", the names of
+ * earlier versions, for scripts written against them. */
+typedef enum store_names { STORE_NAMES_SAFE = 0, STORE_NAMES_ISO } store_names;
+
 /* Open the store at ROOT; with CREATE, make the directory (mode 0700) if missing. */
 store *store_open (const char *root, bool create);
 
@@ -75,7 +83,8 @@ typedef struct store_layer {
   char *path;          /* absolute path of the qcow2 file */
   char *name;          /* base name, e.g. "INC-20261126T045000Z" */
   char id[40];         /* restore point id, e.g. "20261126T045000Z_02" */
-  char display[48];    /* mount name without ".img": "2026-11-26T04:50:00Z_02" */
+  char display[48];    /* mount name without ".img": "2026-11-26T045000Z_02"
+                          (store_id_display in the store's style) */
   store_kind kind;
   int64_t time_us;     /* backup time, UTC microseconds since the epoch */
   uint64_t virtual_size; /* from the record; 0 when unknown (seed files) */
@@ -295,12 +304,13 @@ typedef struct store_prune_point {
   bool keep;
   const char *why;     /* the rule that kept it (static), NULL when it goes */
   bool pinned;         /* holds a disk's newest layer: always kept */
-  bool damaged;
+  bool damaged;        /* a layer of it lies in a damaged chain: kept, left as it is */
 } store_prune_point;
 
 /* Apply retention POLICY (retention.h) to VM's restore points, the caller
  * holding the VM's lock: every point the policy does not keep is removed
- * as store_points_remove does (O->dry_run: only decided).  *PTS (malloc'd,
+ * as store_points_remove does (O->dry_run: only decided); points in a
+ * damaged chain are kept and left as they are.  *PTS (malloc'd,
  * *N entries, oldest first) says what was decided for each point.  0, or
  * -1 (QB_EINVAL for an empty policy, or store_points_remove's errors). */
 int store_prune (store *st, const char *vm, const store_retention *policy,
@@ -331,9 +341,22 @@ bool store_path_is_vm (const char *path);
 /* True for a "YYYY-MM" month folder name (the monthly layout). */
 bool store_is_month (const char *name);
 
-/* The mount's name of restore point ID without ".img"
- * ("2026-11-26T04:50:00Z[_02]") into BUF; -1 if ID is not one of ours. */
-int store_id_display (const char *id, char *buf, size_t len);
+/* The mount's name of restore point ID without ".img" into BUF, in STYLE;
+ * -1 if ID is not one of ours.  This is the only place a name is formatted:
+ * store_layer.display of a scan of ST is store_id_display (id, store_get_names
+ * (st), ...), a scan of a folder uses STORE_NAMES_SAFE. */
+int store_id_display (const char *id, store_names style, char *buf, size_t len);
+
+/* Parse the option value WORD ("safe" or "iso") into *STYLE; 0, or -1
+ * (QB_EINVAL, the message lists both). */
+int store_names_parse (const char *word, store_names *style);
+
+/* Name ST's restore points in STYLE from now on (call before the first
+ * scan; the default is STORE_NAMES_SAFE). */
+void store_set_names (store *st, store_names style);
+
+/* The style ST's restore points are named in. */
+store_names store_get_names (const store *st);
 
 /* Parse "YYYYMMDDTHHMMSSZ[_NN]" or a seed epoch name part; 0 on success. */
 int store_id_parse (const char *id, int64_t *time_us, int *seq);

@@ -22,7 +22,7 @@ _qmprebase_opts_remove='--dir --point --dry-run'
 _qmprebase_opts_sync='--from --to --vm --dry-run'
 
 _qmpbackupfs_opts='-o -f -d -h --help -V --version'
-_qmpbackupfs_mount_opts='sockets= vm= monthly speed= compress include= exclude= on_success= on_failure= notify_timeout= keep= ro allow_other'
+_qmpbackupfs_mount_opts='sockets= vm= monthly speed= compress include= exclude= on_success= on_failure= notify_timeout= keep= ro names= allow_other'
 
 # Set COMPREPLY to the words of WORDLIST ($1) that start with $2.
 _qmpbackupfs_words() {
@@ -133,8 +133,9 @@ _qmpbackupfs() {
       for d in $(compgen -d -- "${last#sockets=}"); do COMPREPLY+=("sockets=$d"); done
       return 0
     fi
-    local IFS=$' \t\n' o
-    for o in $(compgen -W "$_qmpbackupfs_mount_opts" -- "$last"); do
+    local IFS=$' \t\n' o words=$_qmpbackupfs_mount_opts
+    [[ $last == names=* ]] && words='names=safe names=iso'
+    for o in $(compgen -W "$words" -- "$last"); do
       COMPREPLY+=("$head$o")
     done
     compopt -o nospace 2>/dev/null

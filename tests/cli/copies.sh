@@ -226,7 +226,7 @@ if [ -c /dev/fuse ] && command -v fusermount3 >/dev/null && [ -x "${QMPBACKUPFS:
     local -n arr=$3
     for i in "${!arr[@]}"; do
       f=$(qb_layer_id "${arr[$i]}")
-      disp=$(echo "$f" | sed -E 's/^(....)(..)(..)T(..)(..)(..)Z/\1-\2-\3T\4:\5:\6Z/')
+      disp=$(echo "$f" | sed -E 's/^(....)(..)(..)T(......)Z/\1-\2-\3T\4Z/')
       qb_cmp "$T/$prefix$i.raw" "$T/mnt/$vm/$disk/restore/$disp.img" \
         || qb_die "mounted copy $vm/$disk point $disp differs"
     done

@@ -141,7 +141,7 @@ for sock in "" "--socket $S"; do
   grep -q "^store .*, VM vm1: $npoints point(s) in 2 disk(s)" "$T/st.txt" || qb_die "info --target: wrong totals"
   grep -q '^disk drive0: chain .*: 4 point(s), .* stored, disk size 64 MiB, health ok$' "$T/st.txt" \
     || grep -q '^disk drive0: chain .*: [34] point(s), .* health ok$' "$T/st.txt" || qb_die "info --target: no drive0 chain line"
-  grep -q "^  $(echo "$full_id" | sed 's/\(....\)\(..\)\(..\)T\(..\)\(..\)\(..\)Z/\1-\2-\3T\4:\5:\6Z/') *full " "$T/st.txt" \
+  grep -q "^  $(echo "$full_id" | sed 's/\(....\)\(..\)\(..\)T\(......\)Z/\1-\2-\3T\4Z/') *full " "$T/st.txt" \
     || qb_die "info --target: the full point is not listed"
 done
 "$QMPBACKUP" info --target "$T/store/vm1" --json >"$T/st.json" || qb_die "info --target --json failed"

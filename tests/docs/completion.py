@@ -89,7 +89,9 @@ def check_scripted(tmp):
     expect(['qmpbackupfs', t], [tmp + '/store1'])
     expect(['qmpbackupfs', 'STORE', 'MNT', '-o', ''],
            ['sockets=', 'vm=', 'monthly', 'speed=', 'compress', 'include=', 'exclude=',
-            'on_success=', 'on_failure=', 'notify_timeout=', 'keep=', 'ro', 'allow_other'])
+            'on_success=', 'on_failure=', 'notify_timeout=', 'keep=', 'ro', 'names=', 'allow_other'])
+    expect(['qmpbackupfs', 'STORE', 'MNT', '-o', 'names='], ['names=safe', 'names=iso'])
+    expect(['qmpbackupfs', 'STORE', 'MNT', '-o', 'monthly,names=i'], ['monthly,names=iso'])
     expect(['qmpbackupfs', 'STORE', 'MNT', '-o', 'sockets=/run/qemu,mo'],
            ['sockets=/run/qemu,monthly'])
     expect(['qmpbackupfs', 'STORE', 'MNT', '-o', 'sockets=' + t], ['sockets=' + tmp + '/store1'])

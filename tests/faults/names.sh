@@ -113,7 +113,7 @@ done < <(find "$store" -mindepth 1 -print0)
 qb_log "store: $(cd "$store" && find . -maxdepth 2 -type d | sort | cut -c1-60 | tr '\n' ' ')"
 
 # Disk ids: three disks, three directories, each point exact.
-mapfile -t dd < <(ls "$mnt/disks" | grep -v '^backup$\|^status$')
+mapfile -t dd < <(ls "$mnt/disks" | grep -v '^backup$\|^status$\|^points$')
 qb_log "disk dirs: $(printf '%.20s ' "${dd[@]}")"
 [ ${#dd[@]} = 3 ] || qb_die "3 disks became ${#dd[@]} directories: ${dd[*]}"
 for d in "${dd[@]}"; do sane "$d" || qb_die "unsafe disk dir $(printf '%q' "$d")"; done
@@ -136,6 +136,7 @@ if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null; then
   p=$(readlink "$v/${dd[0]}/restore/latest.img")
   c=$(ls "$v/${dd[0]}/chain" | head -n 1)
   other cat "$v/${dd[0]}/restore/$p" >/dev/null 2>&1 && qb_die "another user read an image"
+  other cat "$v/points/latest/${dd[0]}.img" >/dev/null 2>&1 && qb_die "another user read a point image"
   other cat "$v/${dd[0]}/chain/$c" >/dev/null 2>&1 && qb_die "another user read a chain file"
   other cat "$v/status" >/dev/null 2>&1 && qb_die "another user read status"
   other sh -c "echo full > '$v/backup'" 2>/dev/null && qb_die "another user wrote the control file"
@@ -143,6 +144,8 @@ if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null; then
   member sh -c "echo full > '$v/backup'" 2>/dev/null && qb_die "a group member wrote the control file"
   member cat "$v/${dd[0]}/restore/$p" | cmp -s - "$mnt/disks/${dd[0]}/restore/latest.img" \
     || qb_die "a group member cannot read an image"
+  member cat "$v/points/latest/${dd[0]}.img" | cmp -s - "$mnt/disks/${dd[0]}/restore/latest.img" \
+    || qb_die "a group member cannot read a point image"
   for who in other member; do
     $who touch "$v/new" 2>/dev/null && qb_die "$who created a file in the mount"
     $who mkdir "$mnt/newvm" 2>/dev/null && qb_die "$who created a directory in the mount"

@@ -84,10 +84,10 @@ qb_files_inc "$store/vm1/whole/INC-$((epoch + 3600))-whole.qcow2" "$T/whole-3.ra
   "$store/vm1/whole/INC-$((epoch + 7200))-whole.qcow2"
 
 qb_fs_mount "$store" "$mnt"
-p1=2023-11-14T22:13:20Z
-p2=2023-11-14T23:13:20Z
-p3=2023-11-15T00:13:20Z
-p4=2023-11-15T01:13:20Z
+p1=2023-11-14T221320Z
+p2=2023-11-14T231320Z
+p3=2023-11-15T001320Z
+p4=2023-11-15T011320Z
 
 # Every good point equals a root loop mount of its restore image.
 for d in gpt mbr whole; do

@@ -58,7 +58,8 @@ mute_not_frozen "explicit quiesce, silent agent"
 cat "$mnt/vm1/status" > "$T/status.json"
 qb_json "$T/status.json" 'd["last"]["error"]' | grep -qi -e agent -e quiesc -e freeze \
   || qb_die "quiesce failure not explained: $(cat "$T/status.json")"
-[ -z "$(ls "$mnt/vm1" | grep -v -e backup -e status)" ] || qb_die "a failed quiesce made a point"
+[ -z "$(ls "$mnt/vm1" | grep -v -e backup -e status -e points)" ] || qb_die "a failed quiesce made a point"
+[ -z "$(ls "$mnt/vm1/points")" ] || qb_die "a failed quiesce made a point: points/ lists $(ls "$mnt/vm1/points")"
 
 qb_guest_write vm1 drive0 "write -P 0x42 0 1M"
 qb_capture vm1 drive0 "$T/d0.raw"
@@ -107,6 +108,11 @@ for how in touch "inc quiesce" "full" "inc noquiesce" "auto quiesce"; do
     [ "$(qb_json "$rec" 'd["quiesced_filesystems"]')" = 1 ] \
       || qb_die "vm2: '$how': record does not count 1 frozen filesystem: $(cat "$rec")"
   fi
+  # the point folder's xattr says the same as the record
+  want=yes; [ "$how" = "inc noquiesce" ] && want=no
+  q=$(python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], "user.qmpbackup.quiesced").decode())' \
+    "$mnt/vm2/points/latest")
+  [ "$q" = $want ] || qb_die "vm2: '$how': user.qmpbackup.quiesced is $q, want $want"
   qb_cmp "$T/d2.raw" "$mnt/vm2/drive0/restore/latest.img"
   n=$((n + 1))
 done

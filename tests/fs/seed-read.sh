@@ -63,12 +63,12 @@ truncate -s 300000 "$bad/INC-$((epoch + 3600))-disk1.qcow2"
 qb_fs_mount "$store" "$mnt"
 [ "$(ls "$mnt")" = "$(printf 'bigvm\nseedvm')" ] || qb_die "VM dirs: $(ls "$mnt" | tr '\n' ' ')"
 [ "$(ls -A "$mnt" | head -2 | tr '\n' ' ')" = ".metrics .status " ] || qb_die "root: $(ls -A "$mnt")"
-[ "$(ls "$mnt/seedvm" | tr '\n' ' ')" = "backup disk0 disk1 status " ] || qb_die "vm dir: $(ls "$mnt/seedvm")"
+[ "$(ls "$mnt/seedvm" | tr '\n' ' ')" = "backup disk0 disk1 points status " ] || qb_die "vm dir: $(ls "$mnt/seedvm")"
 
 R=$mnt/seedvm/disk0/restore
 mapfile -t points < <(qb_fs_points "$R")
 [ ${#points[@]} -eq 6 ] || qb_die "expected 6 restore points, got ${points[*]}"
-[ "${points[0]}" = "2023-11-14T22:13:20Z.img" ] || qb_die "first point is ${points[0]}"
+[ "${points[0]}" = "2023-11-14T221320Z.img" ] || qb_die "first point is ${points[0]}"
 for i in "${!points[@]}"; do
   qb_cmp "$T/expect-$i.raw" "$R/${points[$i]}"
   [ "$(stat -c %s "$R/${points[$i]}")" = $size ] || qb_die "size of ${points[$i]}"

@@ -39,7 +39,7 @@ qb_fs_mount "$store" "$mnt" -o "vm=evil2:$T/nosuch.qmp"
 ls "$mnt" > "$T/ls.out"
 ! grep -qx evilvm "$T/ls.out" || qb_die "a symlinked VM folder is shown: $(cat "$T/ls.out")"
 [ ! -e "$mnt/vm1/disk1" ] || qb_die "a symlinked disk folder is shown"
-[ -z "$(ls "$mnt/evil2")" ] || [ "$(ls "$mnt/evil2")" = "$(printf 'backup\nstatus')" ] \
+[ -z "$(ls "$mnt/evil2")" ] || [ "$(ls "$mnt/evil2")" = "$(printf 'backup\npoints\nstatus')" ] \
   || qb_die "evil2 (-o vm=, symlinked folder) shows disks: $(ls "$mnt/evil2")"
 
 p1=$(qb_fs_points "$mnt/vm1/disk0/restore" | head -1)

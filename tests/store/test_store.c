@@ -256,6 +256,24 @@ test_ids_and_commit (void)
   CHECK (store_id_parse ("20261126T045000Z_01", &t, &seq) == -1);
   CHECK (store_id_parse ("garbage", &t, &seq) == -1);
 
+  /* Names: the one formatter, in both styles; the default is colon-free. */
+  char disp[48];
+  store_names style;
+  CHECK (store_get_names (st) == STORE_NAMES_SAFE);
+  CHECK (store_id_display (id1, STORE_NAMES_SAFE, disp, sizeof disp) == 0
+         && strcmp (disp, "2026-11-26T045000Z") == 0);
+  CHECK (store_id_display (id3, STORE_NAMES_SAFE, disp, sizeof disp) == 0
+         && strcmp (disp, "2026-11-26T045000Z_03") == 0);
+  CHECK (store_id_display (id1, STORE_NAMES_ISO, disp, sizeof disp) == 0
+         && strcmp (disp, "2026-11-26T04:50:00Z") == 0);
+  CHECK (store_id_display (id3, STORE_NAMES_ISO, disp, sizeof disp) == 0
+         && strcmp (disp, "2026-11-26T04:50:00Z_03") == 0);
+  CHECK (store_id_display ("garbage", STORE_NAMES_SAFE, disp, sizeof disp) == -1);
+  CHECK (store_names_parse ("iso", &style) == 0 && style == STORE_NAMES_ISO);
+  CHECK (store_names_parse ("safe", &style) == 0 && style == STORE_NAMES_SAFE);
+  CHECK (store_names_parse ("ISO", &style) == -1 && qb_error_code () == QB_EINVAL);
+  CHECK (store_names_parse ("", &style) == -1);
+
   v = store_scan_vm (st, "web1");
   REQUIRE (v);
   CHECK (v->ndisks == 1);
@@ -267,9 +285,9 @@ test_ids_and_commit (void)
   const store_chain *c = &d->chains[0];
   CHECK (strcmp (c->chain_id, chain) == 0 && c->month == NULL);
   CHECK (c->layers[0].kind == STORE_FULL && c->layers[1].kind == STORE_INC);
-  CHECK (strcmp (c->layers[0].display, "2026-11-26T04:50:00Z") == 0);
-  CHECK (strcmp (c->layers[1].display, "2026-11-26T04:50:00Z_02") == 0);
-  CHECK (strcmp (c->layers[2].display, "2026-11-26T04:50:00Z_03") == 0);
+  CHECK (strcmp (c->layers[0].display, "2026-11-26T045000Z") == 0);
+  CHECK (strcmp (c->layers[1].display, "2026-11-26T045000Z_02") == 0);
+  CHECK (strcmp (c->layers[2].display, "2026-11-26T045000Z_03") == 0);
   CHECK (strcmp (c->layers[2].name, "INC-20261126T045000Z_03") == 0);
   /* The mount's names ("<display>.img") sort in time order byte by byte. */
   for (size_t i = 0; i + 1 < 3; i++) {
@@ -557,7 +575,7 @@ test_seed (void)
   /* The INC after the COPY continues the FULL's chain, never the COPY. */
   CHECK (strcmp (c->layers[2].name, "INC-1700000200-sda.qcow2") == 0);
   CHECK (strcmp (c->layers[0].id, "20231114T221320Z") == 0);
-  CHECK (strcmp (c->layers[0].display, "2023-11-14T22:13:20Z") == 0);
+  CHECK (strcmp (c->layers[0].display, "2023-11-14T221320Z") == 0);
   CHECK (c->layers[1].time_us == (int64_t) 1700000100 * 1000000);
   for (size_t i = 0; i < 3; i++)
     CHECK (c->layers[i].damage == NULL && c->layers[i].chain_id == NULL);
