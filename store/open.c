@@ -59,16 +59,18 @@ store_layer_open (store *st, const store_layer *l)
   return fd;
 }
 
-/* The reader's side of chain rewrites (rewrite.c): hold a shared lock on
- * the point's top layer FDS[IDX] (a rewrite that changes this point's
- * layers in place takes it exclusively), then make sure no rewrite is
+/* The reader's side of chain rewrites (rewrite.c): hold a shared lock (OFD,
+ * on STORE_POINT_LOCK_BYTE) on the point's top layer FDS[IDX] (a rewrite
+ * that changes this point's layers in place takes it exclusively), then make sure no rewrite is
  * removing the point and every layer name still is the file opened.
  * 0, or -1 with QB_EAGAIN (try again: the chain is being rewritten). */
 static int
 point_guard (store *st, const store_chain *c, size_t idx, const int *fds)
 {
   const store_layer *top = &c->layers[idx];
-  if (flock (fds[idx], LOCK_SH | LOCK_NB) < 0)
+  struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET,
+                      .l_start = STORE_POINT_LOCK_BYTE, .l_len = 1 };
+  if (fcntl (fds[idx], F_OFD_SETLK, &fl) < 0)
     return qb_error_set (QB_EAGAIN, "restore point %s is being removed or its chain "
                          "rewritten: try again in a moment", top->display);
   const char *rel = layer_rel (st, top);

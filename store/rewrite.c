@@ -559,11 +559,14 @@ locks_take (const rw_unit *u, json_object *j, rw_locks *l)
       qb_error_clear ();
       continue;
     }
-    int fd = openat (dfd, base, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    /* writable: an exclusive OFD lock (STORE_POINT_LOCK_BYTE) needs it */
+    int fd = openat (dfd, base, O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
     close (dfd);
     if (fd < 0)
       continue;          /* gone already: nobody can open it any more */
-    if (flock (fd, LOCK_EX | LOCK_NB) < 0) {
+    struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET,
+                        .l_start = STORE_POINT_LOCK_BYTE, .l_len = 1 };
+    if (fcntl (fd, F_OFD_SETLK, &fl) < 0) {
       close (fd);
       locks_release (l);
       return qb_error_set (QB_EBUSY, "restore point file %s/%s is open for reading (a "

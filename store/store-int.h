@@ -17,6 +17,14 @@
 #define STORE_ID_MAX 40
 #define STORE_RECORD_MAX (1 << 20)   /* a record file bigger than this is not read */
 
+/* The byte of a layer file that a reader of its point locks shared and a
+ * chain rewrite exclusively, with open file description locks
+ * (F_OFD_SETLK).  Not flock: where the file system turns flock into POSIX
+ * locks on the whole file (GlusterFS, NFS), QEMU's image locking (bytes
+ * 100-299) would see a reader's lock and refuse to open the layer as the
+ * backing file of the next incremental.  This byte is far above QEMU's. */
+#define STORE_POINT_LOCK_BYTE ((off_t) 1 << 40)
+
 struct store {
   char *root;            /* absolute, no symbolic link in it */
   int rootfd;            /* O_PATH descriptor of the root: walks start here */

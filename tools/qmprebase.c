@@ -5,6 +5,7 @@
  *   qmprebase list   --dir STORE/<vm> | DIR/<disk> [--json]
  *   qmprebase prune  --dir STORE/<vm> --keep-last N ... [--dry-run] [--json]
  *   qmprebase remove --dir STORE/<vm> --point T [--point T2 ...] [--dry-run]
+ *   qmprebase sync   --from STORE --to STORE2 [--vm NAME] [--dry-run]
  *
  * DIR/<disk> may also be a copy of a disk folder made anywhere (cp -a): the
  * chain is then proved by the layers' own records in DIR/<disk>/.chain/.
@@ -21,6 +22,7 @@
 #include "store/store.h"
 #include "store/chain.h"
 #include "tools/prune.h"
+#include "tools/sync.h"
 #include "common/error.h"
 #include "common/util.h"
 
@@ -153,6 +155,7 @@ help (const char *cmd)
             "  list    show the restore points, chains, sizes and health of a folder\n"
             "  prune   remove the restore points a retention policy does not keep\n"
             "  remove  remove chosen restore points\n"
+            "  sync    copy a store's new restore points into another store\n"
             "\n"
             "  qmprebase rebase --dir DIR/<disk> [--until ID-or-TIME] [--dry-run]\n"
             "  qmprebase merge  --dir DIR/<disk> --targetfile FILE [--until ID-or-TIME] [--force]\n"
@@ -161,6 +164,7 @@ help (const char *cmd)
             "                   [--keep-daily N] [--keep-weekly N] [--keep-monthly N]\n"
             "                   [--keep-yearly N] [--keep-within DURATION] [--dry-run] [--json]\n"
             "  qmprebase remove --dir STORE/<vm> --point T [--point T2 ...] [--dry-run]\n"
+            "  qmprebase sync   --from STORE --to STORE2 [--vm NAME] [--dry-run]\n"
             "\n"
             "DIR is STORE/<vm> (or STORE/<vm>/<YYYY-MM> with monthly chains); a disk folder\n"
             "copied anywhere (cp -a STORE/<vm>/<disk> /tmp/r) works on its own.\n"
@@ -1000,7 +1004,7 @@ static bool
 known_command (const char *c)
 {
   return strcmp (c, "rebase") == 0 || strcmp (c, "merge") == 0 || strcmp (c, "list") == 0
-    || strcmp (c, "prune") == 0 || strcmp (c, "remove") == 0;
+    || strcmp (c, "prune") == 0 || strcmp (c, "remove") == 0 || strcmp (c, "sync") == 0;
 }
 
 int
@@ -1025,6 +1029,8 @@ main (int argc, char **argv)
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
   };
+  if (argc > 1 && strcmp (argv[1], "sync") == 0)
+    return sync_main (argc - 1, argv + 1);
   opts o = { 0 };
   bool want_help = false, want_version = false;
   int c;
@@ -1072,7 +1078,7 @@ main (int argc, char **argv)
   if (optind < argc)
     o.cmd = argv[optind];
   if (o.cmd && !known_command (o.cmd))
-    return usage_error ("unknown command %s (commands: rebase, merge, list, prune, remove)", o.cmd);
+    return usage_error ("unknown command %s (commands: rebase, merge, list, prune, remove, sync)", o.cmd);
   if (want_help) {
     help (o.cmd);
     return 0;
@@ -1082,7 +1088,7 @@ main (int argc, char **argv)
     return 0;
   }
   if (!o.cmd)
-    return usage_error ("no command given (rebase, merge, list, prune or remove)");
+    return usage_error ("no command given (rebase, merge, list, prune, remove or sync)");
   if (optind + 1 < argc)
     return usage_error ("unexpected argument %s", argv[optind + 1]);
   if (!o.dir)

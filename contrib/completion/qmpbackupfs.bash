@@ -12,13 +12,14 @@ _qmpbackup_commands='backup info cleanup'
 _qmpbackup_levels='full inc auto copy'
 _qmpbackup_show='blockdev bitmaps store'
 
-_qmprebase_commands='rebase merge list prune remove'
+_qmprebase_commands='rebase merge list prune remove sync'
 _qmprebase_opts_common='-h --help -V --version'
 _qmprebase_opts_rebase='--dir --until --dry-run'
 _qmprebase_opts_merge='--dir --targetfile --until --force'
 _qmprebase_opts_list='--dir --json'
 _qmprebase_opts_prune='--dir --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --keep-within --dry-run --json'
 _qmprebase_opts_remove='--dir --point --dry-run'
+_qmprebase_opts_sync='--from --to --vm --dry-run'
 
 _qmpbackupfs_opts='-o -f -d -h --help -V --version'
 _qmpbackupfs_mount_opts='sockets= vm= monthly speed= compress include= exclude= on_success= on_failure= notify_timeout= keep= ro names= allow_other'
@@ -84,14 +85,15 @@ _qmprebase() {
   for ((i = 1; i < COMP_CWORD; i++)); do
     w=${COMP_WORDS[i]}
     case $w in
-      --dir|--targetfile|--until|--point|--keep-*) ((i++)) ;;
+      --dir|--targetfile|--until|--point|--keep-*|--from|--to|--vm) ((i++)) ;;
       -*) ;;
       *) [ -z "$cmd" ] && cmd=$w ;;
     esac
   done
   COMPREPLY=()
   case $prev in
-    --dir) _qmpbackupfs_paths -d "$cur"; return 0 ;;
+    --dir|--from|--to) _qmpbackupfs_paths -d "$cur"; return 0 ;;
+    --vm) return 0 ;;
     --targetfile) _qmpbackupfs_paths -f "$cur"; return 0 ;;
     --until|--point|--keep-*) return 0 ;;
   esac
@@ -108,6 +110,7 @@ _qmprebase() {
       list) _qmpbackupfs_words "$_qmprebase_opts_list $_qmprebase_opts_common" "$cur" ;;
       prune) _qmpbackupfs_words "$_qmprebase_opts_prune $_qmprebase_opts_common" "$cur" ;;
       remove) _qmpbackupfs_words "$_qmprebase_opts_remove $_qmprebase_opts_common" "$cur" ;;
+      sync) _qmpbackupfs_words "$_qmprebase_opts_sync -h --help" "$cur" ;;
     esac
   fi
   return 0
