@@ -264,7 +264,9 @@ remove_at (int cfd, const char *name)
 int
 store_sums_write_file (int dirfd, const char *file, const char *layer)
 {
-  if (!qb_name_is_safe (layer) || !qb_name_is_safe (file))
+  /* FILE may be the layer's temp (".tmp-NAME"): one component, not "." or ".." */
+  if (!qb_name_is_safe (layer) || !file || !*file || strchr (file, '/')
+      || strcmp (file, ".") == 0 || strcmp (file, "..") == 0)
     return qb_error_set (QB_EINVAL, "invalid layer name \"%s\"", layer ? layer : "");
   qcow2_header h;
   uint64_t fsize;

@@ -21,6 +21,7 @@
 #include "store/store.h"
 #include "store/chain.h"
 #include "tools/prune.h"
+#include "tools/verify.h"
 #include "common/error.h"
 #include "common/util.h"
 
@@ -153,6 +154,7 @@ help (const char *cmd)
             "  list    show the restore points, chains, sizes and health of a folder\n"
             "  prune   remove the restore points a retention policy does not keep\n"
             "  remove  remove chosen restore points\n"
+            "  verify  re-read a VM's points and compare them with their checksums\n"
             "\n"
             "  qmprebase rebase --dir DIR/<disk> [--until ID-or-TIME] [--dry-run]\n"
             "  qmprebase merge  --dir DIR/<disk> --targetfile FILE [--until ID-or-TIME] [--force]\n"
@@ -161,6 +163,7 @@ help (const char *cmd)
             "                   [--keep-daily N] [--keep-weekly N] [--keep-monthly N]\n"
             "                   [--keep-yearly N] [--keep-within DURATION] [--dry-run] [--json]\n"
             "  qmprebase remove --dir STORE/<vm> --point T [--point T2 ...] [--dry-run]\n"
+            "  qmprebase verify --dir STORE/<vm> [--point TIME] [--json]\n"
             "\n"
             "DIR is STORE/<vm> (or STORE/<vm>/<YYYY-MM> with monthly chains); a disk folder\n"
             "copied anywhere (cp -a STORE/<vm>/<disk> /tmp/r) works on its own.\n"
@@ -1000,7 +1003,8 @@ static bool
 known_command (const char *c)
 {
   return strcmp (c, "rebase") == 0 || strcmp (c, "merge") == 0 || strcmp (c, "list") == 0
-    || strcmp (c, "prune") == 0 || strcmp (c, "remove") == 0;
+    || strcmp (c, "prune") == 0 || strcmp (c, "remove") == 0
+    || strcmp (c, "verify") == 0;
 }
 
 int
@@ -1025,6 +1029,8 @@ main (int argc, char **argv)
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
   };
+  if (argc > 1 && strcmp (argv[1], "verify") == 0)
+    return verify_main (argc - 1, argv + 1);
   opts o = { 0 };
   bool want_help = false, want_version = false;
   int c;
@@ -1072,7 +1078,7 @@ main (int argc, char **argv)
   if (optind < argc)
     o.cmd = argv[optind];
   if (o.cmd && !known_command (o.cmd))
-    return usage_error ("unknown command %s (commands: rebase, merge, list, prune, remove)", o.cmd);
+    return usage_error ("unknown command %s (commands: rebase, merge, list, prune, remove, verify)", o.cmd);
   if (want_help) {
     help (o.cmd);
     return 0;
