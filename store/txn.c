@@ -420,7 +420,8 @@ txn_write_sidecars (store_txn *t, json_object *rec)
 }
 
 /* Write the checksums of every layer of T (sums.h) beside its record,
- * computed from its temp: 0 or -1. */
+ * computed from its temp (a target that is no qcow2 image gets none: the
+ * scan reports it damaged): 0 or -1. */
 static int
 txn_write_sums (store_txn *t)
 {
@@ -435,6 +436,11 @@ txn_write_sums (store_txn *t)
       : store_sums_write_file (dfd, txn_base (d->tmp), txn_base (d->final));
     if (r == 0)
       d->sums = true;
+    else if (qb_error_code () == QB_EDAMAGED) {
+      /* not a readable qcow2 image: the scan reports it; nothing to sum */
+      qb_error_clear ();
+      r = 0;
+    }
     if (dfd >= 0)
       close (dfd);
     free (drel);

@@ -107,6 +107,10 @@ qb_backup_expect 0 vf auto
 f=$(qb_newest_layer "$dir")
 [[ $f == FULL-* ]] || qb_die "auto after verify found damage made $f, expected a FULL"
 grep -q "damaged" "$T/last-backup.out" || qb_die "auto did not say why it took a full"
+for f0 in "${files[@]}"; do                  # recovery at the backup's start kept them
+  [ -f "$dir/.chain/$f0.verify.json" ] && [ -f "$dir/.chain/$f0.sums" ] \
+    || qb_die "the verify record or sums of $f0 vanished"
+done
 qb_capture vf drive0 "$T/p3.raw"
 qb_check_merge "$dir" "$(qb_layer_id "$f")" "$T/p3.raw"
 id3=$(qb_layer_id "$f")
