@@ -670,6 +670,20 @@ stamp_add (char **s, int dirfd, const char *rel)
   *s = n;
 }
 
+/* Append the stamp of the layers' records folder of disk folder REL beneath
+ * VMFD (a verify's result there changes the scan: sums.h), when REL is a
+ * folder and not a link. */
+static void
+stamp_add_chain (char **s, int vmfd, const char *rel)
+{
+  struct stat sb;
+  if (fstatat (vmfd, rel, &sb, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR (sb.st_mode))
+    return;
+  char *c = qb_asprintf ("%s/" STORE_SIDECAR_DIR, rel);
+  stamp_add (s, vmfd, c);
+  free (c);
+}
+
 /* The newest mtime of VM's folder and its records folder (see store.h). */
 struct timespec
 store_vm_changed (store *st, const char *vm)
@@ -715,6 +729,7 @@ store_vm_stamp (store *st, const char *vm)
     if (fstatat (vmfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR (sb.st_mode))
       continue;
     stamp_add (&s, vmfd, de->d_name);
+    stamp_add_chain (&s, vmfd, de->d_name);
     if (!store_is_month (de->d_name))
       continue;
     int mfd = qb_openat_nofollow (vmfd, de->d_name, O_RDONLY | O_DIRECTORY);
@@ -727,6 +742,7 @@ store_vm_stamp (store *st, const char *vm)
         continue;
       char *rel = qb_asprintf ("%s/%s", de->d_name, me->d_name);
       stamp_add (&s, vmfd, rel);
+      stamp_add_chain (&s, vmfd, rel);
       free (rel);
     }
     if (m)

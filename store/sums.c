@@ -692,10 +692,9 @@ store_verify_layer (int dirfd, const char *layer, store_verify_report *rep)
     }
     if (k == -1)
       rep->result = STORE_VERIFY_SUMS_DAMAGED;
-    else if (k == 1) {
+    else if (k == 1)
       rep->result = STORE_VERIFY_DAMAGED;
-      note_damage (rep, 0, 0);
-    } else {
+    else {
       if (!(r.buf = malloc (READ_CHUNK))) {
         close (sfd);
         ret = qb_error_set (QB_ENOMEM, "out of memory verifying %s", layer);

@@ -5,7 +5,9 @@
 # finds the layer damaged: status and .metrics say so, the point and every
 # later point of its chain are damaged and read as EIO, points of another
 # chain still read exactly, the result survives a remount, and the next
-# `touch backup` takes a FULL instead of continuing the damaged chain.
+# `touch backup` takes a FULL instead of continuing the damaged chain.  A
+# verify by qmprebase beside the mount is seen by it, and a repaired layer
+# that verifies ok again is served again.
 set -euo pipefail
 . "$QB_SOURCE_DIR/tests/lib/vm.sh"
 . "$QB_SOURCE_DIR/tests/fs/lib.sh"
@@ -91,6 +93,39 @@ p3=$(newest)
 qb_json <(cat "$mnt/vv/status") 'd["last"]["level"]' | grep -qx full || qb_die "last level not full"
 qb_capture vv drive0 "$T/p3.raw"
 qb_cmp "$T/p3.raw" "$mnt/vv/drive0/restore/$p3" || qb_die "the new FULL differs"
+
+# A verify by qmprebase beside the mount is seen by it (bounded wait).
+full2=$(ls "$dir" | grep '^FULL-' | tail -n 1)
+read -r host2 < <(qemu-img map -f qcow2 --output=json "$dir/$full2" | python3 -c '
+import json, sys
+d = [e for e in json.load(sys.stdin) if e.get("data")]
+print(d[-1]["offset"] + d[-1]["length"] // 2)')
+python3 - "$dir/$full2" "$host2" <<'EOF2'
+import sys
+with open(sys.argv[1], 'r+b') as f:
+    f.seek(int(sys.argv[2])); b = f.read(1); f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 0x10]))
+EOF2
+rc=0; "$QMPREBASE" verify --dir "$store/vv" > "$T/cli.out" 2>&1 || rc=$?
+[ $rc -eq 1 ] || qb_die "qmprebase verify beside the mount exited $rc: $(cat "$T/cli.out")"
+for ((i = 0; i < 100; i++)); do
+  [ "$(metric 'qmpbackupfs_damaged_points{vm="vv",disk="drive0"}')" = 4 ] && break
+  sleep 0.1
+done
+[ "$(metric 'qmpbackupfs_damaged_points{vm="vv",disk="drive0"}')" = 4 ] \
+  || qb_die "the mount did not see the CLI verify: $(grep damaged_points "$mnt/.metrics")"
+cat "$mnt/vv/drive0/restore/$p3" >/dev/null 2>&1 && qb_die "point $p3 served after the CLI found damage"
+python3 - "$dir/$full2" "$host2" <<'EOF2'
+import sys
+with open(sys.argv[1], 'r+b') as f:
+    f.seek(int(sys.argv[2])); b = f.read(1); f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 0x10]))
+EOF2
+"$QMPREBASE" verify --dir "$store/vv" --point "${full2#FULL-}" >/dev/null \
+  || qb_die "the repaired FULL does not verify"
+for ((i = 0; i < 100; i++)); do
+  [ "$(metric 'qmpbackupfs_damaged_points{vm="vv",disk="drive0"}')" = 3 ] && break
+  sleep 0.1
+done
+qb_cmp "$T/p3.raw" "$mnt/vv/drive0/restore/$p3" || qb_die "the repaired FULL is not served again"
 
 # The result survives a remount (the layers' verify records).
 qb_fs_unmount "$mnt"
