@@ -42,7 +42,9 @@
  * compressed cluster is summed over its COMPRESSED bytes as stored: they
  * are what can rot, checking them needs no decompression and no layer
  * below (an INC's compressed clusters can only be decompressed through its
- * backing chain), and any flip in them changes the sum.  Zero clusters hold
+ * backing chain), and any flip in them changes the sum.  The bytes are those
+ * its L2 entry names (whole 512-byte sectors, as QEMU reads them), which may
+ * hold the start of the next compressed cluster: a flip there marks both.  Zero clusters hold
  * no data and are recorded as zero; unallocated clusters are not listed.
  *
  * Reading a .sums file is streamed with fixed buffers: memory never depends

@@ -171,7 +171,10 @@ main (void)
   b ^= 1;
   REQUIRE (pwrite (lfd, &b, 1, (off_t) comp_host + 10) == 1);
   CHECK (verify (&rep) == STORE_VERIFY_DAMAGED);
-  CHECK (rep.damaged == 1 && rep.guest[0] == (4u << 20));
+  /* the sectors of a compressed cluster may hold the start of the next one
+     (QEMU allocates them in either order): a flip there marks both */
+  CHECK (rep.damaged >= 1 && rep.damaged <= 2
+         && (rep.guest[0] == (4u << 20) || rep.guest[rep.nlisted - 1] == (4u << 20)));
   b ^= 1;
   REQUIRE (pwrite (lfd, &b, 1, (off_t) comp_host + 10) == 1);
   CHECK (verify (&rep) == STORE_VERIFY_OK);
