@@ -27,9 +27,18 @@
 enum { S_DATA = 0, S_ZERO = 1, S_COMP = 2, S_BAD = 3 };
 #define KIND_MASK 0x1ffull
 
-/* Bytes read from a layer at once: covers the biggest compressed cluster
- * (2 MiB clusters, twice that in sectors) and makes sequential reads long. */
-#define READ_CHUNK ((size_t) 8 << 20)
+/* Bytes read from a layer at once: long sequential reads that still fit in
+ * the CPU cache (the bytes are hashed right after the copy), and at least
+ * the biggest compressed cluster of the layer (twice the cluster, in sectors). */
+#define READ_CHUNK ((size_t) 1 << 20)
+
+/* The read window for clusters of 2^CBITS bytes. */
+static size_t
+read_chunk (unsigned cbits)
+{
+  size_t need = ((size_t) 2 << cbits) + 512;
+  return need > READ_CHUNK ? need : READ_CHUNK;
+}
 #define IO_BUF ((size_t) 64 << 10)
 
 static void
@@ -68,7 +77,8 @@ typedef struct reader {
   int fd;
   const char *name;
   uint64_t fsize;
-  uint8_t *buf;          /* READ_CHUNK bytes */
+  uint8_t *buf;          /* CAP bytes */
+  size_t cap;
   uint64_t off;          /* file offset of buf[0] */
   size_t len;            /* valid bytes in buf */
   uint64_t bytes;        /* bytes handed out */
@@ -78,13 +88,13 @@ typedef struct reader {
 static const uint8_t *
 reader_get (reader *r, uint64_t host, uint64_t len)
 {
-  if (len > READ_CHUNK || host > r->fsize || len > r->fsize - host) {
+  if (len > r->cap || host > r->fsize || len > r->fsize - host) {
     qb_error_set (QB_EIO, "%s: %llu bytes at offset %llu lie outside the file", r->name,
                   (unsigned long long) len, (unsigned long long) host);
     return NULL;
   }
   if (host < r->off || host + len > r->off + r->len) {
-    size_t want = r->fsize - host < READ_CHUNK ? (size_t) (r->fsize - host) : READ_CHUNK;
+    size_t want = r->fsize - host < r->cap ? (size_t) (r->fsize - host) : r->cap;
     size_t got = 0;
     r->len = 0;
     while (got < want) {
@@ -279,7 +289,8 @@ store_sums_write_file (int dirfd, const char *file, const char *layer)
   char *name = qb_asprintf ("%s" SUMS_SUFFIX, layer);
   char *tmp = qb_asprintf (STORE_TMP_PREFIX "%s" SUMS_SUFFIX, layer);
   char *vname = qb_asprintf ("%s" VERIFY_SUFFIX, layer);
-  reader r = { lfd, file, fsize, malloc (READ_CHUNK), 0, 0, 0 };
+  size_t cap = read_chunk (h.cluster_bits);
+  reader r = { lfd, file, fsize, malloc (cap), cap, 0, 0, 0 };
   writer *w = calloc (1, sizeof *w);
   if (!r.buf || !w || !(w->xs = XXH3_createState ())) {
     qb_error_set (QB_ENOMEM, "out of memory summing layer %s", layer);
@@ -644,7 +655,7 @@ store_verify_layer (int dirfd, const char *layer, store_verify_report *rep)
   }
   int ret = 0;
   sums_in *in = NULL;
-  reader r = { lfd, layer, fsize, NULL, 0, 0, 0 };
+  reader r = { lfd, layer, fsize, NULL, 0, 0, 0, 0 };
   int sc = structure_check (lfd, layer, rep);
   if (sc < 0) {
     ret = -1;
@@ -695,7 +706,8 @@ store_verify_layer (int dirfd, const char *layer, store_verify_report *rep)
     else if (k == 1)
       rep->result = STORE_VERIFY_DAMAGED;
     else {
-      if (!(r.buf = malloc (READ_CHUNK))) {
+      r.cap = read_chunk (h.cluster_bits);
+      if (!(r.buf = malloc (r.cap))) {
         close (sfd);
         ret = qb_error_set (QB_ENOMEM, "out of memory verifying %s", layer);
         goto out;
