@@ -3,7 +3,8 @@
 # one flipped data byte in the middle of a data cluster of the FULL makes
 # `qmprebase verify` report that layer damaged at the right guest offset
 # (exit 1), `qmprebase list` then shows that point and every later point of
-# the chain damaged, and `auto` starts a new chain with a FULL that is exact.
+# the chain damaged, `inc` is refused (exit 5) and `auto` starts a new chain
+# with a FULL that is exact.
 # An intact store verifies ok (exit 0); a seed layer without checksums is
 # unverifiable (exit 0, with a note); a damaged or truncated .sums file is
 # reported as such, never as layer damage.
@@ -103,6 +104,9 @@ rc=0; "$QMPREBASE" merge --dir "$dir" --targetfile "$T/bad.raw" 2>/dev/null || r
 
 # The next backup does not continue the damaged chain.
 qb_guest_random_writes vf drive0 4 $((seed + 7))
+rc=0; qb_backup vf inc || rc=$?
+[ $rc -eq 5 ] || qb_die "inc on the chain verify found damaged exited $rc, expected 5"
+[ "$(qb_newest_layer "$dir")" = "${files[2]}" ] || qb_die "the refused inc left a layer"
 qb_backup_expect 0 vf auto
 f=$(qb_newest_layer "$dir")
 [[ $f == FULL-* ]] || qb_die "auto after verify found damage made $f, expected a FULL"
