@@ -852,7 +852,6 @@ store_verify_damage (int dirfd, const char *layer, const struct stat *sb)
   if (o && json_object_object_get_ex (o, "result", &v)
       && strcmp (json_object_get_string (v), "damaged") == 0
       && get_int (o, "file_size") == (int64_t) sb->st_size
-      && get_int (o, "file_ino") == (int64_t) sb->st_ino
       && get_int (o, "file_mtime_ns") == (int64_t) sb->st_mtim.tv_sec * 1000000000
                                          + sb->st_mtim.tv_nsec) {
     if (json_object_object_get_ex (o, "damage", &v) && json_object_is_type (v, json_type_string)

@@ -116,7 +116,9 @@ int store_verify_save (int dirfd, const char *layer, const store_verify_report *
 
 /* The damage text of layer NAME of disk folder DIRFD when its last kept
  * verify found damage and SB (the layer file now) is the file it judged
- * (same inode, length and modification time): "verify at <time> found N
+ * (same length and modification time; not the inode, so a copy made with
+ * cp -a or rsync -a keeps the finding, and a layer put back from elsewhere
+ * stays damaged until a verify finds it whole): "verify at <time> found N
  * damaged clusters at guest offsets ...; restore from another point"
  * (malloc'd); else NULL (no error recorded). */
 char *store_verify_damage (int dirfd, const char *layer, const struct stat *sb);

@@ -99,6 +99,10 @@ assert s.count('verify at') >= 3, s
 assert 'damaged cluster at guest offsets ' + sys.argv[2] in s, s
 assert 'restore from another point' in s, s
 EOF
+cp -a "$dir" "$T/copy"                       # a copied disk folder keeps the finding
+"$QMPREBASE" list --dir "$T/copy" > "$T/list-copy.out"
+[ "$(grep -c 'damaged: verify at' "$T/list-copy.out")" -eq 3 ] \
+  || qb_die "the copied folder lost the verify's finding: $(cat "$T/list-copy.out")"
 rc=0; "$QMPREBASE" merge --dir "$dir" --targetfile "$T/bad.raw" 2>/dev/null || rc=$?
 [ $rc -eq 1 ] && [ ! -e "$T/bad.raw" ] || qb_die "merge of a point on a damaged FULL: exit $rc"
 
