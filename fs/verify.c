@@ -62,7 +62,7 @@ verify_thread (void *arg)
 
   struct timespec t0, t1;
   clock_gettime (CLOCK_MONOTONIC, &t0);
-  uint64_t bytes = 0, damaged = 0, sums = 0, unverifiable = 0, gone = 0, done = 0;
+  uint64_t bytes = 0, damaged = 0, sums = 0, unverifiable = 0, gone = 0, busy = 0, done = 0;
   char notes[1024] = "", err[512] = "";
   for (size_t d = 0; s->v && d < s->v->ndisks; d++)
     for (size_t c = 0; c < s->v->disks[d].nchains; c++) {
@@ -73,6 +73,11 @@ verify_thread (void *arg)
           goto end;
         }
         store_verify_report r;
+        if (ch->layers[k].busy) {     /* a chain rewrite is under way: not now */
+          busy++;
+          done++;
+          continue;
+        }
         if (store_verify_store_layer (fs_cfg.st, &ch->layers[k], &r) < 0) {
           snprintf (err, sizeof err, "%s: %s", ch->layers[k].name, qb_error_msg ());
           qb_error_clear ();
@@ -117,9 +122,9 @@ verify_thread (void *arg)
   char esc[2048];
   fs_log_escape (err[0] ? err : notes, esc, sizeof esc);
   fs_log ("event=verify-end vm=%s result=%s layers=%llu damaged=%llu sums_damaged=%llu "
-          "unverifiable=%llu gone=%llu bytes=%llu seconds=%.1f%s%s%s", vm->name, result,
+          "unverifiable=%llu gone=%llu busy=%llu bytes=%llu seconds=%.1f%s%s%s", vm->name, result,
           (unsigned long long) done, (unsigned long long) damaged, (unsigned long long) sums,
-          (unsigned long long) unverifiable, (unsigned long long) gone,
+          (unsigned long long) unverifiable, (unsigned long long) gone, (unsigned long long) busy,
           (unsigned long long) bytes, secs, err[0] || notes[0] ? " reason=\"" : "",
           esc, err[0] || notes[0] ? "\"" : "");
   atomic_fetch_sub (&verifies_active, 1);

@@ -32,7 +32,8 @@ verify_help (void)
           "the checksums kept when the point was committed; check the qcow2 structure\n"
           "too.  Prints per point: ok, damaged (layer, guest offsets), unverifiable\n"
           "(layers made before checksums were kept, or by another program) or\n"
-          "sums-damaged (the checksum file itself), and the speed in GB/s.  Each\n"
+          "sums-damaged (the checksum file itself), and the speed in GB/s; points of\n"
+          "a chain being rewritten (prune, remove, rebase) are skipped as busy.  Each\n"
           "layer's result is kept beside it: the mount then serves a damaged point as\n"
           "an I/O error, and the next backup starts a new chain.  Needs no VM and no\n"
           "lock.\n"
@@ -222,7 +223,8 @@ verify_main (int argc, char **argv)
     for (size_t ch = 0; ch < v->disks[d].nchains; ch++) {
       const store_chain *cn = &v->disks[d].chains[ch];
       for (size_t i = 0; i < cn->n; i++)
-        if (point_wanted (cn, i, point) && !vlayer_find (ls, nl, cn->layers[i].path)) {
+        if (point_wanted (cn, i, point) && !cn->layers[i].busy
+            && !vlayer_find (ls, nl, cn->layers[i].path)) {
           ls = qb_realloc (ls, (nl + 1) * sizeof *ls);
           memset (&ls[nl], 0, sizeof *ls);
           ls[nl].path = cn->layers[i].path;
@@ -263,7 +265,7 @@ verify_main (int argc, char **argv)
     fprintf (stderr, "qmprebase: verify: %s\n", qb_error_msg ());
     goto out;
   }
-  size_t nok = 0, ndam = 0, nunv = 0, nsums = 0;
+  size_t nok = 0, ndam = 0, nunv = 0, nsums = 0, nbusy = 0;
   json_object *jpoints = json_object_new_array ();
   for (size_t d = 0; d < after->ndisks; d++)
     for (size_t ch = 0; ch < after->disks[d].nchains; ch++) {
@@ -283,9 +285,13 @@ verify_main (int argc, char **argv)
         const char *damage = NULL;
         for (size_t k = 0; k <= i && !damage; k++)
           damage = cn->layers[k].damage;
-        const char *word = damage || worst == 4 ? "damaged" : worst == 3 ? "sums-damaged"
-          : worst == 2 ? "unverifiable" : "ok";
-        if (strcmp (word, "damaged") == 0) ndam++;
+        bool busy = false;
+        for (size_t k = 0; k <= i; k++)
+          busy |= cn->layers[k].busy;
+        const char *word = busy ? "busy" : damage || worst == 4 ? "damaged"
+          : worst == 3 ? "sums-damaged" : worst == 2 ? "unverifiable" : "ok";
+        if (busy) nbusy++;
+        else if (strcmp (word, "damaged") == 0) ndam++;
         else if (strcmp (word, "sums-damaged") == 0) nsums++;
         else if (strcmp (word, "unverifiable") == 0) nunv++;
         else nok++;
@@ -313,7 +319,10 @@ verify_main (int argc, char **argv)
               && vl->rep.result != STORE_VERIFY_GONE)
             layer_print (vl);
         }
-        if (damage && worst != 4)
+        if (busy)
+          printf ("    a chain rewrite (removal of restore points) is under way: verify "
+                  "again when it has ended\n");
+        else if (damage && worst != 4)
           printf ("    %s\n", damage);
       }
     }
@@ -330,6 +339,7 @@ verify_main (int argc, char **argv)
     json_object_object_add (o, "damaged", json_object_new_int64 ((int64_t) ndam));
     json_object_object_add (o, "sums_damaged", json_object_new_int64 ((int64_t) nsums));
     json_object_object_add (o, "unverifiable", json_object_new_int64 ((int64_t) nunv));
+    json_object_object_add (o, "busy", json_object_new_int64 ((int64_t) nbusy));
     printf ("%s\n", json_object_to_json_string_ext (o, JSON_C_TO_STRING_PRETTY
                                                     | JSON_C_TO_STRING_SPACED
                                                     | JSON_C_TO_STRING_NOSLASHESCAPE));
@@ -339,6 +349,9 @@ verify_main (int argc, char **argv)
     printf ("verified %zu layer%s, %.2f GB in %.2f s: %.2f GB/s; %zu point%s ok, %zu damaged, "
             "%zu with damaged checksums, %zu unverifiable\n", nl, nl == 1 ? "" : "s",
             bytes / 1e9, secs, gbps, nok, nok == 1 ? "" : "s", ndam, nsums, nunv);
+    if (nbusy)
+      printf ("note: %zu point%s not verified: a chain rewrite is under way\n", nbusy,
+              nbusy == 1 ? "" : "s");
     if (nunv)
       printf ("note: unverifiable points have layers without checksums (made before they "
               "were kept, or by another program); only their qcow2 structure was checked\n");

@@ -151,6 +151,29 @@ cp "$T/sums.keep" "$sums"
 rc=0; "$QMPREBASE" verify --dir "$vmdir" --point "$id3" >/dev/null 2>&1 || rc=$?
 [ $rc -eq 0 ] || qb_die "restored sums do not verify: $rc"
 
+# Chain rewrites keep the checksums true: removing a middle INC moves its
+# changes into the next layer (rewritten in place), removing the FULL's point
+# folds it forward under a new name; both get fresh sums, removed layers
+# lose theirs, and every kept point verifies ok and reads exactly.
+ids=("$id3")
+for i in 1 2 3; do
+  qb_guest_random_writes vf drive0 4 $((seed + 20 + i))
+  qb_backup_expect 0 vf inc
+  ids+=("$(qb_layer_id "$(qb_newest_layer "$dir")")"); qb_capture vf drive0 "$T/q$i.raw"
+done
+"$QMPREBASE" remove --dir "$vmdir" --point "${ids[2]}" >/dev/null || qb_die "remove of a middle INC failed"
+"$QMPREBASE" remove --dir "$vmdir" --point "${ids[0]}" >/dev/null || qb_die "remove of the FULL's point failed"
+[ ! -e "$dir/.chain/INC-${ids[2]}.sums" ] && [ ! -e "$dir/.chain/FULL-${ids[0]}.sums" ] \
+  || qb_die "removed layers kept their sums: $(ls -a "$dir/.chain")"
+[ -f "$dir/.chain/FULL-${ids[1]}.sums" ] || qb_die "the folded FULL has no sums: $(ls -a "$dir/.chain")"
+rc=0; "$QMPREBASE" verify --dir "$vmdir" --point "${ids[3]}" > "$T/v7.out" 2>&1 || rc=$?
+cat "$T/v7.out"
+[ $rc -eq 0 ] && [ "$(grep -c '^drive0 .* ok$' "$T/v7.out")" -eq 1 ] \
+  && grep -q '^verified 2 layers' "$T/v7.out" \
+  || qb_die "points after a chain rewrite do not verify ok (exit $rc)"
+qb_check_merge "$dir" "${ids[1]}" "$T/q1.raw"
+qb_check_merge "$dir" "${ids[3]}" "$T/q3.raw"
+
 # A layer made by the Python qmpbackup has no checksums: unverifiable, exit 0.
 qb_seed_full "$T/store/seedvm/drive0" 1764480000 drive0 32M "$T/seed.raw"
 rc=0; "$QMPREBASE" verify --dir "$T/store/seedvm" > "$T/v6.out" 2>&1 || rc=$?
