@@ -4,10 +4,11 @@
 set -euo pipefail
 
 pkgs=(gcc pkg-config meson ninja-build libjson-c-dev libqcow-dev libfuse3-dev fuse3 libext2fs-dev libxxhash-dev
+      zlib1g-dev ntfs-3g-dev ntfs-3g
       qemu-system-x86 qemu-utils qemu-guest-agent util-linux e2fsprogs
       linux-image-amd64 busybox-static kmod cpio clang libclang-rt-14-dev python3
-      systemd debhelper dpkg-dev man-db groff-base bash-completion rsync attr openssh-client)
-[ "${1:-}" = "--bench" ] && pkgs+=(fio qemu-system-common)
+      systemd debhelper dpkg-dev man-db groff-base bash-completion rsync attr openssh-client faketime)
+[ "${1:-}" = "--bench" ] && pkgs+=(fio qemu-system-common libguestfs-tools)
 
 missing=()
 for p in "${pkgs[@]}"; do

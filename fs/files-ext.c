@@ -1,5 +1,5 @@
 /* qmpbackupfs — files/: extended attributes and SEEK_DATA/SEEK_HOLE of
- * guest files (the rest is in files.c). */
+ * guest files (the rest is in files.c; NTFS's in files-ntfs.c). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,14 +63,18 @@ files_listxattr (fuse_req_t req, fuse_ino_t ino, size_t size)
     return;
   int r;
   xlist l = { 0 };
-  struct ext2_xattr_handle *xh = xattrs_load (e, ino, &r);
-  if (xh) {
-    errcode_t rc = ext2fs_xattrs_iterate (xh, xlist_cb, &l);
-    if (rc)
-      r = -ext_errno (rc);
-    else if (l.too_big)
-      r = -E2BIG;
-    ext2fs_xattrs_close (&xh);
+  if (e->ntfs)
+    r = files_ntfs_listxattr (e->ntfs, (uint32_t) ino, &l.p, &l.len);
+  else {
+    struct ext2_xattr_handle *xh = xattrs_load (e, ino, &r);
+    if (xh) {
+      errcode_t rc = ext2fs_xattrs_iterate (xh, xlist_cb, &l);
+      if (rc)
+        r = -ext_errno (rc);
+      else if (l.too_big)
+        r = -E2BIG;
+      ext2fs_xattrs_close (&xh);
+    }
   }
   fsent_put (e);
   if (r < 0)
@@ -94,6 +98,21 @@ files_getxattr (fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
   int r;
   void *val = NULL;
   size_t vlen = 0;
+  if (e->ntfs) {
+    char *nval = NULL;
+    r = files_ntfs_getxattr (e->ntfs, (uint32_t) ino, name, &nval, &vlen);
+    fsent_put (e);
+    if (r < 0)
+      fuse_reply_err (req, -r);
+    else if (size == 0)
+      fuse_reply_xattr (req, vlen);
+    else if (vlen > size)
+      fuse_reply_err (req, ERANGE);
+    else
+      fuse_reply_buf (req, nval, vlen);
+    free (nval);
+    return;
+  }
   struct ext2_xattr_handle *xh = xattrs_load (e, ino, &r);
   if (xh) {
     errcode_t rc = ext2fs_xattr_get (xh, name, &val, &vlen);
@@ -132,11 +151,12 @@ files_lseek (fuse_req_t req, off_t off, int whence, struct fuse_file_info *fi)
     return;
   }
   pthread_mutex_lock (&e->lock);
-  uint64_t size = h->f ? EXT2_I_SIZE (ext2fs_file_get_inode (h->f)) : strlen (h->text);
+  uint64_t size = h->f ? EXT2_I_SIZE (ext2fs_file_get_inode (h->f))
+    : h->nf ? files_ntfs_file_size (h->nf) : strlen (h->text);
   int64_t res = -1;
   if ((uint64_t) off >= size)
     res = -1;
-  else if (!h->f)
+  else if (!h->f)                 /* notes and NTFS: all data (no hole map) */
     res = whence == SEEK_DATA ? off : (int64_t) size;
   else {
     ext2_ino_t ino = ext2fs_file_get_inode_num (h->f);
@@ -166,4 +186,70 @@ files_lseek (fuse_req_t req, off_t off, int whence, struct fuse_file_info *fi)
     fuse_reply_err (req, ENXIO);
   else
     fuse_reply_lseek (req, res);
+}
+
+/* See files-int.h.  The block map is looked up block by block (ext2fs_bmap2
+ * handles extents, indirect blocks and bigalloc alike); runs of physically
+ * contiguous blocks are read with one call of the I/O manager (which keeps
+ * every read inside the partition); holes and unwritten extents are zeros. */
+int
+ext_read_direct (fsent *e, ext2_file_t f, char *buf, size_t size, uint64_t off, size_t *done)
+{
+  ext2_filsys fs = e->fs;
+  struct ext2_inode *in = ext2fs_file_get_inode (f);
+  ext2_ino_t ino = ext2fs_file_get_inode_num (f);
+  *done = 0;
+  if (in->i_flags & (EXT4_INLINE_DATA_FL | EXT4_ENCRYPT_FL) || !LINUX_S_ISREG (in->i_mode))
+    return 1;
+  uint64_t isize = EXT2_I_SIZE (in), bs = fs->blocksize;
+  if (off >= isize || size == 0)
+    return 0;
+  if (size > isize - off)
+    size = isize - off;
+  uint64_t end = off + size;
+  char *bb = malloc (3 * bs);
+  char *tmp = malloc (size + 2 * bs);
+  if (!bb || !tmp) {
+    free (bb);
+    free (tmp);
+    return -ENOMEM;
+  }
+  int r = 0;
+  for (uint64_t pos = off; pos < end && r == 0;) {
+    blk64_t lblk = pos / bs, phys = 0;
+    int flags = 0;
+    if (ext2fs_bmap2 (fs, ino, in, bb, 0, lblk, &flags, &phys)) {
+      r = -EIO;
+      break;
+    }
+    bool data = phys != 0 && !(flags & BMAP_RET_UNINIT);
+    uint64_t n = 1;                       /* blocks in this run */
+    while ((lblk + n) * bs < end) {
+      blk64_t p2 = 0;
+      int f2 = 0;
+      if (ext2fs_bmap2 (fs, ino, in, bb, 0, lblk + n, &f2, &p2))
+        break;                            /* the next round reports it */
+      bool d2 = p2 != 0 && !(f2 & BMAP_RET_UNINIT);
+      if (d2 != data || (data && p2 != phys + n))
+        break;
+      n++;
+    }
+    uint64_t run_end = (lblk + n) * bs < end ? (lblk + n) * bs : end;
+    size_t chunk = run_end - pos;
+    if (!data)
+      memset (buf + (pos - off), 0, chunk);
+    else {
+      /* whole blocks into TMP, then the bytes wanted */
+      uint64_t nb = (run_end - lblk * bs + bs - 1) / bs;
+      if (io_channel_read_blk64 (fs->io, phys, (int) nb, tmp) != 0)
+        r = -EIO;
+      else
+        memcpy (buf + (pos - off), tmp + (pos - lblk * bs), chunk);
+    }
+    pos = run_end;
+    *done = pos - off;
+  }
+  free (bb);
+  free (tmp);
+  return r;
 }

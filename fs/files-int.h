@@ -5,6 +5,7 @@
 #include <ext2fs/ext2_fs.h>
 #include <ext2fs/ext2fs.h>
 
+#include "fs/files-ntfs.h"
 #include "fs/fs.h"
 
 typedef struct files_io_target {
@@ -24,7 +25,8 @@ typedef struct fsent {
   uint64_t used;                  /* LRU tick, under cache_lock */
   bool opened;                    /* under lock: ci/fs/note are final */
   chain_image *ci;
-  ext2_filsys fs;
+  ext2_filsys fs;                 /* ext, or */
+  files_ntfs *ntfs;               /* NTFS */
   char *note;                     /* NULL: fs usable; else NOT-SUPPORTED/ERROR text */
   const char *note_name;
 } fsent;
@@ -32,7 +34,8 @@ typedef struct fsent {
 /* An open guest file (fi->fh of files_open). */
 typedef struct fhandle {
   fsent *e;                       /* referenced while open (never evicted) */
-  ext2_file_t f;                  /* NULL: a note file */
+  ext2_file_t f;                  /* NULL (and NF NULL): a note file */
+  files_ntfs_file *nf;            /* an NTFS file */
   const char *text;               /* a note file's text (lives as long as E) */
 } fhandle;
 
@@ -42,6 +45,13 @@ fsent *entry_or_reply (fuse_req_t req, fuse_ino_t ino);
 
 /* Unlock E and drop the reference of entry_or_reply. */
 void fsent_put (fsent *e);
+
+/* Read up to SIZE bytes at OFF of regular file F of E (E locked) straight
+ * through the block map, contiguous blocks in one read: 0 and the bytes in
+ * *DONE (short only at the end of the file), -errno, or 1 when F needs
+ * ext2fs_file_read (inline data, encrypted). */
+int ext_read_direct (fsent *e, ext2_file_t f, char *buf, size_t size, uint64_t off,
+                     size_t *done);
 
 /* The errno for libext2fs error RC: system errors as they are, the rest EIO. */
 int ext_errno (errcode_t rc);

@@ -2,7 +2,8 @@
  * <vm>/<disk>/files/<point>/p1/... (or .../fs/ for a disk without a
  * partition table), read-only, without root and without the kernel mounting
  * anything.  ext2/3/4 are read in-process with libext2fs through an I/O
- * manager of our own over the chain reader (writes refused); other file
+ * manager of our own over the chain reader (writes refused), NTFS with
+ * libntfs-3g over read-only device operations (files-ntfs.c); other file
  * systems show a folder holding NOT-SUPPORTED.txt.
  *
  * Inode numbers: every (point, partition) gets a slot number the first time
@@ -36,6 +37,8 @@
 #define TIMEOUT_GUEST 3600.0
 #define NOTE_INO 1                /* the note file of a folder we cannot read */
 #define CLEAN_INO 0               /* files/<point>/pN.NOT-CLEAN.txt (no guest inode 0) */
+#define TABLE_INO UINT32_MAX      /* files/<point>/GPT-BACKUP.txt (of the point's first slot) */
+#define TABLE_NOTE_NAME "GPT-BACKUP.txt"
 #define ROOT_INO EXT2_ROOT_INO
 
 /* One (point, partition): where it is and what it holds. */
@@ -45,6 +48,7 @@ typedef struct fslot {
   uint64_t start, length;
   parttab_probe_result probe;
   char *clean_note;               /* NULL: clean; else why the fs is shown "not clean" */
+  char *table_note;               /* NULL, or why the partitions come from the backup GPT */
 } fslot;
 
 
@@ -58,11 +62,11 @@ static uint64_t tick;
 
 /* ---- slots ---- */
 
-/* The slot (VM, DISK, DISPLAY, NAME) if it exists, else created from PART
- * and PROBE when they are given; its number, or 0 (none). */
+/* The slot (VM, DISK, DISPLAY, NAME) if it exists, else created from PART,
+ * PROBE and the table's KIND when they are given; its number, or 0 (none). */
 static uint32_t
 slot_get (const char *vm, const char *disk, const char *display, const char *name,
-          const parttab_part *part, const parttab_probe_result *probe)
+          const parttab_part *part, const parttab_probe_result *probe, parttab_kind kind)
 {
   uint32_t r = 0;
   pthread_mutex_lock (&slots_lock);
@@ -93,6 +97,13 @@ slot_get (const char *vm, const char *disk, const char *display, const char *nam
         "(quiesced) are clean.\n",
         name, probe->needs_recovery ? "  - its journal needs recovery (not replayed here)\n" : "",
         probe->has_errors ? "  - the file system recorded errors (e2fsck not run)\n" : "");
+    if (kind == PARTTAB_GPT_BACKUP)
+      s->table_note = qb_asprintf (
+        "The primary GPT of this disk (sector 1 and its partition entries) is\n"
+        "damaged in this restore point: its CRC32 does not match.  The partitions\n"
+        "shown here come from the backup GPT at the end of the disk, which is\n"
+        "intact.  The guest's firmware and kernel do the same; gdisk or sgdisk\n"
+        "can rewrite the primary from the backup on a restored copy.\n");
     if (nslots == cap_slots) {
       cap_slots = cap_slots ? cap_slots * 2 : 64;
       slots = qb_realloc (slots, cap_slots * sizeof *slots);
@@ -179,11 +190,28 @@ fsent_open (fsent *e)
   if (!ci)
     return -err;
   e->ci = ci;
+  if (s->probe.is_ntfs) {
+    char *why = NULL;
+    e->ntfs = files_ntfs_open (chain_rd, ci, s->start, s->length, &why);
+    if (!e->ntfs) {
+      e->note_name = "ERROR.txt";
+      e->note = qb_asprintf (
+        "The NTFS file system of this partition could not be read:\n  %s\n"
+        "The restore image MOUNT/%s/%s/restore/%s.img holds the raw bytes;\n"
+        "ntfsfix -n or ntfs-3g on a copy of them may tell more.\n",
+        why ? why : "unknown error", s->vm, s->disk, s->display);
+      fs_log ("%s/%s/files/%s/%s: cannot read the NTFS: %s", s->vm, s->disk, s->display,
+              s->name, why ? why : "unknown error");
+    }
+    free (why);
+    e->opened = true;
+    return 0;
+  }
   if (!s->probe.is_ext) {
     e->note_name = "NOT-SUPPORTED.txt";
     e->note = qb_asprintf (
       "This partition holds %s%s%s, which qmpbackupfs cannot show as files\n"
-      "(it reads ext2, ext3 and ext4).\n\n"
+      "(it reads ext2, ext3, ext4 and NTFS).\n\n"
       "To restore from it as root, attach the restore image read-only and\n"
       "mount it read-only:\n"
       "  dev=$(losetup -r -P -f --show MOUNT/%s/%s/restore/%s.img)\n"
@@ -232,6 +260,7 @@ fsent_free (fsent *e)
 {
   if (e->fs)
     ext2fs_close_free (&e->fs);
+  files_ntfs_close (e->ntfs);
   chain_close (e->ci);
   free (e->note);
   pthread_mutex_destroy (&e->lock);
@@ -365,16 +394,16 @@ point_slots (const char *vm, const char *disk, const char *display, uint32_t *ou
     parttab_part whole = { 0, 0, size };
     parttab_probe_result pr;
     parttab_probe (chain_rd, ci, 0, size, &pr);
-    out[k++] = slot_get (vm, disk, display, "fs", &whole, &pr);
+    out[k++] = slot_get (vm, disk, display, "fs", &whole, &pr, kind);
   }
   for (int i = 0; i < n; i++) {
     char name[16];
     snprintf (name, sizeof name, "p%d", parts[i].number);
-    uint32_t sl = slot_get (vm, disk, display, name, NULL, NULL);
+    uint32_t sl = slot_get (vm, disk, display, name, NULL, NULL, kind);
     if (!sl) {
       parttab_probe_result pr;
       parttab_probe (chain_rd, ci, parts[i].start, parts[i].length, &pr);
-      sl = slot_get (vm, disk, display, name, &parts[i], &pr);
+      sl = slot_get (vm, disk, display, name, &parts[i], &pr, kind);
     }
     if (sl)
       out[k++] = sl;
@@ -404,10 +433,15 @@ files_point_list (const char *vm, const char *disk, const char *display,
   int n = point_slots (vm, disk, display, sl);
   if (n < 0)
     return n;
-  *ents = qb_calloc (2 * n + 1, sizeof **ents);
+  *ents = qb_calloc (2 * n + 2, sizeof **ents);
   int k = 0;
   for (int i = 0; i < n; i++) {
     fslot *s = slot_by_num (sl[i]);
+    if (i == 0 && s->table_note) {
+      snprintf ((*ents)[k].name, sizeof (*ents)[k].name, "%s", TABLE_NOTE_NAME);
+      (*ents)[k].ino = files_ino (sl[i], TABLE_INO);
+      (*ents)[k++].mode = S_IFREG;
+    }
     snprintf ((*ents)[k].name, sizeof (*ents)[k].name, "%s", s->name);
     (*ents)[k].ino = files_ino (sl[i], ROOT_INO);
     (*ents)[k++].mode = S_IFDIR;
@@ -475,6 +509,8 @@ note_text (fsent *e, fuse_ino_t ino)
 {
   if ((uint32_t) ino == CLEAN_INO)
     return slot_by_num (e->slot)->clean_note;
+  if ((uint32_t) ino == TABLE_INO)
+    return slot_by_num (e->slot)->table_note;
   return e->note && (uint32_t) ino == NOTE_INO ? e->note : NULL;
 }
 
@@ -494,7 +530,7 @@ attr_ino (fsent *e, fuse_ino_t ino, struct stat *st)
     st->st_size = strlen (text);
     return 0;
   }
-  if (gino == CLEAN_INO)
+  if (gino == CLEAN_INO || gino == TABLE_INO)
     return -ENOENT;
   if (e->note) {
     if (gino == ROOT_INO) {
@@ -502,6 +538,13 @@ attr_ino (fsent *e, fuse_ino_t ino, struct stat *st)
       return 0;
     }
     return -ENOENT;
+  }
+  if (e->ntfs) {
+    int r = files_ntfs_stat (e->ntfs, gino, st);
+    st->st_ino = files_ino (e->slot, gino);
+    st->st_uid = fs_cfg.uid;
+    st->st_gid = fs_cfg.gid;
+    return r;
   }
   return attr_guest (e, gino, st);
 }
@@ -549,6 +592,8 @@ files_lookup (fuse_req_t req, fuse_ino_t parent, const char *name)
   if (e->note)
     r = (uint32_t) parent == ROOT_INO && strcmp (name, e->note_name) == 0 ? 0 : -ENOENT,
       gino = NOTE_INO;
+  else if (e->ntfs)
+    r = files_ntfs_lookup (e->ntfs, (uint32_t) parent, name, &gino);
   else if (len > EXT2_NAME_LEN)
     r = -ENAMETOOLONG;
   else {
@@ -578,6 +623,16 @@ files_readlink (fuse_req_t req, fuse_ino_t ino)
     return;
   char *buf = NULL;
   int r = 0;
+  if (e->ntfs) {
+    r = files_ntfs_readlink (e->ntfs, (uint32_t) ino, &buf);
+    fsent_put (e);
+    if (r < 0)
+      fuse_reply_err (req, -r);
+    else
+      fuse_reply_readlink (req, buf);
+    free (buf);
+    return;
+  }
   struct ext2_inode in;
   errcode_t rc = e->note ? EXT2_ET_FILE_NOT_FOUND : ext2fs_read_inode (e->fs, (uint32_t) ino, &in);
   uint64_t size = rc ? 0 : EXT2_I_SIZE (&in);
@@ -671,6 +726,20 @@ dirlist_cb (ext2_ino_t dir, int entry, struct ext2_dir_entry *d, int offset, int
   return 0;
 }
 
+/* files_ntfs_readdir callback: one NTFS entry (bounded like ext's). */
+static int
+dirlist_ntfs_cb (void *priv, const char *name, uint32_t gino, mode_t type)
+{
+  dirlist *l = priv;
+  if (l->count >= DIR_MAX_ENTRIES || l->size >= DIR_MAX_BYTES) {
+    l->too_big = true;
+    return 1;
+  }
+  dirlist_add (l, name, files_ino (l->slot, gino), type);
+  l->count++;
+  return 0;
+}
+
 /* See fs.h. */
 void
 files_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -690,6 +759,11 @@ files_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     dirlist_add (l, "..", ino, S_IFDIR);
     if (e->note)
       dirlist_add (l, e->note_name, files_ino (e->slot, NOTE_INO), S_IFREG);
+    else if (e->ntfs) {
+      r = files_ntfs_readdir (e->ntfs, (uint32_t) ino, dirlist_ntfs_cb, l);
+      if (r == -EFBIG || l->too_big)
+        r = -EFBIG;
+    }
     else {
       errcode_t rc = ext2fs_dir_iterate2 (e->fs, (uint32_t) ino, 0, NULL, dirlist_cb, l);
       if (rc)
@@ -771,7 +845,14 @@ files_open (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     h = qb_calloc (1, sizeof *h);
     h->e = e;
     h->text = note_text (e, ino);
-    if (!h->text) {
+    if (!h->text && e->ntfs) {
+      r = files_ntfs_file_open (e->ntfs, (uint32_t) ino, &h->nf);
+      if (r < 0) {
+        free (h);
+        h = NULL;
+      }
+    }
+    else if (!h->text) {
       errcode_t rc = ext2fs_file_open (e->fs, (uint32_t) ino, 0, &h->f);
       if (rc) {
         r = -ext_errno (rc);
@@ -806,15 +887,25 @@ files_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
     return;
   }
   size_t done = 0;
-  int err = 0;
+  int err = 0, direct;
   pthread_mutex_lock (&e->lock);
-  if (!h->f) {
+  if (h->nf) {
+    ssize_t n = files_ntfs_file_pread (h->nf, buf, size, off);
+    if (n < 0)
+      err = -n;
+    else
+      done = n;
+  }
+  else if (!h->f) {
     size_t len = strlen (h->text);
     if ((size_t) off < len)
       done = len - off < size ? len - off : size;
     memcpy (buf, h->text + (off < (off_t) len ? off : 0), done);
   }
+  else if ((direct = ext_read_direct (e, h->f, buf, size, off, &done)) <= 0)
+    err = -direct;              /* read straight through the block map, or failed */
   else {
+    done = 0;
     errcode_t rc = ext2fs_file_llseek (h->f, off, EXT2_SEEK_SET, NULL);
     while (!rc && done < size) {
       unsigned got = 0;
@@ -830,7 +921,7 @@ files_read (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
   if (err) {
     fslot *s = slot_by_num (e->slot);
     fs_log ("%s/%s/files/%s/%s: read of inode %u failed", s->vm, s->disk, s->display,
-            s->name, (unsigned) ext2fs_file_get_inode_num (h->f));
+            s->name, h->f ? (unsigned) ext2fs_file_get_inode_num (h->f) : 0u);
     fuse_reply_err (req, err);
   }
   else
@@ -845,9 +936,12 @@ files_release (struct fuse_file_info *fi)
   fhandle *h = (fhandle *) (uintptr_t) fi->fh;
   if (!h)
     return;
-  if (h->f) {
+  if (h->f || h->nf) {
     pthread_mutex_lock (&h->e->lock);
-    ext2fs_file_close (h->f);
+    if (h->f)
+      ext2fs_file_close (h->f);
+    else
+      files_ntfs_file_close (h->nf);
     pthread_mutex_unlock (&h->e->lock);
   }
   fsent_unref (h->e);
@@ -870,7 +964,7 @@ files_point_lookup (fuse_req_t req, const char *vm, const char *disk, const char
     if (strcmp (ents[i].name, name) == 0)
       ino = ents[i].ino;
   free (ents);
-  bool is_note = ino && (uint32_t) ino == CLEAN_INO;
+  bool is_note = ino && ((uint32_t) ino == CLEAN_INO || (uint32_t) ino == TABLE_INO);
   if (!ino) {
     fuse_reply_err (req, ENOENT);
     return;
@@ -889,4 +983,53 @@ files_point_lookup (fuse_req_t req, const char *vm, const char *disk, const char
   ep.ino = ep.attr.st_ino = ino;
   ep.entry_timeout = ep.attr_timeout = TIMEOUT_GUEST;
   fuse_reply_entry (req, &ep);
+}
+
+/* True if point DISPLAY of VM/DISK has slots (its table was read). */
+static bool
+point_known (const char *vm, const char *disk, const char *display)
+{
+  bool r = false;
+  pthread_mutex_lock (&slots_lock);
+  for (size_t i = 0; i < nslots && !r; i++)
+    r = strcmp (slots[i]->display, display) == 0 && strcmp (slots[i]->disk, disk) == 0
+      && strcmp (slots[i]->vm, vm) == 0;
+  pthread_mutex_unlock (&slots_lock);
+  return r;
+}
+
+/* See fs.h. */
+json_object *
+files_status_notes (const char *vm, const char *disk, const char *latest)
+{
+  if (latest && !point_known (vm, disk, latest)) {
+    uint32_t sl[PARTTAB_MAX + 1];
+    if (point_slots (vm, disk, latest, sl) < 0)
+      qb_error_clear ();
+  }
+  json_object *a = json_object_new_array ();
+  pthread_mutex_lock (&slots_lock);
+  for (size_t i = 0; i < nslots; i++) {
+    const fslot *s = slots[i];
+    if (strcmp (s->disk, disk) != 0 || strcmp (s->vm, vm) != 0)
+      continue;
+    char *line = NULL;
+    if (s->table_note && (i == 0 || strcmp (slots[i - 1]->display, s->display) != 0)) {
+      line = qb_asprintf ("files: %s: primary GPT damaged: partitions read from the backup GPT",
+                          s->display);
+      json_object_array_add (a, json_object_new_string (line));
+      free (line);
+    }
+    if (!s->clean_note)
+      continue;
+    line = qb_asprintf ("files: %s %s: %s not clean (%s%s%s): shown as on disk", s->display,
+                        s->name, s->probe.ext_name ? s->probe.ext_name : "ext",
+                        s->probe.needs_recovery ? "journal not replayed" : "",
+                        s->probe.needs_recovery && s->probe.has_errors ? ", " : "",
+                        s->probe.has_errors ? "errors recorded" : "");
+    json_object_array_add (a, json_object_new_string (line));
+    free (line);
+  }
+  pthread_mutex_unlock (&slots_lock);
+  return a;
 }

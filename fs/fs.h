@@ -277,6 +277,13 @@ bool files_is_ino (fuse_ino_t ino);
 int files_point_list (const char *vm, const char *disk, const char *display,
                       files_dirent **ents);
 
+/* The "files: ..." lines of VM/DISK for <vm>/status: each point and
+ * partition already read whose ext file system is not clean (journal not
+ * replayed, errors recorded), and points read from their backup GPT.
+ * Point LATEST (may be NULL) is read first if it was not yet: a
+ * crash-consistent newest point is always reported.  A new JSON array. */
+json_object *files_status_notes (const char *vm, const char *disk, const char *latest);
+
 /* FUSE lookup of NAME in files/DISPLAY/ of VM/DISK (a partition folder). */
 void files_point_lookup (fuse_req_t req, const char *vm, const char *disk,
                          const char *display, const char *name);

@@ -2,6 +2,7 @@
  * file system magic probes, bounded against hostile disks (see parttab.h). */
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #include "fs/parttab.h"
 
@@ -9,6 +10,8 @@
 #define GPT_MAX_ENTRIES 1024u      /* entries scanned at most */
 #define GPT_MAX_ENTRY_SIZE 4096u
 #define EBR_MAX 64                 /* logical partitions followed at most */
+#define GPT_MAX_TABLE (1u << 20)   /* bytes of a GPT entry array (real ones: 16 KiB) */
+#define GPT_READ_CHUNK 65536u
 
 /* Little-endian loads. */
 static uint16_t le16 (const unsigned char *p) { return p[0] | p[1] << 8; }
@@ -72,33 +75,85 @@ mbr_logical (parttab_read_fn rd, void *opaque, uint64_t disk_size, uint64_t ext_
   return n;
 }
 
-/* Read a GPT whose header is at sector 1. */
+/* The GPT header at sector LBA, checked (signature, sizes, header CRC32,
+ * its own LBA, the entry array inside the disk and at most GPT_MAX_TABLE
+ * bytes, the array's CRC32): the array in *TABLE (malloc'd), its entry
+ * count and size, and the header's alternate LBA in *ALT (0 when the
+ * header itself is bad).  1: valid; 0: not a valid GPT there; -1: a read
+ * failed or no memory. */
 static int
-gpt_read (parttab_read_fn rd, void *opaque, uint64_t disk_size, parttab_part *parts)
+gpt_header (parttab_read_fn rd, void *opaque, uint64_t disk_size, uint64_t lba,
+            unsigned char **table, uint32_t *count, uint32_t *esize, uint64_t *alt)
 {
   unsigned char h[SECTOR];
-  if (rd (opaque, h, SECTOR, SECTOR) < 0)
+  uint64_t sectors = disk_size / SECTOR;
+  *alt = 0;
+  if (lba >= sectors)
+    return 0;
+  if (rd (opaque, h, SECTOR, lba * SECTOR) < 0)
     return -1;
   if (memcmp (h, "EFI PART", 8) != 0)
     return 0;
-  uint32_t hsize = le32 (h + 12);
-  uint64_t entries_lba = le64 (h + 72);
-  uint32_t count = le32 (h + 80), esize = le32 (h + 84);
-  uint64_t sectors = disk_size / SECTOR;
-  if (hsize < 92 || hsize > SECTOR || esize < 128 || esize > GPT_MAX_ENTRY_SIZE
-      || esize % 8 != 0 || entries_lba < 2 || entries_lba >= sectors)
+  uint32_t hsize = le32 (h + 12), hcrc = le32 (h + 16);
+  if (hsize < 92 || hsize > SECTOR)
     return 0;
+  memset (h + 16, 0, 4);
+  if ((uint32_t) crc32 (0, h, hsize) != hcrc || le64 (h + 24) != lba)
+    return 0;
+  *alt = le64 (h + 32);
+  uint64_t entries_lba = le64 (h + 72);
+  uint32_t n = le32 (h + 80), es = le32 (h + 84), ecrc = le32 (h + 88);
+  if (es < 128 || es > GPT_MAX_ENTRY_SIZE || es % 8 != 0 || n == 0
+      || (uint64_t) n * es > GPT_MAX_TABLE || entries_lba < 2 || entries_lba >= sectors
+      || (uint64_t) n * es > disk_size - entries_lba * SECTOR)
+    return 0;
+  size_t len = (size_t) n * es;
+  unsigned char *t = malloc (len);
+  if (!t)
+    return -1;
+  for (size_t off = 0; off < len; off += GPT_READ_CHUNK) {
+    size_t k = len - off < GPT_READ_CHUNK ? len - off : GPT_READ_CHUNK;
+    if (rd (opaque, t + off, k, entries_lba * SECTOR + off) < 0) {
+      free (t);
+      return -1;
+    }
+  }
+  if ((uint32_t) crc32 (0, t, len) != ecrc) {
+    free (t);
+    return 0;
+  }
+  *table = t;
+  *count = n;
+  *esize = es;
+  return 1;
+}
+
+/* Read a GPT: the primary header at sector 1, else its backup (at the
+ * primary's alternate LBA, else the disk's last sector), *BACKUP saying
+ * which.  0 when neither is valid. */
+static int
+gpt_read (parttab_read_fn rd, void *opaque, uint64_t disk_size, parttab_part *parts,
+          bool *backup)
+{
+  unsigned char *t = NULL;
+  uint32_t count = 0, esize = 0;
+  uint64_t alt = 0, sectors = disk_size / SECTOR, alt2;
+  *backup = false;
+  int r = gpt_header (rd, opaque, disk_size, 1, &t, &count, &esize, &alt);
+  if (r == 0) {
+    *backup = true;
+    if (alt > 1 && alt < sectors)
+      r = gpt_header (rd, opaque, disk_size, alt, &t, &count, &esize, &alt2);
+    if (r == 0 && alt != sectors - 1)
+      r = gpt_header (rd, opaque, disk_size, sectors - 1, &t, &count, &esize, &alt2);
+  }
+  if (r <= 0)
+    return r;
+  int n = 0;
   if (count > GPT_MAX_ENTRIES)
     count = GPT_MAX_ENTRIES;
-  uint64_t table_off = entries_lba * SECTOR;
-  unsigned char *e = malloc (esize);
-  if (!e)
-    return -1;
-  int n = 0;
   for (uint32_t i = 0; i < count && n < PARTTAB_MAX; i++) {
-    uint64_t off = table_off + (uint64_t) i * esize;
-    if (off > disk_size || esize > disk_size - off || rd (opaque, e, esize, off) < 0)
-      break;
+    const unsigned char *e = t + (size_t) i * esize;
     static const unsigned char zero[16];
     if (memcmp (e, zero, 16) == 0)
       continue;
@@ -107,7 +162,7 @@ gpt_read (parttab_read_fn rd, void *opaque, uint64_t disk_size, parttab_part *pa
       continue;
     n = part_add (parts, n, (int) i + 1, first, last - first + 1, disk_size);
   }
-  free (e);
+  free (t);
   return n;
 }
 
@@ -137,9 +192,10 @@ parttab_read (parttab_read_fn rd, void *opaque, uint64_t disk_size,
       protective = true;
   }
   if (protective) {
-    int n = gpt_read (rd, opaque, disk_size, parts);
+    bool backup;
+    int n = gpt_read (rd, opaque, disk_size, parts, &backup);
     if (n > 0 || n < 0) {
-      *kind = n > 0 ? PARTTAB_GPT : PARTTAB_NONE;
+      *kind = n < 0 ? PARTTAB_NONE : backup ? PARTTAB_GPT_BACKUP : PARTTAB_GPT;
       return n;
     }
   }
@@ -192,6 +248,8 @@ parttab_probe (parttab_read_fn rd, void *opaque, uint64_t start, uint64_t length
     res->is_ext = true;
     res->needs_recovery = (le32 (sb + 0x60) & 0x4) != 0;
     res->has_errors = (le16 (sb + 0x3a) & 0x2) != 0;
+    res->ext_name = le32 (sb + 0x60) & (0x40 | 0x80) ? "ext4"   /* INCOMPAT_EXTENTS, 64BIT */
+      : le32 (sb + 0x5c) & 0x4 ? "ext3" : "ext2";                  /* COMPAT_HAS_JOURNAL */
     uint32_t log_bs = le32 (sb + 0x18);
     uint64_t blocks = le32 (sb + 0x04);
     if (le32 (sb + 0x60) & 0x80)          /* INCOMPAT_64BIT */
@@ -222,6 +280,7 @@ parttab_probe (parttab_read_fn rd, void *opaque, uint64_t start, uint64_t length
     if (probes[i].name
         && magic_at (rd, opaque, start, length, probes[i].off, probes[i].magic, probes[i].len)) {
       res->fs = probes[i].name;
+      res->is_ntfs = strcmp (res->fs, "ntfs") == 0;
       return;
     }
 }

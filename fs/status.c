@@ -309,6 +309,8 @@ status_disks (const store_vm *v, json_object *info)
     const store_layer *lt = restore_latest (v, d->name);
     json_object_object_add (j, "latest", lt ? json_object_new_string (lt->display) : NULL);
     json_object_object_add (j, "damage", dmg);
+    json_object_object_add (j, "files_notes", files_status_notes (v->name, d->name,
+                                                                  lt ? lt->display : NULL));
     json_object_array_add (arr, j);
   }
   /* disks QEMU has that the store does not know yet */

@@ -70,27 +70,35 @@ store_prune (store *st, const char *vm, const store_retention *policy,
   }
   if (n > 1)
     qsort (pts, n, sizeof *pts, cmp_point);
+  /* The policy judges the healthy points only: a damaged point must never
+     take the slot of a healthy one (it is kept anyway, below). */
   int64_t *times = qb_calloc (n ? n : 1, sizeof *times);
   uint8_t *keep = qb_calloc (n ? n : 1, 1);
   const char **why = qb_calloc (n ? n : 1, sizeof *why);
+  size_t *map = qb_calloc (n ? n : 1, sizeof *map), nh = 0;
   for (size_t i = 0; i < n; i++)
-    times[i] = pts[i].time_us;
+    if (!pts[i].damaged) {
+      map[nh] = i;
+      times[nh++] = pts[i].time_us;
+    }
   int ret = -1;
-  if (store_retention_select (times, n, policy, keep, why) < 0)
+  if (nh && store_retention_select (times, nh, policy, keep, why) < 0)
     goto out;
+  for (size_t h = 0; h < nh; h++) {
+    pts[map[h]].keep = keep[h] != 0;
+    pts[map[h]].why = why[h];
+  }
   char **ids = qb_calloc (n ? n : 1, sizeof *ids);
   size_t nids = 0;
   for (size_t i = 0; i < n; i++) {
-    pts[i].keep = keep[i] != 0;
-    pts[i].why = why[i];
-    if (!pts[i].keep && pts[i].pinned) {
-      pts[i].keep = true;
-      pts[i].why = "newest of a disk";
-    }
     if (!pts[i].keep && pts[i].damaged) {
       /* never rewritten: a damaged chain is left as it is for an admin */
       pts[i].keep = true;
       pts[i].why = "in a damaged chain: left as it is";
+    }
+    if (!pts[i].keep && pts[i].pinned) {
+      pts[i].keep = true;
+      pts[i].why = "newest of a disk";
     }
     if (!pts[i].keep)
       ids[nids++] = pts[i].id;
@@ -105,6 +113,7 @@ store_prune (store *st, const char *vm, const store_retention *policy,
   free (times);
   free (keep);
   free (why);
+  free (map);
   store_vm_free (v);
   if (ret < 0) {
     free (pts);

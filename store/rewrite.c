@@ -943,23 +943,25 @@ unit_remove (const rw_unit *u, const store_vm *v, const char *disk, char *const 
   return ret;
 }
 
-int
-store_points_remove (store *st, const char *vm, char *const *ids, size_t n, const char *disk,
-                     const store_remove_opts *o, store_remove_result *res)
+/* Remove points IDS of VM in ST, or of the disk folder DIR when ST is NULL. */
+static int
+points_remove (store *st, const char *vm, const char *dir, const char *disk,
+               char *const *ids, size_t n, const store_remove_opts *o,
+               store_remove_result *res)
 {
   store_remove_result dummy;
   if (!res)
     res = &dummy;
   memset (res, 0, sizeof *res);
   rw_unit u;
-  if (unit_open (&u, st, vm, NULL) < 0) {
+  if (unit_open (&u, st, vm, dir) < 0) {
     unit_close (&u);
     return -1;
   }
   int ret = -1;
   if (!(o && o->dry_run) && unit_resume (&u) < 0)
     goto out;
-  store_vm *v = store_scan_vm (st, vm);
+  store_vm *v = st ? store_scan_vm (st, vm) : store_scan_folder (dir);
   if (!v)
     goto out;
   ret = unit_remove (&u, v, disk, ids, n, o, res);
@@ -970,54 +972,41 @@ store_points_remove (store *st, const char *vm, char *const *ids, size_t n, cons
 }
 
 int
+store_points_remove (store *st, const char *vm, char *const *ids, size_t n, const char *disk,
+                     const store_remove_opts *o, store_remove_result *res)
+{
+  return points_remove (st, vm, NULL, disk, ids, n, o, res);
+}
+
+int
 store_folder_points_remove (const char *dir, char *const *ids, size_t n,
                             const store_remove_opts *o, store_remove_result *res)
 {
-  store_remove_result dummy;
-  if (!res)
-    res = &dummy;
-  memset (res, 0, sizeof *res);
+  return points_remove (NULL, NULL, dir, NULL, ids, n, o, res);
+}
+
+/* Finish the interrupted rewrite of VM in ST, or of the folder DIR. */
+static int
+rewrite_resume (store *st, const char *vm, const char *dir)
+{
   rw_unit u;
-  if (unit_open (&u, NULL, NULL, dir) < 0) {
+  if (unit_open (&u, st, vm, dir) < 0) {
     unit_close (&u);
-    return -1;
+    return st && qb_error_code () == QB_ENOENT ? (qb_error_clear (), 0) : -1;
   }
-  int ret = -1;
-  if (!(o && o->dry_run) && unit_resume (&u) < 0)
-    goto out;
-  store_vm *v = store_scan_folder (dir);
-  if (!v)
-    goto out;
-  ret = unit_remove (&u, v, NULL, ids, n, o, res);
-  store_vm_free (v);
- out:
+  int r = unit_resume (&u);
   unit_close (&u);
-  return ret;
+  return r;
 }
 
 int
 store_rewrite_resume (store *st, const char *vm)
 {
-  rw_unit u;
-  if (unit_open (&u, st, vm, NULL) < 0) {
-    unit_close (&u);
-    return qb_error_code () == QB_ENOENT ? (qb_error_clear (), 0) : -1;
-  }
-  int r = unit_resume (&u);
-  unit_close (&u);
-  return r;
+  return rewrite_resume (st, vm, NULL);
 }
 
 int
 store_folder_rewrite_resume (const char *dir)
 {
-  rw_unit u;
-  if (unit_open (&u, NULL, NULL, dir) < 0) {
-    unit_close (&u);
-    return -1;
-  }
-  int r = unit_resume (&u);
-  unit_close (&u);
-  return r;
+  return rewrite_resume (NULL, NULL, dir);
 }
-

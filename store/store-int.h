@@ -77,6 +77,12 @@ void store_rec_clear (store_rec *rec);
  * (resources ran out), QB_EINVAL (unsafe name). */
 int store_vm_open (const store *st, const char *vm);
 
+/* Call FN (VMFD, REL, OPAQUE) for every folder of the VM folder VMFD that
+ * may hold a disk: each safe-named folder ("disk" or "YYYY-MM"), and each
+ * safe-named entry of a month folder ("YYYY-MM/disk").  No link is followed. */
+void store_vm_walk_dirs (int vmfd, void (*fn) (int vmfd, const char *rel, void *opaque),
+                         void *opaque);
+
 /* Make the directories of REL (relative to the root, safe components)
  * with mode 0700, following no link: 0, or -1 (QB_EPERM when a component
  * is a symbolic link or not a directory). */

@@ -705,6 +705,50 @@ store_vm_changed (store *st, const char *vm)
   return t;
 }
 
+/* Call FN for every folder of the VM folder VMFD that may hold a disk (see store-int.h). */
+void
+store_vm_walk_dirs (int vmfd, void (*fn) (int vmfd, const char *rel, void *opaque),
+                    void *opaque)
+{
+  int dfd = openat (vmfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR *d = dfd >= 0 ? fdopendir (dfd) : NULL;
+  if (!d && dfd >= 0)
+    close (dfd);
+  struct dirent *de;
+  while (d && (de = readdir (d)) != NULL) {
+    struct stat sb;
+    if (!qb_name_is_safe (de->d_name)
+        || fstatat (vmfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR (sb.st_mode))
+      continue;
+    fn (vmfd, de->d_name, opaque);
+    if (!store_is_month (de->d_name))
+      continue;
+    int mfd = qb_openat_nofollow (vmfd, de->d_name, O_RDONLY | O_DIRECTORY);
+    DIR *m = mfd >= 0 ? fdopendir (mfd) : NULL;
+    if (!m && mfd >= 0)
+      close (mfd);
+    struct dirent *me;
+    while (m && (me = readdir (m)) != NULL) {
+      if (!qb_name_is_safe (me->d_name))
+        continue;
+      char *rel = qb_asprintf ("%s/%s", de->d_name, me->d_name);
+      fn (vmfd, rel, opaque);
+      free (rel);
+    }
+    if (m)
+      closedir (m);
+  }
+  if (d)
+    closedir (d);
+}
+
+static void
+stamp_dir (int vmfd, const char *rel, void *opaque)
+{
+  stamp_add (opaque, vmfd, rel);
+  stamp_add_chain (opaque, vmfd, rel);
+}
+
 /* A string that changes whenever any folder of VM changes (see store.h). */
 char *
 store_vm_stamp (store *st, const char *vm)
@@ -716,40 +760,8 @@ store_vm_stamp (store *st, const char *vm)
     return s;
   }
   stamp_add (&s, vmfd, ".");
-  int dfd = openat (vmfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  DIR *d = dfd >= 0 ? fdopendir (dfd) : NULL;
-  if (!d && dfd >= 0)
-    close (dfd);
-  struct dirent *de;
-  while (d && (de = readdir (d)) != NULL) {
-    if (strcmp (de->d_name, ".") == 0 || strcmp (de->d_name, "..") == 0
-        || strcmp (de->d_name, STORE_LOCK_FILE) == 0)
-      continue;
-    struct stat sb;
-    if (fstatat (vmfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR (sb.st_mode))
-      continue;
-    stamp_add (&s, vmfd, de->d_name);
-    stamp_add_chain (&s, vmfd, de->d_name);
-    if (!store_is_month (de->d_name))
-      continue;
-    int mfd = qb_openat_nofollow (vmfd, de->d_name, O_RDONLY | O_DIRECTORY);
-    DIR *m = mfd >= 0 ? fdopendir (mfd) : NULL;
-    if (!m && mfd >= 0)
-      close (mfd);
-    struct dirent *me;
-    while (m && (me = readdir (m)) != NULL) {
-      if (me->d_name[0] == '.')
-        continue;
-      char *rel = qb_asprintf ("%s/%s", de->d_name, me->d_name);
-      stamp_add (&s, vmfd, rel);
-      stamp_add_chain (&s, vmfd, rel);
-      free (rel);
-    }
-    if (m)
-      closedir (m);
-  }
-  if (d)
-    closedir (d);
+  stamp_add (&s, vmfd, STORE_POINTS_DIR);
+  store_vm_walk_dirs (vmfd, stamp_dir, &s);
   close (vmfd);
   return s;
 }

@@ -681,6 +681,20 @@ recover_layer (int vmfd, const char *rel)
   return ret;
 }
 
+typedef struct recover_ctx {
+  store_rec *recs;
+  size_t n;
+  int count;
+} recover_ctx;
+
+/* store_vm_walk_dirs callback: recover_dir on one folder. */
+static void
+recover_walk (int vmfd, const char *rel, void *opaque)
+{
+  recover_ctx *rc = opaque;
+  rc->count += recover_dir (vmfd, rel, rc->recs, rc->n);
+}
+
 /* Roll committed points of VM forward and delete uncommitted temps. */
 int
 store_recover (store *st, const char *vm)
@@ -708,34 +722,11 @@ store_recover (store *st, const char *vm)
         count += k;
     }
   /* Delete temps no record names, in every disk directory (never a link). */
-  int dfd = openat (vmfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  DIR *d = dfd >= 0 ? fdopendir (dfd) : NULL;
-  if (!d && dfd >= 0)
-    close (dfd);
+  recover_ctx rc = { recs, n, 0 };
+  store_vm_walk_dirs (vmfd, recover_walk, &rc);
+  count += rc.count;
   struct dirent *de;
-  while (d && (de = readdir (d)) != NULL) {
-    if (!qb_name_is_safe (de->d_name))
-      continue;
-    count += recover_dir (vmfd, de->d_name, recs, n);
-    if (!store_is_month (de->d_name))
-      continue;
-    int mfd = qb_openat_nofollow (vmfd, de->d_name, O_RDONLY | O_DIRECTORY);
-    DIR *m = mfd >= 0 ? fdopendir (mfd) : NULL;
-    if (!m && mfd >= 0)
-      close (mfd);
-    struct dirent *me;
-    while (m && (me = readdir (m)) != NULL) {
-      if (!qb_name_is_safe (me->d_name))
-        continue;
-      char *rel = qb_asprintf ("%s/%s", de->d_name, me->d_name);
-      count += recover_dir (vmfd, rel, recs, n);
-      free (rel);
-    }
-    if (m)
-      closedir (m);
-  }
-  if (d)
-    closedir (d);
+  DIR *d;
   /* Stale record temps. */
   int pfd = openat (vmfd, STORE_POINTS_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   d = pfd >= 0 ? fdopendir (pfd) : NULL;

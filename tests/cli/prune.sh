@@ -168,3 +168,21 @@ f=$(qb_newest_layer "$vmdir/drive0")
 capture_point 8
 check_points "$vmdir" 6 7 8
 echo "remove and prune in place: kept points exact, the next inc continues the chain"
+
+# Damaged points never take a healthy point's place in the policy: a new
+# chain whose FULL is lost (its INC is damaged) is kept as it is, and
+# --keep-last 2 still keeps the two newest healthy points.
+qb_backup_expect 0 vm2 full
+qb_guest_write vm2 disk0 "write -P 0x7f 6M 64k"
+qb_backup_expect 0 vm2 inc
+rm -rf "$T/d"; mkdir "$T/d"; cp -a "$T/store/vm2" "$T/d/vm2"
+newfull=$(qb_layers "$T/d/vm2/disk0" | grep '^FULL-' | tail -n 1)
+rm "$T/d/vm2/disk0/$newfull"
+"$QMPREBASE" prune --dir "$T/d/vm2" --keep-last 2 >"$T/out"
+for i in 5 6; do
+  grep -q "^keep .*(last)" "$T/out" || qb_die "prune kept no healthy point by last: $(cat "$T/out")"
+  qb_check_merge "$T/d/vm2/disk0" "${mids[$i]}" "$T/m$i.raw"
+done
+[ "$(grep -c '(last)' "$T/out")" -eq 2 ] || qb_die "expected two points kept by last: $(cat "$T/out")"
+grep -q "damaged chain" "$T/out" || qb_die "the damaged chain's point is not said to be left alone: $(cat "$T/out")"
+echo "damaged points are kept as they are and take no healthy point's place"

@@ -3,8 +3,13 @@
 modes, owners, sizes, mtimes (ns), link counts, symlink targets, xattrs,
 file bytes, and which names are hard links of each other.
 
-usage: compare.py TRUTH VIEW   (exit 0: equal; 1: differences, printed)
-       compare.py --count DIR  (print the number of entries)"""
+usage: compare.py [--layout] [--exclude REL]... TRUTH VIEW
+                               (exit 0: equal; 1: differences, printed)
+       compare.py --count DIR  (print the number of entries)
+--layout also compares the sparse layout of regular files: st_blocks and
+the data extents SEEK_DATA/SEEK_HOLE report.  --exclude leaves the entry
+REL (and what is below it) out on both sides."""
+import errno
 import hashlib
 import os
 import stat
@@ -37,6 +42,28 @@ def digest(p):
     return h.hexdigest()
 
 
+def extents(p):
+    out = []
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        size, off = os.fstat(fd).st_size, 0
+        while off < size:
+            try:
+                start = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    break
+                raise
+            off = os.lseek(fd, start, os.SEEK_HOLE)
+            out.append((start, off))
+    finally:
+        os.close(fd)
+    return out
+
+
+LAYOUT = False
+
+
 def describe(root, rel, p):
     st = os.lstat(p)
     d = {
@@ -48,6 +75,11 @@ def describe(root, rel, p):
     if stat.S_ISLNK(st.st_mode):
         d["target"] = os.readlink(p)
     if stat.S_ISREG(st.st_mode):
+        # the map before the bytes: reading a preallocated (unwritten) range
+        # puts pages in the kernel's cache, and then ext4 reports it as data
+        if LAYOUT:
+            d["blocks"] = st.st_blocks
+            d["extents"] = extents(p)
         d["sha256"] = digest(p)
     if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
         d["rdev"] = st.st_rdev
@@ -58,7 +90,24 @@ def main():
     if sys.argv[1] == "--count":
         print(len(walk(sys.argv[2])))
         return 0
+    global LAYOUT
+    args, excl = sys.argv[1:], []
+    while args and args[0].startswith("--"):
+        if args[0] == "--layout":
+            LAYOUT = True
+            args = args[1:]
+        elif args[0] == "--exclude":
+            excl.append(args[1])
+            args = args[2:]
+        else:
+            raise SystemExit("compare.py: unknown option " + args[0])
+    sys.argv[1:] = args
+
+    def keep(rel):
+        return not any(rel == x or rel.startswith(x + "/") for x in excl)
     a, b = walk(sys.argv[1]), walk(sys.argv[2])
+    a = {k: v for k, v in a.items() if keep(k)}
+    b = {k: v for k, v in b.items() if keep(k)}
     bad = 0
     for rel in sorted(set(a) ^ set(b)):
         print("only in %s: %s" % ("truth" if rel in a else "view", rel))
