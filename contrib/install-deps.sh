@@ -3,7 +3,7 @@
 # Usage: contrib/install-deps.sh [--bench]   (--bench adds the benchmark tools)
 set -euo pipefail
 
-pkgs=(gcc pkg-config meson ninja-build libjson-c-dev libqcow-dev libfuse3-dev fuse3 libext2fs-dev
+pkgs=(gcc pkg-config meson ninja-build libjson-c-dev libqcow-dev libfuse3-dev fuse3 libext2fs-dev libxxhash-dev
       zlib1g-dev ntfs-3g-dev ntfs-3g
       qemu-system-x86 qemu-utils qemu-guest-agent util-linux e2fsprogs
       linux-image-amd64 busybox-static kmod cpio clang libclang-rt-14-dev python3

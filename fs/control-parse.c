@@ -1,6 +1,7 @@
 /* qmpbackupfs — the control file's grammar (SPEC.md "The control file"):
  * "full|inc|auto|copy [quiesce|noquiesce]", one line.  Pure: no FUSE, no I/O,
  * so it can be fuzzed on its own. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -71,4 +72,15 @@ control_parse (const char *buf, size_t size, backup_level *level, quiesce_mode *
   *level = l;
   *q = m;
   return 0;
+}
+
+/* "verify", optionally followed by a newline (or CR LF). */
+bool
+control_is_verify (const char *buf, size_t size)
+{
+  if (size > 0 && buf[size - 1] == '\n')
+    size--;
+  if (size > 0 && buf[size - 1] == '\r')
+    size--;
+  return size == 6 && memcmp (buf, "verify", 6) == 0;
 }

@@ -194,6 +194,16 @@ control_write (fuse_req_t req, fs_vm *vm, const char *buf, size_t size)
   backup_level level;
   quiesce_mode q;
   char why[256];
+  if (control_is_verify (buf, size)) {
+    int r = verify_start (vm);
+    if (r < 0) {
+      control_reject (vm, r == -EBUSY ? "refused a verify: one is already running for this VM"
+                      : "refused a verify: it cannot start now");
+      fuse_reply_err (req, -r);
+    } else
+      fuse_reply_write (req, size);
+    return;
+  }
   if (control_parse (buf, size, &level, &q, why, sizeof why) == -1) {
     control_reject (vm, why);
     fuse_reply_err (req, EINVAL);

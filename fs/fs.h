@@ -113,6 +113,16 @@ typedef struct fs_vm {
   int info_waiters;               /* readers waiting for it (bounded) */
   uint64_t info_started_ms;       /* when the refresh in flight started */
   atomic_int notify_busy;         /* a notification process runs (notify.c) */
+  /* the running or last verify of the store (verify.c) */
+  bool verify_running;
+  uint64_t verify_done, verify_total;   /* layers */
+  bool has_verify;
+  int64_t verify_time_us;
+  double verify_seconds;
+  uint64_t verify_bytes;
+  uint64_t verify_layers, verify_damaged, verify_sums_damaged, verify_unverifiable;
+  char verify_result[32];         /* ok, ok-with-unverifiable, damaged, failed */
+  char verify_detail[1024];       /* the damaged layers, or why it failed */
 } fs_vm;
 
 /* Set up the registry (after fs_cfg is filled). */
@@ -353,6 +363,19 @@ char *status_metrics_text (void);
 /* Number of QEMU view refreshes still in flight (shutdown: the store must
  * stay open while one runs). */
 int status_refreshes_active (void);
+
+/* ---- verify of the store (verify.c) ---- */
+
+/* Start verifying VM's restore points in a thread of its own: 0, or
+ * -EBUSY (one runs already), -ESHUTDOWN, -EAGAIN (no thread). */
+int verify_start (fs_vm *vm);
+
+/* The "verify" object of <vm>/status (the caller holds VM's lock): a new
+ * reference, or NULL when no verify ran since the mount. */
+json_object *verify_status_json (const fs_vm *vm);
+
+/* Number of verify threads still running (they use the store). */
+int verify_active (void);
 
 /* ---- error mapping (errmap.c) ---- */
 

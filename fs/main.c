@@ -383,7 +383,7 @@ main (int argc, char **argv)
   fuse_opt_free_args (&args);
   /* a status refresh still waiting on a VM's QMP uses the store: leave it
    * open (the process ends now) rather than pull it from under the thread */
-  if (status_refreshes_active () == 0)
+  if (status_refreshes_active () == 0 && verify_active () == 0)
     store_close (fs_cfg.st);
   free (o.sockets);
   free (o.store);

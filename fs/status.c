@@ -377,6 +377,7 @@ status_vm_json (fs_vm *vm, bool full)
   json_object_object_add (j, "last", status_last (vm));
   if (vm->last_prune[0])
     json_object_object_add (j, "last_removal", json_object_new_string (vm->last_prune));
+  json_object_object_add (j, "verify", verify_status_json (vm));
   if (vm->last_rejected_us) {
     json_object *r = json_object_new_object ();
     json_object_object_add (r, "time", json_time (vm->last_rejected_us));
@@ -536,6 +537,37 @@ status_metrics_text (void)
     if (!vm) continue;
     pthread_mutex_lock (&vm->lock);
     append (&t, "qmpbackupfs_backup_running{vm=\"%s\"} %d\n", vm->name, vm->state == VM_RUNNING);
+    pthread_mutex_unlock (&vm->lock);
+  }
+  append (&t, "# HELP qmpbackupfs_verify_running 1 while a verify of the VM's points runs.\n"
+          "# TYPE qmpbackupfs_verify_running gauge\n");
+  for (size_t i = 0; i < n; i++) {
+    fs_vm *vm = vms_find (names[i]);
+    if (!vm) continue;
+    pthread_mutex_lock (&vm->lock);
+    append (&t, "qmpbackupfs_verify_running{vm=\"%s\"} %d\n", vm->name, vm->verify_running);
+    pthread_mutex_unlock (&vm->lock);
+  }
+  append (&t, "# HELP qmpbackupfs_verify_damaged_layers Layers the last verify found damaged "
+          "(data or checksums).\n# TYPE qmpbackupfs_verify_damaged_layers gauge\n");
+  for (size_t i = 0; i < n; i++) {
+    fs_vm *vm = vms_find (names[i]);
+    if (!vm) continue;
+    pthread_mutex_lock (&vm->lock);
+    if (vm->has_verify)
+      append (&t, "qmpbackupfs_verify_damaged_layers{vm=\"%s\"} %llu\n", vm->name,
+              (unsigned long long) (vm->verify_damaged + vm->verify_sums_damaged));
+    pthread_mutex_unlock (&vm->lock);
+  }
+  append (&t, "# HELP qmpbackupfs_last_verify_timestamp_seconds When the last verify ended.\n"
+          "# TYPE qmpbackupfs_last_verify_timestamp_seconds gauge\n");
+  for (size_t i = 0; i < n; i++) {
+    fs_vm *vm = vms_find (names[i]);
+    if (!vm) continue;
+    pthread_mutex_lock (&vm->lock);
+    if (vm->has_verify)
+      append (&t, "qmpbackupfs_last_verify_timestamp_seconds{vm=\"%s\"} %lld\n", vm->name,
+              (long long) (vm->verify_time_us / 1000000));
     pthread_mutex_unlock (&vm->lock);
   }
   append (&t, "# HELP qmpbackupfs_restore_points Restore points in the store.\n"

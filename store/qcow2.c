@@ -6,8 +6,10 @@
 #include "qcow2.h"
 #include "common/error.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -225,4 +227,79 @@ qcow2_l2_decode (uint64_t e, const qcow2_header *h, uint64_t file_size,
     return QCOW2_BAD;
   *host = off;
   return QCOW2_DATA;
+}
+
+void
+qcow2_compressed_span (uint64_t e, const qcow2_header *h, uint64_t host, uint64_t file_size,
+                       uint64_t *len)
+{
+  unsigned x = 62 - (h->cluster_bits - 8);
+  uint64_t sectors = ((e >> x) & ((1ull << (h->cluster_bits - 8)) - 1)) + 1;
+  uint64_t end = (host & ~511ull) + sectors * 512;
+  if (end > file_size)
+    end = file_size;
+  *len = end > host ? end - host : 0;
+}
+
+/* Read exactly LEN bytes at OFF of FD (NAME in messages): 0, or -1 (QB_EIO). */
+static int
+walk_read (int fd, const char *name, void *buf, size_t len, uint64_t off)
+{
+  char *p = buf;
+  while (len > 0) {
+    ssize_t r = pread (fd, p, len, (off_t) off);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      return qb_error_set (QB_EIO, "%s: cannot read the qcow2 tables at offset %llu: %s",
+                           name, (unsigned long long) off,
+                           r < 0 ? strerror (errno) : "unexpected end of file");
+    p += r;
+    len -= (size_t) r;
+    off += (uint64_t) r;
+  }
+  return 0;
+}
+
+int
+qcow2_walk (int fd, const char *name, const qcow2_header *h, uint64_t file_size,
+            qcow2_walk_fn fn, void *opaque)
+{
+  unsigned cb = h->cluster_bits;
+  uint64_t cl = 1ull << cb;
+  uint64_t span = 1ull << (2 * cb - 3);
+  uint64_t nl1 = qcow2_l1_needed (h);   /* qcow2_header_check: inside the file */
+  uint64_t *l1 = calloc (nl1 ? nl1 : 1, sizeof *l1);
+  uint64_t *l2 = calloc (cl / 8, sizeof *l2);
+  int ret = 0;
+
+  if (!l1 || !l2) {
+    ret = qb_error_set (QB_ENOMEM, "%s: out of memory for its qcow2 tables", name);
+    goto out;
+  }
+  if (nl1 && (ret = walk_read (fd, name, l1, nl1 * 8, h->l1_offset)) < 0)
+    goto out;
+  for (uint64_t i = 0; i < nl1 && ret == 0; i++) {
+    uint64_t g0 = i * span, g1 = g0 + span, l2_off;
+    if (g1 > h->size)
+      g1 = h->size;
+    if (qcow2_l1_decode (be64toh (l1[i]), h, file_size, &l2_off) < 0) {
+      ret = fn (opaque, g0, g1 - g0, QCOW2_BAD, 0, be64toh (l1[i]));
+      continue;
+    }
+    if (l2_off == 0)
+      continue;
+    if ((ret = walk_read (fd, name, l2, cl, l2_off)) < 0)
+      break;
+    for (uint64_t j = 0, g = g0; g < g1 && ret == 0; j++, g += cl) {
+      uint64_t needed = g1 - g < cl ? g1 - g : cl, host, e = be64toh (l2[j]);
+      qcow2_kind k = qcow2_l2_decode (e, h, file_size, needed, &host);
+      if (k != QCOW2_UNALLOCATED)
+        ret = fn (opaque, g, needed, k, host, e);
+    }
+  }
+ out:
+  free (l1);
+  free (l2);
+  return ret;
 }

@@ -73,6 +73,28 @@ typedef enum qcow2_kind {
 qcow2_kind qcow2_l2_decode (uint64_t e, const qcow2_header *h, uint64_t file_size,
                             uint64_t needed, uint64_t *host);
 
+/* Where the compressed bytes of a COMPRESSED cluster (L2 entry E, host
+ * offset HOST from qcow2_l2_decode) lie: *LEN bytes from HOST, clipped to
+ * the file of FILE_SIZE bytes. */
+void qcow2_compressed_span (uint64_t e, const qcow2_header *h, uint64_t host,
+                            uint64_t file_size, uint64_t *len);
+
+/* Called by qcow2_walk for each guest cluster its image allocates: GUEST
+ * (cluster aligned), LEN guest bytes inside the virtual size, KIND (never
+ * UNALLOCATED), HOST (DATA, COMPRESSED) and the raw L2 entry E.  A non-zero
+ * return stops the walk and is returned by it. */
+typedef int (*qcow2_walk_fn) (void *opaque, uint64_t guest, uint64_t len, qcow2_kind kind,
+                              uint64_t host, uint64_t e);
+
+/* Walk the L1/L2 tables of the qcow2 image H in the open file FD (NAME in
+ * messages, FILE_SIZE bytes; H passed qcow2_header_check), in guest order,
+ * calling FN for every cluster that is not unallocated.  An invalid L1
+ * entry is reported once as QCOW2_BAD at the start of its range, with LEN
+ * the range.  Memory: one L1 table (inside the file) and one cluster.
+ * 0, FN's non-zero value, or -1 (QB_EIO, QB_ENOMEM). */
+int qcow2_walk (int fd, const char *name, const qcow2_header *h, uint64_t file_size,
+                qcow2_walk_fn fn, void *opaque);
+
 /* For tests and diagnostics of the chain reader (implemented in chain.c):
  * bytes of memory its cluster map uses, and how many clusters it covers. */
 struct chain_image;

@@ -22,6 +22,7 @@
  * so every kept point reads exactly as before, at every step. */
 #include "store-int.h"
 #include "qcow2.h"
+#include "sums.h"
 #include "common/error.h"
 #include "common/util.h"
 
@@ -328,6 +329,20 @@ rec_entry (json_object *obj, const char *disk, size_t *idx)
   return NULL;
 }
 
+/* Checksums of layer NAME in disk folder DFD, whose bytes a step changed
+ * (sums.h): the old ones would call it damaged.  A layer that is no qcow2
+ * image gets none (the scan reports it).  0 or -1. */
+static int
+step_sums (int dfd, const char *name)
+{
+  if (store_sums_write (dfd, name) == 0)
+    return 0;
+  if (qb_error_code () != QB_EDAMAGED)
+    return -1;
+  qb_error_clear ();
+  return store_sums_remove (dfd, name);
+}
+
 /* The new FULL NEWNAME's own record, made from the record of layer FROM
  * (its .chain record, else its entry in point ID's record); no record at
  * all (a seed layer) is fine. */
@@ -362,6 +377,8 @@ step_side_full (const rw_unit *u, const char *dir, const char *from, const char 
     r = store_sidecar_write (dfd, newname, side);
   }
   json_object_put (side);
+  if (r == 0)
+    r = step_sums (dfd, newname);
   close (dfd);
   return r;
 }
@@ -383,6 +400,8 @@ step_side_prev (const rw_unit *u, const char *dir, const char *name, const char 
     r = store_sidecar_write (dfd, name, side);
   }
   json_object_put (side);
+  if (r == 0)                   /* the rebase before this step wrote into the layer */
+    r = step_sums (dfd, name);
   close (dfd);
   return r;
 }
@@ -395,6 +414,8 @@ step_side_rm (const rw_unit *u, const char *dir, const char *name)
   if (dfd < 0)
     return -1;
   int r = store_sidecar_remove (dfd, name);
+  if (r == 0)
+    r = store_sums_remove (dfd, name);
   close (dfd);
   return r;
 }

@@ -14,6 +14,7 @@
  * QB_ENOMEM) rather than leaving out what could not be read. */
 #include "store-int.h"
 #include "qcow2.h"
+#include "sums.h"
 #include "common/error.h"
 #include "common/util.h"
 
@@ -51,6 +52,7 @@ typedef struct scan_file {
   bool sidecar;          /* REC/RD come from the layer's own .chain/<name>.json */
   uint64_t st_size;      /* the file's length */
   char *backing;         /* base name of the backing file its header names (sidecar layers) */
+  char *verify_damage;   /* what its last verify found (sums.h), NULL: nothing */
 } scan_file;
 
 /* A layer that a record names but that is not on disk. */
@@ -382,6 +384,7 @@ read_dir_files (scan_ctx *cx, size_t diridx, scan_file **files, size_t *n)
                                    "was backed up: truncated or replaced", f->name,
                                    (unsigned long long) f->st_size,
                                    (unsigned long long) f->rd->size);
+    f->verify_damage = store_verify_damage (dirfd (d), f->name, &sb);
     free (rel);
   }
   if (cfd >= 0)
@@ -594,6 +597,10 @@ build_chains (scan_ctx *cx, const char *disk, scan_file *files, size_t nf, store
     fill_layer (cx, f, l);
     if (!damage && f->hdr_damage)
       damage = qb_strdup (f->hdr_damage);
+    if (!damage && f->verify_damage) {
+      damage = f->verify_damage;
+      f->verify_damage = NULL;
+    }
     if (damage) {
       l->damage = damage;
       if (!c->damage)
@@ -701,6 +708,7 @@ scan_run (scan_ctx *cx, bool failed)
     free (files[i].name);
     free (files[i].hdr_damage);
     free (files[i].backing);
+    free (files[i].verify_damage);
   }
   free (files);
   for (size_t i = 0; i < cx->ndirs; i++) {

@@ -670,6 +670,20 @@ stamp_add (char **s, int dirfd, const char *rel)
   *s = n;
 }
 
+/* Append the stamp of the layers' records folder of disk folder REL beneath
+ * VMFD (a verify's result there changes the scan: sums.h), when REL is a
+ * folder and not a link. */
+static void
+stamp_add_chain (char **s, int vmfd, const char *rel)
+{
+  struct stat sb;
+  if (fstatat (vmfd, rel, &sb, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR (sb.st_mode))
+    return;
+  char *c = qb_asprintf ("%s/" STORE_SIDECAR_DIR, rel);
+  stamp_add (s, vmfd, c);
+  free (c);
+}
+
 /* The newest mtime of VM's folder and its records folder (see store.h). */
 struct timespec
 store_vm_changed (store *st, const char *vm)
@@ -732,6 +746,7 @@ static void
 stamp_dir (int vmfd, const char *rel, void *opaque)
 {
   stamp_add (opaque, vmfd, rel);
+  stamp_add_chain (opaque, vmfd, rel);
 }
 
 /* A string that changes whenever any folder of VM changes (see store.h). */

@@ -141,9 +141,10 @@ store_vm *store_scan_vm (store *st, const char *vm);
 struct timespec store_vm_changed (store *st, const char *vm);
 
 /* A string (malloc'd) that changes whenever any folder of VM changes: the
- * VM folder, its records, each disk folder, each month folder and its disk
- * folders (the lock file excluded).  Catches layer files dropped in by
- * other tools, which store_vm_changed does not. */
+ * VM folder, its records, each disk folder and its layers' records (.chain:
+ * a verify's findings), each month folder and its disk folders (the lock
+ * file excluded).  Catches layer files dropped in by other tools, which
+ * store_vm_changed does not. */
 char *store_vm_stamp (store *st, const char *vm);
 
 /* Free a scan. NULL is fine. */

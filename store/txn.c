@@ -5,6 +5,7 @@
  * final name.  store_recover finishes committed points and deletes
  * uncommitted temps. */
 #include "store-int.h"
+#include "sums.h"
 #include "common/error.h"
 #include "common/util.h"
 
@@ -30,6 +31,7 @@ typedef struct txn_disk {
   uint64_t bytes;
   uint64_t size;         /* the file's length at commit */
   bool sidecar;          /* DIR/.chain/<final>.json was written by this txn */
+  bool sums;             /* DIR/.chain/<final>.sums was written by this txn */
   bool made_dir;         /* this txn created DIR */
 } txn_disk;
 
@@ -417,11 +419,49 @@ txn_write_sidecars (store_txn *t, json_object *rec)
   return 0;
 }
 
+/* Write the checksums of every layer of T (sums.h) beside its record,
+ * computed from its temp (a target that is no qcow2 image gets none: the
+ * scan reports it damaged): 0 or -1. */
+static int
+txn_write_sums (store_txn *t)
+{
+  for (size_t i = 0; i < t->ndisks; i++) {
+    txn_disk *d = &t->disks[i];
+    char *rdir = qb_strdup (d->rel);
+    *strrchr (rdir, '/') = '\0';
+    char *drel = qb_asprintf ("%s/%s", t->vm, rdir);
+    free (rdir);
+    int dfd = qb_openat_nofollow (t->st->rootfd, drel, O_RDONLY | O_DIRECTORY);
+    int r = dfd < 0 ? store_fs_error (errno, "open", drel)
+      : store_sums_write_file (dfd, txn_base (d->tmp), txn_base (d->final));
+    if (r == 0)
+      d->sums = true;
+    else if (qb_error_code () == QB_EDAMAGED) {
+      /* not a readable qcow2 image: the scan reports it; nothing to sum */
+      qb_error_clear ();
+      r = 0;
+    }
+    if (dfd >= 0)
+      close (dfd);
+    free (drel);
+    if (r < 0)
+      return -1;
+  }
+  return 0;
+}
+
 /* Remove temps and any directories this txn created (if empty). */
 static void
 txn_discard (store_txn *t)
 {
   for (size_t i = 0; i < t->ndisks; i++) {
+    if (t->disks[i].sums) {
+      char *sums = qb_asprintf ("%s/" STORE_SIDECAR_DIR "/%s.sums", t->disks[i].dir,
+                                txn_base (t->disks[i].final));
+      unlink (sums);
+      free (sums);
+      t->disks[i].sums = false;
+    }
     if (t->disks[i].sidecar) {
       char *side = qb_asprintf ("%s/" STORE_SIDECAR_DIR "/%s.json", t->disks[i].dir,
                                 txn_base (t->disks[i].final));
@@ -467,6 +507,8 @@ store_txn_commit (store_txn *t, json_object *extra)
   json_object *rec = txn_record (t, extra);
   /* The layers' own records first: a record names only layers that have one. */
   int r = txn_write_sidecars (t, rec);
+  if (r == 0)
+    r = txn_write_sums (t);
   if (r == 0)
     r = txn_write_record (t, rec);
   json_object_put (rec);
@@ -549,13 +591,16 @@ recover_sidecars (int dfd, const char *dirrel, const store_rec *recs, size_t n)
   struct dirent *de;
   while ((de = readdir (c)) != NULL) {
     size_t len = strlen (de->d_name);
+    /* <layer>.json, <layer>.sums, <layer>.verify.json (sums.h) */
+    size_t sl = len > 12 && strcmp (de->d_name + len - 12, ".verify.json") == 0 ? 12 : 5;
     bool drop;
     if (strncmp (de->d_name, STORE_TMP_PREFIX, pl) == 0)
       drop = true;
-    else if (de->d_name[0] == '.' || len < 6 || strcmp (de->d_name + len - 5, ".json") != 0)
+    else if (de->d_name[0] == '.' || len < 6 || (strcmp (de->d_name + len - 5, ".json") != 0
+                                                  && strcmp (de->d_name + len - 5, ".sums") != 0))
       continue;
     else {
-      char *layer = qb_asprintf ("%.*s", (int) (len - 5), de->d_name);
+      char *layer = qb_asprintf ("%.*s", (int) (len - sl), de->d_name);
       struct stat sb;
       drop = fstatat (dfd, layer, &sb, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT
         && !named_by_record (recs, n, dirrel, layer);

@@ -23,6 +23,7 @@
 #include "store/chain.h"
 #include "tools/prune.h"
 #include "tools/sync.h"
+#include "tools/verify.h"
 #include "common/error.h"
 #include "common/util.h"
 
@@ -156,6 +157,7 @@ help (const char *cmd)
             "  prune   remove the restore points a retention policy does not keep\n"
             "  remove  remove chosen restore points\n"
             "  sync    copy a store's new restore points into another store\n"
+            "  verify  re-read a VM's points and compare them with their checksums\n"
             "\n"
             "  qmprebase rebase --dir DIR/<disk> [--until ID-or-TIME] [--dry-run]\n"
             "  qmprebase merge  --dir DIR/<disk> --targetfile FILE [--until ID-or-TIME] [--force]\n"
@@ -165,6 +167,7 @@ help (const char *cmd)
             "                   [--keep-yearly N] [--keep-within DURATION] [--dry-run] [--json]\n"
             "  qmprebase remove --dir STORE/<vm> --point T [--point T2 ...] [--dry-run]\n"
             "  qmprebase sync   --from STORE --to STORE2 [--vm NAME] [--dry-run]\n"
+            "  qmprebase verify --dir STORE/<vm> [--point TIME] [--json]\n"
             "\n"
             "DIR is STORE/<vm> (or STORE/<vm>/<YYYY-MM> with monthly chains); a disk folder\n"
             "copied anywhere (cp -a STORE/<vm>/<disk> /tmp/r) works on its own.\n"
@@ -1004,7 +1007,8 @@ static bool
 known_command (const char *c)
 {
   return strcmp (c, "rebase") == 0 || strcmp (c, "merge") == 0 || strcmp (c, "list") == 0
-    || strcmp (c, "prune") == 0 || strcmp (c, "remove") == 0 || strcmp (c, "sync") == 0;
+    || strcmp (c, "prune") == 0 || strcmp (c, "remove") == 0 || strcmp (c, "sync") == 0
+    || strcmp (c, "verify") == 0;
 }
 
 int
@@ -1031,6 +1035,8 @@ main (int argc, char **argv)
   };
   if (argc > 1 && strcmp (argv[1], "sync") == 0)
     return sync_main (argc - 1, argv + 1);
+  if (argc > 1 && strcmp (argv[1], "verify") == 0)
+    return verify_main (argc - 1, argv + 1);
   opts o = { 0 };
   bool want_help = false, want_version = false;
   int c;
@@ -1078,7 +1084,7 @@ main (int argc, char **argv)
   if (optind < argc)
     o.cmd = argv[optind];
   if (o.cmd && !known_command (o.cmd))
-    return usage_error ("unknown command %s (commands: rebase, merge, list, prune, remove, sync)", o.cmd);
+    return usage_error ("unknown command %s (commands: rebase, merge, list, prune, remove, sync, verify)", o.cmd);
   if (want_help) {
     help (o.cmd);
     return 0;

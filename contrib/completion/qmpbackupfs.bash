@@ -12,7 +12,7 @@ _qmpbackup_commands='backup info cleanup'
 _qmpbackup_levels='full inc auto copy'
 _qmpbackup_show='blockdev bitmaps store'
 
-_qmprebase_commands='rebase merge list prune remove sync'
+_qmprebase_commands='rebase merge list prune remove sync verify'
 _qmprebase_opts_common='-h --help -V --version'
 _qmprebase_opts_rebase='--dir --until --dry-run'
 _qmprebase_opts_merge='--dir --targetfile --until --force'
@@ -20,6 +20,7 @@ _qmprebase_opts_list='--dir --json'
 _qmprebase_opts_prune='--dir --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --keep-within --dry-run --json'
 _qmprebase_opts_remove='--dir --point --dry-run'
 _qmprebase_opts_sync='--from --to --vm --dry-run'
+_qmprebase_opts_verify='--dir --point --json'
 
 _qmpbackupfs_opts='-o -f -d -h --help -V --version'
 _qmpbackupfs_mount_opts='sockets= vm= monthly speed= compress include= exclude= on_success= on_failure= notify_timeout= keep= ro names= allow_other'
@@ -111,6 +112,7 @@ _qmprebase() {
       prune) _qmpbackupfs_words "$_qmprebase_opts_prune $_qmprebase_opts_common" "$cur" ;;
       remove) _qmpbackupfs_words "$_qmprebase_opts_remove $_qmprebase_opts_common" "$cur" ;;
       sync) _qmpbackupfs_words "$_qmprebase_opts_sync -h --help" "$cur" ;;
+      verify) _qmpbackupfs_words "$_qmprebase_opts_verify -h --help" "$cur" ;;
     esac
   fi
   return 0

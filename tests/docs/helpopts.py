@@ -17,7 +17,7 @@ PROGS = {
 # program -> its commands ('' is the program's own --help)
 COMMANDS = {
     'qmpbackup': ['', 'backup', 'info', 'cleanup'],
-    'qmprebase': ['', 'rebase', 'merge', 'list', 'sync'],
+    'qmprebase': ['', 'rebase', 'merge', 'list', 'sync', 'verify'],
     'qmpbackupfs': [''],
 }
 

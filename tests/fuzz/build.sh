@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the libFuzzer targets with clang straight from the project sources.
 # Usage: tests/fuzz/build.sh OUTDIR [TARGET...]   (default: every target)
-# Targets: jsonio qmp qga qcow2 chain control parttab ntfs.  A target is rebuilt only when one of its
+# Targets: jsonio qmp qga qcow2 chain control parttab ntfs sums.  A target is rebuilt only when one of its
 # sources (or a header) is newer than its binary.  Exit 77 when clang or its
 # libFuzzer runtime (Debian: clang, libclang-rt-dev) is missing.
 # FUZZ_EXTRA_CFLAGS adds flags (use another OUTDIR), e.g. for line coverage:
@@ -12,7 +12,7 @@ src=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:?usage: build.sh OUTDIR [TARGET...]}
 shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(jsonio qmp qga qcow2 chain control parttab ntfs)
+[ ${#targets[@]} -gt 0 ] || targets=(jsonio qmp qga qcow2 chain control parttab ntfs sums)
 
 CC=${FUZZ_CC:-clang}
 if ! command -v "$CC" >/dev/null; then
@@ -52,6 +52,7 @@ for t in "${targets[@]}"; do
     control) srcs=("$src/fs/control-parse.c"); libs=(json-c) ;;
     parttab) srcs=("$src/fs/parttab.c"); libs=(zlib) ;;
     ntfs)   srcs=("$src/fs/files-ntfs.c"); libs=(libntfs-3g) ;;
+    sums)   srcs=("$src"/store/{store,records,open,scan,txn,target,rewrite,qcow2,chain,sums}.c); libs=(json-c libqcow libxxhash) ;;
     *) echo "fuzz: unknown target $t" >&2; exit 2 ;;
   esac
   all=("$src/tests/fuzz/fuzz_$t.c" "${srcs[@]}" "${common[@]}")

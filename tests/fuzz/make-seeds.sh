@@ -9,7 +9,7 @@ c=$here/corpus
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 rm -rf "$c"
-mkdir -p "$c"/{jsonio,qmp,qga,qcow2,chain}
+mkdir -p "$c"/{jsonio,qmp,qga,qcow2,chain,sums}
 
 greet='{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "Debian 1:7.2"}, "capabilities": ["oob"]}}'
 ev='{"timestamp": {"seconds": 1700000000, "microseconds": 5}, "event": "BLOCK_JOB_COMPLETED", "data": {"device": "job0", "len": 65536, "offset": 65536, "speed": 0, "type": "backup"}}'
@@ -97,6 +97,20 @@ done
 pair valid shared-l2
 pair shared-l2 valid
 pair v3 overlap-data
+# sums: mode byte (bit 0: the .sums file is written from the layer, then the
+# rest XORed into it at the big-endian offset it starts with), layer length
+# (big-endian 16 bits), the layer (512-byte clusters: data, zero, compressed).
+mkdir -p "$c/sums"
+qemu-img create -q -f qcow2 -o cluster_size=512,compat=1.1 "$tmp/s.qcow2" 64k
+qemu-io -f qcow2 -c 'write -P 0x41 0 4k' -c 'write -z 8k 1k' -c 'write -c -P 0x42 16k 2k' \
+  "$tmp/s.qcow2" >/dev/null
+n=$(stat -c %s "$tmp/s.qcow2")
+len16 () { printf "\\x$(printf %02x $((n >> 8)))\\x$(printf %02x $((n & 255)))"; }
+{ printf '\x01'; len16; cat "$tmp/s.qcow2"; } > "$c/sums/fresh"
+{ printf '\x01'; len16; cat "$tmp/s.qcow2"; printf '\x00\x00X'; } > "$c/sums/bad-magic"
+{ printf '\x01'; len16; cat "$tmp/s.qcow2"; printf '\x00\x90\x01'; } > "$c/sums/entry-flip"
+{ printf '\x01'; len16; cat "$tmp/s.qcow2"; printf '\x00\x20\xff\xff\xff\xff'; } > "$c/sums/huge-count"
+{ printf '\x00'; len16; cat "$tmp/s.qcow2"; printf 'QBSUMS\r\n\x01\x00\x00\x00\x09'; } > "$c/sums/truncated"
 ls -l "$c"/*
 
 # parttab: small guest disks (partition tables, probes).

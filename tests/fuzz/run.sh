@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run one libFuzzer target for a bounded time over the committed corpus and
 # the regression inputs.  Usage: tests/fuzz/run.sh TARGET SECONDS [LIBFUZZER-ARGS...]
-#   TARGET   jsonio | qmp | qga | qcow2 | chain
+#   TARGET   jsonio | qmp | qga | qcow2 | chain | control | parttab | sums
 #   SECONDS  how long to fuzz (meson test runs 10 s; run 600 or more by hand)
 # The binaries are built by build.sh into $QB_BUILD_DIR/tests/fuzz (default:
 # a fuzz/ dir beside this script's build dir argument, or ./fuzz-bin).  New
