@@ -47,6 +47,12 @@ typedef struct backup_opts {
   bool monthly;              /* STORE/<vm>/<YYYY-MM>/ layout; auto starts a full each month */
   bool compress;             /* compressed targets */
   uint64_t speed;            /* bytes/s per job, 0 = unlimited */
+  const char *fleece;        /* image fleecing: NULL = on, the fleece images beside each
+                              * disk's image (falls back to none when that cannot be
+                              * used); "off" = none; else the directory for them (an
+                              * error when it cannot be used).  With fleecing, guest
+                              * writes during the job wait for a local copy of the old
+                              * data, not for the store. */
   const char *const *include; /* NULL-terminated disk names to back up; NULL = all.
                               * Any name a disk is known by (disk id, drive id,
                               * qdev id or path, node name, image path or
