@@ -272,6 +272,9 @@ fleece_insert (eng_run *r)
     json_object_object_add (args, "node-name", json_object_new_string (d->cbwnode));
     json_object_object_add (args, "file", json_object_new_string (d->vd->node));
     json_object_object_add (args, "target", json_object_new_string (d->flnode));
+    /* A fleece image that cannot take the old data (full, I/O error) fails
+     * the backup, never the guest's write (QEMU's default). */
+    json_object_object_add (args, "on-cbw-error", json_object_new_string ("break-snapshot"));
     if (qmp_run (r->q, "blockdev-add", args, QMP_COMMAND_TIMEOUT_MS) < 0) {
       qb_error_prefix ("adding the fleecing filter of disk %s", d->vd->name);
       return -1;
