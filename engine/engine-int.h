@@ -85,6 +85,10 @@ void eng_thaw (eng_run *r);
 /* With --pause, stop the VM if it runs; "cont" is then owed (eng_resume). */
 int eng_pause (eng_run *r);
 
+/* When a job failed because the fleecing snapshot broke (the fleece image
+ * could not take the old data), say so in the error. */
+void fleece_explain (eng_run *r);
+
 /* Send the owed "cont" (not cancelable): NULL, or the WARNING noted. */
 const char *eng_resume (eng_run *r);
 

@@ -781,6 +781,8 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   for (size_t i = 0; i < r->n; i++)
     ids[i] = r->d[i].job;
   rc = jobs_wait (r->q, ids, r->n, "pending", tick, r);
+  if (rc < 0)
+    fleece_explain (r);
   if (rc == 0) {
     eng_report (r, "committing");
     for (size_t i = 0; i < r->n && rc == 0; i++)
@@ -796,7 +798,9 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   eng_resume (r);   /* the jobs are done: the VM may run again */
   r->jobs_started = false;
   if (fleece_remove (r) < 0) {
-    eng_quiesce_note (r, "WARNING: %s (the next backup puts it back)", qb_error_msg ());
+    if (r->res)
+      snprintf (r->res->fleece_note, sizeof r->res->fleece_note,
+                "WARNING: %s (the next backup puts it back)", qb_error_msg ());
     qb_error_clear ();
   }
   for (size_t i = 0; i < r->n; i++) {

@@ -83,6 +83,9 @@ typedef struct backup_result {
   double seconds;
   bool paused;              /* opts->pause stopped the VM for the backup */
   char pause_note[256];     /* WARNING when the VM could not be resumed ("" otherwise) */
+  bool fleeced;             /* the jobs read through image fleecing (opts->fleece) */
+  char fleece_note[256];    /* why the default fleecing was not used, or a WARNING
+                             * that the fleecing filter could not be removed ("" otherwise) */
 } backup_result;
 
 /* "full", "inc", "auto", "copy" → level; -1 (QB_EINVAL) otherwise. */

@@ -237,12 +237,16 @@ fleece_prepare (eng_run *r)
       }
       /* The default: back up without fleecing rather than not at all. */
       fleece_remove (r);
-      eng_quiesce_note (r, "not fleeced: %s", qb_error_msg ());
+      if (r->res)
+        snprintf (r->res->fleece_note, sizeof r->res->fleece_note, "not fleeced: %s",
+                  qb_error_msg ());
       qb_error_clear ();
       return 0;
     }
   }
   r->fleecing = true;
+  if (r->res)
+    r->res->fleeced = true;
   return 0;
 }
 
@@ -359,10 +363,10 @@ fleece_resume (eng_run *r)
   r->fl_stopped = false;
   qb_err code = qb_error_code ();
   char *msg = qb_strdup (qb_error_msg ());
-  if (!r->q || run_uncancelable (r->q, "cont", NULL) < 0)
-    eng_quiesce_note (r, "WARNING: VM %s stays paused, resuming it failed (%s); resume it "
-                      "with the QMP command \"cont\"", r->vm,
-                      r->q ? qb_error_msg () : "no QMP connection");
+  if ((!r->q || run_uncancelable (r->q, "cont", NULL) < 0) && r->res)
+    snprintf (r->res->pause_note, sizeof r->res->pause_note, "WARNING: VM %s stays paused, "
+              "resuming it failed (%s); resume it with the QMP command \"cont\"", r->vm,
+              r->q ? qb_error_msg () : "no QMP connection");
   if (code != QB_OK)
     qb_error_set (code, "%s", msg);
   else
@@ -449,11 +453,47 @@ graph_child (json_object *graph, const char *node, const char *child)
   return NULL;
 }
 
+/* Delete the nodes of TARGET named PREFIX...; the fleece images' files too.
+ * Adds the number deleted to *COUNT; 0 or -1. */
+static int
+del_prefixed (qmp *q, const char *target, const char *prefix, int *count,
+              engine_removed_fn removed, void *opaque)
+{
+  json_object *qargs = json_object_new_object ();
+  json_object_object_add (qargs, "flat", json_object_new_boolean (1));
+  json_object *nodes = qmp_execute (q, "query-named-block-nodes", qargs, QMP_COMMAND_TIMEOUT_MS);
+  if (!nodes)
+    return -1;
+  bool image = strcmp (prefix, FLEECE_NODE_PREFIX) == 0;
+  size_t n = json_object_is_type (nodes, json_type_array) ? json_object_array_length (nodes) : 0;
+  for (size_t i = 0; i < n; i++) {
+    json_object *nd = json_object_array_get_idx (nodes, i);
+    const char *name = str_of (nd, "node-name");
+    if (!ours (name, prefix, target))
+      continue;
+    char *file = image ? qb_strdup (str_of (nd, "file")) : NULL;
+    if (node_del (q, name) == 0) {
+      (*count)++;
+      if (file)
+        unlink_fleece (file);
+      if (removed)
+        removed (opaque, "node", NULL, name);
+    }
+    free (file);
+  }
+  json_object_put (nodes);
+  return 0;
+}
+
 /* Remove a crashed run's fleecing from QEMU. */
 int
 fleece_cleanup (qmp *q, const char *target, engine_removed_fn removed, void *opaque)
 {
   int count = 0;
+  /* The snapshot-access nodes first: while one exists the filter does not
+   * share writes on its disk node, and the device could not go back. */
+  if (del_prefixed (q, target, FLEECE_SNAP_PREFIX, &count, removed, opaque) < 0)
+    return -1;
   json_object *blocks = qmp_execute (q, "query-block", NULL, QMP_COMMAND_TIMEOUT_MS);
   if (!blocks)
     return -1;
@@ -472,40 +512,35 @@ fleece_cleanup (qmp *q, const char *target, engine_removed_fn removed, void *opa
     }
     const char *below = graph_child (graph, top, "file");
     if (!below || set_drive (q, str_of (b, "qdev"), below) < 0) {
+      char *why = qb_strdup (below ? qb_error_msg () : "its disk's node was not found");
+      qb_error_set (QB_EQMP, "device %s is still on the fleecing filter %s of a crashed "
+                    "backup, and putting it back on its disk failed: %s", str_of (b, "qdev"),
+                    top, why);
+      free (why);
       json_object_put (graph);
       json_object_put (blocks);
-      return qb_error_set (QB_EQMP, "device %s is still on the fleecing filter %s of a "
-                           "crashed backup, and putting it back failed: %s", str_of (b, "qdev"),
-                           top, below ? qb_error_msg () : "its disk's node was not found");
+      return -1;
     }
   }
   json_object_put (graph);
   json_object_put (blocks);
-  /* Then the nodes, parents first: snapshot-access, filters, fleece images. */
-  static const char *const prefixes[] = { FLEECE_SNAP_PREFIX, FLEECE_CBW_PREFIX, FLEECE_NODE_PREFIX };
-  for (size_t p = 0; p < 3; p++) {
-    json_object *qargs = json_object_new_object ();
-    json_object_object_add (qargs, "flat", json_object_new_boolean (1));
-    json_object *nodes = qmp_execute (q, "query-named-block-nodes", qargs, QMP_COMMAND_TIMEOUT_MS);
-    if (!nodes)
-      return -1;
-    size_t n = json_object_is_type (nodes, json_type_array) ? json_object_array_length (nodes) : 0;
-    for (size_t i = 0; i < n; i++) {
-      json_object *nd = json_object_array_get_idx (nodes, i);
-      const char *name = str_of (nd, "node-name");
-      if (!ours (name, prefixes[p], target))
-        continue;
-      char *file = p == 2 ? qb_strdup (str_of (nd, "file")) : NULL;
-      if (node_del (q, name) == 0) {
-        count++;
-        if (file)
-          unlink_fleece (file);
-        if (removed)
-          removed (opaque, "node", NULL, name);
-      }
-      free (file);
-    }
-    json_object_put (nodes);
-  }
+  /* Then the filters, then the fleece images. */
+  if (del_prefixed (q, target, FLEECE_CBW_PREFIX, &count, removed, opaque) < 0
+      || del_prefixed (q, target, FLEECE_NODE_PREFIX, &count, removed, opaque) < 0)
+    return -1;
   return count;
+}
+
+/* Say what a job's failure means when the fleecing snapshot broke. */
+void
+fleece_explain (eng_run *r)
+{
+  if (!r->fleecing || !strstr (qb_error_msg (), "Permission denied"))
+    return;
+  char *dir = r->n ? qb_strdup (r->d[0].flpath) : NULL;
+  qb_error_prefix ("the fleecing snapshot broke: a fleece image in %s could not take the "
+                   "old data (full, or an I/O error), so the backup stopped and the guest "
+                   "went on; free space there, give another --fleece-dir, or \"off\"",
+                   dir ? dirname (dir) : "the fleece directory");
+  free (dir);
 }

@@ -566,6 +566,8 @@ cmd_backup (int argc, char **argv, common_opts *co)
       print_safe (stderr, res.quiesce_note);
     if (res.pause_note[0])
       print_safe (stderr, res.pause_note);
+    if (res.fleece_note[0] && (!quiet || strncmp (res.fleece_note, "WARNING", 7) == 0))
+      print_safe (stderr, res.fleece_note);
     char stored[32];
     qb_format_bytes (res.bytes_stored, stored, sizeof stored);
     log_line (&ls, LOG_INFO, "event=end vm=%s level=%s point=%s bytes=%llu seconds=%.1f%s%s%s",
