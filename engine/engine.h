@@ -11,7 +11,10 @@
  * flag, bounded, confirmed with guest-fsfreeze-status), and a thaw guard
  * process (thawguard.h) thaws if this process dies meanwhile; a thaw that
  * failed is a WARNING in quiesce_note and in the error.  It lets go of the
- * sockets when done.  Semantics: see SPEC.md "Backup
+ * sockets when done.  By default the jobs read through image fleecing
+ * (fleece.c, backup_opts.fleece): a copy-before-write filter above each
+ * disk saves old data to a local temporary image, so guest writes do not
+ * wait for the store; the graph is put back on every path.  Semantics: see SPEC.md "Backup
  * semantics".  Bitmaps are named "qmpbackup-<target id>-<chain id>", the
  * target id being the store folder's (store_target_id), so each store a VM
  * is backed up into keeps its own bitmaps; an older version's
