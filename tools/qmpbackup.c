@@ -105,7 +105,9 @@ static const char info_usage[] =
 static const char cleanup_usage[] =
   "usage: qmpbackup --socket ADDR cleanup [--remove-bitmaps]\n"
   "\n"
-  "Cancels leftover qmpbackup jobs and target nodes in QEMU; with --remove-bitmaps\n"
+  "Cancels leftover qmpbackup jobs and target nodes in QEMU, puts devices left on a\n"
+  "fleecing filter back on their disks and deletes the fleecing nodes and images;\n"
+  "with --remove-bitmaps\n"
   "(or --remove-bitmap) also removes every qmpbackup-* dirty bitmap (the next\n"
   "backup is then a full).\n";
 

@@ -9,7 +9,7 @@
 # directory fills up: the guest's writes still succeed, the backup fails),
 # with an unusable fleece directory (a clear error, nothing changed).  A
 # qmpbackup killed with SIGKILL mid-job leaves the filter and the image; the
-# next backup removes them and is exact.  The default puts the image beside
+# next backup removes them and is exact; so does `qmpbackup cleanup`.  The default puts the image beside
 # the disk's image (a -blockdev VM); --fleece-dir off does not fleece.
 set -euo pipefail
 . "$QB_SOURCE_DIR/tests/lib/vm.sh"
@@ -235,6 +235,20 @@ qb_backup_expect 0 vm1 inc --fleece-dir "$FL"
 check_newest
 qb_qmp vm1 cont >/dev/null
 assert_clean vm1 "$BASE" "$FL" "the backup after a SIGKILL"
+
+# The same leftovers removed by `qmpbackup cleanup`.
+start_backup inc --fleece-dir "$FL" --speed 64k
+wait_jobs 65536
+kill -KILL "$BPID"
+wait "$BPID" 2>/dev/null || true
+[ "$(on_filter vm1)" = 2 ] || qb_die "after the second SIGKILL the filter is gone already"
+"$QMPBACKUP" --socket "$(qb_vm_socket vm1)" cleanup > "$T/cleanup.out" 2>&1 ||
+  qb_die "qmpbackup cleanup failed: $(cat "$T/cleanup.out")"
+n=$(sed -n 's/^removed \([0-9]*\) leftover.*/\1/p' "$T/cleanup.out")
+# 2 jobs, 2 target nodes, and per disk the snapshot-access, filter and fleece nodes.
+[ "${n:-0}" -ge 10 ] || qb_die "cleanup removed too little: $(cat "$T/cleanup.out")"
+assert_clean vm1 "$BASE" "$FL" "qmpbackup cleanup after a SIGKILL"
+assert_running vm1 "after qmpbackup cleanup"
 
 # The default: the fleece image beside the disk's image, on a -blockdev VM
 # (its device by qdev id).  --fleece-dir off: no filter.
