@@ -96,12 +96,10 @@ const char *eng_resume (eng_run *r);
 
 #define FLEECE_FILE_PREFIX ".qmpbackup-fleece-"   /* fleece images: PREFIX<target8>-<n>.qcow2 */
 
-/* Decide whether this run fleeces (opts->fleece: NULL = beside each disk's
- * image, "off" = no, else a directory), sweep leftover fleece images of this
- * target from the directories used, create and attach one fleece image per
- * disk.  A default that cannot be used (no writable local directory, QEMU
- * cannot open the image) falls back to no fleecing; an explicit directory
- * that fails is an error.  0 or -1. */
+/* Decide whether this run fleeces (opts->fleece: NULL, "" or "off" = no,
+ * else a directory; refused with QEMU <= 7.2), sweep leftover fleece images
+ * of this target from the directory, create and attach one fleece image per
+ * disk.  0 or -1 (a directory that cannot be used is an error). */
 int fleece_prepare (eng_run *r);
 
 /* Put the copy-before-write filter above every disk's node and a

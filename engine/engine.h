@@ -11,8 +11,8 @@
  * flag, bounded, confirmed with guest-fsfreeze-status), and a thaw guard
  * process (thawguard.h) thaws if this process dies meanwhile; a thaw that
  * failed is a WARNING in quiesce_note and in the error.  It lets go of the
- * sockets when done.  By default the jobs read through image fleecing
- * (fleece.c, backup_opts.fleece): a copy-before-write filter above each
+ * sockets when done.  With backup_opts.fleece the jobs read through image
+ * fleecing (fleece.c): a copy-before-write filter above each
  * disk saves old data to a local temporary image, so guest writes do not
  * wait for the store; the graph is put back on every path.  Semantics: see SPEC.md "Backup
  * semantics".  Bitmaps are named "qmpbackup-<target id>-<chain id>", the
@@ -50,12 +50,13 @@ typedef struct backup_opts {
   bool monthly;              /* STORE/<vm>/<YYYY-MM>/ layout; auto starts a full each month */
   bool compress;             /* compressed targets */
   uint64_t speed;            /* bytes/s per job, 0 = unlimited */
-  const char *fleece;        /* image fleecing: NULL = on, the fleece images beside each
-                              * disk's image (falls back to none when that cannot be
-                              * used); "off" = none; else the directory for them (an
-                              * error when it cannot be used).  With fleecing, guest
-                              * writes during the job wait for a local copy of the old
-                              * data, not for the store. */
+  const char *fleece;        /* image fleecing: NULL, "" or "off" = none (the default);
+                              * else the directory for the fleece images (an error
+                              * when it cannot be used, and QB_EINVAL with QEMU <= 7.2,
+                              * whose snapshot-access reports the live disk's zeroed
+                              * ranges: wrong restores).  With fleecing, guest writes
+                              * during the job wait for a local copy of the old data,
+                              * not for the store. */
   const char *const *include; /* NULL-terminated disk names to back up; NULL = all.
                               * Any name a disk is known by (disk id, drive id,
                               * qdev id or path, node name, image path or
@@ -87,8 +88,8 @@ typedef struct backup_result {
   bool paused;              /* opts->pause stopped the VM for the backup */
   char pause_note[256];     /* WARNING when the VM could not be resumed ("" otherwise) */
   bool fleeced;             /* the jobs read through image fleecing (opts->fleece) */
-  char fleece_note[256];    /* why the default fleecing was not used, or a WARNING
-                             * that the fleecing filter could not be removed ("" otherwise) */
+  char fleece_note[256];    /* WARNING that the fleecing filter could not be removed
+                             * ("" otherwise) */
 } backup_result;
 
 /* "full", "inc", "auto", "copy" → level; -1 (QB_EINVAL) otherwise. */

@@ -137,22 +137,12 @@ qdev_of (qmp *q, const char *node)
   return res;
 }
 
-/* The directory for DISK's fleece image (new string), or NULL. */
+/* The directory for DISK's fleece image (new string): one for all disks. */
 static char *
 fleece_dir_of (const eng_run *r, const eng_disk *d)
 {
-  if (r->opts->fleece)
-    return qb_strdup (r->opts->fleece);
-  const char *f = d->vd->file;
-  struct stat sb;
-  if (f[0] != '/' || stat (f, &sb) < 0 || !S_ISREG (sb.st_mode)) {
-    qb_error_set (QB_EINVAL, "the image of disk %s is not a local file", d->vd->name);
-    return NULL;
-  }
-  char *c = qb_strdup (f);
-  char *dir = qb_strdup (dirname (c));
-  free (c);
-  return dir;
+  (void) d;
+  return qb_strdup (r->opts->fleece);
 }
 
 /* Create DISK's fleece image in DIR and attach it; 0 or -1. */
@@ -206,16 +196,47 @@ fleece_add (eng_run *r, eng_disk *d, const char *dir, size_t i)
   return d->qdev ? 0 : -1;
 }
 
+/* 0 when QEMU's snapshot-access is known to be wrong (QEMU <= 7.2: its
+ * block status is the live disk's, so a range the guest zeroes or discards
+ * during the job reads as zeros to the job, which then stores zeros where
+ * the point in time had data), 1 otherwise, -1 on errors. */
+static int
+qemu_fleece_safe (qmp *q, char *ver, size_t len)
+{
+  json_object *v = qmp_execute (q, "query-version", NULL, QMP_COMMAND_TIMEOUT_MS), *qe, *x;
+  if (!v)
+    return -1;
+  int major = 0, minor = 0;
+  if (json_object_object_get_ex (v, "qemu", &qe)) {
+    if (json_object_object_get_ex (qe, "major", &x))
+      major = json_object_get_int (x);
+    if (json_object_object_get_ex (qe, "minor", &x))
+      minor = json_object_get_int (x);
+  }
+  json_object_put (v);
+  snprintf (ver, len, "%d.%d", major, minor);
+  return major > 7 || (major == 7 && minor > 2);
+}
+
 /* Decide on fleecing and create the fleece images. */
 int
 fleece_prepare (eng_run *r)
 {
   const char *f = r->opts->fleece;
   r->fleecing = false;
-  if ((f && strcmp (f, "off") == 0) || r->opts->pause)
-    return 0;                /* a paused guest does not feel the backup */
-  if (f && !*f)
-    f = NULL;
+  /* Off unless asked for: see qemu_fleece_safe. */
+  if (!f || !*f || strcmp (f, "off") == 0 || r->opts->pause)
+    return 0;                /* (a paused guest does not feel the backup) */
+  char ver[32];
+  int safe = qemu_fleece_safe (r->q, ver, sizeof ver);
+  if (safe < 0)
+    return -1;
+  if (!safe)
+    return qb_error_set (QB_EINVAL, "image fleecing is refused with QEMU %s: its snapshot-access "
+                         "node reports the live disk's zeroed and discarded ranges to the backup "
+                         "job, so a guest write of zeroes or a discard during the backup would "
+                         "put zeros into the restore point where the disk had data; back up "
+                         "without --fleece-dir (or \"off\")", ver);
   /* A crashed run's images first (the store lock keeps this target's runs apart). */
   for (size_t i = 0; i < r->n; i++) {
     char *dir = fleece_dir_of (r, &r->d[i]);
@@ -230,18 +251,9 @@ fleece_prepare (eng_run *r)
     int rc = dir ? fleece_add (r, d, dir, i) : -1;
     free (dir);
     if (rc < 0) {
-      if (f) {
-        fleece_remove (r);
-        qb_error_prefix ("fleecing (--fleece-dir %s; \"off\" backs up without it)", f);
-        return -1;
-      }
-      /* The default: back up without fleecing rather than not at all. */
       fleece_remove (r);
-      if (r->res)
-        snprintf (r->res->fleece_note, sizeof r->res->fleece_note, "not fleeced: %s",
-                  qb_error_msg ());
-      qb_error_clear ();
-      return 0;
+      qb_error_prefix ("fleecing (--fleece-dir %s; \"off\" backs up without it)", f);
+      return -1;
     }
   }
   r->fleecing = true;

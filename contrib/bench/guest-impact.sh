@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What a running backup costs the guest: guest write latency (p50, p99) and
 # write throughput while nothing runs, during a full and during an inc taken
-# by qmpbackup without fleecing (--fleece-dir off) and with fleecing (the
-# default: the fleece image beside the disk's image, on local disk).  The
+# by qmpbackup without fleecing (the default) and with fleecing (--fleece-dir
+# on local disk; refused with QEMU <= 7.2, whose rows then say "failed").  The
 # store is on local disk, the jobs speed-limited (--speed, default 0: none), and, when
 # glusterfsd is installed, on a GlusterFS volume over loopback.
 #
@@ -137,7 +137,7 @@ ROWS=()
 # One row: STORE-NAME STOREDIR LEVEL FLEECE(off|on): backup in the background, writer meanwhile.
 run_one() {
   local sname=$1 sdir=$2 level=$3 fl=$4 args=() t0 t1 pid fig rc=0
-  [ "$fl" = off ] && args=(--fleece-dir off)
+  if [ "$fl" = off ]; then args=(--fleece-dir off); else mkdir -p "$T/fleece"; args=(--fleece-dir "$T/fleece"); fi
   [ "$SPEED" != 0 ] && args+=(--speed "$SPEED")
   if [ "$level" = inc ]; then
     # Something to copy: half of the data rewritten since the last point.

@@ -9,8 +9,9 @@
 # directory fills up: the guest's writes still succeed, the backup fails),
 # with an unusable fleece directory (a clear error, nothing changed).  A
 # qmpbackup killed with SIGKILL mid-job leaves the filter and the image; the
-# next backup removes them and is exact; so does `qmpbackup cleanup`.  The default puts the image beside
-# the disk's image (a -blockdev VM); --fleece-dir off does not fleece.
+# next backup removes them and is exact; so does `qmpbackup cleanup`.
+# Without --fleece-dir there is no fleecing.  On QEMU <= 7.2 fleecing is
+# refused (the reason checked) and only that is tested.
 set -euo pipefail
 . "$QB_SOURCE_DIR/tests/lib/vm.sh"
 . "$QB_SOURCE_DIR/tests/lib/cli.sh"
@@ -121,6 +122,29 @@ nlayers() { qb_layers "$T/store/vm1/drive0" | wc -l; }
 
 BASE=$(graph vm1)
 
+# QEMU <= 7.2 reports the live disk's zeroed and discarded ranges through
+# snapshot-access, so fleecing would store zeros where the point had data:
+# qmpbackup refuses it there, with the reason, changing nothing.
+ver=$(qb_qmp vm1 query-version | python3 -c 'import json,sys; q=json.load(sys.stdin)["qemu"]; print(q["major"]*100+q["minor"])')
+if [ "$ver" -le 702 ]; then
+  qb_backup_expect 2 vm1 full --fleece-dir "$FL"
+  grep -q "fleecing is refused with QEMU 7.2" "$T/last-backup.out" ||
+    qb_die "the refusal does not say why: $(cat "$T/last-backup.out")"
+  [ ! -d "$T/store/vm1/drive0" ] || [ -z "$(qb_layers "$T/store/vm1/drive0")" ] ||
+    qb_die "a refused backup left a point"
+  assert_clean vm1 "$BASE" "$FL" "fleecing refused"
+  # Without --fleece-dir (the default) no filter is put in.
+  start_backup full --speed 1M
+  wait_jobs 65536
+  [ "$(on_filter vm1)" = 0 ] || qb_die "the default fleeced: $(graph vm1)"
+  jobs_speed vm1 0
+  rc=0; wait "$BPID" || rc=$?
+  [ $rc = 0 ] || qb_die "the default backup failed: $(cat "$T/bg.out")"
+  assert_clean vm1 "$BASE" "$FL" "the default backup"
+  echo "fleece: ok (QEMU $((ver / 100)).$((ver % 100)) refuses fleecing: the rest needs a QEMU whose snapshot-access is right)"
+  exit 0
+fi
+
 # One backup at LEVEL while the guest writes "DISK:qemu-io command"...: the
 # VM is stopped for the capture and until the jobs have copied 2 MiB, then
 # the guest writes with the jobs slowed down.
@@ -158,6 +182,7 @@ qb_guest_write vm1 drive0 "write -P 0x32 50M 2M"
 qb_guest_write vm1 data1 "write -P 0x33 2M 4M"
 live_round inc \
   "drive0:write -P 0x41 4M 64k" "drive0:write -P 0x42 51M 512k" "drive0:write -z 6M 1M" \
+  "drive0:write -z 50M 64k" "drive0:discard 50.5M 64k" \
   "drive0:write -P 0x43 20M 1M" "drive0:discard 24M 1M" \
   "data1:write -P 0x44 2M 64k" "data1:write -P 0x45 5M 1M" "data1:write -P 0x46 14M 1M"
 # The next inc holds every write made during the previous job.
@@ -237,6 +262,7 @@ qb_qmp vm1 cont >/dev/null
 assert_clean vm1 "$BASE" "$FL" "the backup after a SIGKILL"
 
 # The same leftovers removed by `qmpbackup cleanup`.
+qb_guest_write vm1 drive0 "write -P 0x73 40M 8M"
 start_backup inc --fleece-dir "$FL" --speed 64k
 wait_jobs 65536
 kill -KILL "$BPID"
@@ -250,8 +276,7 @@ n=$(sed -n 's/^removed \([0-9]*\) leftover.*/\1/p' "$T/cleanup.out")
 assert_clean vm1 "$BASE" "$FL" "qmpbackup cleanup after a SIGKILL"
 assert_running vm1 "after qmpbackup cleanup"
 
-# The default: the fleece image beside the disk's image, on a -blockdev VM
-# (its device by qdev id).  --fleece-dir off: no filter.
+# A -blockdev VM (its device by qdev id): the default and --fleece-dir off put no filter in.
 qb_vm_start vm2 --blockdev drive0:qcow2:32M
 qb_qmp vm2 cont >/dev/null
 qb_guest_write vm2 drive0 "write -P 0x81 0 20M"
@@ -270,12 +295,7 @@ for mode in default off; do
   done
   f=$(on_filter vm2)
   imgs=$(ls -A "$T/img" | grep -c '^\.qmpbackup-fleece-' || true)
-  if [ $mode = default ]; then
-    [ "$f" = 1 ] && [ "$imgs" = 1 ] ||
-      qb_die "default: expected the filter and an image beside the disk ($f, $imgs): $(graph vm2)"
-  else
-    [ "$f" = 0 ] && [ "$imgs" = 0 ] || qb_die "off: fleeced anyway: $(graph vm2)"
-  fi
+  [ "$f" = 0 ] && [ "$imgs" = 0 ] || qb_die "$mode: fleeced anyway: $(graph vm2)"
   qb_qmp vm2 block-job-set-speed "{\"device\":\"$(qb_qmp vm2 query-block-jobs | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["device"])')\",\"speed\":0}" >/dev/null 2>&1 || true
   rc=0; wait "$BPID" || rc=$?
   [ $rc = 0 ] || qb_die "vm2 $mode exited $rc: $(cat "$T/bg.out")"
