@@ -26,6 +26,12 @@ typedef struct eng_disk {
   char tnode[48], fnode[48], bnode[48]; /* target, its file, its backing */
   const char *tmp;           /* temporary target path (owned by the txn) */
   bool node_added;
+  /* Fleecing (fleece.c): the fleece image, the copy-before-write filter
+   * above the disk's node, the snapshot-access node the job reads. */
+  char flnode[48], cbwnode[48], snapnode[48], flbitmap[48];
+  char *flpath;              /* the fleece image (NULL: no fleecing of this disk) */
+  char *qdev;                /* the device whose drive the filter replaces */
+  bool fl_added, cbw_added, swapped, snap_added;
 } eng_disk;
 
 /* State of one engine_backup call. */
@@ -56,6 +62,8 @@ typedef struct eng_run {
   double rate;
   uint64_t done, total;
   bool paused;               /* opts->pause sent "stop": "cont" is owed (pause_resume) */
+  bool fleecing;             /* the jobs read from snapshot-access nodes (fleece.c) */
+  bool fl_stopped;           /* fleece_insert sent "stop": "cont" is owed (fleece_resume) */
 } eng_run;
 
 /* Report progress PHASE to the caller (opts->progress). */
@@ -77,7 +85,53 @@ void eng_thaw (eng_run *r);
 /* With --pause, stop the VM if it runs; "cont" is then owed (eng_resume). */
 int eng_pause (eng_run *r);
 
+/* When a job failed because the fleecing snapshot broke (the fleece image
+ * could not take the old data), say so in the error. */
+void fleece_explain (eng_run *r);
+
 /* Send the owed "cont" (not cancelable): NULL, or the WARNING noted. */
 const char *eng_resume (eng_run *r);
+
+/* ---- Fleecing (fleece.c) ---- */
+
+#define FLEECE_FILE_PREFIX ".qmpbackup-fleece-"   /* fleece images: PREFIX<target8>-<n>.qcow2 */
+
+/* Decide whether this run fleeces (opts->fleece: NULL, "" or "off" = no,
+ * else a directory; refused with QEMU <= 7.2), sweep leftover fleece images
+ * of this target from the directory, create and attach one fleece image per
+ * disk.  0 or -1 (a directory that cannot be used is an error). */
+int fleece_prepare (eng_run *r);
+
+/* Put the copy-before-write filter above every disk's node and a
+ * snapshot-access node on it, with the VM stopped (when it ran) so that no
+ * write passes between the filter's snapshot and the transaction; "cont" is
+ * then owed (fleece_resume).  0 or -1. */
+int fleece_insert (eng_run *r);
+
+/* The node DISK's job reads: its snapshot-access node, or its own node. */
+const char *fleece_source (const eng_run *r, const eng_disk *d);
+
+/* The bitmap an INC job of DISK uses (on fleece_source's node). */
+const char *fleece_bitmap (const eng_run *r, const eng_disk *d);
+
+/* Append to ACTIONS what DISK's job needs before it in the transaction:
+ * for an INC from a snapshot-access node, a temporary bitmap on that node
+ * holding the chain bitmap's bits. */
+void fleece_txn_actions (const eng_run *r, const eng_disk *d, json_object *actions);
+
+/* Send the "cont" fleece_insert owes (not cancelable).  Keeps the error. */
+void fleece_resume (eng_run *r);
+
+/* Restore every disk's graph (device back on its node), delete the
+ * snapshot-access, filter and fleece nodes and the fleece images.  Call
+ * after the jobs are gone.  Not cancelable; keeps the current error; 0, or
+ * -1 when the graph could not be restored (error set when none was). */
+int fleece_remove (eng_run *r);
+
+/* Remove a crashed run's fleecing from QEMU: devices back on their nodes,
+ * snapshot-access, filter and fleece nodes deleted, the fleece images QEMU
+ * held unlinked.  TARGET as jobs_cleanup; REMOVED is told of each node.
+ * The number of nodes removed, or -1. */
+int fleece_cleanup (qmp *q, const char *target, engine_removed_fn removed, void *opaque);
 
 #endif

@@ -543,12 +543,13 @@ transaction (eng_run *r)
     }
     json_object *b = json_object_new_object ();
     json_object_object_add (b, "job-id", json_object_new_string (d->job));
-    json_object_object_add (b, "device", json_object_new_string (d->vd->node));
+    fleece_txn_actions (r, d, actions);
+    json_object_object_add (b, "device", json_object_new_string (fleece_source (r, d)));
     json_object_object_add (b, "target", json_object_new_string (d->tnode));
     json_object_object_add (b, "sync", json_object_new_string (r->level == BACKUP_INC
                                                                   ? "bitmap" : "full"));
     if (r->level == BACKUP_INC) {
-      json_object_object_add (b, "bitmap", json_object_new_string (d->bitmap));
+      json_object_object_add (b, "bitmap", json_object_new_string (fleece_bitmap (r, d)));
       json_object_object_add (b, "bitmap-mode", json_object_new_string ("never"));
     }
     json_object_object_add (b, "auto-finalize", json_object_new_boolean (false));
@@ -626,6 +627,7 @@ rollback (eng_run *r)
   char *msg = qb_strdup (qb_error_msg ());
   if (r->q)
     qmp_set_cancel (r->q, NULL);
+  fleece_resume (r);
   eng_thaw (r);
   if (r->q) {
     if (r->jobs_started) {
@@ -635,6 +637,7 @@ rollback (eng_run *r)
       jobs_abort (r->q, ids, r->n);
       free (ids);
     }
+    fleece_remove (r);
     for (size_t i = 0; i < r->n; i++)
       if (r->d[i].node_added)
         jobs_node_del (r->q, r->d[i].tnode);
@@ -704,7 +707,8 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   if (!r->q)
     return -1;
   qmp_set_cancel (r->q, o->cancel);
-  if (jobs_cleanup (r->q, r->target, false, NULL, NULL) < 0)
+  if (jobs_cleanup (r->q, r->target, false, NULL, NULL) < 0
+      || fleece_cleanup (r->q, r->target, NULL, NULL) < 0)
     return -1;
   /* Another store's backup job: QEMU runs one backup job per disk at a
    * time, and it is never canceled from here (it may be running through
@@ -755,6 +759,8 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   for (size_t i = 0; i < r->n; i++)
     if (target_create (r, &r->d[i]) < 0)
       return -1;
+  if (fleece_prepare (r) < 0)
+    return -1;
   if (eng_pause (r) < 0)
     return -1;
   /* A paused guest cannot answer its agent: --pause takes no freeze. */
@@ -762,7 +768,10 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
     eng_quiesce_note (r, "not quiesced: the VM is paused for the backup instead (--pause)");
   if (eng_quiesce (r, o->pause ? NULL : qga_path) < 0)
     return -1;
+  if (fleece_insert (r) < 0)
+    return -1;
   int rc = transaction (r);
+  fleece_resume (r);
   eng_thaw (r);
   if (rc < 0) {
     qb_error_prefix ("starting the backup transaction");
@@ -772,6 +781,8 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   for (size_t i = 0; i < r->n; i++)
     ids[i] = r->d[i].job;
   rc = jobs_wait (r->q, ids, r->n, "pending", tick, r);
+  if (rc < 0)
+    fleece_explain (r);
   if (rc == 0) {
     eng_report (r, "committing");
     for (size_t i = 0; i < r->n && rc == 0; i++)
@@ -786,6 +797,12 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
     return -1;
   eng_resume (r);   /* the jobs are done: the VM may run again */
   r->jobs_started = false;
+  if (fleece_remove (r) < 0) {
+    if (r->res)
+      snprintf (r->res->fleece_note, sizeof r->res->fleece_note,
+                "WARNING: %s (the next backup puts it back)", qb_error_msg ());
+    qb_error_clear ();
+  }
   for (size_t i = 0; i < r->n; i++) {
     if (jobs_node_del (r->q, r->d[i].tnode) < 0) {
       qb_error_prefix ("detaching the target of disk %s", r->d[i].vd->name);
@@ -1045,7 +1062,12 @@ engine_cleanup_report (const char *qmp_path, bool remove_bitmaps, engine_removed
   qmp *q = qmp_connect (qmp_path, QMP_CONNECT_TIMEOUT_MS);
   if (!q)
     return -1;
-  int rc = jobs_cleanup (q, NULL, remove_bitmaps, removed, opaque);
+  /* Jobs first (they hold the fleecing nodes), then the fleecing (the
+   * devices back on their disks' nodes, where the bitmaps are), then bitmaps. */
+  int rc = jobs_cleanup (q, NULL, false, removed, opaque);
+  int fl = rc < 0 ? -1 : fleece_cleanup (q, NULL, removed, opaque);
+  int bm = fl < 0 || !remove_bitmaps ? 0 : jobs_cleanup (q, NULL, true, removed, opaque);
+  rc = rc < 0 || fl < 0 || bm < 0 ? -1 : rc + fl + bm;
   qmp_close (q);
   return rc;
 }

@@ -11,7 +11,10 @@
  * flag, bounded, confirmed with guest-fsfreeze-status), and a thaw guard
  * process (thawguard.h) thaws if this process dies meanwhile; a thaw that
  * failed is a WARNING in quiesce_note and in the error.  It lets go of the
- * sockets when done.  Semantics: see SPEC.md "Backup
+ * sockets when done.  With backup_opts.fleece the jobs read through image
+ * fleecing (fleece.c): a copy-before-write filter above each
+ * disk saves old data to a local temporary image, so guest writes do not
+ * wait for the store; the graph is put back on every path.  Semantics: see SPEC.md "Backup
  * semantics".  Bitmaps are named "qmpbackup-<target id>-<chain id>", the
  * target id being the store folder's (store_target_id), so each store a VM
  * is backed up into keeps its own bitmaps; an older version's
@@ -47,6 +50,13 @@ typedef struct backup_opts {
   bool monthly;              /* STORE/<vm>/<YYYY-MM>/ layout; auto starts a full each month */
   bool compress;             /* compressed targets */
   uint64_t speed;            /* bytes/s per job, 0 = unlimited */
+  const char *fleece;        /* image fleecing: NULL, "" or "off" = none (the default);
+                              * else the directory for the fleece images (an error
+                              * when it cannot be used, and QB_EINVAL with QEMU <= 7.2,
+                              * whose snapshot-access reports the live disk's zeroed
+                              * ranges: wrong restores).  With fleecing, guest writes
+                              * during the job wait for a local copy of the old data,
+                              * not for the store. */
   const char *const *include; /* NULL-terminated disk names to back up; NULL = all.
                               * Any name a disk is known by (disk id, drive id,
                               * qdev id or path, node name, image path or
@@ -77,6 +87,9 @@ typedef struct backup_result {
   double seconds;
   bool paused;              /* opts->pause stopped the VM for the backup */
   char pause_note[256];     /* WARNING when the VM could not be resumed ("" otherwise) */
+  bool fleeced;             /* the jobs read through image fleecing (opts->fleece) */
+  char fleece_note[256];    /* WARNING that the fleecing filter could not be removed
+                             * ("" otherwise) */
 } backup_result;
 
 /* "full", "inc", "auto", "copy" → level; -1 (QB_EINVAL) otherwise. */

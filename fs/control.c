@@ -124,6 +124,7 @@ control_run (fuse_req_t req, fs_vm *vm, backup_level level, quiesce_mode q)
     o.monthly = fs_cfg.monthly;
     o.compress = fs_cfg.compress;
     o.speed = fs_cfg.speed;
+    o.fleece = fs_cfg.fleece;
     o.include = (const char *const *) fs_cfg.include;
     o.exclude = (const char *const *) fs_cfg.exclude;
     o.cancel = &vm->cancel;

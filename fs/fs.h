@@ -39,6 +39,7 @@ typedef struct fs_config {
   bool monthly;
   bool compress;         /* compressed targets */
   uint64_t speed;        /* bytes/s per backup job, 0 = unlimited */
+  char *fleece;          /* fleece=DIR|off (backup_opts.fleece), NULL: default */
   char **include;        /* NULL-terminated disk names, or NULL = all */
   char **exclude;        /* NULL-terminated disk names, or NULL = none */
   bool allow_other;

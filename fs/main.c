@@ -22,6 +22,7 @@ atomic_int fs_terminating;
 struct fs_opts {
   char *sockets;
   char *speed;
+  char *fleece;
   char *include;
   char *exclude;
   char *on_success;
@@ -44,6 +45,7 @@ static const struct fuse_opt fs_opt_spec[] = {
   { "monthly", offsetof (struct fs_opts, monthly), 1 },
   { "compress", offsetof (struct fs_opts, compress), 1 },
   { "speed=%s", offsetof (struct fs_opts, speed), 0 },
+  { "fleece=%s", offsetof (struct fs_opts, fleece), 0 },
   { "include=%s", offsetof (struct fs_opts, include), 0 },
   { "exclude=%s", offsetof (struct fs_opts, exclude), 0 },
   { "on_success=%s", offsetof (struct fs_opts, on_success), 0 },
@@ -138,6 +140,9 @@ usage (const char *prog)
           "                          or tcp:HOST:PORT (IPv6: tcp:[ADDR]:PORT)\n"
           "  -o monthly              chains in YYYY-MM folders; a new month starts a full\n"
           "  -o speed=N[K|M|G]       limit each backup job to N bytes per second\n"
+          "  -o fleece=DIR|off       image fleecing: old data the guest overwrites during a\n"
+          "                          backup goes to a temporary image in DIR, not to the\n"
+          "                          store; off (default): none; refused with QEMU <= 7.2\n"
           "  -o compress             compressed backup files\n"
           "  -o include=D1:D2        back up only these disks\n"
           "  -o exclude=D1:D2        never back up these disks\n"
@@ -291,6 +296,11 @@ main (int argc, char **argv)
              o.speed);
     return 1;
   }
+  if (o.fleece && o.fleece[0] != '/' && strcmp (o.fleece, "off") != 0) {
+    fs_log ("fleece=%s: expected an absolute directory or off", o.fleece);
+    return 1;
+  }
+  fs_cfg.fleece = o.fleece;
   fs_cfg.include = o.include ? split_names (o.include) : NULL;
   fs_cfg.exclude = o.exclude ? split_names (o.exclude) : NULL;
   fs_cfg.allow_other = o.allow_other;
@@ -388,6 +398,7 @@ main (int argc, char **argv)
   free (o.sockets);
   free (o.store);
   free (o.speed);
+  free (o.fleece);
   free (o.include);
   free (o.exclude);
   free (o.notify_timeout);

@@ -55,7 +55,8 @@ static const char main_usage[] =
 static const char backup_usage[] =
   "usage: qmpbackup --socket ADDR [--agent-socket PATH] backup -l LEVEL -t STORE/VM\n"
   "                 [--monthly] [--quiesce | --no-quiesce] [--pause] [-i DISK,...]\n"
-  "                 [-e DISK,...] [--speed BYTES] [--compress] [--quiet]\n"
+  "                 [-e DISK,...] [--speed BYTES] [--fleece-dir DIR|off] [--compress]\n"
+  "                 [--quiet]\n"
   "\n"
   "  -l, --level full|inc|auto|copy  full starts a new chain, inc continues it,\n"
   "                    auto takes inc when every disk has a healthy chain and full\n"
@@ -75,6 +76,10 @@ static const char backup_usage[] =
   "  -e, --exclude DISK,..  skip these disks\n"
   "  --speed BYTES, --speed-limit BYTES  limit each disk's copy to BYTES per second\n"
   "                    (k/M/G suffixes)\n"
+  "  --fleece-dir DIR|off  image fleecing: while the copy runs, old data of the blocks\n"
+  "                    the guest overwrites goes to a temporary image in DIR (local\n"
+  "                    disk), so guest writes do not wait for the store; off (the\n"
+  "                    default): none.  Refused with QEMU <= 7.2 (wrong restores there)\n"
   "  --compress        compress the backup images\n"
   "  --include-raw     accepted for compatibility: raw disks are always backed up\n"
   "  -q, --quiet       no progress output\n"
@@ -100,7 +105,9 @@ static const char info_usage[] =
 static const char cleanup_usage[] =
   "usage: qmpbackup --socket ADDR cleanup [--remove-bitmaps]\n"
   "\n"
-  "Cancels leftover qmpbackup jobs and target nodes in QEMU; with --remove-bitmaps\n"
+  "Cancels leftover qmpbackup jobs and target nodes in QEMU, puts devices left on a\n"
+  "fleecing filter back on their disks and deletes the fleecing nodes and images;\n"
+  "with --remove-bitmaps\n"
   "(or --remove-bitmap) also removes every qmpbackup-* dirty bitmap (the next\n"
   "backup is then a full).\n";
 
@@ -309,7 +316,7 @@ on_progress (void *opaque, const backup_progress *p)
 
 enum {
   OPT_SOCKET = 256, OPT_AGENT, OPT_DEBUG, OPT_SYSLOG, OPT_MONTHLY, OPT_QUIESCE,
-  OPT_NO_QUIESCE, OPT_SPEED, OPT_COMPRESS, OPT_INCLUDE_RAW, OPT_PAUSE, OPT_SHOW, OPT_JSON,
+  OPT_NO_QUIESCE, OPT_SPEED, OPT_COMPRESS, OPT_INCLUDE_RAW, OPT_PAUSE, OPT_FLEECE_DIR, OPT_SHOW, OPT_JSON,
   OPT_REMOVE_BITMAPS, OPT_UUID,
 };
 
@@ -452,6 +459,7 @@ cmd_backup (int argc, char **argv, common_opts *co)
     { "compress", no_argument, NULL, OPT_COMPRESS },
     { "include-raw", no_argument, NULL, OPT_INCLUDE_RAW },
     { "pause", no_argument, NULL, OPT_PAUSE },
+    { "fleece-dir", required_argument, NULL, OPT_FLEECE_DIR },
     { "uuid", required_argument, NULL, OPT_UUID },
     { "quiet", no_argument, NULL, 'q' },
     COMMON_LONG_OPTS,
@@ -480,6 +488,7 @@ cmd_backup (int argc, char **argv, common_opts *co)
     case OPT_COMPRESS: o.compress = true; break;
     case OPT_INCLUDE_RAW: include_raw = true; break;
     case OPT_PAUSE: o.pause = true; break;
+    case OPT_FLEECE_DIR: o.fleece = optarg; break;
     case OPT_UUID:
       return usage_error ("backup", "--uuid is not supported: each chain gets its own id and "
                           "bitmap, and \"-l inc\" finds the chain in the store%s", "");
@@ -559,6 +568,8 @@ cmd_backup (int argc, char **argv, common_opts *co)
       print_safe (stderr, res.quiesce_note);
     if (res.pause_note[0])
       print_safe (stderr, res.pause_note);
+    if (res.fleece_note[0] && (!quiet || strncmp (res.fleece_note, "WARNING", 7) == 0))
+      print_safe (stderr, res.fleece_note);
     char stored[32];
     qb_format_bytes (res.bytes_stored, stored, sizeof stored);
     log_line (&ls, LOG_INFO, "event=end vm=%s level=%s point=%s bytes=%llu seconds=%.1f%s%s%s",

@@ -5,7 +5,7 @@
 
 _qmpbackup_opts_global='--socket --agent-socket --debug -L --logfile --syslog -h --help -V --version'
 _qmpbackup_opts_backup='-l --level -t --target --monthly --quiesce --quisce --no-quiesce --pause
-  -i --include -e --exclude --speed --speed-limit --compress --include-raw -q --quiet'
+  -i --include -e --exclude --speed --speed-limit --fleece-dir --compress --include-raw -q --quiet'
 _qmpbackup_opts_info='-t --target --show --json'
 _qmpbackup_opts_cleanup='--remove-bitmaps --remove-bitmap'
 _qmpbackup_commands='backup info cleanup'
@@ -23,7 +23,7 @@ _qmprebase_opts_sync='--from --to --vm --dry-run'
 _qmprebase_opts_verify='--dir --point --json'
 
 _qmpbackupfs_opts='-o -f -d -h --help -V --version'
-_qmpbackupfs_mount_opts='sockets= vm= monthly speed= compress include= exclude= on_success= on_failure= notify_timeout= keep= ro names= allow_other'
+_qmpbackupfs_mount_opts='sockets= vm= monthly speed= fleece= compress include= exclude= on_success= on_failure= notify_timeout= keep= ro names= allow_other'
 
 # Set COMPREPLY to the words of WORDLIST ($1) that start with $2.
 _qmpbackupfs_words() {
@@ -51,7 +51,7 @@ _qmpbackup() {
   for ((i = 1; i < COMP_CWORD; i++)); do
     w=${COMP_WORDS[i]}
     case $w in
-      --socket|--agent-socket|-L|--logfile|-l|--level|-t|--target|-i|--include|-e|--exclude|--speed|--speed-limit|--show)
+      --socket|--agent-socket|-L|--logfile|-l|--level|-t|--target|-i|--include|-e|--exclude|--speed|--speed-limit|--fleece-dir|--show)
         ((i++)) ;;
       -*) ;;
       *) [ -z "$cmd" ] && cmd=$w ;;
@@ -62,6 +62,7 @@ _qmpbackup() {
     -l|--level) _qmpbackupfs_words "$_qmpbackup_levels" "$cur"; return 0 ;;
     --show) _qmpbackupfs_words "$_qmpbackup_show" "$cur"; return 0 ;;
     -t|--target) _qmpbackupfs_paths -d "$cur"; return 0 ;;
+    --fleece-dir) _qmpbackupfs_words off "$cur"; _qmpbackupfs_paths -d "$cur"; return 0 ;;
     -L|--logfile|--socket|--agent-socket) _qmpbackupfs_paths -f "$cur"; return 0 ;;
     -i|--include|-e|--exclude|--speed|--speed-limit) return 0 ;;
   esac

@@ -89,7 +89,7 @@ def check_scripted(tmp):
     expect(['qmprebase', 'rebase', '--d'], ['--dir', '--dry-run'])
     expect(['qmpbackupfs', t], [tmp + '/store1'])
     expect(['qmpbackupfs', 'STORE', 'MNT', '-o', ''],
-           ['sockets=', 'vm=', 'monthly', 'speed=', 'compress', 'include=', 'exclude=',
+           ['sockets=', 'vm=', 'monthly', 'speed=', 'fleece=', 'compress', 'include=', 'exclude=',
             'on_success=', 'on_failure=', 'notify_timeout=', 'keep=', 'ro', 'names=', 'allow_other'])
     expect(['qmpbackupfs', 'STORE', 'MNT', '-o', 'names='], ['names=safe', 'names=iso'])
     expect(['qmpbackupfs', 'STORE', 'MNT', '-o', 'monthly,names=i'], ['monthly,names=iso'])
