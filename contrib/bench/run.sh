@@ -44,9 +44,10 @@ export QB_BUILD_DIR=$BUILD
 for t in "$QMPBACKUPFS" "$QMPBACKUP" "$QMPCMD"; do
   [ -x "$t" ] || { echo "run.sh: $t missing: meson setup build-bench --buildtype=release && ninja -C build-bench" >&2; exit 2; }
 done
-qb_need qemu-img qemu-io qemu-storage-daemon qemu-system-x86_64 fusermount3 fio fincore taskset
-
 section() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+need=(qemu-img qemu-io qemu-storage-daemon qemu-system-x86_64 fusermount3 fincore)
+if section fio; then need+=(fio taskset); fi
+qb_need "${need[@]}"
 
 if [ "$QUICK" = 1 ]; then
   SEQ_SIZE=$((256 << 20)) SEQ_STRIPE=$((64 << 10)) FIO_SECS=2
