@@ -31,6 +31,7 @@
  *   first 8 digits of the target id: the leftovers a backup cleans up at
  *   its start are its own target's, never a running backup's of another. */
 #include "engine/engine-int.h"
+#include "engine/target.h"
 #include "store/chain.h"
 #include "common/error.h"
 #include "common/util.h"
@@ -441,7 +442,7 @@ decide_level (eng_run *r)
   return 0;
 }
 
-/* Create DISK's target image with qemu-img and attach it to QEMU. */
+/* Create DISK's target image (QEMU's blockdev-create) and attach it. */
 static int
 target_create (eng_run *r, eng_disk *d)
 {
@@ -450,24 +451,21 @@ target_create (eng_run *r, eng_disk *d)
   d->tmp = store_txn_add_disk (r->txn, d->vd->name, kind, d->prev, d->chain, d->vd->size);
   if (!d->tmp)
     return -1;
-  char size[32];
-  snprintf (size, sizeof size, "%llu", (unsigned long long) d->vd->size);
   char *backing = NULL;
   if (kind == STORE_INC) {
     char *dir = qb_strdup (d->tmp);
     backing = rel_path (dirname (dir), d->prev->path);
     free (dir);
   }
-  /* An empty 0600 file first: qemu-img keeps the mode of a file it writes over. */
+  /* An empty 0600 file first, which QEMU then formats. */
   if (store_txn_create_target (r->txn, d->vd->name) < 0) {
     free (backing);
     return -1;
   }
-  char *argv_full[] = { "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1",
-                        (char *) d->tmp, size, NULL };
-  char *argv_inc[] = { "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1",
-                       "-b", backing, "-F", "qcow2", (char *) d->tmp, size, NULL };
-  int rc = qb_run (backing ? argv_inc : argv_full, NULL);
+  char job[64], node[64];
+  snprintf (job, sizeof job, "%s-create", d->job);
+  snprintf (node, sizeof node, "%s-c", d->tnode);
+  int rc = target_image_create (r->q, job, node, d->tmp, d->vd->size, backing);
   free (backing);
   if (rc < 0) {
     qb_error_prefix ("creating the target image of disk %s", d->vd->name);

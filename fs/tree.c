@@ -46,11 +46,12 @@ typedef struct node {
  * different inodes. */
 #define CONTROL_INSTANCES 64
 
-#define HASH_SIZE 4096
+#define HASH_MIN 4096     /* buckets at first; doubled to keep chains short */
 static pthread_mutex_t nodes_lock = PTHREAD_MUTEX_INITIALIZER;
 static node **nodes;        /* by ino; nodes[0] unused */
 static size_t nnodes, cap_nodes;
-static node *hash[HASH_SIZE];
+static node **hash;         /* hash_size buckets, a power of two */
+static size_t hash_size;
 static time_t mount_time;
 
 #define TIMEOUT_SHORT 1.0
@@ -68,7 +69,27 @@ node_hash (node_kind k, const char *vm, const char *disk, const char *name)
       h = (h ^ (unsigned char) *p) * 16777619u;
     h = (h ^ 0x1f) * 16777619u;
   }
-  return h % HASH_SIZE;
+  return h;
+}
+
+/* Make the hash table at least twice as big as the node count (a store of
+ * 200,000 restore images has more than a million nodes), under nodes_lock. */
+static void
+hash_grow (void)
+{
+  if (hash && nnodes < 2 * hash_size)
+    return;
+  size_t size = hash ? 4 * hash_size : HASH_MIN;
+  node **h = qb_calloc (size, sizeof *h);
+  for (size_t i = 1; i < nnodes; i++) {
+    node *n = nodes[i];
+    size_t b = node_hash (n->kind, n->vm, n->disk, n->name) & (size - 1);
+    n->next = h[b];
+    h[b] = n;
+  }
+  free (hash);
+  hash = h;
+  hash_size = size;
 }
 
 /* Compare two optional strings. */
@@ -82,8 +103,10 @@ same (const char *a, const char *b)
 static node *
 node_get (node_kind k, const char *vm, const char *disk, const char *name)
 {
-  unsigned h = node_hash (k, vm, disk, name);
+  unsigned hv = node_hash (k, vm, disk, name);
   pthread_mutex_lock (&nodes_lock);
+  hash_grow ();
+  size_t h = hv & (hash_size - 1);
   node *n;
   for (n = hash[h]; n; n = n->next)
     if (n->kind == k && same (n->vm, vm) && same (n->disk, disk) && same (n->name, name))

@@ -211,7 +211,9 @@ fig() {
     if [ "$better" = hi ]; then r=$(calc 'o / p' o="$o" p="$p"); else r=$(calc 'p / o' o="$o" p="$p"); fi
   fi
   if [ -n "$check" ]; then
-    if isnum "$o"; then
+    if [[ $check == *r* && $r == - ]] || [[ $check == *p* && ! $p =~ ^[0-9.eE+-]+$ ]]; then
+      met="n/a"
+    elif isnum "$o"; then
       if awk -v o="$o" -v p="$p" -v r="$r" "BEGIN { exit !($check) }"; then met="yes"; else met="NO"; fi
     else
       met="n/a"

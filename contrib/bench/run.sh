@@ -2,7 +2,8 @@
 # qmpbackupfs benchmark suite: restore reads, random reads, sparse copies,
 # a store at scale and backups, each beside the closest peer on the same data
 # (qemu-storage-daemon's FUSE export of the same chain, cat of the flattened
-# raw image, cp, the Python qmpbackup's published figure), medians of >= 3 runs.
+# raw image, cp, the Python qmpbackup 0.67 when QB_PEER_QMPBACKUP names it),
+# medians of >= 3 runs.
 #
 # Usage: contrib/bench/run.sh [--quick] [--out FILE] [--build DIR] [--only LIST]
 #   --quick       smaller data and shorter fio runs (about 2 minutes)
@@ -43,9 +44,10 @@ export QB_BUILD_DIR=$BUILD
 for t in "$QMPBACKUPFS" "$QMPBACKUP" "$QMPCMD"; do
   [ -x "$t" ] || { echo "run.sh: $t missing: meson setup build-bench --buildtype=release && ninja -C build-bench" >&2; exit 2; }
 done
-qb_need qemu-img qemu-io qemu-storage-daemon qemu-system-x86_64 fusermount3 fio fincore taskset
-
 section() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+need=(qemu-img qemu-io qemu-storage-daemon qemu-system-x86_64 fusermount3 fincore)
+if section fio; then need+=(fio taskset); fi
+qb_need "${need[@]}"
 
 if [ "$QUICK" = 1 ]; then
   SEQ_SIZE=$((256 << 20)) SEQ_STRIPE=$((64 << 10)) FIO_SECS=2
@@ -56,7 +58,11 @@ else
 fi
 DEPTHS=(1 10 50)
 SCALE_VMS=50 SCALE_POINTS=200 SCALE_CHAIN=50
-PEER_INC_IDLE=0.3        # Python qmpbackup 0.67, inc with nothing changed (measured on this machine)
+# The Python qmpbackup 0.67 as the peer of an idle inc: QB_PEER_QMPBACKUP is
+# the path of its `qmpbackup` script (run by /usr/bin/python3 with
+# QB_PEER_PYTHONPATH, e.g. its lib folder with qemu/qmp/ beside its source).
+PEER_QMPBACKUP=${QB_PEER_QMPBACKUP:-}
+PEER_PYTHONPATH=${QB_PEER_PYTHONPATH:-}
 
 [ -n "$OUT" ] && : > "$OUT"
 qb_tmpdir
@@ -279,6 +285,15 @@ if section backup; then
   qb_vm_start bvm "drive0:qcow2:$BK_SIZE"
   sock=$(qb_vm_socket bvm)
   src=$(qb_vm_image bvm drive0)
+  # What the VM itself costs while the bench measures (it is started with -S:
+  # an OS-less guest left running may spin in firmware under TCG).
+  vpid=$(qb_vm_pid bvm)
+  c0=$(awk '{ print $14 + $15 }' "/proc/$vpid/stat") a=$(now)
+  sleep 2
+  c1=$(awk '{ print $14 + $15 }' "/proc/$vpid/stat")
+  fig "bench VM's own CPU while idle (% of a core)" \
+      "$(calc '100 * c / hz / s' c=$((c1 - c0)) hz="$(getconf CLK_TCK)" s="$(tdiff "$a" "$(now)")")" \
+      - % - "o < 1" "< 1%: figures measure the product"
   bytes=$(qb_bytes "$BK_SIZE")
   qb_guest_write bvm drive0 "write -P 0x5a 0 $bytes"
   qb_guest_write bvm drive0 flush
@@ -297,7 +312,32 @@ if section backup; then
       "$(calc 'b / s / 1e6' b="$bytes" s="$(median "${C[@]}")")" MB/s hi "" ""
   I=()
   for ((run = 0; run < INC_IDLE_RUNS; run++)); do I+=("$(timeit backup inc)"); done
-  fig "inc backup, nothing changed (s; peer: Python 0.67)" "$(median "${I[@]}")" "$PEER_INC_IDLE" s lo "r >= 10" ">= 10x less"
+  # The peer in the same run, on its own paused VM (its bitmaps beside ours
+  # would be another tool's business), or "not measured" with the reason.
+  peer_idle=-
+  if [ -z "$PEER_QMPBACKUP" ]; then
+    note "Python qmpbackup not measured: set QB_PEER_QMPBACKUP to its qmpbackup script (and QB_PEER_PYTHONPATH)"
+    peer_idle="not measured (QB_PEER_QMPBACKUP unset)"
+  elif [ ! -r "$PEER_QMPBACKUP" ] || [ ! -x /usr/bin/python3 ]; then
+    peer_idle="not measured ($PEER_QMPBACKUP or /usr/bin/python3 missing)"
+  else
+    qb_vm_start pvm "drive0:qcow2:$BK_SIZE"
+    psock=$(qb_vm_socket pvm)
+    pybackup() {
+      PYTHONPATH=$PEER_PYTHONPATH /usr/bin/python3 "$PEER_QMPBACKUP" --socket "$psock" \
+        backup --level "$1" --target "$T/pystore" > /dev/null 2>> "$T/pyqmpbackup.log"
+    }
+    if pybackup full; then
+      P=()
+      for ((run = 0; run < INC_IDLE_RUNS; run++)); do P+=("$(timeit pybackup inc)"); done
+      peer_idle=$(median "${P[@]}")
+    else
+      peer_idle="not measured (its full backup failed: $(tail -n 1 "$T/pyqmpbackup.log" | tr -d '|' | cut -c1-80))"
+    fi
+    qb_vm_stop pvm
+    rm -rf "$T/pystore"
+  fi
+  fig "inc backup, nothing changed (s; peer: Python 0.67)" "$(median "${I[@]}")" "$peer_idle" s lo "o <= 0.010" "<= 10 ms"
   chunk=$((4 << 20)) nchunks=$((bytes / (4 << 20))) nwrite=$((BK_CHANGE / (4 << 20)))
   head -c "$BK_CHANGE" "$src" > "$T/chg.bin"
   IT=() IC=() IR=()

@@ -19,8 +19,14 @@ dir=$T/store/vm1/drive0
 # True if a backup job of ours runs on VM NAME (its private monitor).
 job_running() {
   local jobs
-  jobs=$(qb_qmp "$1" query-jobs | tr -d ' ')
-  [[ $jobs == *'"id":"qmpbackup-'* && $jobs == *'"status":"running"'* ]]
+  local j
+  jobs=$(qb_qmp "$1" query-jobs | tr -d ' \n' | sed 's/},{/}\n{/g')
+  # A backup job, not the short job that creates a target image.
+  while read -r j; do
+    [[ $j == *'"id":"qmpbackup-'* && $j == *'"type":"backup"'* && $j == *'"status":"running"'* ]] \
+      && return 0
+  done <<< "$jobs"
+  return 1
 }
 
 # Print "true" or "false": whether VM NAME runs, from the private monitor.
