@@ -41,15 +41,6 @@
 #define FLEECE_CBW_PREFIX "qmpbackup-cbw-"
 #define FLEECE_SNAP_PREFIX "qmpbackup-snap-"
 
-/* The string member KEY of OBJ, or "". */
-static const char *
-str_of (json_object *obj, const char *key)
-{
-  json_object *v;
-  if (!obj || !json_object_object_get_ex (obj, key, &v) || !json_object_is_type (v, json_type_string))
-    return "";
-  return json_object_get_string (v);
-}
 
 /* True when NAME is PREFIX<TARGET's first 8 digits>-... (TARGET NULL: any). */
 static bool
@@ -127,9 +118,9 @@ qdev_of (qmp *q, const char *node)
   size_t n = json_object_is_type (list, json_type_array) ? json_object_array_length (list) : 0;
   for (size_t i = 0; i < n && !res; i++) {
     json_object *b = json_object_array_get_idx (list, i), *ins;
-    if (json_object_object_get_ex (b, "inserted", &ins) && strcmp (str_of (ins, "node-name"), node) == 0
-        && *str_of (b, "qdev"))
-      res = qb_strdup (str_of (b, "qdev"));
+    if (json_object_object_get_ex (b, "inserted", &ins) && strcmp (qmp_str (ins, "node-name"), node) == 0
+        && *qmp_str (b, "qdev"))
+      res = qb_strdup (qmp_str (b, "qdev"));
   }
   json_object_put (list);
   if (!res)
@@ -445,7 +436,7 @@ graph_child (json_object *graph, const char *node, const char *child)
   size_t nn = json_object_array_length (nodes);
   for (size_t i = 0; i < nn; i++) {
     json_object *n = json_object_array_get_idx (nodes, i), *id;
-    if (strcmp (str_of (n, "type"), "block-driver") == 0 && strcmp (str_of (n, "name"), node) == 0
+    if (strcmp (qmp_str (n, "type"), "block-driver") == 0 && strcmp (qmp_str (n, "name"), node) == 0
         && json_object_object_get_ex (n, "id", &id))
       pid = json_object_get_int64 (id);
   }
@@ -453,12 +444,12 @@ graph_child (json_object *graph, const char *node, const char *child)
   for (size_t i = 0; pid >= 0 && i < ne; i++) {
     json_object *e = json_object_array_get_idx (edges, i), *p, *c;
     if (json_object_object_get_ex (e, "parent", &p) && json_object_get_int64 (p) == pid
-        && strcmp (str_of (e, "name"), child) == 0 && json_object_object_get_ex (e, "child", &c)) {
+        && strcmp (qmp_str (e, "name"), child) == 0 && json_object_object_get_ex (e, "child", &c)) {
       int64_t cid = json_object_get_int64 (c);
       for (size_t k = 0; k < nn; k++) {
         json_object *n = json_object_array_get_idx (nodes, k), *id;
         if (json_object_object_get_ex (n, "id", &id) && json_object_get_int64 (id) == cid)
-          return str_of (n, "name");
+          return qmp_str (n, "name");
       }
     }
   }
@@ -480,10 +471,10 @@ del_prefixed (qmp *q, const char *target, const char *prefix, int *count,
   size_t n = json_object_is_type (nodes, json_type_array) ? json_object_array_length (nodes) : 0;
   for (size_t i = 0; i < n; i++) {
     json_object *nd = json_object_array_get_idx (nodes, i);
-    const char *name = str_of (nd, "node-name");
+    const char *name = qmp_str (nd, "node-name");
     if (!ours (name, prefix, target))
       continue;
-    char *file = image ? qb_strdup (str_of (nd, "file")) : NULL;
+    char *file = image ? qb_strdup (qmp_str (nd, "file")) : NULL;
     if (node_del (q, name) == 0) {
       (*count)++;
       if (file)
@@ -515,18 +506,18 @@ fleece_cleanup (qmp *q, const char *target, engine_removed_fn removed, void *opa
     json_object *b = json_object_array_get_idx (blocks, i), *ins;
     if (!json_object_object_get_ex (b, "inserted", &ins))
       continue;
-    const char *top = str_of (ins, "node-name");
-    if (!ours (top, FLEECE_CBW_PREFIX, target) || !*str_of (b, "qdev"))
+    const char *top = qmp_str (ins, "node-name");
+    if (!ours (top, FLEECE_CBW_PREFIX, target) || !*qmp_str (b, "qdev"))
       continue;
     if (!graph && !(graph = qmp_execute (q, "x-debug-query-block-graph", NULL, QMP_COMMAND_TIMEOUT_MS))) {
       json_object_put (blocks);
       return -1;
     }
     const char *below = graph_child (graph, top, "file");
-    if (!below || set_drive (q, str_of (b, "qdev"), below) < 0) {
+    if (!below || set_drive (q, qmp_str (b, "qdev"), below) < 0) {
       char *why = qb_strdup (below ? qb_error_msg () : "its disk's node was not found");
       qb_error_set (QB_EQMP, "device %s is still on the fleecing filter %s of a crashed "
-                    "backup, and putting it back on its disk failed: %s", str_of (b, "qdev"),
+                    "backup, and putting it back on its disk failed: %s", qmp_str (b, "qdev"),
                     top, why);
       free (why);
       json_object_put (graph);

@@ -14,15 +14,6 @@
 #define JOBS_POLL_MS 1000
 #define JOBS_ABORT_WAIT_MS 30000
 
-/* The string member KEY of OBJ, or "". */
-static const char *
-str_of (json_object *obj, const char *key)
-{
-  json_object *v;
-  if (!obj || !json_object_object_get_ex (obj, key, &v) || !json_object_is_type (v, json_type_string))
-    return "";
-  return json_object_get_string (v);
-}
 
 /* The integer member KEY of OBJ, or 0. */
 static uint64_t
@@ -42,7 +33,7 @@ find_job (json_object *list, const char *id)
   size_t n = json_object_array_length (list);
   for (size_t i = 0; i < n; i++) {
     json_object *j = json_object_array_get_idx (list, i);
-    if (strcmp (str_of (j, "id"), id) == 0)
+    if (strcmp (qmp_str (j, "id"), id) == 0)
       return j;
   }
   return NULL;
@@ -86,10 +77,10 @@ collect_failure (qmp *q, char *const *ids, size_t n, const char *fallback)
       json_object *j = find_job (list, ids[i]);
       if (!j)
         continue;
-      const char *st = str_of (j, "status");
+      const char *st = qmp_str (j, "status");
       if (strcmp (st, "concluded") != 0 && strcmp (st, "null") != 0 && strcmp (st, "pending") != 0)
         busy = true;
-      const char *err = str_of (j, "error");
+      const char *err = qmp_str (j, "error");
       if (*err && (!msg || (strcasestr (msg, "cancel") && !strcasestr (err, "cancel")))) {
         free (msg);
         msg = qb_asprintf ("backup job %s failed: %s", ids[i], err);
@@ -125,7 +116,7 @@ jobs_wait (qmp *q, char *const *ids, size_t n, const char *want,
           failed = qb_asprintf ("backup job %s disappeared", ids[i]);
         continue;
       }
-      const char *st = str_of (j, "status");
+      const char *st = qmp_str (j, "status");
       done += u64_of (j, "current-progress");
       total += u64_of (j, "total-progress");
       if (strcmp (st, want) == 0)
@@ -134,7 +125,7 @@ jobs_wait (qmp *q, char *const *ids, size_t n, const char *want,
                                 || strcmp (st, "null") == 0)) {
         if (!failed)
           failed = qb_asprintf ("backup job %s was aborted%s%s", ids[i],
-                                *str_of (j, "error") ? ": " : "", str_of (j, "error"));
+                                *qmp_str (j, "error") ? ": " : "", qmp_str (j, "error"));
       }
       else if (!want_pending && strcmp (st, "concluded") != 0 && strcmp (st, "pending") != 0
                && strcmp (st, "waiting") != 0 && strcmp (st, "aborting") != 0
@@ -166,7 +157,7 @@ jobs_wait (qmp *q, char *const *ids, size_t n, const char *want,
           break;
         return -1;                     /* VM gone, canceled, protocol error */
       }
-      const char *name = str_of (ev, "event");
+      const char *name = qmp_str (ev, "event");
       bool wake = strcmp (name, "JOB_STATUS_CHANGE") == 0 || strcmp (name, "BLOCK_JOB_ERROR") == 0
         || strcmp (name, "BLOCK_JOB_COMPLETED") == 0 || strcmp (name, "BLOCK_JOB_PENDING") == 0;
       json_object_put (ev);
@@ -185,8 +176,8 @@ jobs_abort (qmp *q, char *const *ids, size_t n)
     return;
   for (size_t i = 0; i < n; i++) {
     json_object *j = find_job (list, ids[i]);
-    if (j && strcmp (str_of (j, "status"), "concluded") != 0
-        && strcmp (str_of (j, "status"), "aborting") != 0)
+    if (j && strcmp (qmp_str (j, "status"), "concluded") != 0
+        && strcmp (qmp_str (j, "status"), "aborting") != 0)
       job_verb (q, "job-cancel", ids[i]);
   }
   json_object_put (list);
@@ -200,7 +191,7 @@ jobs_abort (qmp *q, char *const *ids, size_t n)
       json_object *j = find_job (list, ids[i]);
       if (!j)
         continue;
-      if (strcmp (str_of (j, "status"), "concluded") == 0)
+      if (strcmp (qmp_str (j, "status"), "concluded") == 0)
         job_verb (q, "job-dismiss", ids[i]);
       else
         busy = true;
@@ -228,7 +219,7 @@ jobs_finalize (qmp *q, char *const *ids, size_t n)
     /* With grouped completion one finalize moves the whole group on. */
     json_object *now = i == 0 ? NULL : query_jobs (q);
     json_object *cur = now ? find_job (now, ids[i]) : j;
-    if (cur && strcmp (str_of (cur, "status"), "pending") == 0 && job_verb (q, "job-finalize", ids[i]) < 0)
+    if (cur && strcmp (qmp_str (cur, "status"), "pending") == 0 && job_verb (q, "job-finalize", ids[i]) < 0)
       rc = -1;
     json_object_put (now);
   }
@@ -243,8 +234,8 @@ jobs_finalize (qmp *q, char *const *ids, size_t n)
   char *err = NULL;
   for (size_t i = 0; i < n; i++) {
     json_object *j = find_job (list, ids[i]);
-    if (j && *str_of (j, "error") && !err)
-      err = qb_asprintf ("backup job %s failed while finalizing: %s", ids[i], str_of (j, "error"));
+    if (j && *qmp_str (j, "error") && !err)
+      err = qb_asprintf ("backup job %s failed while finalizing: %s", ids[i], qmp_str (j, "error"));
     if (j)
       job_verb (q, "job-dismiss", ids[i]);
   }
@@ -300,7 +291,7 @@ jobs_cleanup (qmp *q, const char *target, bool remove_bitmaps, engine_removed_fn
   char **ids = qb_calloc (n ? n : 1, sizeof *ids);
   size_t nids = 0;
   for (size_t i = 0; i < n; i++) {
-    const char *id = str_of (json_object_array_get_idx (list, i), "id");
+    const char *id = qmp_str (json_object_array_get_idx (list, i), "id");
     if (leftover_of (id, ENGINE_JOB_PREFIX, target))
       ids[nids++] = qb_strdup (id);
   }
@@ -324,7 +315,7 @@ jobs_cleanup (qmp *q, const char *target, bool remove_bitmaps, engine_removed_fn
     return -1;
   n = json_object_is_type (nodes, json_type_array) ? json_object_array_length (nodes) : 0;
   for (size_t i = 0; i < n; i++) {
-    const char *node = str_of (json_object_array_get_idx (nodes, i), "node-name");
+    const char *node = qmp_str (json_object_array_get_idx (nodes, i), "node-name");
     if (leftover_of (node, ENGINE_TARGET_PREFIX, target)) {
       json_object *args = json_object_new_object ();
       json_object_object_add (args, "node-name", json_object_new_string (node));
@@ -375,7 +366,7 @@ jobs_find_ours (qmp *q, char *id, size_t len)
   int found = 0;
   size_t n = json_object_array_length (list);
   for (size_t i = 0; i < n && !found; i++) {
-    const char *jid = str_of (json_object_array_get_idx (list, i), "id");
+    const char *jid = qmp_str (json_object_array_get_idx (list, i), "id");
     if (strncmp (jid, ENGINE_JOB_PREFIX, strlen (ENGINE_JOB_PREFIX)) == 0) {
       snprintf (id, len, "%s", jid);
       found = 1;

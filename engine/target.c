@@ -12,15 +12,6 @@
 #define TARGET_CLUSTER_SIZE 65536
 #define TARGET_POLL_MS 200
 
-/* The string member KEY of OBJ, or "". */
-static const char *
-str_of (json_object *obj, const char *key)
-{
-  json_object *v;
-  if (!obj || !json_object_object_get_ex (obj, key, &v) || !json_object_is_type (v, json_type_string))
-    return "";
-  return json_object_get_string (v);
-}
 
 /* Wait until job ID has concluded: 0 when it succeeded, -1 with its error
  * (or a transport error, a timeout after QMP_COMMAND_TIMEOUT_MS). */
@@ -35,17 +26,17 @@ job_wait_concluded (qmp *q, const char *id)
     json_object *job = NULL;
     size_t n = json_object_is_type (list, json_type_array) ? json_object_array_length (list) : 0;
     for (size_t i = 0; i < n && !job; i++)
-      if (strcmp (str_of (json_object_array_get_idx (list, i), "id"), id) == 0)
+      if (strcmp (qmp_str (json_object_array_get_idx (list, i), "id"), id) == 0)
         job = json_object_array_get_idx (list, i);
     if (!job) {
       json_object_put (list);
       return qb_error_set (QB_EQMP, "QEMU lost the job %s that creates the image", id);
     }
-    const char *st = str_of (job, "status");
+    const char *st = qmp_str (job, "status");
     if (strcmp (st, "concluded") == 0 || strcmp (st, "null") == 0) {
       int rc = 0;
-      if (*str_of (job, "error"))
-        rc = qb_error_set (QB_EIO, "QEMU could not create the image: %s", str_of (job, "error"));
+      if (*qmp_str (job, "error"))
+        rc = qb_error_set (QB_EIO, "QEMU could not create the image: %s", qmp_str (job, "error"));
       json_object_put (list);
       return rc;
     }
@@ -66,7 +57,7 @@ job_wait_concluded (qmp *q, const char *id)
           break;
         return -1;                     /* VM gone, canceled, protocol error */
       }
-      bool wake = strcmp (str_of (ev, "event"), "JOB_STATUS_CHANGE") == 0;
+      bool wake = strcmp (qmp_str (ev, "event"), "JOB_STATUS_CHANGE") == 0;
       json_object_put (ev);
       if (wake)
         break;

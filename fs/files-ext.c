@@ -54,6 +54,21 @@ xattrs_load (fsent *e, fuse_ino_t ino, int *r)
   return xh;
 }
 
+/* Reply to a getxattr/listxattr asking SIZE bytes with the LEN bytes of
+ * BUF, or the error -R when R < 0 (size 0: the length; too small: ERANGE). */
+static void
+xattr_reply (fuse_req_t req, int r, const void *buf, size_t len, size_t size)
+{
+  if (r < 0)
+    fuse_reply_err (req, -r);
+  else if (size == 0)
+    fuse_reply_xattr (req, len);
+  else if (len > size)
+    fuse_reply_err (req, ERANGE);
+  else
+    fuse_reply_buf (req, buf, len);
+}
+
 /* See fs.h. */
 void
 files_listxattr (fuse_req_t req, fuse_ino_t ino, size_t size)
@@ -77,14 +92,7 @@ files_listxattr (fuse_req_t req, fuse_ino_t ino, size_t size)
     }
   }
   fsent_put (e);
-  if (r < 0)
-    fuse_reply_err (req, -r);
-  else if (size == 0)
-    fuse_reply_xattr (req, l.len);
-  else if (l.len > size)
-    fuse_reply_err (req, ERANGE);
-  else
-    fuse_reply_buf (req, l.p, l.len);
+  xattr_reply (req, r, l.p, l.len, size);
   free (l.p);
 }
 
@@ -102,14 +110,7 @@ files_getxattr (fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
     char *nval = NULL;
     r = files_ntfs_getxattr (e->ntfs, (uint32_t) ino, name, &nval, &vlen);
     fsent_put (e);
-    if (r < 0)
-      fuse_reply_err (req, -r);
-    else if (size == 0)
-      fuse_reply_xattr (req, vlen);
-    else if (vlen > size)
-      fuse_reply_err (req, ERANGE);
-    else
-      fuse_reply_buf (req, nval, vlen);
+    xattr_reply (req, r, nval, vlen, size);
     free (nval);
     return;
   }
@@ -125,14 +126,7 @@ files_getxattr (fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
   else if (r == 0)
     r = -ENODATA;
   fsent_put (e);
-  if (r < 0)
-    fuse_reply_err (req, -r);
-  else if (size == 0)
-    fuse_reply_xattr (req, vlen);
-  else if (vlen > size)
-    fuse_reply_err (req, ERANGE);
-  else
-    fuse_reply_buf (req, val, vlen);
+  xattr_reply (req, r, val, vlen, size);
   if (val)
     ext2fs_free_mem (&val);
 }

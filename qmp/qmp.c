@@ -319,3 +319,13 @@ qmp_hmp (qmp *q, const char *cmdline, int timeout_ms)
   json_object_put (r);
   return out;
 }
+
+/* The string member KEY of OBJ, or "". */
+const char *
+qmp_str (json_object *obj, const char *key)
+{
+  json_object *v;
+  if (!obj || !json_object_object_get_ex (obj, key, &v) || !json_object_is_type (v, json_type_string))
+    return "";
+  return json_object_get_string (v);
+}

@@ -49,6 +49,10 @@ void qmp_set_cancel (qmp *q, const atomic_int *cancel);
  * stale replies does not hold the call past TIMEOUT_MS. */
 json_object *qmp_execute (qmp *q, const char *cmd, json_object *args, int timeout_ms);
 
+/* The string member KEY of the reply object OBJ, or "" (missing, not a
+ * string, or OBJ NULL): never NULL, so it can be compared directly. */
+const char *qmp_str (json_object *obj, const char *key);
+
 /* Like qmp_execute, but discards the returned value: 0 or -1. */
 int qmp_run (qmp *q, const char *cmd, json_object *args, int timeout_ms);
 

@@ -191,9 +191,7 @@ store_rewrite_state_load (int unitfd, store_rewrite_state *rs)
   rs->active = true;
   set_add (j, "hide", &rs->hide, &rs->nhide);
   set_add (j, "busy", &rs->busy, &rs->nbusy);
-  json_object *opv;
-  const char *op = json_object_object_get_ex (j, "op", &opv) && json_object_is_type (opv, json_type_string)
-    ? json_object_get_string (opv) : NULL;
+  const char *op = store_json_str (j, "op");
   rs->why = qb_asprintf ("being rewritten (%s of restore points in progress, or interrupted: "
                          "it finishes at the next backup, mount or qmprebase run): try again "
                          "in a moment", op ? op : "removal");

@@ -47,11 +47,12 @@ rel_path_ok (const char *p)
   return ok && parts >= 2 && p[0] != '/' && !strstr (p, "//") && p[strlen (p) - 1] != '/';
 }
 
-static const char *
-jstr (json_object *o, const char *key)
+/* The string member KEY of O, or NULL (see store-int.h). */
+const char *
+store_json_str (json_object *o, const char *key)
 {
   json_object *v;
-  if (!json_object_object_get_ex (o, key, &v) || !json_object_is_type (v, json_type_string))
+  if (!o || !json_object_object_get_ex (o, key, &v) || !json_object_is_type (v, json_type_string))
     return NULL;
   return json_object_get_string (v);
 }
@@ -72,7 +73,7 @@ store_rec_parse (json_object *obj, store_rec *rec)
   memset (rec, 0, sizeof *rec);
   if (!obj || !json_object_is_type (obj, json_type_object))
     return false;
-  const char *id = jstr (obj, "id");
+  const char *id = store_json_str (obj, "id");
   int64_t t;
   int seq;
   if (!id || !store_id_valid (id) || store_id_parse (id, &t, &seq) < 0)
@@ -92,7 +93,7 @@ store_rec_parse (json_object *obj, store_rec *rec)
     json_object *d = json_object_array_get_idx (disks, i);
     if (!json_object_is_type (d, json_type_object))
       continue;
-    const char *name = jstr (d, "name"), *file = jstr (d, "file"), *kind = jstr (d, "kind");
+    const char *name = store_json_str (d, "name"), *file = store_json_str (d, "file"), *kind = store_json_str (d, "kind");
     if (!name || !qb_name_is_safe (name) || !rel_path_ok (file) || !kind)
       continue;
     store_rec_disk *rd = &rec->disks[rec->ndisks];
@@ -106,8 +107,8 @@ store_rec_parse (json_object *obj, store_rec *rec)
       continue;
     rd->name = qb_strdup (name);
     rd->file = qb_strdup (file);
-    rd->chain = qb_strdup (jstr (d, "chain"));
-    const char *prev = jstr (d, "prev");
+    rd->chain = qb_strdup (store_json_str (d, "chain"));
+    const char *prev = store_json_str (d, "prev");
     rd->prev = prev && store_id_valid (prev) ? qb_strdup (prev) : NULL;
     int64_t vs = jint (d, "virtual_size", 0);
     rd->virtual_size = vs > 0 ? (uint64_t) vs : 0;
@@ -441,9 +442,9 @@ store_json_write_at (const store *st, int dfd, const char *path, const char *nam
   return ret;
 }
 
-/* The .chain folder of disk folder DIRFD (created 0700 with CREATE), or -1. */
-static int
-sidecar_dir (int dirfd, bool create)
+/* The .chain folder of disk folder DIRFD (see store-int.h). */
+int
+store_sidecar_dir (int dirfd, bool create)
 {
   if (create && mkdirat (dirfd, STORE_SIDECAR_DIR, 0700) < 0 && errno != EEXIST)
     return qb_error_set_errno (errno, "create %s", STORE_SIDECAR_DIR);
@@ -461,7 +462,7 @@ store_sidecar_read (int dirfd, const char *name)
     qb_error_set (QB_EINVAL, "invalid layer name \"%s\"", name ? name : "");
     return NULL;
   }
-  int cfd = sidecar_dir (dirfd, false);
+  int cfd = store_sidecar_dir (dirfd, false);
   if (cfd < 0)
     return NULL;
   char *file = qb_asprintf ("%s.json", name);
@@ -481,7 +482,7 @@ store_sidecar_write (int dirfd, const char *name, json_object *obj)
 {
   if (!qb_name_is_safe (name))
     return qb_error_set (QB_EINVAL, "invalid layer name \"%s\"", name ? name : "");
-  int cfd = sidecar_dir (dirfd, true);
+  int cfd = store_sidecar_dir (dirfd, true);
   if (cfd < 0)
     return -1;
   char *file = qb_asprintf ("%s.json", name);
@@ -497,7 +498,7 @@ store_sidecar_remove (int dirfd, const char *name)
 {
   if (!qb_name_is_safe (name))
     return qb_error_set (QB_EINVAL, "invalid layer name \"%s\"", name ? name : "");
-  int cfd = sidecar_dir (dirfd, false);
+  int cfd = store_sidecar_dir (dirfd, false);
   if (cfd < 0)
     return qb_error_code () == QB_ENOENT ? (qb_error_clear (), 0) : -1;
   char *file = qb_asprintf ("%s.json", name);

@@ -49,14 +49,6 @@ typedef struct rw_unit {
 
 /* ---- small helpers ---- */
 
-static const char *
-jget_str (json_object *o, const char *key)
-{
-  json_object *v;
-  if (!o || !json_object_object_get_ex (o, key, &v) || !json_object_is_type (v, json_type_string))
-    return NULL;
-  return json_object_get_string (v);
-}
 
 /* True when REL is a relative path of safe components (at most three). */
 static bool
@@ -284,7 +276,7 @@ entry_sizes (const rw_unit *u, json_object *d, const char *rel)
 static void
 entry_make_full (const rw_unit *u, json_object *d, const char *newname, const char *rel)
 {
-  const char *old = jget_str (d, "file");
+  const char *old = store_json_str (d, "file");
   const char *sl = old ? strrchr (old, '/') : NULL;
   char *file = sl ? qb_asprintf ("%.*s/%s", (int) (sl - old), old, newname) : qb_strdup (newname);
   json_object_object_add (d, "file", json_object_new_string (file));
@@ -319,7 +311,7 @@ rec_entry (json_object *obj, const char *disk, size_t *idx)
     return NULL;
   for (size_t i = 0; i < json_object_array_length (disks); i++) {
     json_object *d = json_object_array_get_idx (disks, i);
-    const char *n = jget_str (d, "name");
+    const char *n = store_json_str (d, "name");
     if (n && strcmp (n, disk) == 0) {
       if (idx)
         *idx = i;
@@ -467,10 +459,10 @@ step_record (const rw_unit *u, const char *kind, const char *id, const char *dis
 static int
 step_run (const rw_unit *u, json_object *s)
 {
-  const char *op = jget_str (s, "do");
-  const char *file = jget_str (s, "file"), *to = jget_str (s, "to"), *dir = jget_str (s, "dir");
-  const char *name = jget_str (s, "layer"), *id = jget_str (s, "id"), *disk = jget_str (s, "disk");
-  const char *arg = jget_str (s, "arg");
+  const char *op = store_json_str (s, "do");
+  const char *file = store_json_str (s, "file"), *to = store_json_str (s, "to"), *dir = store_json_str (s, "dir");
+  const char *name = store_json_str (s, "layer"), *id = store_json_str (s, "id"), *disk = store_json_str (s, "disk");
+  const char *arg = store_json_str (s, "arg");
   if (!op)
     return qb_error_set (QB_EDAMAGED, "a step of the rewrite journal has no \"do\"");
   if ((file && !rel_ok (file)) || (dir && strcmp (dir, ".") != 0 && !rel_ok (dir))

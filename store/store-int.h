@@ -76,6 +76,14 @@ const char *store_kind_word (store_kind k);
 /* Parse the record JSON OBJ into REC; false if it is not a usable record. */
 bool store_rec_parse (json_object *obj, store_rec *rec);
 
+/* The string member KEY of the JSON object O, or NULL (missing, not a
+ * string, or O NULL). */
+const char *store_json_str (json_object *o, const char *key);
+
+/* The .chain folder of disk folder DIRFD, opened without following a link
+ * (created 0700 with CREATE): the descriptor, or -1. */
+int store_sidecar_dir (int dirfd, bool create);
+
 /* Free a record's contents. */
 void store_rec_clear (store_rec *rec);
 

@@ -232,17 +232,6 @@ sums_entry (void *opaque, uint64_t guest, uint64_t len, qcow2_kind k, uint64_t h
   return 0;
 }
 
-/* The .chain folder of DIRFD (made 0700 with CREATE), or -1. */
-static int
-chain_dir (int dirfd, bool create)
-{
-  if (create && mkdirat (dirfd, STORE_SIDECAR_DIR, 0700) < 0 && errno != EEXIST)
-    return qb_error_set_errno (errno, "create %s", STORE_SIDECAR_DIR);
-  int fd = openat (dirfd, STORE_SIDECAR_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0)
-    return store_fs_error (errno, "open", STORE_SIDECAR_DIR);
-  return fd;
-}
 
 /* Fill the 128-byte header HDR. */
 static void
@@ -297,7 +286,7 @@ store_sums_write_file (int dirfd, const char *file, const char *layer)
     goto out;
   }
   w->fd = -1;
-  if ((cfd = chain_dir (dirfd, true)) < 0)
+  if ((cfd = store_sidecar_dir (dirfd, true)) < 0)
     goto out;
   unlinkat (cfd, tmp, 0);
   w->fd = openat (cfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -380,7 +369,7 @@ store_sums_remove (int dirfd, const char *layer)
 {
   if (!qb_name_is_safe (layer))
     return qb_error_set (QB_EINVAL, "invalid layer name \"%s\"", layer ? layer : "");
-  int cfd = chain_dir (dirfd, false);
+  int cfd = store_sidecar_dir (dirfd, false);
   if (cfd < 0)
     return qb_error_code () == QB_ENOENT ? (qb_error_clear (), 0) : -1;
   char *a = qb_asprintf ("%s" SUMS_SUFFIX, layer);
@@ -808,7 +797,7 @@ store_verify_save (int dirfd, const char *layer, const store_verify_report *rep,
                           json_object_new_int64 ((int64_t) rep->sb.st_mtim.tv_sec * 1000000000
                                                  + rep->sb.st_mtim.tv_nsec));
   int ret = -1;
-  int cfd = chain_dir (dirfd, true);
+  int cfd = store_sidecar_dir (dirfd, true);
   if (cfd >= 0) {
     if (rep->result == STORE_VERIFY_DAMAGED) {
       char *t = damage_text (when, rep->damaged, g, rep->why);

@@ -186,3 +186,23 @@ done
 [ "$(grep -c '(last)' "$T/out")" -eq 2 ] || qb_die "expected two points kept by last: $(cat "$T/out")"
 grep -q "damaged chain" "$T/out" || qb_die "the damaged chain's point is not said to be left alone: $(cat "$T/out")"
 echo "damaged points are kept as they are and take no healthy point's place"
+
+# A hostile or damaged journal in the store: paths out of the VM folder are
+# refused before anything runs, an oversized or broken journal is not
+# guessed at; its chains are not served and nothing outside is touched.
+rm -rf "$T/h"; mkdir "$T/h"; cp -a "$T/store/vm2" "$T/h/vm2"
+echo keep > "$T/outside"
+cat > "$T/h/vm2/.rewrite.json" <<'JSON'
+{ "version": 1, "op": "prune", "hide": [], "busy": [], "lock": [],
+  "steps": [ { "do": "unlink", "file": "../../outside" } ], "done": 0 }
+JSON
+rc=0; "$QMPREBASE" prune --dir "$T/h/vm2" --keep-last 100 >/dev/null 2>"$T/err" || rc=$?
+[ $rc -eq 1 ] && grep -q "unsafe path" "$T/err" || qb_die "a journal step out of the VM folder: rc $rc, $(cat "$T/err")"
+[ -e "$T/outside" ] || qb_die "a journal step removed a file outside the store"
+head -c 2000000 /dev/zero | tr '\0' '{' > "$T/h/vm2/.rewrite.json"
+rc=0; "$QMPREBASE" prune --dir "$T/h/vm2" --keep-last 100 >/dev/null 2>"$T/err" || rc=$?
+[ $rc -eq 1 ] && grep -q "cannot be read" "$T/err" || qb_die "an oversized journal: rc $rc, $(cat "$T/err")"
+rc=0; "$QMPREBASE" merge --dir "$T/h/vm2/disk0" --until "${mids[6]}" --targetfile "$T/read.raw" \
+  --force >/dev/null 2>&1 || rc=$?
+[ $rc -ne 0 ] || qb_die "a point was served while an unreadable journal may be rewriting its chain"
+echo "hostile and oversized journals: refused, nothing outside touched, chains not served"
