@@ -16,20 +16,42 @@ cmp_point (const void *a, const void *b)
   return strcmp (x->id, y->id);
 }
 
-/* Index of point ID in PTS[0..N-1], appending it when new. */
+/* Append one entry for layer L (an entry per layer: points that span several
+ * disks are merged after sorting, see points_merge); its index. */
 static size_t
-point_add (store_prune_point **pts, size_t *n, const store_layer *l)
+point_add (store_prune_point **pts, size_t *n, size_t *cap, const store_layer *l)
 {
-  for (size_t i = 0; i < *n; i++)
-    if (strcmp ((*pts)[i].id, l->id) == 0)
-      return i;
-  *pts = qb_realloc (*pts, (*n + 1) * sizeof **pts);
+  if (*n == *cap) {
+    *cap = *cap ? *cap * 2 : 64;
+    *pts = qb_realloc (*pts, *cap * sizeof **pts);
+  }
   store_prune_point *p = &(*pts)[(*n)++];
   memset (p, 0, sizeof *p);
   snprintf (p->id, sizeof p->id, "%s", l->id);
   snprintf (p->display, sizeof p->display, "%s", l->display);
   p->time_us = l->time_us;
   return *n - 1;
+}
+
+/* Sort PTS[0..*N-1] by id and fold entries of the same point into one
+ * (bytes summed, damaged and pinned if any of its layers is). */
+static void
+points_merge (store_prune_point *pts, size_t *n)
+{
+  if (*n < 2)
+    return;
+  qsort (pts, *n, sizeof *pts, cmp_point);
+  size_t w = 0;
+  for (size_t i = 1; i < *n; i++) {
+    if (strcmp (pts[w].id, pts[i].id) == 0) {
+      pts[w].bytes += pts[i].bytes;
+      pts[w].damaged |= pts[i].damaged;
+      pts[w].pinned |= pts[i].pinned;
+    }
+    else
+      pts[++w] = pts[i];
+  }
+  *n = w + 1;
 }
 
 int
@@ -48,7 +70,7 @@ store_prune (store *st, const char *vm, const store_retention *policy,
   if (!v)
     return -1;
   store_prune_point *pts = NULL;
-  size_t n = 0;
+  size_t n = 0, cap = 0;
   for (size_t d = 0; d < v->ndisks; d++) {
     const store_disk *sd = &v->disks[d];
     for (size_t c = 0; c < sd->nchains; c++) {
@@ -59,7 +81,7 @@ store_prune (store *st, const char *vm, const store_retention *policy,
         const store_layer *l = &sd->chains[c].layers[i];
         if (l->removing)
           continue;
-        size_t k = point_add (&pts, &n, l);
+        size_t k = point_add (&pts, &n, &cap, l);
         pts[k].bytes += l->file_size;
         if (chain_damaged)
           pts[k].damaged = true;
@@ -68,8 +90,7 @@ store_prune (store *st, const char *vm, const store_retention *policy,
       }
     }
   }
-  if (n > 1)
-    qsort (pts, n, sizeof *pts, cmp_point);
+  points_merge (pts, &n);
   /* The policy judges the healthy points only: a damaged point must never
      take the slot of a healthy one (it is kept anyway, below). */
   int64_t *times = qb_calloc (n ? n : 1, sizeof *times);
