@@ -37,12 +37,15 @@ median() {
           else printf "%.6g\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
-# Run CMD... and print its wall time in seconds (its output goes to /dev/null).
+# Run CMD... and print its wall time in seconds (its output goes to /dev/null);
+# if CMD fails, print nothing, say so on stderr and return its status (a
+# failed run is not a figure).
 timeit() {
-  local a b
+  local a b rc=0
   a=$(now)
-  "$@" > /dev/null
+  "$@" > /dev/null || rc=$?
   b=$(now)
+  if ((rc)); then note "FAILED ($rc): $*"; return "$rc"; fi
   tdiff "$a" "$b"
 }
 
@@ -243,4 +246,27 @@ fig_table() {
   for i in "${!FIG_LABEL[@]}"; do
     say "| ${FIG_LABEL[$i]} | $(fmt "${FIG_OURS[$i]}" "${FIG_UNIT[$i]}") | $(fmt "${FIG_PEER[$i]}" "${FIG_UNIT[$i]}") | $(fmt "${FIG_RATIO[$i]}" x) | ${FIG_MET[$i]} |"
   done
+}
+
+# ---- the Python qmpbackup 0.67 as a peer ----
+
+# Set PEER_CMD to the command that runs the peer's `qmpbackup` SCRIPT: a
+# Python script (its first line names python) runs with /usr/bin/python3 and
+# PYTHONPATH=PYPATH (Debian's python, not another one on PATH); anything else
+# executable (a wrapper that sets its own paths) runs as it is.  Fails with
+# the reason on stdout when it cannot run.
+peer_cmd() {
+  local script=$1 pypath=$2 first=
+  PEER_CMD=()
+  [ -r "$script" ] || { echo "$script missing"; return 1; }
+  IFS= read -r first < "$script" || true
+  if [[ $first == '#!'*python* ]]; then
+    [ -x /usr/bin/python3 ] || { echo "/usr/bin/python3 missing"; return 1; }
+    PEER_CMD=(env "PYTHONPATH=$pypath" /usr/bin/python3 "$script")
+  elif [ -x "$script" ]; then
+    PEER_CMD=("$script")
+  else
+    echo "$script is neither a Python script nor executable"
+    return 1
+  fi
 }

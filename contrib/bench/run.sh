@@ -60,7 +60,8 @@ DEPTHS=(1 10 50)
 SCALE_VMS=50 SCALE_POINTS=200 SCALE_CHAIN=50
 # The Python qmpbackup 0.67 as the peer of an idle inc: QB_PEER_QMPBACKUP is
 # the path of its `qmpbackup` script (run by /usr/bin/python3 with
-# QB_PEER_PYTHONPATH, e.g. its lib folder with qemu/qmp/ beside its source).
+# QB_PEER_PYTHONPATH, e.g. its lib folder with qemu/qmp/ beside its source)
+# or of an executable wrapper that runs it (see peer_cmd in lib.sh).
 PEER_QMPBACKUP=${QB_PEER_QMPBACKUP:-}
 PEER_PYTHONPATH=${QB_PEER_PYTHONPATH:-}
 
@@ -318,19 +319,29 @@ if section backup; then
   if [ -z "$PEER_QMPBACKUP" ]; then
     note "Python qmpbackup not measured: set QB_PEER_QMPBACKUP to its qmpbackup script (and QB_PEER_PYTHONPATH)"
     peer_idle="not measured (QB_PEER_QMPBACKUP unset)"
-  elif [ ! -r "$PEER_QMPBACKUP" ] || [ ! -x /usr/bin/python3 ]; then
-    peer_idle="not measured ($PEER_QMPBACKUP or /usr/bin/python3 missing)"
+  elif ! why=$(peer_cmd "$PEER_QMPBACKUP" "$PEER_PYTHONPATH"); then
+    peer_idle="not measured ($why)"
   else
+    peer_cmd "$PEER_QMPBACKUP" "$PEER_PYTHONPATH"
     qb_vm_start pvm "drive0:qcow2:$BK_SIZE"
     psock=$(qb_vm_socket pvm)
+    qb_guest_write pvm drive0 "write -P 0x5a 0 $bytes"   # the same data as ours
+    qb_guest_write pvm drive0 flush
     pybackup() {
-      PYTHONPATH=$PEER_PYTHONPATH /usr/bin/python3 "$PEER_QMPBACKUP" --socket "$psock" \
+      "${PEER_CMD[@]}" --socket "$psock" \
         backup --level "$1" --target "$T/pystore" > /dev/null 2>> "$T/pyqmpbackup.log"
     }
     if pybackup full; then
       P=()
-      for ((run = 0; run < INC_IDLE_RUNS; run++)); do P+=("$(timeit pybackup inc)"); done
-      peer_idle=$(median "${P[@]}")
+      for ((run = 0; run < INC_IDLE_RUNS; run++)); do
+        t=$(timeit pybackup inc) || { P=(); break; }
+        P+=("$t")
+      done
+      if ((${#P[@]})); then
+        peer_idle=$(median "${P[@]}")
+      else
+        peer_idle="not measured (its inc failed: $(tail -n 1 "$T/pyqmpbackup.log" | tr -d '|' | cut -c1-80))"
+      fi
     else
       peer_idle="not measured (its full backup failed: $(tail -n 1 "$T/pyqmpbackup.log" | tr -d '|' | cut -c1-80))"
     fi
