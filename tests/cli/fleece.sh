@@ -2,10 +2,10 @@
 # Image fleecing (qmpbackup --fleece-dir): while a speed-limited job runs the
 # guest's device sits on our copy-before-write filter, a fleece image exists
 # in the fleece directory, and the guest writes (data, zeroes, discards) on
-# clusters copied and not copied yet; each FULL and INC equals the disks at
-# the moment of its transaction.  Afterwards QEMU's block graph is the one
-# before (devices on their nodes, no node of ours) and no fleece image is
-# left: after a success, after Ctrl-C (SIGINT), after a failure (the fleece
+# clusters copied and not copied yet; each FULL and INC (and a compressed
+# FULL) equals the disks at the moment of its transaction.  Afterwards
+# QEMU's block graph is the one before (devices on their nodes, no node of
+# ours) and no fleece image is left: after a success, after Ctrl-C (SIGINT), after a failure (the fleece
 # directory fills up: the guest's writes still succeed, the backup fails),
 # with an unusable fleece directory (a clear error, nothing changed).  A
 # qmpbackup killed with SIGKILL mid-job leaves the filter and the image; the
@@ -123,7 +123,8 @@ nlayers() { qb_layers "$T/store/vm1/drive0" | wc -l; }
 
 BASE=$(graph vm1)
 
-# One backup at LEVEL while the guest writes "DISK:qemu-io command"...: the
+LIVE_ARGS=()
+# One backup at LEVEL (and LIVE_ARGS) while the guest writes "DISK:qemu-io command"...: the
 # VM is stopped for the capture and until the jobs have copied 2 MiB, then
 # the guest writes with the jobs slowed down.
 live_round() {
@@ -131,7 +132,7 @@ live_round() {
   shift
   qb_qmp vm1 stop >/dev/null
   for d in $DISKS; do qb_capture vm1 "$d" "$T/cap/$d.raw"; done
-  start_backup "$level" --fleece-dir "$FL" --speed 1M
+  start_backup "$level" --fleece-dir "$FL" --speed 1M "${LIVE_ARGS[@]}"
   wait_jobs $((2 << 20))
   jobs_speed vm1 65536
   [ "$(on_filter vm1)" = 2 ] || qb_die "$level: the devices are not on the fleecing filter: $(graph vm1)"
@@ -174,6 +175,13 @@ qb_backup_expect 0 vm1 inc --fleece-dir "$FL"
 check_newest
 qb_qmp vm1 cont >/dev/null
 assert_clean vm1 "$BASE" "$FL" "the inc after the live inc"
+
+# Compressed: the second job writes plain clusters over compressed ones.
+LIVE_ARGS=(--compress)
+live_round full \
+  "drive0:write -z $((30 << 20 | 4096)) 64k" "drive0:discard 33M 1M" "drive0:write -P 0x47 36M 1M" \
+  "data1:write -z $((9 << 20 | 8192)) 64k"
+LIVE_ARGS=()
 
 # Ctrl-C mid-job: exit 130, no new point, graph and directory as before.
 n0=$(nlayers)
