@@ -97,7 +97,7 @@ const char *eng_resume (eng_run *r);
 #define FLEECE_FILE_PREFIX ".qmpbackup-fleece-"   /* fleece images: PREFIX<target8>-<n>.qcow2 */
 
 /* Decide whether this run fleeces (opts->fleece: NULL, "" or "off" = no,
- * else a directory; refused with QEMU <= 7.2), sweep leftover fleece images
+ * else a directory), sweep leftover fleece images
  * of this target from the directory, create and attach one fleece image per
  * disk.  0 or -1 (a directory that cannot be used is an error). */
 int fleece_prepare (eng_run *r);
@@ -118,6 +118,14 @@ const char *fleece_bitmap (const eng_run *r, const eng_disk *d);
  * for an INC from a snapshot-access node, a temporary bitmap on that node
  * holding the chain bitmap's bits. */
 void fleece_txn_actions (const eng_run *r, const eng_disk *d, json_object *actions);
+
+/* Call when the jobs IDS (one per disk) reached "pending" (they read all
+ * they need): when fleecing, finalize them and copy the clusters each
+ * fleece image holds (what the guest changed during the jobs, as it was at
+ * the point) over the target with a new job of the same id, which is then
+ * "pending" too.  Mends QEMU 7.2's snapshot-access, whose block status can
+ * report such clusters as zeros.  0 or -1. */
+int fleece_repair (eng_run *r, char *const *ids);
 
 /* Send the "cont" fleece_insert owes (not cancelable).  Keeps the error. */
 void fleece_resume (eng_run *r);

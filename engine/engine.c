@@ -781,6 +781,8 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   rc = jobs_wait (r->q, ids, r->n, "pending", tick, r);
   if (rc < 0)
     fleece_explain (r);
+  if (rc == 0)
+    rc = fleece_repair (r, ids);
   if (rc == 0) {
     eng_report (r, "committing");
     for (size_t i = 0; i < r->n && rc == 0; i++)

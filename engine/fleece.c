@@ -19,6 +19,19 @@
  * where the guest's writes still land; an INC's job reads through a
  * temporary bitmap on the snapshot-access node that holds the chain
  * bitmap's bits (QEMU looks the bitmap up on the job's source node).
+ *
+ * QEMU 7.2's snapshot-access reads the right bytes but can report the
+ * wrong block status: a range the guest changed during the job (seen with
+ * zero writes of part of a cluster) is reported as zeros, and the job
+ * writes zeros where the point in time had data.  Every cluster the guest
+ * changed during the job is one the filter copied into the fleece image
+ * first, and every other cluster the job read from the unchanged disk.  So
+ * once the jobs have read everything (fleece_repair), a second job per
+ * disk, with the same id, copies the clusters allocated in the fleece image
+ * (sync "top": the image has no backing) over the target: the point in
+ * time's bytes where the first job may have stored zeros.  One path for
+ * every QEMU version: the tested path is the path used.
+ *
  * Node names carry the first 8 digits of the target id like the target
  * nodes, so a crashed run's leftovers are found and removed by the next
  * backup into the same store (fleece_cleanup), and leftover fleece images
@@ -187,47 +200,15 @@ fleece_add (eng_run *r, eng_disk *d, const char *dir, size_t i)
   return d->qdev ? 0 : -1;
 }
 
-/* 0 when QEMU's snapshot-access is known to be wrong (QEMU <= 7.2: its
- * block status is the live disk's, so a range the guest zeroes or discards
- * during the job reads as zeros to the job, which then stores zeros where
- * the point in time had data), 1 otherwise, -1 on errors. */
-static int
-qemu_fleece_safe (qmp *q, char *ver, size_t len)
-{
-  json_object *v = qmp_execute (q, "query-version", NULL, QMP_COMMAND_TIMEOUT_MS), *qe, *x;
-  if (!v)
-    return -1;
-  int major = 0, minor = 0;
-  if (json_object_object_get_ex (v, "qemu", &qe)) {
-    if (json_object_object_get_ex (qe, "major", &x))
-      major = json_object_get_int (x);
-    if (json_object_object_get_ex (qe, "minor", &x))
-      minor = json_object_get_int (x);
-  }
-  json_object_put (v);
-  snprintf (ver, len, "%d.%d", major, minor);
-  return major > 7 || (major == 7 && minor > 2);
-}
-
 /* Decide on fleecing and create the fleece images. */
 int
 fleece_prepare (eng_run *r)
 {
   const char *f = r->opts->fleece;
   r->fleecing = false;
-  /* Off unless asked for: see qemu_fleece_safe. */
+  /* Off unless asked for. */
   if (!f || !*f || strcmp (f, "off") == 0 || r->opts->pause)
     return 0;                /* (a paused guest does not feel the backup) */
-  char ver[32];
-  int safe = qemu_fleece_safe (r->q, ver, sizeof ver);
-  if (safe < 0)
-    return -1;
-  if (!safe)
-    return qb_error_set (QB_EINVAL, "image fleecing is refused with QEMU %s: its snapshot-access "
-                         "node reports the live disk's zeroed and discarded ranges to the backup "
-                         "job, so a guest write of zeroes or a discard during the backup would "
-                         "put zeros into the restore point where the disk had data; back up "
-                         "without --fleece-dir (or \"off\")", ver);
   /* A crashed run's images first (the store lock keeps this target's runs apart). */
   for (size_t i = 0; i < r->n; i++) {
     char *dir = fleece_dir_of (r, &r->d[i]);
@@ -355,6 +336,42 @@ fleece_txn_actions (const eng_run *r, const eng_disk *d, json_object *actions)
   json_object_array_add (srcs, src);
   json_object_object_add (m, "bitmaps", srcs);
   action (actions, "block-dirty-bitmap-merge", m);
+}
+
+/* After the jobs reached "pending": finalize them, then copy each fleece
+ * image's allocated clusters over its target with a job of the same id. */
+int
+fleece_repair (eng_run *r, char *const *ids)
+{
+  if (!r->fleecing)
+    return 0;
+  eng_report (r, "copying the blocks changed meanwhile from the fleece images");
+  if (jobs_finalize (r->q, ids, r->n) < 0)
+    return -1;
+  for (size_t i = 0; i < r->n; i++) {
+    eng_disk *d = &r->d[i];
+    json_object *args = json_object_new_object ();
+    json_object_object_add (args, "job-id", json_object_new_string (d->job));
+    json_object_object_add (args, "device", json_object_new_string (d->flnode));
+    json_object_object_add (args, "target", json_object_new_string (d->tnode));
+    /* "top": only what the filter saved (the image has no backing).  Never
+     * compressed: QEMU writes compressed clusters only where none is. */
+    json_object_object_add (args, "sync", json_object_new_string ("top"));
+    json_object_object_add (args, "auto-finalize", json_object_new_boolean (false));
+    json_object_object_add (args, "auto-dismiss", json_object_new_boolean (false));
+    if (r->opts->speed)
+      json_object_object_add (args, "speed", json_object_new_int64 ((int64_t) r->opts->speed));
+    if (qmp_run (r->q, "blockdev-backup", args, QMP_COMMAND_TIMEOUT_MS) < 0) {
+      qb_error_prefix ("copying the blocks disk %s changed during the backup from its fleece "
+                       "image", d->vd->name);
+      return -1;
+    }
+  }
+  if (jobs_wait (r->q, ids, r->n, "pending", NULL, NULL) < 0) {
+    qb_error_prefix ("copying the blocks changed during the backup from the fleece images");
+    return -1;
+  }
+  return 0;
 }
 
 /* Send the owed "cont". */

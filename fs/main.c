@@ -142,7 +142,7 @@ usage (const char *prog)
           "  -o speed=N[K|M|G]       limit each backup job to N bytes per second\n"
           "  -o fleece=DIR|off       image fleecing: old data the guest overwrites during a\n"
           "                          backup goes to a temporary image in DIR, not to the\n"
-          "                          store; off (default): none; refused with QEMU <= 7.2\n"
+          "                          store; off (default): none\n"
           "  -o compress             compressed backup files\n"
           "  -o include=D1:D2        back up only these disks\n"
           "  -o exclude=D1:D2        never back up these disks\n"

@@ -79,7 +79,7 @@ static const char backup_usage[] =
   "  --fleece-dir DIR|off  image fleecing: while the copy runs, old data of the blocks\n"
   "                    the guest overwrites goes to a temporary image in DIR (local\n"
   "                    disk), so guest writes do not wait for the store; off (the\n"
-  "                    default): none.  Refused with QEMU <= 7.2 (wrong restores there)\n"
+  "                    default): none\n"
   "  --compress        compress the backup images\n"
   "  --include-raw     accepted for compatibility: raw disks are always backed up\n"
   "  -q, --quiet       no progress output\n"

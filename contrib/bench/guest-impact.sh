@@ -2,9 +2,11 @@
 # What a running backup costs the guest: guest write latency (p50, p99) and
 # write throughput while nothing runs, during a full and during an inc taken
 # by qmpbackup without fleecing (the default) and with fleecing (--fleece-dir
-# on local disk; refused with QEMU <= 7.2, whose rows then say "failed").  The
-# store is on local disk, the jobs speed-limited (--speed, default 0: none), and, when
-# glusterfsd is installed, on a GlusterFS volume over loopback.
+# on local disk; a row whose backup failed says "failed").  The store is on
+# local disk, the jobs speed-limited (--speed, default 0: none), and, when
+# glusterfsd is installed, on a GlusterFS volume over loopback.  The backup
+# time of a fleecing row includes the second job that copies what the guest
+# changed meanwhile from the fleece image (see engine/fleece.c).
 #
 #   sudo contrib/bench/guest-impact.sh [--size MiB] [--speed BYTES] [--no-gluster]
 #

@@ -13,12 +13,18 @@ set -euo pipefail
 . "$QB_SOURCE_DIR/tests/faults/lib.sh"
 fault_init
 qb_need "$QMPBACKUP"
+# "fleece" as the third argument: every backup with image fleecing.
+fleece_opt='' fleece_cli=()
+if [ "${3:-}" = fleece ]; then
+  mkdir -p "$T/fleece"
+  fleece_opt=",fleece=$T/fleece" fleece_cli=(--fleece-dir "$T/fleece")
+fi
 
 qb_vm_start vm1 drive0:qcow2:64M data1:raw:16M
 qb_qmp vm1 cont >/dev/null
 qb_guest_write vm1 drive0 "write -P 0x11 0 40M"
 qb_guest_write vm1 data1 "write -P 0x12 0 12M"
-qb_fs_mount "$store" "$mnt" -o "sockets=$T/sockets,speed=1M"
+qb_fs_mount "$store" "$mnt" -o "sockets=$T/sockets,speed=1M$fleece_opt"
 ndisks=2
 
 # Print "N MIN_LEFT" for VM's block jobs: their number and the smallest
@@ -57,7 +63,7 @@ start_backup() {
     BPID=$WRITER
   else
     "$QMPBACKUP" --socket "$(qb_vm_socket vm1)" backup --level "$level" \
-      --target "$store/vm1" --speed 1M --quiet >"$T/cli.out" 2>&1 &
+      --target "$store/vm1" --speed 1M --quiet "${fleece_cli[@]}" >"$T/cli.out" 2>&1 &
     BPID=$!
   fi
 }
@@ -95,6 +101,8 @@ live_round() {
   done
   [ "$n" = "$ndisks" ] && [ "$left" = 0 ] ||
     qb_die "$level via $via: jobs never got $done_bytes bytes done ($n jobs, $left bytes short): $(qb_qmp vm1 query-block-jobs) $(cat "$T/writer.out" "$T/cli.out" 2>/dev/null)"
+  [ -z "$fleece_opt" ] || qb_qmp vm1 query-block | grep -q '"node-name": *"qmpbackup-cbw-' ||
+    qb_die "$level via $via: the devices are not on the fleecing filter: $(qb_qmp vm1 query-block)"
   jobs_speed vm1 65536    # slower still while the guest writes (a loaded machine is slow)
   qb_qmp vm1 cont >/dev/null
   for w in "$@"; do qb_guest_write vm1 "${w%%:*}" "${w#*:}"; done
