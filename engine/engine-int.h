@@ -23,7 +23,7 @@ typedef struct eng_disk {
   char *bitmap;              /* "qmpbackup-<target>-<chain>" (or an older version's name) */
   char *next;                /* INC: "qmpbackup-next-<target>-<chain>", records writes after the point */
   char job[48];              /* job id */
-  char tnode[48], fnode[48], bnode[48]; /* target, its file, its backing */
+  char tnode[48], fnode[48];  /* target and its file */
   const char *tmp;           /* temporary target path (owned by the txn) */
   bool node_added;
   /* Fleecing (fleece.c): the fleece image, the copy-before-write filter
