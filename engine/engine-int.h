@@ -66,6 +66,23 @@ typedef struct eng_run {
   bool fl_stopped;           /* fleece_insert sent "stop": "cont" is owed (fleece_resume) */
 } eng_run;
 
+/* ---- QEMU jobs (jobs.c) ---- */
+
+/* The one wait for QEMU jobs (jobs_wait is it without a time limit): until
+ * every job in IDS (N) has status WANT ("pending", or "concluded", which a
+ * dismissed job's "null" also satisfies).  query-jobs decides; it is read
+ * again when a JOB_STATUS_CHANGE event of one of the jobs names WANT or an
+ * end ("aborting", "concluded", "null"), on BLOCK_JOB_ERROR, and at least
+ * every second.  TICK (may be NULL) gets the progress after each read.
+ * TIMEOUT_MS > 0 bounds the wait (QB_ETIMEDOUT).  With LAST non-NULL, on
+ * success *LAST is the final query-jobs list (new reference), so a caller
+ * reads the jobs' errors without another round trip.  -1 when a job
+ * disappears or, waiting for "pending", ends early (its error in the
+ * message), the VM goes away (QB_EHOSTDOWN) or the wait is canceled
+ * (QB_ECANCELED). */
+int jobs_await (qmp *q, char *const *ids, size_t n, const char *want, int timeout_ms,
+                jobs_tick_fn tick, void *opaque, json_object **last);
+
 /* Report progress PHASE to the caller (opts->progress). */
 void eng_report (eng_run *r, const char *phase);
 

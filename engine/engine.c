@@ -462,15 +462,6 @@ target_create (eng_run *r, eng_disk *d)
     free (backing);
     return -1;
   }
-  char job[64], node[64];
-  snprintf (job, sizeof job, "%s-create", d->job);
-  snprintf (node, sizeof node, "%s-c", d->tnode);
-  int rc = target_image_create (r->q, job, node, d->tmp, d->vd->size, backing);
-  free (backing);
-  if (rc < 0) {
-    qb_error_prefix ("creating the target image of disk %s", d->vd->name);
-    return -1;
-  }
   json_object *args = json_object_new_object ();
   json_object_object_add (args, "driver", json_object_new_string ("qcow2"));
   json_object_object_add (args, "node-name", json_object_new_string (d->tnode));
@@ -486,8 +477,13 @@ target_create (eng_run *r, eng_disk *d)
    * chain would cost a node per layer. */
   if (kind == STORE_INC)
     json_object_object_add (args, "backing", NULL);
-  if (qmp_run (r->q, "blockdev-add", args, QMP_COMMAND_TIMEOUT_MS) < 0) {
-    qb_error_prefix ("attaching the target of disk %s", d->vd->name);
+  char job[64], node[64];
+  snprintf (job, sizeof job, "%s-create", d->job);
+  snprintf (node, sizeof node, "%s-c", d->tnode);
+  int rc = target_image_create (r->q, job, node, d->tmp, d->vd->size, backing, args);
+  free (backing);
+  if (rc < 0) {
+    qb_error_prefix ("creating the target image of disk %s", d->vd->name);
     return -1;
   }
   d->node_added = true;
@@ -878,9 +874,29 @@ finish (eng_run *r)
     }
     json_object *args = json_object_new_object ();
     json_object_object_add (args, "actions", actions);
-    qmp_run (r->q, "transaction", args, QMP_COMMAND_TIMEOUT_MS);
-    for (size_t i = 0; i < r->n; i++)
-      bitmap_remove (r->q, r->d[i].vd->node, r->d[i].next);
+    /* The transaction and the removals of the "next" bitmaps in one round
+     * trip.  QEMU runs the removals also when the transaction failed: the
+     * chain's bitmap then still holds every change the "next" one does. */
+    const char *cmds[QMP_BATCH_MAX];
+    json_object *argv[QMP_BATCH_MAX], *res[QMP_BATCH_MAX];
+    size_t nb = 0;
+    cmds[nb] = "transaction";
+    argv[nb++] = args;
+    for (size_t i = 0; i < r->n; i++) {
+      if (nb == QMP_BATCH_MAX) {
+        qmp_execute_batch (r->q, cmds, argv, nb, res, QMP_COMMAND_TIMEOUT_MS);
+        for (size_t k = 0; k < nb; k++)
+          json_object_put (res[k]);
+        nb = 0;
+      }
+      cmds[nb] = "block-dirty-bitmap-remove";
+      argv[nb] = json_object_new_object ();
+      json_object_object_add (argv[nb], "node", json_object_new_string (r->d[i].vd->node));
+      json_object_object_add (argv[nb++], "name", json_object_new_string (r->d[i].next));
+    }
+    qmp_execute_batch (r->q, cmds, argv, nb, res, QMP_COMMAND_TIMEOUT_MS);
+    for (size_t k = 0; k < nb; k++)
+      json_object_put (res[k]);
   }
   drop_old_bitmaps (r);
   qb_error_clear ();
