@@ -100,10 +100,23 @@ queue_event (qmp *q, json_object *ev)
   q->ev_count++;
 }
 
-/* Read the greeting and negotiate capabilities within DEADLINE. */
+static int send_command (qmp *q, const char *cmd, json_object *args, uint64_t deadline,
+                         uint64_t *num);
+static int read_replies (qmp *q, const char *const *cmds, size_t n, uint64_t first,
+                         uint64_t deadline, int timeout_ms, json_object **out, char **errs,
+                         qb_err *codes);
+
+/* Read the greeting and negotiate capabilities within DEADLINE.  The
+ * qmp_capabilities command goes out before the greeting is read (QEMU
+ * reads it once it greeted us): one round trip less. */
 static int
 handshake (qmp *q, uint64_t deadline)
 {
+  uint64_t num;
+  if (send_command (q, "qmp_capabilities", NULL, deadline, &num) < 0) {
+    qb_error_prefix ("negotiating QMP capabilities on %s", q->path);
+    return -1;
+  }
   json_object *greet = jsonio_recv (q->io, left_ms (deadline));
   if (!greet) {
     if (qb_error_code () == QB_ETIMEDOUT)
@@ -116,9 +129,14 @@ handshake (qmp *q, uint64_t deadline)
   json_object_put (greet);
   if (!ok)
     return qb_error_set (QB_EPROTO, "%s does not speak QMP (no greeting)", q->path);
-  json_object *r = qmp_execute (q, "qmp_capabilities", NULL, left_ms (deadline));
+  static const char *const cmds[] = { "qmp_capabilities" };
+  json_object *r = NULL;
+  char *err = NULL;
+  qb_err code = QB_OK;
+  read_replies (q, cmds, 1, num, deadline, left_ms (deadline), &r, &err, &code);
   if (!r) {
-    qb_error_prefix ("negotiating QMP capabilities on %s", q->path);
+    qb_error_set (code, "negotiating QMP capabilities on %s: %s", q->path, err ? err : "?");
+    free (err);
     return -1;
   }
   json_object_put (r);
