@@ -84,6 +84,8 @@ bitmap_parse (json_object *jb, vm_bitmap *b)
   b->recording = get_bool (jb, "recording");
   b->busy = get_bool (jb, "busy");
   b->inconsistent = get_bool (jb, "inconsistent");
+  json_object *c = get_obj (jb, "count");
+  b->count = c ? (uint64_t) json_object_get_int64 (c) : UINT64_MAX;  /* unknown: dirty */
 }
 
 /* Add NAME to DISK's names unless it is NULL, empty, an automatic node

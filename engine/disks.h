@@ -22,6 +22,7 @@ typedef struct vm_bitmap {
   bool recording;
   bool busy;
   bool inconsistent;
+  uint64_t count;    /* dirty bytes when queried (QMP "count") */
 } vm_bitmap;
 
 typedef struct vm_disk {

@@ -64,6 +64,7 @@ typedef struct eng_run {
   bool paused;               /* opts->pause sent "stop": "cont" is owed (pause_resume) */
   bool fleecing;             /* the jobs read from snapshot-access nodes (fleece.c) */
   bool fl_stopped;           /* fleece_insert sent "stop": "cont" is owed (fleece_resume) */
+  bool unchanged;            /* an INC of disks whose chain bitmaps were empty: no job */
 } eng_run;
 
 /* ---- QEMU jobs (jobs.c) ---- */

@@ -14,6 +14,9 @@
  *   disk lack their L2 tables); finalize, dismiss and detach the targets
  *   (QEMU must not hold a file we rename: it may reopen it by name); commit
  *   the restore point in the store; only then reset the chain's bitmap.
+ *   An INC whose disks' chain bitmaps are all empty when the disks are
+ *   read (and that freezes, pauses and fleeces nothing) runs no job: its
+ *   empty targets are committed as they are and no bitmap is touched.
  *
  *   Bitmaps: a FULL adds "qmpbackup-<target>-<new chain>" in its
  *   transaction, <target> being the store folder's target id (store.h), so
@@ -442,7 +445,30 @@ decide_level (eng_run *r)
   return 0;
 }
 
-/* Create DISK's target image (QEMU's blockdev-create) and attach it. */
+/* The blockdev-add arguments that attach DISK's target (new object). */
+static json_object *
+target_attach_args (const eng_disk *d, store_kind kind)
+{
+  json_object *args = json_object_new_object ();
+  json_object_object_add (args, "driver", json_object_new_string ("qcow2"));
+  json_object_object_add (args, "node-name", json_object_new_string (d->tnode));
+  json_object *file = json_object_new_object ();
+  json_object_object_add (file, "driver", json_object_new_string ("file"));
+  json_object_object_add (file, "filename", json_object_new_string (d->tmp));
+  json_object_object_add (file, "node-name", json_object_new_string (d->fnode));
+  json_object_object_add (args, "file", file);
+  /* An INC target is opened without its backing chain (its header still
+   * names the previous layer): the job writes every cluster of the bitmap,
+   * data as data and zeroes as qcow2 v3 zero clusters (the image is v3
+   * for that reason), so nothing is read from below, and opening the
+   * chain would cost a node per layer. */
+  if (kind == STORE_INC)
+    json_object_object_add (args, "backing", NULL);
+  return args;
+}
+
+/* Create DISK's target image (QEMU's blockdev-create) and attach it
+ * (unless r->unchanged: then no job writes it). */
 static int
 target_create (eng_run *r, eng_disk *d)
 {
@@ -462,21 +488,7 @@ target_create (eng_run *r, eng_disk *d)
     free (backing);
     return -1;
   }
-  json_object *args = json_object_new_object ();
-  json_object_object_add (args, "driver", json_object_new_string ("qcow2"));
-  json_object_object_add (args, "node-name", json_object_new_string (d->tnode));
-  json_object *file = json_object_new_object ();
-  json_object_object_add (file, "driver", json_object_new_string ("file"));
-  json_object_object_add (file, "filename", json_object_new_string (d->tmp));
-  json_object_object_add (file, "node-name", json_object_new_string (d->fnode));
-  json_object_object_add (args, "file", file);
-  /* An INC target is opened without its backing chain (its header still
-   * names the previous layer): the job writes every cluster of the bitmap,
-   * data as data and zeroes as qcow2 v3 zero clusters (the image is v3
-   * for that reason), so nothing is read from below, and opening the
-   * chain would cost a node per layer. */
-  if (kind == STORE_INC)
-    json_object_object_add (args, "backing", NULL);
+  json_object *args = r->unchanged ? NULL : target_attach_args (d, kind);  /* NULL: no job writes it */
   char job[64], node[64];
   snprintf (job, sizeof job, "%s-create", d->job);
   snprintf (node, sizeof node, "%s-c", d->tnode);
@@ -486,7 +498,7 @@ target_create (eng_run *r, eng_disk *d)
     qb_error_prefix ("creating the target image of disk %s", d->vd->name);
     return -1;
   }
-  d->node_added = true;
+  d->node_added = !r->unchanged;
   return 0;
 }
 
@@ -735,6 +747,42 @@ discover (eng_run *r)
   return disks_query (r->q, &r->all, &r->nall);
 }
 
+/* True when this INC needs no job: every disk's chain bitmap was empty
+ * when the disks were read (one query-block, one instant for all disks), so
+ * the disks then equalled their previous points and the empty targets,
+ * whose headers name those points, are this point; writes since then stay
+ * in the chain bitmaps for the next INC (no bitmap is touched).  Only when
+ * nothing must come before the point: no freeze, no --pause, no fleecing. */
+static bool
+nothing_changed (const eng_run *r, const char *qga_path)
+{
+  const backup_opts *o = r->opts;
+  if (r->level != BACKUP_INC || o->pause || o->quiesce == QUIESCE_ON
+      || (o->quiesce == QUIESCE_DEFAULT && qga_path)
+      || (o->fleece && *o->fleece && strcmp (o->fleece, "off") != 0))
+    return false;
+  for (size_t i = 0; i < r->n; i++) {
+    const eng_disk *d = &r->d[i];
+    const vm_bitmap *b = d->bitmap ? disks_find_bitmap (d->vd, d->bitmap) : NULL;
+    if (!b || b->count != 0 || !b->recording || b->busy || b->inconsistent)
+      return false;
+  }
+  return true;
+}
+
+/* Commit an INC of unchanged disks (nothing_changed): no job ran. */
+static int
+commit_unchanged (eng_run *r)
+{
+  if (r->opts->cancel && atomic_load (r->opts->cancel))
+    return qb_error_set (QB_ECANCELED, "the backup was canceled");
+  eng_report (r, "committing");
+  json_object *extra = record_extra (r);
+  int rc = store_txn_commit (r->txn, extra);
+  json_object_put (extra);
+  return rc;
+}
+
 /* The steps from connecting to the commit; -1 leaves cleanup to the caller. */
 static int
 run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
@@ -783,9 +831,12 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   r->txn = store_txn_begin (r->st, r->vm, now, o->monthly);
   if (!r->txn)
     return -1;
+  r->unchanged = nothing_changed (r, qga_path);
   for (size_t i = 0; i < r->n; i++)
     if (target_create (r, &r->d[i]) < 0)
       return -1;
+  if (r->unchanged)
+    return commit_unchanged (r);
   if (fleece_prepare (r) < 0)
     return -1;
   if (eng_pause (r) < 0)
@@ -850,7 +901,7 @@ static void
 finish (eng_run *r)
 {
   qmp_set_cancel (r->q, NULL);
-  if (r->level == BACKUP_INC) {
+  if (r->level == BACKUP_INC && !r->unchanged) {
     json_object *actions = json_object_new_array ();
     for (size_t i = 0; i < r->n; i++) {
       eng_disk *d = &r->d[i];
