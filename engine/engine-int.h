@@ -69,9 +69,11 @@ typedef struct eng_run {
 
 /* ---- QEMU jobs (jobs.c) ---- */
 
-/* The one wait for QEMU jobs (jobs_wait is it without a time limit): until
- * every job in IDS (N) has status WANT ("pending", or "concluded", which a
- * dismissed job's "null" also satisfies).  query-jobs decides; it is read
+/* The one wait for QEMU jobs (jobs_wait is it without a time limit and
+ * reading first): until every job in IDS (N) has status WANT ("pending",
+ * or "concluded", which a dismissed job's "null" also satisfies).
+ * query-jobs decides; it is read first (with EVENT_FIRST only after the
+ * first waking event, for jobs just started, which are not there yet), and
  * again when a JOB_STATUS_CHANGE event of one of the jobs names WANT or an
  * end ("aborting", "concluded", "null"), on BLOCK_JOB_ERROR, and at least
  * every second.  TICK (may be NULL) gets the progress after each read.
@@ -82,7 +84,7 @@ typedef struct eng_run {
  * message), the VM goes away (QB_EHOSTDOWN) or the wait is canceled
  * (QB_ECANCELED). */
 int jobs_await (qmp *q, char *const *ids, size_t n, const char *want, int timeout_ms,
-                jobs_tick_fn tick, void *opaque, json_object **last);
+                bool event_first, jobs_tick_fn tick, void *opaque, json_object **last);
 
 /* Report progress PHASE to the caller (opts->progress). */
 void eng_report (eng_run *r, const char *phase);

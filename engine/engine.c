@@ -858,7 +858,7 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   char **ids = qb_calloc (r->n, sizeof *ids);
   for (size_t i = 0; i < r->n; i++)
     ids[i] = r->d[i].job;
-  rc = jobs_wait (r->q, ids, r->n, "pending", tick, r);
+  rc = jobs_await (r->q, ids, r->n, "pending", 0, true, tick, r, NULL);
   if (rc < 0)
     fleece_explain (r);
   if (rc == 0) {

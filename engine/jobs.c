@@ -119,15 +119,40 @@ wakes (json_object *ev, char *const *ids, size_t n, const char *want)
                   || strcmp (st, "concluded") == 0 || strcmp (st, "null") == 0);
 }
 
+/* Sleep until an event that wakes a wait for WANT of IDS (N), at most
+ * JOBS_POLL_MS and not past DEADLINE (0: none); 0, or -1 when the VM went
+ * away, the wait was canceled or the peer broke the protocol. */
+static int
+sleep_for_event (qmp *q, char *const *ids, size_t n, const char *want, uint64_t deadline)
+{
+  uint64_t until = qb_mono_ms () + JOBS_POLL_MS;
+  if (deadline && until > deadline)
+    until = deadline;
+  for (;;) {
+    uint64_t now = qb_mono_ms ();
+    if (now >= until)
+      return 0;
+    json_object *ev = qmp_next_event (q, (int) (until - now));
+    if (!ev)
+      return qb_error_code () == QB_ETIMEDOUT ? 0 : -1;
+    bool wake = wakes (ev, ids, n, want);
+    json_object_put (ev);
+    if (wake)
+      return 0;
+  }
+}
+
 /* Wait until every job in IDS has status WANT (see engine-int.h). */
 int
 jobs_await (qmp *q, char *const *ids, size_t n, const char *want, int timeout_ms,
-            jobs_tick_fn tick, void *opaque, json_object **last)
+            bool event_first, jobs_tick_fn tick, void *opaque, json_object **last)
 {
   bool want_pending = strcmp (want, "pending") == 0;
   uint64_t deadline = timeout_ms > 0 ? qb_mono_ms () + (uint64_t) timeout_ms : 0;
   if (last)
     *last = NULL;
+  if (event_first && sleep_for_event (q, ids, n, want, deadline) < 0)
+    return -1;
   for (;;) {
     json_object *list = query_jobs (q);
     if (!list)
@@ -175,25 +200,8 @@ jobs_await (qmp *q, char *const *ids, size_t n, const char *want, int timeout_ms
     if (deadline && now >= deadline)
       return qb_error_set (QB_ETIMEDOUT, "job %s did not become %s within %d s", ids[0], want,
                            timeout_ms / 1000);
-    /* Sleep until an event that matters or the next poll. */
-    uint64_t until = now + JOBS_POLL_MS;
-    if (deadline && until > deadline)
-      until = deadline;
-    for (;;) {
-      now = qb_mono_ms ();
-      if (now >= until)
-        break;
-      json_object *ev = qmp_next_event (q, (int) (until - now));
-      if (!ev) {
-        if (qb_error_code () == QB_ETIMEDOUT)
-          break;
-        return -1;                     /* VM gone, canceled, protocol error */
-      }
-      bool wake = wakes (ev, ids, n, want);
-      json_object_put (ev);
-      if (wake)
-        break;
-    }
+    if (sleep_for_event (q, ids, n, want, deadline) < 0)
+      return -1;
   }
 }
 
@@ -202,7 +210,7 @@ int
 jobs_wait (qmp *q, char *const *ids, size_t n, const char *want,
            jobs_tick_fn tick, void *opaque)
 {
-  return jobs_await (q, ids, n, want, 0, tick, opaque, NULL);
+  return jobs_await (q, ids, n, want, 0, false, tick, opaque, NULL);
 }
 
 /* Cancel, wait for and dismiss the jobs in IDS (best effort). */
@@ -285,7 +293,7 @@ jobs_finalize (qmp *q, char *const *ids, size_t n)
     if (rc < 0)
       return -1;
   }
-  if (!list && jobs_await (q, ids, n, "concluded", 0, NULL, NULL, &list) < 0)
+  if (!list && jobs_await (q, ids, n, "concluded", 0, false, NULL, NULL, &list) < 0)
     return -1;
   char *err = NULL;
   const char *cmds[QMP_BATCH_MAX];

@@ -77,7 +77,7 @@ target_image_create (qmp *q, const char *job, const char *node, const char *path
   }
   char *ids[] = { (char *) job };
   json_object *list = NULL;
-  rc = jobs_await (q, ids, 1, "concluded", QMP_COMMAND_TIMEOUT_MS, NULL, NULL, &list);
+  rc = jobs_await (q, ids, 1, "concluded", QMP_COMMAND_TIMEOUT_MS, true, NULL, NULL, &list);
   if (rc < 0 && qb_error_code () == QB_ETIMEDOUT)
     qb_error_set (QB_ETIMEDOUT, "QEMU did not create the image within %d s",
                   QMP_COMMAND_TIMEOUT_MS / 1000);
