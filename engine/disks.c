@@ -84,6 +84,8 @@ bitmap_parse (json_object *jb, vm_bitmap *b)
   b->recording = get_bool (jb, "recording");
   b->busy = get_bool (jb, "busy");
   b->inconsistent = get_bool (jb, "inconsistent");
+  json_object *c = get_obj (jb, "count");
+  b->count = c ? (uint64_t) json_object_get_int64 (c) : UINT64_MAX;  /* unknown: dirty */
 }
 
 /* Add NAME to DISK's names unless it is NULL, empty, an automatic node
@@ -202,27 +204,42 @@ entry_name (json_object *e, const char **why)
   return name;
 }
 
-/* Query the VM's writable disks with media. */
+/* Query the VM's writable disks with media: query-block and
+ * query-named-block-nodes in one round trip. */
 int
 disks_query (qmp *q, vm_disk **disks, size_t *n)
 {
   *disks = NULL;
   *n = 0;
-  json_object *blocks = qmp_execute (q, "query-block", NULL, QMP_COMMAND_TIMEOUT_MS);
-  if (!blocks)
-    return -1;
-  if (!json_object_is_type (blocks, json_type_array)) {
-    json_object_put (blocks);
-    return qb_error_set (QB_EPROTO, "query-block did not return a list");
-  }
-  /* "flat": without it each node repeats its whole backing chain. */
+  const char *cmds[] = { "query-block", "query-named-block-nodes" };
+  json_object *args[] = { NULL, disks_nodes_args () };
+  json_object *res[2];
+  int rc = qmp_execute_batch (q, cmds, args, 2, res, QMP_COMMAND_TIMEOUT_MS);
+  if (rc == 0)
+    rc = disks_parse (res[0], res[1], disks, n);
+  json_object_put (res[0]);
+  json_object_put (res[1]);
+  return rc;
+}
+
+/* The arguments of query-named-block-nodes (new object): "flat", without
+ * which each node repeats its whole backing chain. */
+json_object *
+disks_nodes_args (void)
+{
   json_object *qargs = json_object_new_object ();
   json_object_object_add (qargs, "flat", json_object_new_boolean (1));
-  json_object *nodes = qmp_execute (q, "query-named-block-nodes", qargs, QMP_COMMAND_TIMEOUT_MS);
-  if (!nodes) {
-    json_object_put (blocks);
-    return -1;
-  }
+  return qargs;
+}
+
+/* The VM's writable disks with media from the replies BLOCKS and NODES. */
+int
+disks_parse (json_object *blocks, json_object *nodes, vm_disk **disks, size_t *n)
+{
+  *disks = NULL;
+  *n = 0;
+  if (!json_object_is_type (blocks, json_type_array))
+    return qb_error_set (QB_EPROTO, "query-block did not return a list");
   size_t len = json_object_array_length (blocks);
   vm_disk *out = qb_calloc (len ? len : 1, sizeof *out);
   size_t count = 0;
@@ -250,8 +267,6 @@ disks_query (qmp *q, vm_disk **disks, size_t *n)
       dup |= strcmp (out[k].name, name) == 0;
     if (dup) {
       disks_free (out, count);
-      json_object_put (blocks);
-      json_object_put (nodes);
       qb_error_set (QB_EINVAL, "two disks of the VM have the same name \"%s\"", name);
       free (name);
       return -1;
@@ -259,8 +274,6 @@ disks_query (qmp *q, vm_disk **disks, size_t *n)
     if (disk_parse (e, nodes, name, &out[count]))
       count++;
   }
-  json_object_put (blocks);
-  json_object_put (nodes);
   *disks = out;
   *n = count;
   return 0;

@@ -22,6 +22,7 @@ typedef struct vm_bitmap {
   bool recording;
   bool busy;
   bool inconsistent;
+  uint64_t count;    /* dirty bytes when queried (QMP "count") */
 } vm_bitmap;
 
 typedef struct vm_disk {
@@ -39,8 +40,17 @@ typedef struct vm_disk {
   vm_bitmap *bitmaps; /* dirty bitmaps on NODE */
 } vm_disk;
 
-/* Query the VM's disks (query-block + query-named-block-nodes). */
+/* Query the VM's disks (query-block + query-named-block-nodes, one round trip). */
 int disks_query (qmp *q, vm_disk **disks, size_t *n);
+
+/* Like disks_query, from replies already read: BLOCKS (query-block) and
+ * NODES (query-named-block-nodes with disks_nodes_args; may be NULL), not
+ * consumed.  0, or -1 (QB_EPROTO, QB_EINVAL) with *DISKS NULL. */
+int disks_parse (json_object *blocks, json_object *nodes, vm_disk **disks, size_t *n);
+
+/* The arguments disks_parse expects query-named-block-nodes to have had
+ * (new reference): {"flat": true}. */
+json_object *disks_nodes_args (void);
 
 /* Free an array from disks_query. */
 void disks_free (vm_disk *disks, size_t n);

@@ -23,7 +23,7 @@ typedef struct eng_disk {
   char *bitmap;              /* "qmpbackup-<target>-<chain>" (or an older version's name) */
   char *next;                /* INC: "qmpbackup-next-<target>-<chain>", records writes after the point */
   char job[48];              /* job id */
-  char tnode[48], fnode[48], bnode[48]; /* target, its file, its backing */
+  char tnode[48], fnode[48];  /* target and its file */
   const char *tmp;           /* temporary target path (owned by the txn) */
   bool node_added;
   /* Fleecing (fleece.c): the fleece image, the copy-before-write filter
@@ -64,7 +64,27 @@ typedef struct eng_run {
   bool paused;               /* opts->pause sent "stop": "cont" is owed (pause_resume) */
   bool fleecing;             /* the jobs read from snapshot-access nodes (fleece.c) */
   bool fl_stopped;           /* fleece_insert sent "stop": "cont" is owed (fleece_resume) */
+  bool unchanged;            /* an INC of disks whose chain bitmaps were empty: no job */
 } eng_run;
+
+/* ---- QEMU jobs (jobs.c) ---- */
+
+/* The one wait for QEMU jobs (jobs_wait is it without a time limit and
+ * reading first): until every job in IDS (N) has status WANT ("pending",
+ * or "concluded", which a dismissed job's "null" also satisfies).
+ * query-jobs decides; it is read first (with EVENT_FIRST only after the
+ * first waking event, for jobs just started, which are not there yet), and
+ * again when a JOB_STATUS_CHANGE event of one of the jobs names WANT or an
+ * end ("aborting", "concluded", "null"), on BLOCK_JOB_ERROR, and at least
+ * every second.  TICK (may be NULL) gets the progress after each read.
+ * TIMEOUT_MS > 0 bounds the wait (QB_ETIMEDOUT).  With LAST non-NULL, on
+ * success *LAST is the final query-jobs list (new reference), so a caller
+ * reads the jobs' errors without another round trip.  -1 when a job
+ * disappears or, waiting for "pending", ends early (its error in the
+ * message), the VM goes away (QB_EHOSTDOWN) or the wait is canceled
+ * (QB_ECANCELED). */
+int jobs_await (qmp *q, char *const *ids, size_t n, const char *want, int timeout_ms,
+                bool event_first, jobs_tick_fn tick, void *opaque, json_object **last);
 
 /* Report progress PHASE to the caller (opts->progress). */
 void eng_report (eng_run *r, const char *phase);

@@ -4,15 +4,19 @@
  * Order of a backup, and why:
  *   lock the VM in the store, recover leftovers of a crashed run, connect,
  *   cancel leftover jobs/nodes, discover the disks, decide the level;
- *   create the qcow2 v3 targets under temporary names (an INC target gets
- *   its real backing chain, so zeroed ranges become zero clusters) and
- *   attach them; freeze; ONE transaction; thaw; wait until every job is
+ *   create the qcow2 v3 targets under temporary names (an INC target's
+ *   header names the previous layer, but it is attached without that
+ *   chain: zeroed ranges become v3 zero clusters either way) and attach
+ *   them; freeze; ONE transaction; thaw; wait until every job is
  *   "pending" (all data copied, nothing finalized, so any failure still
  *   cancels every disk); flush the targets (blockdev-reopen flushes QEMU's
  *   qcow2 metadata caches and reports errors — until a flush the files on
  *   disk lack their L2 tables); finalize, dismiss and detach the targets
  *   (QEMU must not hold a file we rename: it may reopen it by name); commit
  *   the restore point in the store; only then reset the chain's bitmap.
+ *   An INC whose disks' chain bitmaps are all empty when the disks are
+ *   read (and that freezes, pauses and fleeces nothing) runs no job: its
+ *   empty targets are committed as they are and no bitmap is touched.
  *
  *   Bitmaps: a FULL adds "qmpbackup-<target>-<new chain>" in its
  *   transaction, <target> being the store folder's target id (store.h), so
@@ -437,12 +441,34 @@ decide_level (eng_run *r)
     snprintf (d->job, sizeof d->job, ENGINE_JOB_PREFIX "%.8s-%u", r->target, (unsigned) i);
     snprintf (d->tnode, sizeof d->tnode, ENGINE_TARGET_PREFIX "%.8s-%u", r->target, (unsigned) i);
     snprintf (d->fnode, sizeof d->fnode, ENGINE_JOB_PREFIX "file-%.8s-%u", r->target, (unsigned) i);
-    snprintf (d->bnode, sizeof d->bnode, ENGINE_JOB_PREFIX "base-%.8s-%u", r->target, (unsigned) i);
   }
   return 0;
 }
 
-/* Create DISK's target image (QEMU's blockdev-create) and attach it. */
+/* The blockdev-add arguments that attach DISK's target (new object). */
+static json_object *
+target_attach_args (const eng_disk *d, store_kind kind)
+{
+  json_object *args = json_object_new_object ();
+  json_object_object_add (args, "driver", json_object_new_string ("qcow2"));
+  json_object_object_add (args, "node-name", json_object_new_string (d->tnode));
+  json_object *file = json_object_new_object ();
+  json_object_object_add (file, "driver", json_object_new_string ("file"));
+  json_object_object_add (file, "filename", json_object_new_string (d->tmp));
+  json_object_object_add (file, "node-name", json_object_new_string (d->fnode));
+  json_object_object_add (args, "file", file);
+  /* An INC target is opened without its backing chain (its header still
+   * names the previous layer): the job writes every cluster of the bitmap,
+   * data as data and zeroes as qcow2 v3 zero clusters (the image is v3
+   * for that reason), so nothing is read from below, and opening the
+   * chain would cost a node per layer. */
+  if (kind == STORE_INC)
+    json_object_object_add (args, "backing", NULL);
+  return args;
+}
+
+/* Create DISK's target image (QEMU's blockdev-create) and attach it
+ * (unless r->unchanged: then no job writes it). */
 static int
 target_create (eng_run *r, eng_disk *d)
 {
@@ -462,39 +488,17 @@ target_create (eng_run *r, eng_disk *d)
     free (backing);
     return -1;
   }
+  json_object *args = r->unchanged ? NULL : target_attach_args (d, kind);  /* NULL: no job writes it */
   char job[64], node[64];
   snprintf (job, sizeof job, "%s-create", d->job);
   snprintf (node, sizeof node, "%s-c", d->tnode);
-  int rc = target_image_create (r->q, job, node, d->tmp, d->vd->size, backing);
+  int rc = target_image_create (r->q, job, node, d->tmp, d->vd->size, backing, args);
   free (backing);
   if (rc < 0) {
     qb_error_prefix ("creating the target image of disk %s", d->vd->name);
     return -1;
   }
-  json_object *args = json_object_new_object ();
-  json_object_object_add (args, "driver", json_object_new_string ("qcow2"));
-  json_object_object_add (args, "node-name", json_object_new_string (d->tnode));
-  json_object *file = json_object_new_object ();
-  json_object_object_add (file, "driver", json_object_new_string ("file"));
-  json_object_object_add (file, "filename", json_object_new_string (d->tmp));
-  json_object_object_add (file, "node-name", json_object_new_string (d->fnode));
-  json_object_object_add (args, "file", file);
-  if (kind == STORE_INC) {
-    /* The real backing chain: the previous layer, its own backings from its header. */
-    json_object *b = json_object_new_object ();
-    json_object_object_add (b, "driver", json_object_new_string ("qcow2"));
-    json_object_object_add (b, "node-name", json_object_new_string (d->bnode));
-    json_object *bf = json_object_new_object ();
-    json_object_object_add (bf, "driver", json_object_new_string ("file"));
-    json_object_object_add (bf, "filename", json_object_new_string (d->prev->path));
-    json_object_object_add (b, "file", bf);
-    json_object_object_add (args, "backing", b);
-  }
-  if (qmp_run (r->q, "blockdev-add", args, QMP_COMMAND_TIMEOUT_MS) < 0) {
-    qb_error_prefix ("attaching the target of disk %s", d->vd->name);
-    return -1;
-  }
-  d->node_added = true;
+  d->node_added = !r->unchanged;
   return 0;
 }
 
@@ -508,7 +512,7 @@ target_flush (eng_run *r, eng_disk *d)
   json_object_object_add (o, "node-name", json_object_new_string (d->tnode));
   json_object_object_add (o, "file", json_object_new_string (d->fnode));
   if (r->level == BACKUP_INC)
-    json_object_object_add (o, "backing", json_object_new_string (d->bnode));
+    json_object_object_add (o, "backing", NULL);   /* as attached: none */
   json_object *opts = json_object_new_array ();
   json_object_array_add (opts, o);
   json_object *args = json_object_new_object ();
@@ -675,7 +679,6 @@ drop_old_bitmaps (eng_run *r)
   }
 }
 
-/* The steps from connecting to the commit; -1 leaves cleanup to the caller. */
 /* Remove this target's "next" bitmaps a crashed run left behind (it died
  * after its commit, before merging them): the chain's bitmap still holds
  * every change since the previous point, so they carry nothing the next
@@ -692,19 +695,40 @@ drop_stale_next_bitmaps (eng_run *r)
     }
 }
 
-static int
-run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
+/* True when LIST (a query-jobs or query-named-block-nodes reply) may hold
+ * something of ours: an entry whose KEY starts with "qmpbackup-" (jobs,
+ * target and fleecing nodes all do), or a reply that is no list. */
+static bool
+holds_ours (json_object *list, const char *key)
 {
-  const backup_opts *o = r->opts;
-  eng_report (r, "connecting");
-  if (store_recover (r->st, r->vm) < 0 && qb_error_code () != QB_ENOENT)
-    return -1;
-  if (store_target_id (r->st, r->vm, true, r->target, sizeof r->target) < 0)
-    return -1;
-  r->q = qmp_connect (qmp_path, QMP_CONNECT_TIMEOUT_MS);
-  if (!r->q)
-    return -1;
-  qmp_set_cancel (r->q, o->cancel);
+  if (!json_object_is_type (list, json_type_array))
+    return true;
+  size_t n = json_object_array_length (list);
+  for (size_t i = 0; i < n; i++)
+    if (strncmp (qmp_str (json_object_array_get_idx (list, i), key), ENGINE_JOB_PREFIX,
+                 strlen (ENGINE_JOB_PREFIX)) == 0)
+      return true;
+  return false;
+}
+
+/* Clean this target's leftovers of a crashed run (jobs, target and
+ * fleecing nodes), refuse when another store's backup job is in QEMU, and
+ * read the disks into r->all.  One round trip when QEMU holds no job or
+ * node of ours, the usual case; else the full cleanup first. */
+static int
+discover (eng_run *r)
+{
+  const char *cmds[] = { "query-jobs", "query-named-block-nodes", "query-block" };
+  json_object *args[] = { NULL, disks_nodes_args (), NULL };
+  json_object *res[3];
+  int rc = qmp_execute_batch (r->q, cmds, args, 3, res, QMP_COMMAND_TIMEOUT_MS);
+  bool clean = rc == 0 && !holds_ours (res[0], "id") && !holds_ours (res[1], "node-name");
+  if (clean)
+    rc = disks_parse (res[2], res[1], &r->all, &r->nall);
+  for (size_t i = 0; i < 3; i++)
+    json_object_put (res[i]);
+  if (rc < 0 || clean)
+    return rc;
   if (jobs_cleanup (r->q, r->target, false, NULL, NULL) < 0
       || fleece_cleanup (r->q, r->target, NULL, NULL) < 0)
     return -1;
@@ -720,7 +744,60 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
                          "into that store runs, or one died and left it; wait for it, or, "
                          "when none runs, remove it with `qmpbackup --socket SOCKET cleanup`",
                          r->vm, other);
-  if (disks_query (r->q, &r->all, &r->nall) < 0)
+  return disks_query (r->q, &r->all, &r->nall);
+}
+
+/* True when this INC needs no job: every disk's chain bitmap was empty
+ * when the disks were read (one query-block, one instant for all disks), so
+ * the disks then equalled their previous points and the empty targets,
+ * whose headers name those points, are this point; writes since then stay
+ * in the chain bitmaps for the next INC (no bitmap is touched).  Only when
+ * nothing must come before the point: no freeze, no --pause, no fleecing. */
+static bool
+nothing_changed (const eng_run *r, const char *qga_path)
+{
+  const backup_opts *o = r->opts;
+  if (r->level != BACKUP_INC || o->pause || o->quiesce == QUIESCE_ON
+      || (o->quiesce == QUIESCE_DEFAULT && qga_path)
+      || (o->fleece && *o->fleece && strcmp (o->fleece, "off") != 0))
+    return false;
+  for (size_t i = 0; i < r->n; i++) {
+    const eng_disk *d = &r->d[i];
+    const vm_bitmap *b = d->bitmap ? disks_find_bitmap (d->vd, d->bitmap) : NULL;
+    if (!b || b->count != 0 || !b->recording || b->busy || b->inconsistent)
+      return false;
+  }
+  return true;
+}
+
+/* Commit an INC of unchanged disks (nothing_changed): no job ran. */
+static int
+commit_unchanged (eng_run *r)
+{
+  if (r->opts->cancel && atomic_load (r->opts->cancel))
+    return qb_error_set (QB_ECANCELED, "the backup was canceled");
+  eng_report (r, "committing");
+  json_object *extra = record_extra (r);
+  int rc = store_txn_commit (r->txn, extra);
+  json_object_put (extra);
+  return rc;
+}
+
+/* The steps from connecting to the commit; -1 leaves cleanup to the caller. */
+static int
+run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
+{
+  const backup_opts *o = r->opts;
+  eng_report (r, "connecting");
+  if (store_recover (r->st, r->vm) < 0 && qb_error_code () != QB_ENOENT)
+    return -1;
+  if (store_target_id (r->st, r->vm, true, r->target, sizeof r->target) < 0)
+    return -1;
+  r->q = qmp_connect (qmp_path, QMP_CONNECT_TIMEOUT_MS);
+  if (!r->q)
+    return -1;
+  qmp_set_cancel (r->q, o->cancel);
+  if (discover (r) < 0)
     return -1;
   bool *inc = qb_calloc (r->nall ? r->nall : 1, sizeof *inc);
   bool *exc = qb_calloc (r->nall ? r->nall : 1, sizeof *exc);
@@ -754,9 +831,12 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   r->txn = store_txn_begin (r->st, r->vm, now, o->monthly);
   if (!r->txn)
     return -1;
+  r->unchanged = nothing_changed (r, qga_path);
   for (size_t i = 0; i < r->n; i++)
     if (target_create (r, &r->d[i]) < 0)
       return -1;
+  if (r->unchanged)
+    return commit_unchanged (r);
   if (fleece_prepare (r) < 0)
     return -1;
   if (eng_pause (r) < 0)
@@ -778,7 +858,7 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   char **ids = qb_calloc (r->n, sizeof *ids);
   for (size_t i = 0; i < r->n; i++)
     ids[i] = r->d[i].job;
-  rc = jobs_wait (r->q, ids, r->n, "pending", tick, r);
+  rc = jobs_await (r->q, ids, r->n, "pending", 0, true, tick, r, NULL);
   if (rc < 0)
     fleece_explain (r);
   if (rc == 0)
@@ -823,7 +903,7 @@ static void
 finish (eng_run *r)
 {
   qmp_set_cancel (r->q, NULL);
-  if (r->level == BACKUP_INC) {
+  if (r->level == BACKUP_INC && !r->unchanged) {
     json_object *actions = json_object_new_array ();
     for (size_t i = 0; i < r->n; i++) {
       eng_disk *d = &r->d[i];
@@ -847,9 +927,29 @@ finish (eng_run *r)
     }
     json_object *args = json_object_new_object ();
     json_object_object_add (args, "actions", actions);
-    qmp_run (r->q, "transaction", args, QMP_COMMAND_TIMEOUT_MS);
-    for (size_t i = 0; i < r->n; i++)
-      bitmap_remove (r->q, r->d[i].vd->node, r->d[i].next);
+    /* The transaction and the removals of the "next" bitmaps in one round
+     * trip.  QEMU runs the removals also when the transaction failed: the
+     * chain's bitmap then still holds every change the "next" one does. */
+    const char *cmds[QMP_BATCH_MAX];
+    json_object *argv[QMP_BATCH_MAX], *res[QMP_BATCH_MAX];
+    size_t nb = 0;
+    cmds[nb] = "transaction";
+    argv[nb++] = args;
+    for (size_t i = 0; i < r->n; i++) {
+      if (nb == QMP_BATCH_MAX) {
+        qmp_execute_batch (r->q, cmds, argv, nb, res, QMP_COMMAND_TIMEOUT_MS);
+        for (size_t k = 0; k < nb; k++)
+          json_object_put (res[k]);
+        nb = 0;
+      }
+      cmds[nb] = "block-dirty-bitmap-remove";
+      argv[nb] = json_object_new_object ();
+      json_object_object_add (argv[nb], "node", json_object_new_string (r->d[i].vd->node));
+      json_object_object_add (argv[nb++], "name", json_object_new_string (r->d[i].next));
+    }
+    qmp_execute_batch (r->q, cmds, argv, nb, res, QMP_COMMAND_TIMEOUT_MS);
+    for (size_t k = 0; k < nb; k++)
+      json_object_put (res[k]);
   }
   drop_old_bitmaps (r);
   qb_error_clear ();

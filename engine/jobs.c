@@ -2,8 +2,7 @@
  * aborting, and cleaning up leftovers of a crashed run (see engine.h,
  * "Internals").  Job status is read from query-jobs, which is
  * authoritative; JOB_STATUS_CHANGE events only wake the wait up early. */
-#include "engine/engine.h"
-#include "engine/disks.h"
+#include "engine/engine-int.h"
 #include "common/error.h"
 #include "common/util.h"
 
@@ -96,12 +95,64 @@ collect_failure (qmp *q, char *const *ids, size_t n, const char *fallback)
   free (msg);
 }
 
-/* Wait until every job in IDS has status WANT. */
+/* True when event EV should wake a wait for status WANT of the jobs IDS
+ * (N): a JOB_STATUS_CHANGE of one of them to WANT or to an end, a
+ * BLOCK_JOB_ERROR, or an event whose data was dropped (it may have been
+ * one of those).  Other status changes ("running", "waiting") need no
+ * query-jobs. */
+static bool
+wakes (json_object *ev, char *const *ids, size_t n, const char *want)
+{
+  const char *name = qmp_str (ev, "event");
+  if (strcmp (name, "BLOCK_JOB_ERROR") == 0)
+    return true;
+  if (strcmp (name, "JOB_STATUS_CHANGE") != 0)
+    return false;
+  json_object *data;
+  if (!json_object_object_get_ex (ev, "data", &data))
+    return true;
+  const char *id = qmp_str (data, "id"), *st = qmp_str (data, "status");
+  bool mine = false;
+  for (size_t i = 0; i < n && !mine; i++)
+    mine = strcmp (ids[i], id) == 0;
+  return mine && (strcmp (st, want) == 0 || strcmp (st, "aborting") == 0
+                  || strcmp (st, "concluded") == 0 || strcmp (st, "null") == 0);
+}
+
+/* Sleep until an event that wakes a wait for WANT of IDS (N), at most
+ * JOBS_POLL_MS and not past DEADLINE (0: none); 0, or -1 when the VM went
+ * away, the wait was canceled or the peer broke the protocol. */
+static int
+sleep_for_event (qmp *q, char *const *ids, size_t n, const char *want, uint64_t deadline)
+{
+  uint64_t until = qb_mono_ms () + JOBS_POLL_MS;
+  if (deadline && until > deadline)
+    until = deadline;
+  for (;;) {
+    uint64_t now = qb_mono_ms ();
+    if (now >= until)
+      return 0;
+    json_object *ev = qmp_next_event (q, (int) (until - now));
+    if (!ev)
+      return qb_error_code () == QB_ETIMEDOUT ? 0 : -1;
+    bool wake = wakes (ev, ids, n, want);
+    json_object_put (ev);
+    if (wake)
+      return 0;
+  }
+}
+
+/* Wait until every job in IDS has status WANT (see engine-int.h). */
 int
-jobs_wait (qmp *q, char *const *ids, size_t n, const char *want,
-           jobs_tick_fn tick, void *opaque)
+jobs_await (qmp *q, char *const *ids, size_t n, const char *want, int timeout_ms,
+            bool event_first, jobs_tick_fn tick, void *opaque, json_object **last)
 {
   bool want_pending = strcmp (want, "pending") == 0;
+  uint64_t deadline = timeout_ms > 0 ? qb_mono_ms () + (uint64_t) timeout_ms : 0;
+  if (last)
+    *last = NULL;
+  if (event_first && sleep_for_event (q, ids, n, want, deadline) < 0)
+    return -1;
   for (;;) {
     json_object *list = query_jobs (q);
     if (!list)
@@ -113,13 +164,13 @@ jobs_wait (qmp *q, char *const *ids, size_t n, const char *want,
       json_object *j = find_job (list, ids[i]);
       if (!j) {
         if (!failed)
-          failed = qb_asprintf ("backup job %s disappeared", ids[i]);
+          failed = qb_asprintf ("job %s disappeared", ids[i]);
         continue;
       }
       const char *st = qmp_str (j, "status");
       done += u64_of (j, "current-progress");
       total += u64_of (j, "total-progress");
-      if (strcmp (st, want) == 0)
+      if (strcmp (st, want) == 0 || (!want_pending && strcmp (st, "null") == 0))
         reached++;
       else if (want_pending && (strcmp (st, "aborting") == 0 || strcmp (st, "concluded") == 0
                                 || strcmp (st, "null") == 0)) {
@@ -127,44 +178,39 @@ jobs_wait (qmp *q, char *const *ids, size_t n, const char *want,
           failed = qb_asprintf ("backup job %s was aborted%s%s", ids[i],
                                 *qmp_str (j, "error") ? ": " : "", qmp_str (j, "error"));
       }
-      else if (!want_pending && strcmp (st, "concluded") != 0 && strcmp (st, "pending") != 0
-               && strcmp (st, "waiting") != 0 && strcmp (st, "aborting") != 0
-               && strcmp (st, "null") != 0) {
-        if (!failed)
-          failed = qb_asprintf ("backup job %s is %s while finalizing", ids[i], st);
-      }
     }
-    json_object_put (list);
     if (tick)
       tick (opaque, done, total);
     if (failed) {
+      json_object_put (list);
       char *fb = failed;
       collect_failure (q, ids, n, fb);
       free (fb);
       return -1;
     }
-    if (reached == n)
+    if (reached == n) {
+      if (last)
+        *last = list;
+      else
+        json_object_put (list);
       return 0;
-    /* Sleep until an event or the next poll. */
-    uint64_t until = qb_mono_ms () + JOBS_POLL_MS;
-    for (;;) {
-      uint64_t now = qb_mono_ms ();
-      if (now >= until)
-        break;
-      json_object *ev = qmp_next_event (q, (int) (until - now));
-      if (!ev) {
-        if (qb_error_code () == QB_ETIMEDOUT)
-          break;
-        return -1;                     /* VM gone, canceled, protocol error */
-      }
-      const char *name = qmp_str (ev, "event");
-      bool wake = strcmp (name, "JOB_STATUS_CHANGE") == 0 || strcmp (name, "BLOCK_JOB_ERROR") == 0
-        || strcmp (name, "BLOCK_JOB_COMPLETED") == 0 || strcmp (name, "BLOCK_JOB_PENDING") == 0;
-      json_object_put (ev);
-      if (wake)
-        break;
     }
+    json_object_put (list);
+    uint64_t now = qb_mono_ms ();
+    if (deadline && now >= deadline)
+      return qb_error_set (QB_ETIMEDOUT, "job %s did not become %s within %d s", ids[0], want,
+                           timeout_ms / 1000);
+    if (sleep_for_event (q, ids, n, want, deadline) < 0)
+      return -1;
   }
+}
+
+/* Wait until every job in IDS has status WANT. */
+int
+jobs_wait (qmp *q, char *const *ids, size_t n, const char *want,
+           jobs_tick_fn tick, void *opaque)
+{
+  return jobs_await (q, ids, n, want, 0, false, tick, opaque, NULL);
 }
 
 /* Cancel, wait for and dismiss the jobs in IDS (best effort). */
@@ -210,34 +256,70 @@ jobs_abort (qmp *q, char *const *ids, size_t n)
 int
 jobs_finalize (qmp *q, char *const *ids, size_t n)
 {
-  int rc = 0;
-  json_object *list = query_jobs (q);
-  if (!list)
-    return -1;
-  for (size_t i = 0; i < n; i++) {
-    json_object *j = find_job (list, ids[i]);
-    /* With grouped completion one finalize moves the whole group on. */
-    json_object *now = i == 0 ? NULL : query_jobs (q);
-    json_object *cur = now ? find_job (now, ids[i]) : j;
-    if (cur && strcmp (qmp_str (cur, "status"), "pending") == 0 && job_verb (q, "job-finalize", ids[i]) < 0)
-      rc = -1;
-    json_object_put (now);
+  json_object *list = NULL;
+  if (n == 1) {
+    /* One job: finalize it and read its status in one round trip (QEMU
+     * finalizes a lone job before it answers). */
+    const char *cmds[] = { "job-finalize", "query-jobs" };
+    json_object *args[] = { json_object_new_object (), NULL };
+    json_object_object_add (args[0], "id", json_object_new_string (ids[0]));
+    json_object *res[2];
+    int rc = qmp_execute_batch (q, cmds, args, 2, res, QMP_COMMAND_TIMEOUT_MS);
+    json_object_put (res[0]);
+    if (rc < 0) {
+      json_object_put (res[1]);
+      return -1;
+    }
+    json_object *j = json_object_is_type (res[1], json_type_array) ? find_job (res[1], ids[0]) : NULL;
+    const char *st = qmp_str (j, "status");
+    if (strcmp (st, "concluded") == 0 || strcmp (st, "null") == 0)
+      list = res[1];
+    else
+      json_object_put (res[1]);
   }
-  json_object_put (list);
-  if (rc < 0)
-    return -1;
-  if (jobs_wait (q, ids, n, "concluded", NULL, NULL) < 0)
-    return -1;
-  list = query_jobs (q);
-  if (!list)
+  else {
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+      /* With grouped completion one finalize moves the whole group on. */
+      json_object *now = query_jobs (q);
+      if (!now)
+        return -1;
+      json_object *cur = find_job (now, ids[i]);
+      if (cur && strcmp (qmp_str (cur, "status"), "pending") == 0
+          && job_verb (q, "job-finalize", ids[i]) < 0)
+        rc = -1;
+      json_object_put (now);
+    }
+    if (rc < 0)
+      return -1;
+  }
+  if (!list && jobs_await (q, ids, n, "concluded", 0, false, NULL, NULL, &list) < 0)
     return -1;
   char *err = NULL;
+  const char *cmds[QMP_BATCH_MAX];
+  json_object *args[QMP_BATCH_MAX], *res[QMP_BATCH_MAX];
+  size_t nb = 0;
   for (size_t i = 0; i < n; i++) {
     json_object *j = find_job (list, ids[i]);
     if (j && *qmp_str (j, "error") && !err)
       err = qb_asprintf ("backup job %s failed while finalizing: %s", ids[i], qmp_str (j, "error"));
-    if (j)
-      job_verb (q, "job-dismiss", ids[i]);
+    if (!j)
+      continue;
+    /* Dismissed in batches: one round trip for up to QMP_BATCH_MAX jobs. */
+    cmds[nb] = "job-dismiss";
+    args[nb] = json_object_new_object ();
+    json_object_object_add (args[nb], "id", json_object_new_string (ids[i]));
+    if (++nb == QMP_BATCH_MAX || i + 1 == n) {
+      qmp_execute_batch (q, cmds, args, nb, res, QMP_COMMAND_TIMEOUT_MS);
+      for (size_t k = 0; k < nb; k++)
+        json_object_put (res[k]);
+      nb = 0;
+    }
+  }
+  if (nb) {
+    qmp_execute_batch (q, cmds, args, nb, res, QMP_COMMAND_TIMEOUT_MS);
+    for (size_t k = 0; k < nb; k++)
+      json_object_put (res[k]);
   }
   json_object_put (list);
   if (err) {
@@ -245,6 +327,7 @@ jobs_finalize (qmp *q, char *const *ids, size_t n)
     free (err);
     return -1;
   }
+  qb_error_clear ();
   return 0;
 }
 

@@ -1,8 +1,8 @@
 /* qmpbackupfs — backup target images created by QEMU's blockdev-create (see
- * target.h).  The job's status is read from query-jobs; JOB_STATUS_CHANGE
- * events only wake the wait up early. */
+ * target.h): three round trips (file node and job; the wait, jobs_await;
+ * dismiss, file node gone, image attached). */
 #include "engine/target.h"
-#include "engine/engine.h"
+#include "engine/engine-int.h"
 #include "common/error.h"
 #include "common/util.h"
 
@@ -10,60 +10,7 @@
 #include <string.h>
 
 #define TARGET_CLUSTER_SIZE 65536
-#define TARGET_POLL_MS 200
 
-
-/* Wait until job ID has concluded: 0 when it succeeded, -1 with its error
- * (or a transport error, a timeout after QMP_COMMAND_TIMEOUT_MS). */
-static int
-job_wait_concluded (qmp *q, const char *id)
-{
-  uint64_t deadline = qb_mono_ms () + QMP_COMMAND_TIMEOUT_MS;
-  for (;;) {
-    json_object *list = qmp_execute (q, "query-jobs", NULL, QMP_COMMAND_TIMEOUT_MS);
-    if (!list)
-      return -1;
-    json_object *job = NULL;
-    size_t n = json_object_is_type (list, json_type_array) ? json_object_array_length (list) : 0;
-    for (size_t i = 0; i < n && !job; i++)
-      if (strcmp (qmp_str (json_object_array_get_idx (list, i), "id"), id) == 0)
-        job = json_object_array_get_idx (list, i);
-    if (!job) {
-      json_object_put (list);
-      return qb_error_set (QB_EQMP, "QEMU lost the job %s that creates the image", id);
-    }
-    const char *st = qmp_str (job, "status");
-    if (strcmp (st, "concluded") == 0 || strcmp (st, "null") == 0) {
-      int rc = 0;
-      if (*qmp_str (job, "error"))
-        rc = qb_error_set (QB_EIO, "QEMU could not create the image: %s", qmp_str (job, "error"));
-      json_object_put (list);
-      return rc;
-    }
-    json_object_put (list);
-    uint64_t now = qb_mono_ms ();
-    if (now >= deadline)
-      return qb_error_set (QB_ETIMEDOUT, "QEMU did not create the image within %d s",
-                           QMP_COMMAND_TIMEOUT_MS / 1000);
-    /* Sleep until the job's next status change or the next poll. */
-    uint64_t until = now + TARGET_POLL_MS;
-    for (;;) {
-      now = qb_mono_ms ();
-      if (now >= until)
-        break;
-      json_object *ev = qmp_next_event (q, (int) (until - now));
-      if (!ev) {
-        if (qb_error_code () == QB_ETIMEDOUT)
-          break;
-        return -1;                     /* VM gone, canceled, protocol error */
-      }
-      bool wake = strcmp (qmp_str (ev, "event"), "JOB_STATUS_CHANGE") == 0;
-      json_object_put (ev);
-      if (wake)
-        break;
-    }
-  }
-}
 
 /* Run CMD {KEY: VALUE}, keeping the error already set (best effort). */
 static void
@@ -78,9 +25,18 @@ run_quietly (qmp *q, const char *cmd, const char *key, const char *value)
   free (msg);
 }
 
+/* {KEY: VALUE} (new object). */
+static json_object *
+obj1 (const char *key, const char *value)
+{
+  json_object *o = json_object_new_object ();
+  json_object_object_add (o, key, json_object_new_string (value));
+  return o;
+}
+
 int
 target_image_create (qmp *q, const char *job, const char *node, const char *path,
-                     uint64_t size, const char *backing)
+                     uint64_t size, const char *backing, json_object *attach)
 {
   json_object *file = json_object_new_object ();
   json_object_object_add (file, "driver", json_object_new_string ("file"));
@@ -91,8 +47,6 @@ target_image_create (qmp *q, const char *job, const char *node, const char *path
   json_object *cache = json_object_new_object ();
   json_object_object_add (cache, "no-flush", json_object_new_boolean (true));
   json_object_object_add (file, "cache", cache);
-  if (qmp_run (q, "blockdev-add", file, QMP_COMMAND_TIMEOUT_MS) < 0)
-    return -1;
 
   json_object *opts = json_object_new_object ();
   json_object_object_add (opts, "driver", json_object_new_string ("qcow2"));
@@ -107,16 +61,71 @@ target_image_create (qmp *q, const char *job, const char *node, const char *path
   json_object *args = json_object_new_object ();
   json_object_object_add (args, "job-id", json_object_new_string (job));
   json_object_object_add (args, "options", opts);
-  int rc = qmp_run (q, "blockdev-create", args, QMP_COMMAND_TIMEOUT_MS);
+
+  /* The file node and the job in one round trip (a create after a failed
+   * add fails too: its node is missing). */
+  const char *cmds[4] = { "blockdev-add", "blockdev-create" };
+  json_object *argv[4] = { file, args }, *res[4];
+  int rc = qmp_execute_batch (q, cmds, argv, 2, res, QMP_COMMAND_TIMEOUT_MS);
+  json_object_put (res[0]);
+  json_object_put (res[1]);
+  if (rc < 0) {
+    if (res[0])                       /* the node was added: remove it */
+      run_quietly (q, "blockdev-del", "node-name", node);
+    json_object_put (attach);
+    return -1;
+  }
+  char *ids[] = { (char *) job };
+  json_object *list = NULL;
+  rc = jobs_await (q, ids, 1, "concluded", QMP_COMMAND_TIMEOUT_MS, true, NULL, NULL, &list);
+  if (rc < 0 && qb_error_code () == QB_ETIMEDOUT)
+    qb_error_set (QB_ETIMEDOUT, "QEMU did not create the image within %d s",
+                  QMP_COMMAND_TIMEOUT_MS / 1000);
   if (rc == 0) {
-    rc = job_wait_concluded (q, job);
+    json_object *j = NULL;
+    size_t n = json_object_array_length (list);
+    for (size_t i = 0; i < n; i++)
+      if (strcmp (qmp_str (json_object_array_get_idx (list, i), "id"), job) == 0)
+        j = json_object_array_get_idx (list, i);
+    if (*qmp_str (j, "error"))
+      rc = qb_error_set (QB_EIO, "QEMU could not create the image: %s", qmp_str (j, "error"));
+  }
+  json_object_put (list);
+  if (rc < 0) {
     run_quietly (q, "job-dismiss", "id", job);
+    run_quietly (q, "blockdev-del", "node-name", node);
+    json_object_put (attach);
+    return -1;
   }
-  if (rc == 0) {
-    json_object *del = json_object_new_object ();
-    json_object_object_add (del, "node-name", json_object_new_string (node));
-    return qmp_run (q, "blockdev-del", del, QMP_COMMAND_TIMEOUT_MS);
+  /* Dismiss the job, drop the file node and attach the image: one round trip. */
+  char *tnode = attach ? qb_strdup (qmp_str (attach, "node-name")) : NULL;
+  size_t nc = 2;
+  cmds[0] = "job-dismiss";
+  argv[0] = obj1 ("id", job);
+  cmds[1] = "blockdev-del";
+  argv[1] = obj1 ("node-name", node);
+  if (attach) {
+    cmds[nc] = "blockdev-add";
+    argv[nc++] = attach;
   }
-  run_quietly (q, "blockdev-del", "node-name", node);
-  return -1;
+  qmp_execute_batch (q, cmds, argv, nc, res, QMP_COMMAND_TIMEOUT_MS);
+  rc = 0;
+  if (!res[1]) {
+    /* The file node stays (the next backup's cleanup removes it: its name
+     * is a target's); the image is not left attached. */
+    qb_error_prefix ("removing the node that created the image");
+    if (attach && res[2])
+      run_quietly (q, "blockdev-del", "node-name", tnode);
+    rc = -1;
+  }
+  else if (attach && !res[2]) {
+    qb_error_prefix ("attaching it");
+    rc = -1;
+  }
+  else
+    qb_error_clear ();                /* a failed dismiss leaves a concluded job: harmless */
+  for (size_t i = 0; i < nc; i++)
+    json_object_put (res[i]);
+  free (tnode);
+  return rc;
 }

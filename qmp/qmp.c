@@ -1,5 +1,6 @@
 /* qmpbackupfs — QMP client (see qmp.h).  One connection, one command in
- * flight at a time; replies are matched by id, events are queued. */
+ * flight at a time, or a batch of up to QMP_BATCH_MAX sent at once (QEMU runs
+ * them in order); replies are matched by id, events are queued. */
 #include "qmp.h"
 #include "jsonio.h"
 #include "common/error.h"
@@ -99,10 +100,23 @@ queue_event (qmp *q, json_object *ev)
   q->ev_count++;
 }
 
-/* Read the greeting and negotiate capabilities within DEADLINE. */
+static int send_command (qmp *q, const char *cmd, json_object *args, uint64_t deadline,
+                         uint64_t *num);
+static int read_replies (qmp *q, const char *const *cmds, size_t n, uint64_t first,
+                         uint64_t deadline, int timeout_ms, json_object **out, char **errs,
+                         qb_err *codes);
+
+/* Read the greeting and negotiate capabilities within DEADLINE.  The
+ * qmp_capabilities command goes out before the greeting is read (QEMU
+ * reads it once it greeted us): one round trip less. */
 static int
 handshake (qmp *q, uint64_t deadline)
 {
+  uint64_t num;
+  if (send_command (q, "qmp_capabilities", NULL, deadline, &num) < 0) {
+    qb_error_prefix ("negotiating QMP capabilities on %s", q->path);
+    return -1;
+  }
   json_object *greet = jsonio_recv (q->io, left_ms (deadline));
   if (!greet) {
     if (qb_error_code () == QB_ETIMEDOUT)
@@ -115,9 +129,14 @@ handshake (qmp *q, uint64_t deadline)
   json_object_put (greet);
   if (!ok)
     return qb_error_set (QB_EPROTO, "%s does not speak QMP (no greeting)", q->path);
-  json_object *r = qmp_execute (q, "qmp_capabilities", NULL, left_ms (deadline));
+  static const char *const cmds[] = { "qmp_capabilities" };
+  json_object *r = NULL;
+  char *err = NULL;
+  qb_err code = QB_OK;
+  read_replies (q, cmds, 1, num, deadline, left_ms (deadline), &r, &err, &code);
   if (!r) {
-    qb_error_prefix ("negotiating QMP capabilities on %s", q->path);
+    qb_error_set (code, "negotiating QMP capabilities on %s: %s", q->path, err ? err : "?");
+    free (err);
     return -1;
   }
   json_object_put (r);
@@ -194,12 +213,14 @@ reply_error (qmp *q, const char *cmd, json_object *err)
   return NULL;
 }
 
-json_object *
-qmp_execute (qmp *q, const char *cmd, json_object *args, int timeout_ms)
+/* Send CMD with ARGS (consumed; may be NULL) under id "qb-<n>", its number
+ * into *NUM, within DEADLINE; 0 or -1 (transport error). */
+static int
+send_command (qmp *q, const char *cmd, json_object *args, uint64_t deadline, uint64_t *num)
 {
-  uint64_t deadline = qb_mono_ms () + (timeout_ms > 0 ? (uint64_t) timeout_ms : 0);
   char id[32];
-  snprintf (id, sizeof id, "qb-%llu", (unsigned long long) ++q->next_id);
+  *num = ++q->next_id;
+  snprintf (id, sizeof id, "qb-%llu", (unsigned long long) *num);
   json_object *msg = json_object_new_object ();
   json_object_object_add (msg, "execute", json_object_new_string (cmd));
   if (args)
@@ -209,56 +230,166 @@ qmp_execute (qmp *q, const char *cmd, json_object *args, int timeout_ms)
   json_object_put (msg);
   if (r < 0) {
     qb_error_prefix ("sending QMP command %s", cmd);
-    return NULL;
+    return -1;
   }
-  for (;;) {
+  return 0;
+}
+
+/* The number N of a reply id "qb-N" (a JSON string), or 0 for anything else. */
+static uint64_t
+reply_num (json_object *mid)
+{
+  if (!mid || !json_object_is_type (mid, json_type_string))
+    return 0;
+  const char *s = json_object_get_string (mid);
+  if (strncmp (s, "qb-", 3) != 0 || s[3] < '1' || s[3] > '9')
+    return 0;
+  uint64_t n = 0;
+  for (s += 3; *s; s++) {
+    if (*s < '0' || *s > '9' || n > UINT64_MAX / 10 - 1)
+      return 0;
+    n = n * 10 + (uint64_t) (*s - '0');
+  }
+  return n;
+}
+
+/* Read the replies to the N commands CMDS numbered FIRST..FIRST+N-1 (sent in
+ * that order) until DEADLINE: OUT[i] the "return" value (new reference) or
+ * NULL, ERRS[i] (malloc'd) the error of command i when it failed.  Events
+ * are queued, replies to other (earlier, timed-out) commands dropped.
+ * 0 when every reply came (each a success or a QMP error), -1 with the
+ * error set on a transport error or timeout (the rest get that error). */
+static int
+read_replies (qmp *q, const char *const *cmds, size_t n, uint64_t first, uint64_t deadline,
+              int timeout_ms, json_object **out, char **errs, qb_err *codes)
+{
+  size_t left = n;
+  bool *done = qb_calloc (n ? n : 1, sizeof *done);
+  int rc = 0;
+  while (left > 0) {
     json_object *m = jsonio_recv (q->io, left_ms (deadline));
     if (!m) {
-      if (qb_error_code () == QB_ETIMEDOUT)
-        qb_error_set (QB_ETIMEDOUT, "QMP command %s: no reply within %d ms", cmd, timeout_ms);
-      else
-        qb_error_prefix ("waiting for the reply to QMP command %s", cmd);
-      return NULL;
+      rc = -1;
+      break;
     }
     if (json_object_object_get_ex (m, "event", NULL)) {
       queue_event (q, m);
-      if (left_ms (deadline) == 0)
-        goto timeout;
-      continue;
     }
-    json_object *mid = NULL, *ret = NULL, *err = NULL;
-    bool has_id = json_object_object_get_ex (m, "id", &mid);
-    json_object_object_get_ex (m, "return", &ret);
-    json_object_object_get_ex (m, "error", &err);
-    /* A reply for an earlier command (one that timed out) is dropped.  An
-     * error without id is QEMU failing to parse our request. */
-    bool ours = has_id ? (json_object_is_type (mid, json_type_string)
-                          && strcmp (json_object_get_string (mid), id) == 0)
-                       : err != NULL;
-    if (!ours) {
+    else {
+      json_object *mid = NULL, *ret = NULL, *err = NULL;
+      bool has_id = json_object_object_get_ex (m, "id", &mid);
+      json_object_object_get_ex (m, "return", &ret);
+      json_object_object_get_ex (m, "error", &err);
+      /* A reply for an earlier command (one that timed out) is dropped.  An
+       * error without id is QEMU failing to parse a request: the first one
+       * still waiting gets it. */
+      size_t k = n;
+      if (has_id) {
+        uint64_t num = reply_num (mid);
+        if (num >= first && num - first < n && !done[num - first])
+          k = (size_t) (num - first);
+      }
+      else if (err)
+        for (k = 0; k < n && done[k]; k++)
+          ;
+      if (k < n) {
+        done[k] = true;
+        left--;
+        if (err) {
+          reply_error (q, cmds[k], err);
+          errs[k] = qb_strdup (qb_error_msg ());
+          codes[k] = qb_error_code ();
+        }
+        else if (!ret) {
+          errs[k] = qb_asprintf ("QMP reply to %s has neither \"return\" nor \"error\"", cmds[k]);
+          codes[k] = QB_EPROTO;
+        }
+        else
+          out[k] = json_object_get (ret);
+      }
       json_object_put (m);
-      if (left_ms (deadline) == 0)
-        goto timeout;
-      continue;
     }
-    if (err) {
-      reply_error (q, cmd, err);
-      json_object_put (m);
-      return NULL;
+    if (left > 0 && left_ms (deadline) == 0) {
+      /* The peer kept talking, but not our replies. */
+      qb_error_set (QB_ETIMEDOUT, "no reply within %d ms", timeout_ms);
+      rc = -1;
+      break;
     }
-    if (!ret) {
-      json_object_put (m);
-      qb_error_set (QB_EPROTO, "QMP reply to %s has neither \"return\" nor \"error\"", cmd);
-      return NULL;
-    }
-    json_object_get (ret);
-    json_object_put (m);
-    return ret;
   }
- timeout:
-  /* The peer kept talking, but not our reply. */
-  qb_error_set (QB_ETIMEDOUT, "QMP command %s: no reply within %d ms", cmd, timeout_ms);
-  return NULL;
+  if (rc < 0) {
+    if (qb_error_code () == QB_ETIMEDOUT)
+      qb_error_set (QB_ETIMEDOUT, "no reply within %d ms", timeout_ms);
+    for (size_t i = 0; i < n; i++)
+      if (!done[i]) {
+        errs[i] = qb_asprintf (qb_error_code () == QB_ETIMEDOUT
+                               ? "QMP command %s: %s" : "waiting for the reply to QMP command %s: %s",
+                               cmds[i], qb_error_msg ());
+        codes[i] = qb_error_code ();
+      }
+  }
+  free (done);
+  return rc;
+}
+
+json_object *
+qmp_execute (qmp *q, const char *cmd, json_object *args, int timeout_ms)
+{
+  json_object *ret = NULL;
+  qmp_execute_batch (q, &cmd, &args, 1, &ret, timeout_ms);
+  return ret;
+}
+
+int
+qmp_execute_batch (qmp *q, const char *const *cmds, json_object **args, size_t n,
+                   json_object **results, int timeout_ms)
+{
+  uint64_t deadline = qb_mono_ms () + (timeout_ms > 0 ? (uint64_t) timeout_ms : 0);
+  for (size_t i = 0; i < n; i++)
+    results[i] = NULL;
+  if (n == 0)
+    return 0;
+  if (n > QMP_BATCH_MAX) {
+    for (size_t i = 0; i < n; i++)
+      json_object_put (args[i]);
+    return qb_error_set (QB_EINVAL, "qmp_execute_batch: %zu commands (at most %d)", n,
+                         QMP_BATCH_MAX);
+  }
+  uint64_t first = 0;
+  size_t sent = 0;
+  int rc = 0;
+  for (; sent < n; sent++) {
+    uint64_t num;
+    if (send_command (q, cmds[sent], args[sent], deadline, &num) < 0) {
+      rc = -1;
+      break;
+    }
+    if (sent == 0)
+      first = num;
+  }
+  for (size_t i = sent + (rc < 0); i < n; i++)
+    json_object_put (args[i]);    /* never sent */
+  if (rc < 0 && sent == 0)
+    return -1;
+  char *errs[QMP_BATCH_MAX] = { 0 };
+  qb_err codes[QMP_BATCH_MAX] = { 0 };
+  qb_err send_code = qb_error_code ();
+  char *send_msg = rc < 0 ? qb_strdup (qb_error_msg ()) : NULL;
+  read_replies (q, cmds, sent, first, deadline, timeout_ms, results, errs, codes);
+  /* The error of the first command that failed (or was never sent). */
+  rc = 0;
+  for (size_t i = 0; i < n && rc == 0; i++)
+    if (i >= sent) {
+      qb_error_set (send_code, "%s", send_msg);
+      rc = -1;
+    }
+    else if (errs[i]) {
+      qb_error_set (codes[i], "%s", errs[i]);
+      rc = -1;
+    }
+  for (size_t i = 0; i < n; i++)
+    free (errs[i]);
+  free (send_msg);
+  return rc;
 }
 
 int

@@ -49,6 +49,20 @@ void qmp_set_cancel (qmp *q, const atomic_int *cancel);
  * stale replies does not hold the call past TIMEOUT_MS. */
 json_object *qmp_execute (qmp *q, const char *cmd, json_object *args, int timeout_ms);
 
+/* At most this many commands in one qmp_execute_batch: QEMU reads no
+ * further requests while 8 wait in its queue. */
+#define QMP_BATCH_MAX 8
+
+/* Send the N (<= QMP_BATCH_MAX) commands CMDS with ARGS (each consumed; may
+ * be NULL) at once, then read every reply (matched by id) within
+ * TIMEOUT_MS; QEMU runs them in order, each whether or not an earlier one
+ * failed.  RESULTS[i] is command i's "return" value (new reference) or
+ * NULL when it failed.  0 when all succeeded; -1 with the error of the
+ * first that failed (as qmp_execute reports it), the others' results still
+ * filled in.  One round trip instead of N. */
+int qmp_execute_batch (qmp *q, const char *const *cmds, json_object **args, size_t n,
+                       json_object **results, int timeout_ms);
+
 /* The string member KEY of the reply object OBJ, or "" (missing, not a
  * string, or OBJ NULL): never NULL, so it can be compared directly. */
 const char *qmp_str (json_object *obj, const char *key);
