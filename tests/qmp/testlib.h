@@ -12,7 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdbool.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <poll.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -113,15 +116,32 @@ test_kill (pid_t pid)
       test_pids[i] = 0;
 }
 
-/* Poll (every 20 ms, up to TIMEOUT_MS) until PATH is a socket and process
- * PID still runs: 0, or -1 after printing why. */
+/* True when a connection to the unix socket PATH is accepted (a socket
+ * file exists a moment before its server listens); the probe is closed. */
+static __attribute__ ((unused)) bool
+test_socket_accepts (const char *path)
+{
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  if (strlen (path) >= sizeof sa.sun_path)
+    return false;
+  strcpy (sa.sun_path, path);
+  int fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return false;
+  bool ok = connect (fd, (struct sockaddr *) &sa, sizeof sa) == 0;
+  close (fd);
+  return ok;
+}
+
+/* Poll (every 20 ms, up to TIMEOUT_MS) until PATH is a socket that accepts
+ * connections and process PID still runs: 0, or -1 after printing why. */
 static __attribute__ ((unused)) int
 test_wait_socket (const char *path, pid_t pid, int timeout_ms)
 {
   uint64_t end = qb_mono_ms () + (uint64_t) timeout_ms;
   for (;;) {
     struct stat st;
-    if (stat (path, &st) == 0 && S_ISSOCK (st.st_mode))
+    if (stat (path, &st) == 0 && S_ISSOCK (st.st_mode) && test_socket_accepts (path))
       return 0;
     if (pid > 0 && waitpid (pid, NULL, WNOHANG) == pid) {
       fprintf (stderr, "process %d exited before creating %s\n", (int) pid, path);
