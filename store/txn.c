@@ -725,8 +725,11 @@ store_txn_commit (store_txn *t, json_object *extra)
     r = store_write_error (t->st, f.err, "fsync", t->disks[f.bad].tmp);
   for (size_t i = 0; i < t->ndisks && r == 0; i++) {
     struct stat sb;
-    if (fstat (f.fds[i], &sb) < 0)
+    if (fstat (f.fds[i], &sb) < 0) {
       r = qb_error_set_errno (errno, "stat %s", t->disks[i].tmp);
+      break;
+    }
+    /* after the fsync: the blocks it allocated are counted */
     t->disks[i].bytes = (uint64_t) sb.st_blocks * 512;
     t->disks[i].size = (uint64_t) sb.st_size;
   }
