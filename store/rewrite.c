@@ -16,10 +16,11 @@
  *      that rewrites data or names (rebase, commit, rename, new records);
  *      a run of steps that only set a header or record field or remove
  *      something (backing, side_prev, record prev/drop, unlink, side_rm)
- *      writes the count once, before the next other step: rerunning such a
- *      run from its start after a crash changes nothing, since no step of
- *      it sets anything that a later step of the run removed (the run is
- *      cut before such a step) and removals commute;
+ *      writes the count once, before the next other step, after one fsync
+ *      of each folder the run removed files from: rerunning such a run
+ *      from its start after a crash changes nothing, since no step of it
+ *      sets anything that a later step of the run removed (the run is cut
+ *      before such a step) and removals commute;
  *   5. the journal is removed.
  *
  * A crash at any point leaves the journal; store_rewrite_resume (run by
@@ -52,7 +53,33 @@ typedef struct rw_unit {
   const char *vm;        /* the VM (store), or NULL */
   int dfd;               /* the unit's folder */
   char *path;            /* its absolute path (messages, qemu-img) */
+  struct rw_defer *defer; /* the run of batched steps, while one runs */
 } rw_unit;
+
+/* Folders (relative to the unit) a run of batched steps removed files
+ * from without syncing them: synced once, before the run's progress is
+ * written (a crash before reruns the removals, which changes nothing). */
+typedef struct rw_defer {
+  bool active;           /* the step running is part of the run */
+  char **dirs;
+  size_t n;
+} rw_defer;
+
+/* After a removal in folder DIR of the unit: sync DIR now, or note it for
+ * the run.  0 or -1. */
+static int
+unit_removed (const rw_unit *u, int dfd, const char *dir)
+{
+  if (u->defer && u->defer->active) {
+    for (size_t i = 0; i < u->defer->n; i++)
+      if (strcmp (u->defer->dirs[i], dir) == 0)
+        return 0;
+    u->defer->dirs = qb_realloc (u->defer->dirs, (u->defer->n + 1) * sizeof *u->defer->dirs);
+    u->defer->dirs[u->defer->n++] = qb_strdup (dir);
+    return 0;
+  }
+  return fsync (dfd) < 0 ? qb_error_set_errno (errno, "fsync %s/%s", u->path, dir) : 0;
+}
 
 /* ---- small helpers ---- */
 
@@ -260,7 +287,7 @@ step_unlink (const rw_unit *u, const char *file)
     if (unlinkat (dfd, base, 0) < 0 && errno != ENOENT)
       qb_error_set_errno (errno, "remove %s/%s", u->path, file);
     else
-      ret = fsync (dfd) < 0 ? qb_error_set_errno (errno, "fsync %s/%s", u->path, dir) : 0;
+      ret = unit_removed (u, dfd, dir);
     close (dfd);
   }
   free (dir);
@@ -405,17 +432,38 @@ step_side_prev (const rw_unit *u, const char *dir, const char *name, const char 
   return r;
 }
 
-/* Remove layer NAME's own record. */
+/* Remove layer NAME's own record, sums and verify record. */
 static int
 step_side_rm (const rw_unit *u, const char *dir, const char *name)
 {
-  int dfd = unit_opendir (u, dir);
-  if (dfd < 0)
-    return -1;
-  int r = store_sidecar_remove (dfd, name);
-  if (r == 0)
-    r = store_sums_remove (dfd, name);
-  close (dfd);
+  if (!(u->defer && u->defer->active)) {
+    int dfd = unit_opendir (u, dir);
+    if (dfd < 0)
+      return -1;
+    int r = store_sidecar_remove (dfd, name);
+    if (r == 0)
+      r = store_sums_remove (dfd, name);
+    close (dfd);
+    return r;
+  }
+  /* part of a run: removed here, .chain synced with the run */
+  char *cdir = strcmp (dir, ".") == 0 ? qb_strdup (STORE_SIDECAR_DIR)
+    : qb_asprintf ("%s/" STORE_SIDECAR_DIR, dir);
+  int r = 0, cfd = qb_openat_nofollow (u->dfd, cdir, O_RDONLY | O_DIRECTORY);
+  if (cfd < 0 && errno != ENOENT)
+    r = store_fs_error (errno, "open", cdir);
+  const char *suffix[] = { ".json", ".sums", ".verify.json" };
+  for (size_t i = 0; cfd >= 0 && r == 0 && i < 3; i++) {
+    char *f = qb_asprintf ("%s%s", name, suffix[i]);
+    if (unlinkat (cfd, f, 0) < 0 && errno != ENOENT)
+      r = qb_error_set_errno (errno, "remove %s/%s/%s", u->path, cdir, f);
+    free (f);
+  }
+  if (cfd >= 0 && r == 0)
+    r = unit_removed (u, cfd, cdir);
+  if (cfd >= 0)
+    close (cfd);
+  free (cdir);
   return r;
 }
 
@@ -645,10 +693,33 @@ step_batchable (json_object *s, char **key, bool *removes)
   return *key != NULL;
 }
 
-/* Write J's progress as DONE finished steps. */
+/* Sync the folders of U's run; forget them.  0 or -1. */
+static int
+defer_sync (const rw_unit *u)
+{
+  int ret = 0;
+  for (size_t i = 0; i < u->defer->n; i++) {
+    int fd = unit_opendir (u, u->defer->dirs[i]);
+    if (fd < 0 && qb_error_code () != QB_ENOENT)
+      ret = -1;
+    else if (fd < 0)
+      qb_error_clear ();         /* a later step removed the folder itself */
+    else if (fsync (fd) < 0 && ret == 0)
+      ret = qb_error_set_errno (errno, "fsync %s/%s", u->path, u->defer->dirs[i]);
+    if (fd >= 0)
+      close (fd);
+    free (u->defer->dirs[i]);
+  }
+  u->defer->n = 0;
+  return ret;
+}
+
+/* Write J's progress as DONE finished steps, once the run's removals are durable. */
 static int
 journal_done (const rw_unit *u, json_object *j, size_t done)
 {
+  if (defer_sync (u) < 0)
+    return -1;
   json_object_object_add (j, "done", json_object_new_int64 ((int64_t) done));
   return journal_write (u, j);
 }
@@ -669,6 +740,10 @@ journal_run (const rw_unit *u, json_object *j)
   char *removed[RUN_MAX];
   size_t nrun = 0, nremoved = 0;
   int ret = 0;
+  rw_defer defer = { false, NULL, 0 };
+  rw_unit ru = *u;               /* U with the run */
+  ru.defer = &defer;
+  u = &ru;
   for (size_t i = done; i < n && ret == 0; i++) {
     json_object *s = json_object_array_get_idx (steps, i);
     char *key;
@@ -685,6 +760,7 @@ journal_run (const rw_unit *u, json_object *j)
         free (removed[k]);
       nrun = nremoved = 0;
     }
+    defer.active = batch;
     if (ret == 0 && step_run (u, s) < 0) {
       qb_error_prefix ("removing restore points (step %zu of %zu; the journal %s/"
                        STORE_REWRITE_JOURNAL " finishes it at the next backup, mount or "
@@ -703,9 +779,15 @@ journal_run (const rw_unit *u, json_object *j)
   }
   for (size_t k = 0; k < nremoved; k++)
     free (removed[k]);
+  /* the last run's removals durable before the journal goes */
+  if (ret == 0 && defer_sync (u) < 0)
+    ret = -1;
+  for (size_t k = 0; k < defer.n; k++)
+    free (defer.dirs[k]);
+  free (defer.dirs);
   if (ret < 0)
     return -1;
-  /* every step made its own changes durable: the journal can go */
+  /* every step's changes are durable: the journal can go */
   if (unlinkat (u->dfd, STORE_REWRITE_JOURNAL, 0) < 0 && errno != ENOENT)
     return qb_error_set_errno (errno, "remove %s/" STORE_REWRITE_JOURNAL, u->path);
   fsync (u->dfd);
