@@ -5,10 +5,10 @@
  *      from the target file (sums.h) and written to .chain unsynced;
  *   2. writes every small file unsynced: each layer's .chain record (temp,
  *      renamed into place) and the point's record as a temp in .points;
- *   3. starts the writeback of all small files, then fsyncs each of them,
- *      each .chain folder, each disk folder (its .tmp entry) and the parent
- *      of every folder this commit made: from here everything the record
- *      names is durable;
+ *   3. starts the writeback of all small files, then fsyncs, all at once
+ *      (a few threads), each of them, each .chain folder, each disk folder
+ *      (its .tmp entry) and the parent of every folder this commit made:
+ *      from here everything the record names is durable;
  *   4. renames the record's temp to its name and fsyncs .points: the
  *      commit point;
  *   5. renames each temp to its final name and fsyncs the disk folders.
@@ -412,18 +412,51 @@ txn_sync_add (txn_sync *s, int fd, bool folder, const char *what)
   s->n++;
 }
 
-/* Make everything in S durable: writeback of all files started at once,
- * then one fsync each (the first commits what the others need, on a
- * journaling filesystem), files before folders.  0, or -1. */
+/* Threads that fsync the files and folders of a commit at once: the
+ * filesystem joins concurrent fsyncs into one journal commit and one cache
+ * flush where it can, where one after the other each pays its own. */
+#define SYNC_THREADS 8
+
+typedef struct txn_syncer {
+  txn_sync *s;
+  size_t next;           /* the next entry to take (atomic) */
+  int *errs;             /* errno of each entry, 0 when synced */
+} txn_syncer;
+
+/* Thread: fsync the entries of Y not taken yet. */
+static void *
+txn_syncer_run (void *opaque)
+{
+  txn_syncer *y = opaque;
+  size_t i;
+  while ((i = __atomic_fetch_add (&y->next, 1, __ATOMIC_RELAXED)) < y->s->n)
+    y->errs[i] = fsync (y->s->fds[i]) < 0 ? errno : 0;
+  return NULL;
+}
+
+/* Make everything in S durable: the writeback of all files started, then
+ * every file and folder fsynced at once (nothing in S must be durable
+ * before anything else in S).  0, or -1. */
 static int
 txn_sync_run (store_txn *t, txn_sync *s)
 {
   for (size_t i = 0; i < s->nfiles; i++)
     sync_file_range (s->fds[i], 0, 0, SYNC_FILE_RANGE_WRITE);
-  for (size_t i = 0; i < s->n; i++)
-    if (fsync (s->fds[i]) < 0)
-      return store_write_error (t->st, errno, "fsync", s->what[i]);
-  return 0;
+  txn_syncer y = { s, 0, qb_calloc (s->n ? s->n : 1, sizeof (int)) };
+  pthread_t th[SYNC_THREADS];
+  size_t nth = 0;
+  while (nth < SYNC_THREADS && nth + 1 < s->n
+         && pthread_create (&th[nth], NULL, txn_syncer_run, &y) == 0)
+    nth++;
+  txn_syncer_run (&y);
+  for (size_t i = 0; i < nth; i++)
+    pthread_join (th[i], NULL);
+  int ret = 0;
+  for (size_t i = 0; i < s->n && ret == 0; i++)
+    if (y.errs[i])
+      ret = store_write_error (t->st, y.errs[i], "fsync", s->what[i]);
+  free (y.errs);
+  return ret;
 }
 
 /* Close and forget everything in S. */
