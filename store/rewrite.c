@@ -12,7 +12,15 @@
  *   3. journal: <unit>/.rewrite.json (tmp, fsync, rename, fsync) with the
  *      steps, the layers that go ("hide") and the layers of every chain the
  *      operation touches ("busy"); from here on the scan serves none of them;
- *   4. steps, with the count of finished steps written back after each one;
+ *   4. steps, with the count of finished steps written back after each one
+ *      that rewrites data or names (rebase, commit, rename, new records);
+ *      a run of steps that only set a header or record field or remove
+ *      something (backing, side_prev, record prev/drop, unlink, side_rm)
+ *      writes the count once, before the next other step, after one fsync
+ *      of each folder the run removed files from: rerunning such a run
+ *      from its start after a crash changes nothing, since no step of it
+ *      sets anything that a later step of the run removed (the run is cut
+ *      before such a step) and removals commute;
  *   5. the journal is removed.
  *
  * A crash at any point leaves the journal; store_rewrite_resume (run by
@@ -45,7 +53,33 @@ typedef struct rw_unit {
   const char *vm;        /* the VM (store), or NULL */
   int dfd;               /* the unit's folder */
   char *path;            /* its absolute path (messages, qemu-img) */
+  struct rw_defer *defer; /* the run of batched steps, while one runs */
 } rw_unit;
+
+/* Folders (relative to the unit) a run of batched steps removed files
+ * from without syncing them: synced once, before the run's progress is
+ * written (a crash before reruns the removals, which changes nothing). */
+typedef struct rw_defer {
+  bool active;           /* the step running is part of the run */
+  char **dirs;
+  size_t n;
+} rw_defer;
+
+/* After a removal in folder DIR of the unit: sync DIR now, or note it for
+ * the run.  0 or -1. */
+static int
+unit_removed (const rw_unit *u, int dfd, const char *dir)
+{
+  if (u->defer && u->defer->active) {
+    for (size_t i = 0; i < u->defer->n; i++)
+      if (strcmp (u->defer->dirs[i], dir) == 0)
+        return 0;
+    u->defer->dirs = qb_realloc (u->defer->dirs, (u->defer->n + 1) * sizeof *u->defer->dirs);
+    u->defer->dirs[u->defer->n++] = qb_strdup (dir);
+    return 0;
+  }
+  return fsync (dfd) < 0 ? qb_error_set_errno (errno, "fsync %s/%s", u->path, dir) : 0;
+}
 
 /* ---- small helpers ---- */
 
@@ -253,7 +287,7 @@ step_unlink (const rw_unit *u, const char *file)
     if (unlinkat (dfd, base, 0) < 0 && errno != ENOENT)
       qb_error_set_errno (errno, "remove %s/%s", u->path, file);
     else
-      ret = fsync (dfd) < 0 ? qb_error_set_errno (errno, "fsync %s/%s", u->path, dir) : 0;
+      ret = unit_removed (u, dfd, dir);
     close (dfd);
   }
   free (dir);
@@ -398,17 +432,38 @@ step_side_prev (const rw_unit *u, const char *dir, const char *name, const char 
   return r;
 }
 
-/* Remove layer NAME's own record. */
+/* Remove layer NAME's own record, sums and verify record. */
 static int
 step_side_rm (const rw_unit *u, const char *dir, const char *name)
 {
-  int dfd = unit_opendir (u, dir);
-  if (dfd < 0)
-    return -1;
-  int r = store_sidecar_remove (dfd, name);
-  if (r == 0)
-    r = store_sums_remove (dfd, name);
-  close (dfd);
+  if (!(u->defer && u->defer->active)) {
+    int dfd = unit_opendir (u, dir);
+    if (dfd < 0)
+      return -1;
+    int r = store_sidecar_remove (dfd, name);
+    if (r == 0)
+      r = store_sums_remove (dfd, name);
+    close (dfd);
+    return r;
+  }
+  /* part of a run: removed here, .chain synced with the run */
+  char *cdir = strcmp (dir, ".") == 0 ? qb_strdup (STORE_SIDECAR_DIR)
+    : qb_asprintf ("%s/" STORE_SIDECAR_DIR, dir);
+  int r = 0, cfd = qb_openat_nofollow (u->dfd, cdir, O_RDONLY | O_DIRECTORY);
+  if (cfd < 0 && errno != ENOENT)
+    r = store_fs_error (errno, "open", cdir);
+  const char *suffix[] = { ".json", ".sums", ".verify.json" };
+  for (size_t i = 0; cfd >= 0 && r == 0 && i < 3; i++) {
+    char *f = qb_asprintf ("%s%s", name, suffix[i]);
+    if (unlinkat (cfd, f, 0) < 0 && errno != ENOENT)
+      r = qb_error_set_errno (errno, "remove %s/%s/%s", u->path, cdir, f);
+    free (f);
+  }
+  if (cfd >= 0 && r == 0)
+    r = unit_removed (u, cfd, cdir);
+  if (cfd >= 0)
+    close (cfd);
+  free (cdir);
   return r;
 }
 
@@ -606,6 +661,69 @@ kill_after (void)
   return *end || k < 0 ? -1 : k;
 }
 
+/* Steps a run may hold before its progress is written: a crash makes the
+ * next resume rerun at most this many cheap steps. */
+#define RUN_MAX 32
+
+/* What step S touches, as the run of batched steps sees it: *KEY (malloc'd:
+ * the layer path relative to the unit, or "id:<id>" for a record) and
+ * *REMOVES (it removes KEY).  False for steps that must be marked done one
+ * by one (they rewrite data or names, or make new records). */
+static bool
+step_batchable (json_object *s, char **key, bool *removes)
+{
+  const char *op = store_json_str (s, "do"), *file = store_json_str (s, "file");
+  const char *dir = store_json_str (s, "dir"), *name = store_json_str (s, "layer");
+  const char *id = store_json_str (s, "id"), *to = store_json_str (s, "to");
+  *key = NULL;
+  *removes = false;
+  if (!op)
+    return false;
+  if ((strcmp (op, "backing") == 0 || strcmp (op, "unlink") == 0) && file) {
+    *removes = op[0] == 'u';
+    *key = qb_strdup (file);
+  } else if ((strcmp (op, "side_rm") == 0 || strcmp (op, "side_prev") == 0) && dir && name) {
+    *removes = strcmp (op, "side_rm") == 0;
+    *key = strcmp (dir, ".") == 0 ? qb_strdup (name) : qb_asprintf ("%s/%s", dir, name);
+  } else if (strcmp (op, "record") == 0 && id && to
+             && (strcmp (to, "prev") == 0 || strcmp (to, "drop") == 0)) {
+    *removes = strcmp (to, "drop") == 0;
+    *key = qb_asprintf ("id:%s", id);
+  }
+  return *key != NULL;
+}
+
+/* Sync the folders of U's run; forget them.  0 or -1. */
+static int
+defer_sync (const rw_unit *u)
+{
+  int ret = 0;
+  for (size_t i = 0; i < u->defer->n; i++) {
+    int fd = unit_opendir (u, u->defer->dirs[i]);
+    if (fd < 0 && qb_error_code () != QB_ENOENT)
+      ret = -1;
+    else if (fd < 0)
+      qb_error_clear ();         /* a later step removed the folder itself */
+    else if (fsync (fd) < 0 && ret == 0)
+      ret = qb_error_set_errno (errno, "fsync %s/%s", u->path, u->defer->dirs[i]);
+    if (fd >= 0)
+      close (fd);
+    free (u->defer->dirs[i]);
+  }
+  u->defer->n = 0;
+  return ret;
+}
+
+/* Write J's progress as DONE finished steps, once the run's removals are durable. */
+static int
+journal_done (const rw_unit *u, json_object *j, size_t done)
+{
+  if (defer_sync (u) < 0)
+    return -1;
+  json_object_object_add (j, "done", json_object_new_int64 ((int64_t) done));
+  return journal_write (u, j);
+}
+
 /* Run J's steps from its "done" count to the end, recording progress,
  * then remove the journal. */
 static int
@@ -618,19 +736,58 @@ journal_run (const rw_unit *u, json_object *j)
   long stop = kill_after ();
   if (stop == 0 && done == 0)
     raise (SIGKILL);
-  for (size_t i = done; i < n; i++) {
-    if (step_run (u, json_object_array_get_idx (steps, i)) < 0) {
+  /* the run of batched steps since DONE was last written: what they removed */
+  char *removed[RUN_MAX];
+  size_t nrun = 0, nremoved = 0;
+  int ret = 0;
+  rw_defer defer = { false, NULL, 0 };
+  rw_unit ru = *u;               /* U with the run */
+  ru.defer = &defer;
+  u = &ru;
+  for (size_t i = done; i < n && ret == 0; i++) {
+    json_object *s = json_object_array_get_idx (steps, i);
+    char *key;
+    bool removes;
+    bool batch = step_batchable (s, &key, &removes);
+    /* a step that sets what the run removed would undo the removal if the
+       run were rerun: the run ends before it */
+    for (size_t k = 0; batch && !removes && k < nremoved; k++)
+      batch = strcmp (removed[k], key) != 0;
+    if ((!batch || nrun == RUN_MAX) && nrun > 0) {
+      if (journal_done (u, j, i) < 0)
+        ret = -1;
+      for (size_t k = 0; k < nremoved; k++)
+        free (removed[k]);
+      nrun = nremoved = 0;
+    }
+    defer.active = batch;
+    if (ret == 0 && step_run (u, s) < 0) {
       qb_error_prefix ("removing restore points (step %zu of %zu; the journal %s/"
                        STORE_REWRITE_JOURNAL " finishes it at the next backup, mount or "
                        "qmprebase run once the cause is fixed)", i + 1, n, u->path);
-      return -1;
+      ret = -1;
     }
-    if (stop > 0 && (size_t) stop == i + 1)
+    if (ret == 0 && stop > 0 && (size_t) stop == i + 1)
       raise (SIGKILL);
-    json_object_object_add (j, "done", json_object_new_int64 ((int64_t) i + 1));
-    if (journal_write (u, j) < 0)
-      return -1;
+    if (ret == 0 && batch) {
+      nrun++;
+      if (removes)
+        removed[nremoved++] = key, key = NULL;
+    } else if (ret == 0 && journal_done (u, j, i + 1) < 0)
+      ret = -1;
+    free (key);
   }
+  for (size_t k = 0; k < nremoved; k++)
+    free (removed[k]);
+  /* the last run's removals durable before the journal goes */
+  if (ret == 0 && defer_sync (u) < 0)
+    ret = -1;
+  for (size_t k = 0; k < defer.n; k++)
+    free (defer.dirs[k]);
+  free (defer.dirs);
+  if (ret < 0)
+    return -1;
+  /* every step's changes are durable: the journal can go */
   if (unlinkat (u->dfd, STORE_REWRITE_JOURNAL, 0) < 0 && errno != ENOENT)
     return qb_error_set_errno (errno, "remove %s/" STORE_REWRITE_JOURNAL, u->path);
   fsync (u->dfd);

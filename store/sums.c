@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <pthread.h>
 #include <xxhash.h>
 
 #define SUMS_MAGIC "QBSUMS\r\n"
@@ -178,16 +179,48 @@ layer_open (int dirfd, const char *file, qcow2_header *h, uint64_t *fsize, struc
 
 /* ---- writing ---- */
 
+/* Clusters met by the walk and summed together: the batch is cut into
+ * slices of about equal bytes, each read and hashed by its own thread with
+ * its own read window, so summing a layer costs about its bytes divided by
+ * the CPUs (the walk's memory stays bounded: one batch). */
+#define BATCH_MAX 8192
+/* Below this many bytes in a batch, one thread sums it: a thread costs more. */
+#define PAR_MIN ((uint64_t) 1 << 20)
+#define SLICES_MAX 4
+
+/* One cluster the walk met, and its sum once hashed. */
+typedef struct sums_item {
+  uint64_t guest, len, host, e;
+  qcow2_kind k;
+  unsigned kind;         /* S_*, set when hashed */
+  uint64_t hash;
+} sums_item;
+
+/* A part of a batch summed by one thread. */
+typedef struct sums_slice {
+  reader r;              /* its own window over the layer */
+  const qcow2_header *h;
+  sums_item *items;
+  size_t n;
+  bool failed;
+  char msg[512];         /* the error of a failed slice (errors are per thread) */
+} sums_slice;
+
 typedef struct writer {
   int fd;
   uint8_t buf[IO_BUF];
   size_t len;
   int err;               /* first errno */
   XXH3_state_t *xs;      /* hash of the entry bytes */
-  reader *r;
   const qcow2_header *h;
   uint64_t count;
   int rerr;              /* the layer could not be read */
+  sums_item items[BATCH_MAX];
+  size_t nitems;
+  uint64_t weight;       /* bytes the batch reads */
+  sums_slice slices[SLICES_MAX];
+  size_t nslices;
+  uint64_t bytes;        /* bytes summed so far */
 } writer;
 
 /* Write W's buffer at the file's current position; errors kept in W->err. */
@@ -207,31 +240,112 @@ writer_flush (writer *w)
   w->len = 0;
 }
 
-/* qcow2_walk callback of store_sums_write: append one entry. */
+/* Hash the clusters of slice S (run by any thread); a failure sets S->failed and S->msg. */
+static void *
+slice_run (void *opaque)
+{
+  sums_slice *s = opaque;
+  for (size_t i = 0; i < s->n && !s->failed; i++) {
+    sums_item *it = &s->items[i];
+    if (cluster_sum (&s->r, s->h, it->len, it->k, it->host, it->e, &it->kind, &it->hash) < 0) {
+      s->failed = true;
+      snprintf (s->msg, sizeof s->msg, "%s", qb_error_msg ());
+    }
+  }
+  return NULL;
+}
+
+/* The bytes item IT makes its reader read (a compressed cluster: at most
+ * two clusters). */
+static uint64_t
+item_weight (const sums_item *it, const qcow2_header *h)
+{
+  if (it->k == QCOW2_DATA)
+    return it->len;
+  if (it->k == QCOW2_COMPRESSED)
+    return (uint64_t) 1 << h->cluster_bits;
+  return 0;
+}
+
+/* Hash W's batch in up to W->nslices threads, then append its entries in
+ * guest order: 0, or -1 (W->rerr set, the first failing cluster's error). */
+static int
+writer_batch (writer *w)
+{
+  size_t ns = w->weight >= PAR_MIN ? w->nslices : 1;
+  /* cut the batch into NS runs of about W->weight / NS bytes each */
+  size_t at = 0;
+  uint64_t acc = 0;
+  for (size_t s = 0; s < ns; s++) {
+    sums_slice *sl = &w->slices[s];
+    sl->items = w->items + at;
+    sl->failed = false;
+    uint64_t goal = w->weight * (s + 1) / ns;
+    size_t end = at;
+    if (s == ns - 1)
+      end = w->nitems;
+    else
+      while (end < w->nitems && acc < goal)
+        acc += item_weight (&w->items[end++], w->h);
+    sl->n = end - at;
+    at = end;
+  }
+  pthread_t th[SLICES_MAX];
+  bool started[SLICES_MAX] = { false };
+  for (size_t s = 1; s < ns; s++)
+    if (w->slices[s].n)
+      started[s] = pthread_create (&th[s], NULL, slice_run, &w->slices[s]) == 0;
+  slice_run (&w->slices[0]);
+  for (size_t s = 1; s < ns; s++) {
+    if (started[s])
+      pthread_join (th[s], NULL);
+    else
+      slice_run (&w->slices[s]);     /* no thread to be had: sum it here */
+  }
+  for (size_t s = 0; s < ns; s++)
+    if (w->slices[s].failed) {
+      qb_error_set (QB_EIO, "%s", w->slices[s].msg);
+      w->rerr = 1;
+      return -1;
+    }
+  for (size_t i = 0; i < w->nitems; i++) {
+    sums_item *it = &w->items[i];
+    uint64_t host = it->kind == S_BAD ? 0 : it->host;
+    if (w->len + SUMS_ENTRY > sizeof w->buf)
+      writer_flush (w);
+    uint8_t *p = w->buf + w->len;
+    put_le64 (p, (it->guest & ~KIND_MASK) | it->kind);
+    put_le64 (p + 8, host);
+    put_le64 (p + 16, it->hash);
+    XXH3_64bits_update (w->xs, p, SUMS_ENTRY);
+    w->len += SUMS_ENTRY;
+    w->count++;
+  }
+  w->nitems = 0;
+  w->weight = 0;
+  return 0;
+}
+
+/* qcow2_walk callback of store_sums_write: note one cluster; a full batch is summed. */
 static int
 sums_entry (void *opaque, uint64_t guest, uint64_t len, qcow2_kind k, uint64_t host, uint64_t e)
 {
   writer *w = opaque;
-  unsigned kind;
-  uint64_t hash;
-  if (cluster_sum (w->r, w->h, len, k, host, e, &kind, &hash) < 0) {
-    w->rerr = 1;
-    return -1;
-  }
-  if (kind == S_BAD)
-    host = 0;
-  if (w->len + SUMS_ENTRY > sizeof w->buf)
-    writer_flush (w);
-  uint8_t *p = w->buf + w->len;
-  put_le64 (p, (guest & ~KIND_MASK) | kind);
-  put_le64 (p + 8, host);
-  put_le64 (p + 16, hash);
-  XXH3_64bits_update (w->xs, p, SUMS_ENTRY);
-  w->len += SUMS_ENTRY;
-  w->count++;
+  sums_item *it = &w->items[w->nitems++];
+  *it = (sums_item) { .guest = guest, .len = len, .host = host, .e = e, .k = k };
+  w->weight += item_weight (it, w->h);
+  if (w->nitems == BATCH_MAX || w->weight >= ((uint64_t) 256 << 20))
+    return writer_batch (w);
   return 0;
 }
 
+/* The threads that sum a layer: the CPUs online, at most SLICES_MAX. */
+static size_t
+sums_threads (void)
+{
+  long n = sysconf (_SC_NPROCESSORS_ONLN);
+  return n < 1 ? 1 : n > SLICES_MAX ? SLICES_MAX : (size_t) n;
+}
 
 /* Fill the 128-byte header HDR. */
 static void
@@ -260,8 +374,9 @@ remove_at (int cfd, const char *name)
   return 0;
 }
 
-int
-store_sums_write_file (int dirfd, const char *file, const char *layer)
+/* store_sums_write_file, and store_sums_write_unsynced when !SYNC. */
+static int
+sums_write (int dirfd, const char *file, const char *layer, bool sync)
 {
   /* FILE may be the layer's temp (".tmp-NAME"): one component, not "." or ".." */
   if (!qb_name_is_safe (layer) || !file || !*file || strchr (file, '/')
@@ -279,13 +394,21 @@ store_sums_write_file (int dirfd, const char *file, const char *layer)
   char *tmp = qb_asprintf (STORE_TMP_PREFIX "%s" SUMS_SUFFIX, layer);
   char *vname = qb_asprintf ("%s" VERIFY_SUFFIX, layer);
   size_t cap = read_chunk (h.cluster_bits);
-  reader r = { lfd, file, fsize, malloc (cap), cap, 0, 0, 0 };
   writer *w = calloc (1, sizeof *w);
-  if (!r.buf || !w || !(w->xs = XXH3_createState ())) {
+  bool nomem = !w || !(w->xs = XXH3_createState ());
+  if (w) {
+    w->fd = -1;
+    w->nslices = sums_threads ();
+    for (size_t s = 0; s < w->nslices; s++) {
+      w->slices[s].r = (reader) { lfd, file, fsize, malloc (cap), cap, 0, 0, 0 };
+      w->slices[s].h = &h;
+      nomem |= !w->slices[s].r.buf;
+    }
+  }
+  if (nomem) {
     qb_error_set (QB_ENOMEM, "out of memory summing layer %s", layer);
     goto out;
   }
-  w->fd = -1;
   if ((cfd = store_sidecar_dir (dirfd, true)) < 0)
     goto out;
   unlinkat (cfd, tmp, 0);
@@ -299,9 +422,10 @@ store_sums_write_file (int dirfd, const char *file, const char *layer)
   memcpy (w->buf, hdr, SUMS_HEADER);      /* placeholder, rewritten below */
   w->len = SUMS_HEADER;
   XXH3_64bits_reset (w->xs);
-  w->r = &r;
   w->h = &h;
   int wr = qcow2_walk (lfd, file, &h, fsize, sums_entry, w);
+  if (wr == 0 && w->nitems)
+    wr = writer_batch (w);
   if (wr != 0) {
     if (!w->rerr && wr > 0)
       qb_error_set (QB_EIO, "summing layer %s failed", layer);
@@ -309,7 +433,10 @@ store_sums_write_file (int dirfd, const char *file, const char *layer)
     goto fail_tmp;
   }
   uint8_t trailer[SUMS_TRAILER];
-  header_make (hdr, &h, fsize, w->count, r.bytes, layer);
+  uint64_t bytes = 0;
+  for (size_t s = 0; s < w->nslices; s++)
+    bytes += w->slices[s].r.bytes;
+  header_make (hdr, &h, fsize, w->count, bytes, layer);
   put_le64 (trailer, XXH3_64bits_withSeed (hdr, SUMS_HEADER, XXH3_64bits_digest (w->xs)));
   if (w->len + SUMS_TRAILER > sizeof w->buf)
     writer_flush (w);
@@ -318,10 +445,14 @@ store_sums_write_file (int dirfd, const char *file, const char *layer)
   writer_flush (w);
   if (!w->err && pwrite (w->fd, hdr, SUMS_HEADER, 0) != SUMS_HEADER)
     w->err = errno ? errno : EIO;
-  if (!w->err && fsync (w->fd) < 0)
+  if (!w->err && sync && fsync (w->fd) < 0)
     w->err = errno;
   if (w->err) {
-    store_write_error (NULL, w->err, "write", tmp);
+    if (w->err == ENOSPC || w->err == EDQUOT)
+      qb_error_set (QB_ENOSPC, "the store is full writing the checksums of layer %s: "
+                    "free space and run the backup again", layer);
+    else
+      qb_error_set_errno (w->err, "write %s/%s", STORE_SIDECAR_DIR, tmp);
     goto fail_tmp;
   }
   close (w->fd);
@@ -332,7 +463,7 @@ store_sums_write_file (int dirfd, const char *file, const char *layer)
   }
   /* an earlier verify judged other bytes */
   remove_at (cfd, vname);
-  if (fsync (cfd) < 0) {
+  if (sync && fsync (cfd) < 0) {
     qb_error_set_errno (errno, "fsync %s", STORE_SIDECAR_DIR);
     goto out;
   }
@@ -346,9 +477,10 @@ store_sums_write_file (int dirfd, const char *file, const char *layer)
       close (w->fd);
     if (w->xs)
       XXH3_freeState (w->xs);
+    for (size_t s = 0; s < w->nslices; s++)
+      free (w->slices[s].r.buf);
     free (w);
   }
-  free (r.buf);
   if (cfd >= 0)
     close (cfd);
   close (lfd);
@@ -356,6 +488,18 @@ store_sums_write_file (int dirfd, const char *file, const char *layer)
   free (tmp);
   free (vname);
   return ret;
+}
+
+int
+store_sums_write_file (int dirfd, const char *file, const char *layer)
+{
+  return sums_write (dirfd, file, layer, true);
+}
+
+int
+store_sums_write_unsynced (int dirfd, const char *file, const char *layer)
+{
+  return sums_write (dirfd, file, layer, false);
 }
 
 int

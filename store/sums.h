@@ -47,6 +47,10 @@
  * hold the start of the next compressed cluster: a flip there marks both.  Zero clusters hold
  * no data and are recorded as zero; unallocated clusters are not listed.
  *
+ * Writing sums reads and hashes the layer in batches of clusters, each cut
+ * into slices hashed by one thread each (up to the CPUs online, at most 4):
+ * the bytes hashed are always those read back from the layer file.
+ *
  * Reading a .sums file is streamed with fixed buffers: memory never depends
  * on what the file claims, and a file bigger than the layer's virtual size
  * could need is refused as damaged. */
@@ -71,6 +75,13 @@ int store_sums_write (int dirfd, const char *layer);
 /* Like store_sums_write, computed from FILE in DIRFD (e.g. the temporary
  * ".tmp-NAME" being committed) and recorded as layer NAME. */
 int store_sums_write_file (int dirfd, const char *file, const char *layer);
+
+/* Like store_sums_write_file, but nothing is fsynced: the sums are written
+ * and renamed into place, and the caller makes them durable (fsync of
+ * .chain/NAME.sums and of .chain) before anything relies on them.  Only for
+ * a layer not committed yet: a crash before those fsyncs may leave a
+ * partial .sums, which recovery removes with the uncommitted layer. */
+int store_sums_write_unsynced (int dirfd, const char *file, const char *layer);
 
 /* Remove .chain/NAME.sums and .chain/NAME.verify.json of disk folder
  * DIRFD (none is fine).  0, or -1. */

@@ -1,9 +1,20 @@
 /* qmpbackupfs — writing a restore point atomically, and recovery.
  *
- * Targets are written to <disk dir>/.tmp-<FINAL>.  Commit fsyncs them,
- * writes the record (the commit point), then renames each temp to its
- * final name.  store_recover finishes committed points and deletes
- * uncommitted temps. */
+ * Targets are written to <disk dir>/.tmp-<FINAL>.  Commit, in this order:
+ *   1. fsyncs the targets in a thread while the sums of each are computed
+ *      from the target file (sums.h) and written to .chain unsynced;
+ *   2. writes every small file unsynced: each layer's .chain record (temp,
+ *      renamed into place) and the point's record as a temp in .points;
+ *   3. starts the writeback of all small files, then fsyncs, all at once
+ *      (a few threads), each of them, each .chain folder, each disk folder
+ *      (its .tmp entry) and the parent of every folder this commit made:
+ *      from here everything the record names is durable;
+ *   4. renames the record's temp to its name and fsyncs .points: the
+ *      commit point;
+ *   5. renames each temp to its final name and fsyncs the disk folders.
+ * A crash before 4 leaves temps and .chain files of a layer no record
+ * names: store_recover deletes them.  After 4, store_recover rolls the
+ * renames forward. */
 #include "store-int.h"
 #include "sums.h"
 #include "common/error.h"
@@ -12,6 +23,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -330,16 +342,174 @@ txn_record (const store_txn *t, json_object *extra)
   return o;
 }
 
-/* Write the record atomically: tmp, fsync, rename, fsync dir.  0 once it is durable. */
-static int
-txn_write_record (store_txn *t, json_object *rec)
+/* The JSON text of a record as the store writes it. */
+static const char *
+txn_json_text (json_object *o)
 {
-  return store_record_write (t->st, t->vm, t->id, rec, false);
+  return json_object_to_json_string_ext (o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED
+                                         | JSON_C_TO_STRING_NOSLASHESCAPE);
 }
 
-/* fsync the file at PATH, make it 0600; its size on disk into *BYTES. */
+/* Write all of LEN bytes of BUF to FD: 0, or -1 with errno set. */
 static int
-txn_sync_target (store_txn *t, const char *path, uint64_t *bytes, uint64_t *size)
+txn_write_all (int fd, const char *buf, size_t len)
+{
+  while (len > 0) {
+    ssize_t w = write (fd, buf, len);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0)
+      return -1;
+    buf += w;
+    len -= (size_t) w;
+  }
+  return 0;
+}
+
+/* Create NAME in folder DFD (WHERE in messages) as a new 0600 file
+ * (O_EXCL, no link followed) holding O's text, unsynced: its descriptor
+ * (the caller fsyncs and closes it), or -1 (the file removed). */
+static int
+txn_json_create (store_txn *t, int dfd, const char *where, const char *name, json_object *o)
+{
+  const char *text = txn_json_text (o);
+  unlinkat (dfd, name, 0);
+  int fd = openat (dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return store_write_error (t->st, errno, "create", where);
+  if (txn_write_all (fd, text, strlen (text)) < 0 || txn_write_all (fd, "\n", 1) < 0) {
+    int e = errno;
+    close (fd);
+    unlinkat (dfd, name, 0);
+    return store_write_error (t->st, e, "write", where);
+  }
+  return fd;
+}
+
+/* The files and folders a commit makes durable at once (step 3). */
+typedef struct txn_sync {
+  int *fds;              /* files, then folders: each synced, then closed */
+  char **what;           /* for messages */
+  size_t n, nfiles;
+} txn_sync;
+
+/* Keep FD (WHAT in messages) to be synced; a folder after all files. */
+static void
+txn_sync_add (txn_sync *s, int fd, bool folder, const char *what)
+{
+  s->fds = qb_realloc (s->fds, (s->n + 1) * sizeof *s->fds);
+  s->what = qb_realloc (s->what, (s->n + 1) * sizeof *s->what);
+  size_t at = s->n;
+  if (!folder) {
+    /* files first: their writeback is started before the first fsync */
+    memmove (s->fds + s->nfiles + 1, s->fds + s->nfiles, (s->n - s->nfiles) * sizeof *s->fds);
+    memmove (s->what + s->nfiles + 1, s->what + s->nfiles,
+             (s->n - s->nfiles) * sizeof *s->what);
+    at = s->nfiles++;
+  }
+  s->fds[at] = fd;
+  s->what[at] = qb_strdup (what);
+  s->n++;
+}
+
+/* Threads that fsync the files and folders of a commit at once: the
+ * filesystem joins concurrent fsyncs into one journal commit and one cache
+ * flush where it can, where one after the other each pays its own. */
+#define SYNC_THREADS 8
+
+typedef struct txn_syncer {
+  txn_sync *s;
+  size_t next;           /* the next entry to take (atomic) */
+  int *errs;             /* errno of each entry, 0 when synced */
+} txn_syncer;
+
+/* Thread: fsync the entries of Y not taken yet. */
+static void *
+txn_syncer_run (void *opaque)
+{
+  txn_syncer *y = opaque;
+  size_t i;
+  while ((i = __atomic_fetch_add (&y->next, 1, __ATOMIC_RELAXED)) < y->s->n)
+    y->errs[i] = fsync (y->s->fds[i]) < 0 ? errno : 0;
+  return NULL;
+}
+
+/* Make everything in S durable: the writeback of all files started, then
+ * every file and folder fsynced at once (nothing in S must be durable
+ * before anything else in S).  0, or -1. */
+static int
+txn_sync_run (store_txn *t, txn_sync *s)
+{
+  for (size_t i = 0; i < s->nfiles; i++)
+    sync_file_range (s->fds[i], 0, 0, SYNC_FILE_RANGE_WRITE);
+  txn_syncer y = { s, 0, qb_calloc (s->n ? s->n : 1, sizeof (int)) };
+  pthread_t th[SYNC_THREADS];
+  size_t nth = 0;
+  while (nth < SYNC_THREADS && nth + 1 < s->n
+         && pthread_create (&th[nth], NULL, txn_syncer_run, &y) == 0)
+    nth++;
+  txn_syncer_run (&y);
+  for (size_t i = 0; i < nth; i++)
+    pthread_join (th[i], NULL);
+  int ret = 0;
+  for (size_t i = 0; i < s->n && ret == 0; i++)
+    if (y.errs[i])
+      ret = store_write_error (t->st, y.errs[i], "fsync", s->what[i]);
+  free (y.errs);
+  return ret;
+}
+
+/* Close and forget everything in S. */
+static void
+txn_sync_free (txn_sync *s)
+{
+  for (size_t i = 0; i < s->n; i++) {
+    close (s->fds[i]);
+    free (s->what[i]);
+  }
+  free (s->fds);
+  free (s->what);
+  memset (s, 0, sizeof *s);
+}
+
+/* Open folder REL of the VM (no link followed) into S to be synced: 0, or -1. */
+static int
+txn_sync_dir (store_txn *t, txn_sync *s, const char *rel)
+{
+  char *srel = *rel ? qb_asprintf ("%s/%s", t->vm, rel) : qb_strdup (t->vm);
+  int fd = qb_openat_nofollow (t->st->rootfd, srel, O_RDONLY | O_DIRECTORY);
+  int r = fd < 0 ? store_fs_error (errno, "open", srel) : 0;
+  if (fd >= 0)
+    txn_sync_add (s, fd, true, srel);
+  free (srel);
+  return r;
+}
+
+/* The targets being fsynced by a thread while their sums are computed. */
+typedef struct txn_flusher {
+  store_txn *t;
+  int *fds;
+  int err;               /* the first fsync's errno */
+  size_t bad;            /* which target */
+} txn_flusher;
+
+/* Thread: fsync every target of F. */
+static void *
+txn_flush_run (void *opaque)
+{
+  txn_flusher *f = opaque;
+  for (size_t i = 0; i < f->t->ndisks && !f->err; i++)
+    if (fsync (f->fds[i]) < 0) {
+      f->err = errno;
+      f->bad = i;
+    }
+  return NULL;
+}
+
+/* Open DISK's temp PATH as the target to commit: a regular file, made
+ * 0600 whoever created it.  The descriptor, or -1. */
+static int
+txn_open_target (const char *path)
 {
   int fd = open (path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) {
@@ -348,10 +518,10 @@ txn_sync_target (store_txn *t, const char *path, uint64_t *bytes, uint64_t *size
     return qb_error_set_errno (errno, "open %s", path);
   }
   struct stat sb;
-  if (fsync (fd) < 0 || fstat (fd, &sb) < 0) {
+  if (fstat (fd, &sb) < 0) {
     int e = errno;
     close (fd);
-    return store_write_error (t->st, e, "fsync", path);
+    return qb_error_set_errno (e, "stat %s", path);
   }
   if (!S_ISREG (sb.st_mode)) {
     close (fd);
@@ -363,10 +533,7 @@ txn_sync_target (store_txn *t, const char *path, uint64_t *bytes, uint64_t *size
     close (fd);
     return qb_error_set_errno (e, "chmod 0600 %s", path);
   }
-  close (fd);
-  *bytes = (uint64_t) sb.st_blocks * 512;
-  *size = (uint64_t) sb.st_size;
-  return 0;
+  return fd;
 }
 
 /* The base name of PATH. */
@@ -377,23 +544,31 @@ txn_base (const char *path)
   return s ? s + 1 : path;
 }
 
+/* The folder of DISK's layer relative to the VM (malloc'd). */
+static char *
+txn_disk_rel (const txn_disk *d)
+{
+  char *rdir = qb_strdup (d->rel);
+  *strrchr (rdir, '/') = '\0';
+  return rdir;
+}
+
 /* Write the per-layer record of every disk of T (REC is the point's
  * record: each disk gets a copy holding only its own entry) into
- * <disk dir>/.chain/, before the point's record: 0 or -1. */
+ * <disk dir>/.chain/, unsynced, and note in S what makes them durable:
+ * 0 or -1. */
 static int
-txn_write_sidecars (store_txn *t, json_object *rec)
+txn_write_sidecars (store_txn *t, json_object *rec, txn_sync *s)
 {
   json_object *disks;
   json_object_object_get_ex (rec, "disks", &disks);
   for (size_t i = 0; i < t->ndisks; i++) {
     txn_disk *d = &t->disks[i];
-    char *rdir = qb_strdup (d->rel);
-    *strrchr (rdir, '/') = '\0';
+    char *rdir = txn_disk_rel (d);
     char *crel = qb_asprintf ("%s/%s/" STORE_SIDECAR_DIR, t->vm, rdir);
     free (rdir);
     int r = store_mkdirs (t->st, crel);
-    int cfd = r < 0 ? -1 : qb_openat_nofollow (t->st->rootfd, crel,
-                                                O_RDONLY | O_DIRECTORY);
+    int cfd = r < 0 ? -1 : qb_openat_nofollow (t->st->rootfd, crel, O_RDONLY | O_DIRECTORY);
     if (r == 0 && cfd < 0)
       r = store_fs_error (errno, "open", crel);
     if (r == 0) {
@@ -404,14 +579,31 @@ txn_write_sidecars (store_txn *t, json_object *rec)
       json_object_object_add (side, "disks", one);
       json_object_object_add (side, "layer", json_object_new_string (txn_base (d->final)));
       char *name = qb_asprintf ("%s.json", txn_base (d->final));
-      r = store_json_write_at (t->st, cfd, crel, name, side);
+      char *tmp = qb_asprintf (STORE_TMP_PREFIX "%s", name);
+      char *what = qb_asprintf ("%s/%s", crel, name);
+      int fd = txn_json_create (t, cfd, what, tmp, side);
+      /* named before it is synced: no record names this layer before step 3 */
+      if (fd >= 0 && renameat (cfd, tmp, cfd, name) < 0) {
+        r = store_write_error (t->st, errno, "rename", what);
+        close (fd);
+        unlinkat (cfd, tmp, 0);
+      } else if (fd < 0)
+        r = -1;
+      else {
+        d->sidecar = true;
+        txn_sync_add (s, fd, false, what);
+      }
+      free (what);
+      free (tmp);
       free (name);
       json_object_put (side);
-      if (r == 0)
-        d->sidecar = true;
     }
-    if (cfd >= 0)
-      close (cfd);
+    if (cfd >= 0) {
+      if (r == 0)
+        txn_sync_add (s, cfd, true, crel);
+      else
+        close (cfd);
+    }
     free (crel);
     if (r < 0)
       return -1;
@@ -420,23 +612,32 @@ txn_write_sidecars (store_txn *t, json_object *rec)
 }
 
 /* Write the checksums of every layer of T (sums.h) beside its record,
- * computed from its temp (a target that is no qcow2 image gets none: the
- * scan reports it damaged): 0 or -1. */
+ * computed from its temp, unsynced, and note in S what makes them durable
+ * (a target that is no qcow2 image gets none: the scan reports it
+ * damaged): 0 or -1. */
 static int
-txn_write_sums (store_txn *t)
+txn_write_sums (store_txn *t, txn_sync *s)
 {
   for (size_t i = 0; i < t->ndisks; i++) {
     txn_disk *d = &t->disks[i];
-    char *rdir = qb_strdup (d->rel);
-    *strrchr (rdir, '/') = '\0';
+    char *rdir = txn_disk_rel (d);
     char *drel = qb_asprintf ("%s/%s", t->vm, rdir);
     free (rdir);
     int dfd = qb_openat_nofollow (t->st->rootfd, drel, O_RDONLY | O_DIRECTORY);
     int r = dfd < 0 ? store_fs_error (errno, "open", drel)
-      : store_sums_write_file (dfd, txn_base (d->tmp), txn_base (d->final));
-    if (r == 0)
+      : store_sums_write_unsynced (dfd, txn_base (d->tmp), txn_base (d->final));
+    if (r == 0) {
       d->sums = true;
-    else if (qb_error_code () == QB_EDAMAGED) {
+      char *name = qb_asprintf (STORE_SIDECAR_DIR "/%s.sums", txn_base (d->final));
+      char *what = qb_asprintf ("%s/%s", drel, name);
+      int fd = qb_openat_nofollow (dfd, name, O_RDONLY);
+      if (fd < 0)
+        r = store_fs_error (errno, "open", what);
+      else
+        txn_sync_add (s, fd, false, what);
+      free (name);
+      free (what);
+    } else if (qb_error_code () == QB_EDAMAGED) {
       /* not a readable qcow2 image: the scan reports it; nothing to sum */
       qb_error_clear ();
       r = 0;
@@ -485,7 +686,45 @@ txn_discard (store_txn *t)
   }
 }
 
-/* Commit: sync temps, write the record (commit point), rename, sync dirs. */
+/* Create the point's record of T as a temp in .points, unsynced, into S:
+ * the temp's descriptor is kept in S; *PFD gets .points.  0, or -1. */
+static int
+txn_write_record (store_txn *t, json_object *rec, txn_sync *s, int *pfd)
+{
+  char *prel = qb_asprintf ("%s/" STORE_POINTS_DIR, t->vm);
+  char *final = qb_asprintf ("%s.json", t->id);
+  char *tmp = qb_asprintf (STORE_TMP_PREFIX "%s.json", t->id);
+  char *what = qb_asprintf ("%s/%s", prel, tmp);
+  int ret = -1;
+  struct stat sb;
+  *pfd = -1;
+  if (store_mkdirs (t->st, prel) < 0)
+    goto out;
+  *pfd = qb_openat_nofollow (t->st->rootfd, prel, O_RDONLY | O_DIRECTORY);
+  if (*pfd < 0) {
+    store_fs_error (errno, "open", prel);
+    goto out;
+  }
+  if (fstatat (*pfd, final, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+    qb_error_set (QB_EINVAL, "restore point %s of VM %s exists already", t->id, t->vm);
+    goto out;
+  }
+  int fd = txn_json_create (t, *pfd, what, tmp, rec);
+  if (fd < 0)
+    goto out;
+  txn_sync_add (s, fd, false, what);
+  ret = 0;
+ out:
+  free (prel);
+  free (final);
+  free (tmp);
+  free (what);
+  return ret;
+}
+
+/* Commit (see the top of this file): targets synced while summed, small
+ * files written, all synced at once, the record renamed (commit point),
+ * the temps renamed, the folders synced. */
 int
 store_txn_commit (store_txn *t, json_object *extra)
 {
@@ -493,42 +732,110 @@ store_txn_commit (store_txn *t, json_object *extra)
     return qb_error_set (QB_EINVAL, "restore point %s is already committed", t->id);
   if (t->ndisks == 0)
     return qb_error_set (QB_EINVAL, "restore point %s has no disks", t->id);
-  for (size_t i = 0; i < t->ndisks; i++)
-    if (txn_sync_target (t, t->disks[i].tmp, &t->disks[i].bytes, &t->disks[i].size) < 0) {
-      txn_discard (t);
-      return -1;
-    }
-  /* The directories holding the temps (and new directories) must be durable too. */
-  for (size_t i = 0; i < t->ndisks; i++)
-    if (qb_fsync_dir (t->disks[i].dir) < 0) {
-      txn_discard (t);
-      return -1;
-    }
-  json_object *rec = txn_record (t, extra);
-  /* The layers' own records first: a record names only layers that have one. */
-  int r = txn_write_sidecars (t, rec);
-  if (r == 0)
-    r = txn_write_sums (t);
-  if (r == 0)
-    r = txn_write_record (t, rec);
-  json_object_put (rec);
+  txn_sync s = { 0 };
+  int pfd = -1, r = 0, ret = 0;
+  char *ptmp = qb_asprintf (STORE_TMP_PREFIX "%s.json", t->id);
+  char *pname = qb_asprintf ("%s.json", t->id);
+  txn_flusher f = { t, qb_calloc (t->ndisks, sizeof *f.fds), 0, 0 };
+  size_t nopen = 0;
+  for (; nopen < t->ndisks && r == 0; nopen++)
+    if ((f.fds[nopen] = txn_open_target (t->disks[nopen].tmp)) < 0)
+      r = -1;
   if (r < 0) {
-    txn_discard (t);
-    return -1;
+    nopen--;
+    goto fail;
+  }
+  /* 1. targets synced by a thread while summed here */
+  pthread_t th;
+  json_object *rec;
+  bool threaded = pthread_create (&th, NULL, txn_flush_run, &f) == 0;
+  if (!threaded)
+    txn_flush_run (&f);
+  r = txn_write_sums (t, &s);
+  if (threaded)
+    pthread_join (th, NULL);
+  if (r == 0 && f.err)
+    r = store_write_error (t->st, f.err, "fsync", t->disks[f.bad].tmp);
+  for (size_t i = 0; i < t->ndisks && r == 0; i++) {
+    struct stat sb;
+    if (fstat (f.fds[i], &sb) < 0) {
+      r = qb_error_set_errno (errno, "stat %s", t->disks[i].tmp);
+      break;
+    }
+    /* after the fsync: the blocks it allocated are counted */
+    t->disks[i].bytes = (uint64_t) sb.st_blocks * 512;
+    t->disks[i].size = (uint64_t) sb.st_size;
+  }
+  if (r < 0)
+    goto fail;
+  /* 2. the small files: the layers' own records, the point's record's temp */
+  rec = txn_record (t, extra);
+  r = txn_write_sidecars (t, rec, &s);
+  if (r == 0)
+    r = txn_write_record (t, rec, &s, &pfd);
+  json_object_put (rec);
+  /* 3. all durable: the small files, .chain folders (in S already), the
+     disk folders holding the temps, and the parents of new folders */
+  for (size_t i = 0; i < t->ndisks && r == 0; i++) {
+    char *rdir = txn_disk_rel (&t->disks[i]);
+    r = txn_sync_dir (t, &s, rdir);
+    if (r == 0 && t->disks[i].made_dir) {
+      char *slash = strrchr (rdir, '/');
+      if (slash)
+        *slash = '\0';
+      r = txn_sync_dir (t, &s, slash ? rdir : "");
+    }
+    free (rdir);
+  }
+  if (r == 0 && t->made_month)
+    r = txn_sync_dir (t, &s, "");
+  if (r == 0)
+    r = txn_sync_run (t, &s);
+  /* 4. the commit point */
+  if (r == 0 && renameat (pfd, ptmp, pfd, pname) < 0)
+    r = store_write_error (t->st, errno, "rename", ptmp);
+  else if (r == 0 && fsync (pfd) < 0) {
+    r = qb_error_set_errno (errno, "fsync directory %s/" STORE_POINTS_DIR, t->vm);
+    /* the record may or may not survive a crash: take it back */
+    unlinkat (pfd, pname, 0);
+  }
+  if (r < 0) {
+    if (pfd >= 0)
+      unlinkat (pfd, ptmp, 0);
+    goto fail;
   }
   t->committed = true;          /* the commit point: from here on, only roll forward */
-  int ret = 0;
+  txn_sync_free (&s);
+  /* 5. the final names */
   for (size_t i = 0; i < t->ndisks; i++)
     if (rename (t->disks[i].tmp, t->disks[i].final) < 0 && ret == 0) {
       ret = qb_error_set_errno (errno, "restore point %s is committed but %s could not be "
                                 "renamed (the next start finishes it)", t->id,
                                 t->disks[i].tmp);
     }
-  for (size_t i = 0; i < t->ndisks; i++)
-    if (qb_fsync_dir (t->disks[i].dir) < 0 && ret == 0)
+  for (size_t i = 0; i < t->ndisks; i++) {
+    char *rdir = txn_disk_rel (&t->disks[i]);
+    if (txn_sync_dir (t, &s, rdir) < 0 && ret == 0)
       ret = -1;
-  if (t->month)
-    qb_fsync_dir (t->vmdir);
+    free (rdir);
+  }
+  for (size_t i = 0; i < s.n; i++)
+    if (fsync (s.fds[i]) < 0 && ret == 0)
+      ret = qb_error_set_errno (errno, "fsync directory %s", s.what[i]);
+  txn_sync_free (&s);
+  goto out;
+ fail:
+  txn_sync_free (&s);
+  txn_discard (t);
+  ret = -1;
+ out:
+  for (size_t i = 0; i < nopen; i++)
+    close (f.fds[i]);
+  free (f.fds);
+  if (pfd >= 0)
+    close (pfd);
+  free (ptmp);
+  free (pname);
   return ret;
 }
 

@@ -12,6 +12,9 @@
 #                 made with `meson setup build-bench --buildtype=release`)
 #   --only LIST   comma-separated sections: seq,fio,sparse,scale,backup
 #   --runs N      runs per figure (default 3)
+#   --ab DIR      backups also with the qmpbackup of build directory DIR (e.g.
+#                 another version), interleaved with ours in the same run on
+#                 the same VM and data: A/B figures with min/median/max
 # Needs root (FUSE mounts), qemu-img, qemu-io, qemu-storage-daemon,
 # qemu-system-x86_64, fio, fusermount3.  Not part of `meson test`.
 set -euo pipefail
@@ -22,6 +25,7 @@ QUICK=0
 OUT=
 ONLY=seq,fio,sparse,scale,backup
 RUNS=3
+AB=
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) QUICK=1 ;;
@@ -29,7 +33,8 @@ while [ $# -gt 0 ]; do
     --build) BUILD=$(realpath "$2"); shift ;;
     --only) ONLY=$2; shift ;;
     --runs) RUNS=$2; shift ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --ab) AB=$(realpath "$2"); shift ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -44,6 +49,9 @@ export QB_BUILD_DIR=$BUILD
 for t in "$QMPBACKUPFS" "$QMPBACKUP" "$QMPCMD"; do
   [ -x "$t" ] || { echo "run.sh: $t missing: meson setup build-bench --buildtype=release && ninja -C build-bench" >&2; exit 2; }
 done
+if [ -n "$AB" ] && [ ! -x "$AB/tools/qmpbackup" ]; then
+  echo "run.sh: --ab $AB: no tools/qmpbackup there" >&2; exit 2
+fi
 section() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 need=(qemu-img qemu-io qemu-storage-daemon qemu-system-x86_64 fusermount3 fincore)
 if section fio; then need+=(fio taskset); fi
@@ -303,16 +311,39 @@ if section backup; then
   BK=$T/bkstore/bvm
   mkdir -p "$BK"
   backup() { "$QMPBACKUP" --socket "$sock" backup --level "$1" --target "$BK" --quiet --no-quiesce; }
-  F=() C=()
+  # The other build (--ab) into its own store: its own bitmaps and chain.
+  BKB=$T/bkstore-b/bvm
+  mkdir -p "$BKB"
+  backup_b() { "$AB/tools/qmpbackup" --socket "$sock" backup --level "$1" --target "$BKB" --quiet --no-quiesce; }
+  # "min/median/max" of the numbers given.
+  mmm() { printf '%s/%s/%s' "$(printf '%s\n' "$@" | sort -g | head -n 1)" "$(median "$@")" "$(printf '%s\n' "$@" | sort -g | tail -n 1)"; }
+  # Per run, ours and the other build alternate who goes first.
+  F=() FB=() C=()
   for ((run = 0; run < RUNS; run++)); do
+    if [ -n "$AB" ] && ((run % 2)); then FB+=("$(timeit backup_b full)"); fi
     F+=("$(timeit backup full)")
+    if [ -n "$AB" ] && ! ((run % 2)); then FB+=("$(timeit backup_b full)"); fi
     C+=("$(timeit sh -c "cp '$src' '$T/cp.img' && sync '$T/cp.img'")")
     rm -f "$T/cp.img"
   done
   fig "full backup, $BK_SIZE of data (MB/s, vs cp+fsync)" "$(calc 'b / s / 1e6' b="$bytes" s="$(median "${F[@]}")")" \
       "$(calc 'b / s / 1e6' b="$bytes" s="$(median "${C[@]}")")" MB/s hi "" ""
-  I=()
-  for ((run = 0; run < INC_IDLE_RUNS; run++)); do I+=("$(timeit backup inc)"); done
+  say "  full backup s min/median/max: ours $(mmm "${F[@]}")${AB:+, $AB $(mmm "${FB[@]}")}, cp+fsync $(mmm "${C[@]}")"
+  if [ -n "$AB" ]; then
+    fig "full backup, $BK_SIZE, --ab build (MB/s, vs cp+fsync)" "$(calc 'b / s / 1e6' b="$bytes" s="$(median "${FB[@]}")")" \
+        "$(calc 'b / s / 1e6' b="$bytes" s="$(median "${C[@]}")")" MB/s hi "" ""
+    backup_b inc > /dev/null
+  fi
+  I=() IB=()
+  for ((run = 0; run < INC_IDLE_RUNS; run++)); do
+    I+=("$(timeit backup inc)")
+    if [ -n "$AB" ]; then IB+=("$(timeit backup_b inc)"); fi
+  done
+  say "  idle inc s min/median/max: ours $(mmm "${I[@]}")${AB:+, $AB $(mmm "${IB[@]}")}"
+  if [ -n "$AB" ]; then
+    fig "inc backup, nothing changed, --ab build (s)" "$(median "${IB[@]}")" - s lo "o <= 0.010" "<= 10 ms"
+  fi
+
   # The peer in the same run, on its own paused VM (its bitmaps beside ours
   # would be another tool's business), or "not measured" with the reason.
   peer_idle=-
@@ -351,12 +382,15 @@ if section backup; then
   fig "inc backup, nothing changed (s; peer: Python 0.67)" "$(median "${I[@]}")" "$peer_idle" s lo "o <= 0.010" "<= 10 ms"
   chunk=$((4 << 20)) nchunks=$((bytes / (4 << 20))) nwrite=$((BK_CHANGE / (4 << 20)))
   head -c "$BK_CHANGE" "$src" > "$T/chg.bin"
-  IT=() IC=() IR=()
+  IT=() ITB=() IC=() IR=()
   for ((run = 0; run < RUNS; run++)); do
     RANDOM=$((run + 7))
     mapfile -t offs < <(for ((k = 0; k < nchunks; k++)); do echo "$RANDOM $k"; done | sort -n | head -n "$nwrite" | awk '{ print $2 }')
     for k in "${offs[@]}"; do qb_guest_write bvm drive0 "write -P $((run + 0x61)) $((k * chunk)) $chunk"; done
+    # both builds back up the same changes (each its own bitmap)
+    if [ -n "$AB" ] && ((run % 2)); then ITB+=("$(timeit backup_b inc)"); fi
     IT+=("$(timeit backup inc)")
+    if [ -n "$AB" ] && ! ((run % 2)); then ITB+=("$(timeit backup_b inc)"); fi
     f=$BK/drive0/$(newest "$BK/drive0" INC)
     IR+=("$(calc 'a / c' a="$(stat -c %s "$f")" c="$BK_CHANGE")")
     IC+=("$(timeit sh -c "cp '$T/chg.bin' '$T/cp.img' && sync '$T/cp.img'")")
@@ -365,9 +399,15 @@ if section backup; then
   fig "inc backup, $((BK_CHANGE >> 20)) MiB changed (MB/s, vs cp+fsync)" \
       "$(calc 'b / s / 1e6' b="$BK_CHANGE" s="$(median "${IT[@]}")")" \
       "$(calc 'b / s / 1e6' b="$BK_CHANGE" s="$(median "${IC[@]}")")" MB/s hi "" ""
+  say "  inc backup s min/median/max: ours $(mmm "${IT[@]}")${AB:+, $AB $(mmm "${ITB[@]}")}, cp+fsync $(mmm "${IC[@]}")"
+  if [ -n "$AB" ]; then
+    fig "inc backup, $((BK_CHANGE >> 20)) MiB changed, --ab build (MB/s)" \
+        "$(calc 'b / s / 1e6' b="$BK_CHANGE" s="$(median "${ITB[@]}")")" \
+        "$(calc 'b / s / 1e6' b="$BK_CHANGE" s="$(median "${IC[@]}")")" MB/s hi "" ""
+  fi
   fig "inc file size / changed bytes" "$(median "${IR[@]}")" 1 "" lo "o <= 1.05" "<= 1.05"
   qb_vm_stop bvm
-  rm -rf "$T/bkstore" "$T/chg.bin"
+  rm -rf "$T/bkstore" "$T/bkstore-b" "$T/chg.bin"
 fi
 
 fig_table
