@@ -1032,6 +1032,9 @@ unit_open (rw_unit *u, store *st, const char *vm, const char *dir)
   if (st) {
     u->dfd = store_vm_open (st, vm);
     u->path = qb_asprintf ("%s/%s", store_root (st), vm);
+  } else if (!dir) {
+    u->dfd = -1;
+    return qb_error_set (QB_EINVAL, "a chain rewrite needs a store or a disk folder");
   } else {
     u->dfd = open (dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (u->dfd < 0)
