@@ -136,6 +136,10 @@ target_image_create (qmp *q, const char *job, const char *node, const char *path
 int
 target_image_write (const char *path, uint64_t size, const char *backing)
 {
+  /* For tests: QB_TARGET_CREATE_IN_QEMU=1 has QEMU make every target. */
+  const char *s = getenv ("QB_TARGET_CREATE_IN_QEMU");
+  if (s && strcmp (s, "1") == 0)
+    return 1;
   return qcow2_create_empty (path, size, TARGET_CLUSTER_SIZE, backing, backing ? "qcow2" : NULL);
 }
 

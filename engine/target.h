@@ -16,7 +16,8 @@
  * target_image_create would make, with BACKING (relative to PATH's folder,
  * format qcow2) when non-NULL, without QEMU.  0; 1 when the store's
  * writer does not make such an image (nothing written: use
- * target_image_create); -1 with the error set (QB_ENOSPC, QB_EIO). */
+ * target_image_create; always with QB_TARGET_CREATE_IN_QEMU=1 in the
+ * environment, for tests); -1 with the error set (QB_ENOSPC, QB_EIO). */
 int target_image_write (const char *path, uint64_t size, const char *backing);
 
 /* Attach the N images whose blockdev-add arguments are ATTACH[i] (each
