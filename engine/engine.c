@@ -467,10 +467,12 @@ target_attach_args (const eng_disk *d, store_kind kind)
   return args;
 }
 
-/* Create DISK's target image (QEMU's blockdev-create) and attach it
- * (unless r->unchanged: then no job writes it). */
+/* Create DISK's target image: the store writes it and *ATTACH is set to
+ * its blockdev-add arguments (NULL when r->unchanged: no job writes it),
+ * for targets_attach; or, for an image the store does not write, QEMU's
+ * blockdev-create makes it and attaches it here. */
 static int
-target_create (eng_run *r, eng_disk *d)
+target_create (eng_run *r, eng_disk *d, json_object **attach)
 {
   store_kind kind = r->level == BACKUP_FULL ? STORE_FULL
     : r->level == BACKUP_INC ? STORE_INC : STORE_COPY;
@@ -483,23 +485,56 @@ target_create (eng_run *r, eng_disk *d)
     backing = rel_path (dirname (dir), d->prev->path);
     free (dir);
   }
-  /* An empty 0600 file first, which QEMU then formats. */
+  /* An empty 0600 file first, which the store (or QEMU) then formats. */
   if (store_txn_create_target (r->txn, d->vd->name) < 0) {
     free (backing);
     return -1;
   }
   json_object *args = r->unchanged ? NULL : target_attach_args (d, kind);  /* NULL: no job writes it */
-  char job[64], node[64];
-  snprintf (job, sizeof job, "%s-create", d->job);
-  snprintf (node, sizeof node, "%s-c", d->tnode);
-  int rc = target_image_create (r->q, job, node, d->tmp, d->vd->size, backing, args);
+  int rc = target_image_write (d->tmp, d->vd->size, backing);
+  if (rc == 1) {
+    char job[64], node[64];
+    snprintf (job, sizeof job, "%s-create", d->job);
+    snprintf (node, sizeof node, "%s-c", d->tnode);
+    rc = target_image_create (r->q, job, node, d->tmp, d->vd->size, backing, args);
+    args = NULL;
+    if (rc == 0)
+      d->node_added = !r->unchanged;
+  }
   free (backing);
   if (rc < 0) {
+    json_object_put (args);
     qb_error_prefix ("creating the target image of disk %s", d->vd->name);
     return -1;
   }
-  d->node_added = !r->unchanged;
+  *attach = args;
   return 0;
+}
+
+/* Create every disk's target image and attach those the store wrote, all
+ * in one round trip (QMP_BATCH_MAX per round trip). */
+static int
+targets_create (eng_run *r)
+{
+  json_object **attach = qb_calloc (r->n, sizeof *attach);
+  bool *added = qb_calloc (r->n, sizeof *added);
+  int rc = 0;
+  for (size_t i = 0; i < r->n && rc == 0; i++)
+    rc = target_create (r, &r->d[i], &attach[i]);
+  size_t failed = 0;
+  if (rc == 0) {
+    rc = target_attach_all (r->q, attach, r->n, added, &failed);
+    for (size_t i = 0; i < r->n; i++)
+      if (added[i])
+        r->d[i].node_added = true;
+    if (rc < 0)
+      qb_error_prefix ("attaching the target image of disk %s", r->d[failed].vd->name);
+  }
+  for (size_t i = 0; i < r->n; i++)
+    json_object_put (attach[i]);
+  free (attach);
+  free (added);
+  return rc;
 }
 
 /* Flush DISK's target through blockdev-reopen (QEMU flushes a node before
@@ -832,9 +867,8 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   if (!r->txn)
     return -1;
   r->unchanged = nothing_changed (r, qga_path);
-  for (size_t i = 0; i < r->n; i++)
-    if (target_create (r, &r->d[i]) < 0)
-      return -1;
+  if (targets_create (r) < 0)
+    return -1;
   if (r->unchanged)
     return commit_unchanged (r);
   if (fleece_prepare (r) < 0)

@@ -1,10 +1,13 @@
-/* qmpbackupfs — backup target images created by QEMU's blockdev-create (see
- * target.h): three round trips (file node and job; the wait, jobs_await;
- * dismiss, file node gone, image attached). */
+/* qmpbackupfs — backup target images (see target.h): written by the store
+ * (qcow2_create_empty) and attached in one round trip, or, for what the
+ * store does not write, created by QEMU's blockdev-create in three round
+ * trips (file node and job; the wait, jobs_await; dismiss, file node gone,
+ * image attached). */
 #include "engine/target.h"
 #include "engine/engine-int.h"
 #include "common/error.h"
 #include "common/util.h"
+#include "store/qcow2.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -128,4 +131,57 @@ target_image_create (qmp *q, const char *job, const char *node, const char *path
     json_object_put (res[i]);
   free (tnode);
   return rc;
+}
+
+int
+target_image_write (const char *path, uint64_t size, const char *backing)
+{
+  /* For tests: QB_TARGET_CREATE_IN_QEMU=1 has QEMU make every target. */
+  const char *s = getenv ("QB_TARGET_CREATE_IN_QEMU");
+  if (s && strcmp (s, "1") == 0)
+    return 1;
+  return qcow2_create_empty (path, size, TARGET_CLUSTER_SIZE, backing, backing ? "qcow2" : NULL);
+}
+
+int
+target_attach_all (qmp *q, json_object **attach, size_t n, bool *added, size_t *failed)
+{
+  int ret = 0;
+  for (size_t i = 0; i < n; ) {
+    const char *cmds[QMP_BATCH_MAX];
+    json_object *argv[QMP_BATCH_MAX], *res[QMP_BATCH_MAX];
+    size_t idx[QMP_BATCH_MAX], nb = 0;
+    for (; i < n && nb < QMP_BATCH_MAX; i++) {
+      added[i] = false;
+      if (!attach[i])
+        continue;
+      cmds[nb] = "blockdev-add";
+      argv[nb] = attach[i];
+      attach[i] = NULL;
+      idx[nb++] = i;
+    }
+    if (nb == 0)
+      continue;
+    /* Keep the first error: a later batch's success must not clear it. */
+    qb_err code = qb_error_code ();
+    char *msg = ret < 0 ? qb_strdup (qb_error_msg ()) : NULL;
+    int rc = qmp_execute_batch (q, cmds, argv, nb, res, QMP_COMMAND_TIMEOUT_MS);
+    for (size_t k = 0; k < nb; k++) {
+      added[idx[k]] = res[k] != NULL;
+      if (!res[k] && ret == 0) {
+        *failed = idx[k];
+        ret = -1;
+      }
+      json_object_put (res[k]);
+    }
+    if (msg) {
+      qb_error_set (code, "%s", msg);
+      free (msg);
+    }
+    else if (rc < 0 && ret == 0) {  /* no reply at all (connection lost) */
+      *failed = idx[0];
+      ret = -1;
+    }
+  }
+  return ret;
 }

@@ -101,4 +101,21 @@ struct chain_image;
 size_t chain_map_bytes (const struct chain_image *ci);
 uint64_t chain_map_clusters (const struct chain_image *ci);
 
+/* Whether qcow2_create_empty makes the image for these parameters: SIZE a
+ * non-zero multiple of 512 within qcow2's L1 limit, CLUSTER_SIZE 64 KiB,
+ * BACKING (or NULL) 1 .. 1023 bytes with a format name BACKING_FMT of
+ * 1 .. 31 bytes.  1 or 0 (then QEMU's blockdev-create must make it). */
+int qcow2_create_supported (uint64_t size, uint64_t cluster_size, const char *backing,
+                            const char *backing_fmt);
+
+/* Format the empty regular file at PATH (opened without following links)
+ * as an empty qcow2 v3 image of SIZE bytes, byte for byte what QEMU's
+ * `qemu-img create -f qcow2 -o compat=1.1[,backing_file=BACKING,
+ * backing_fmt=BACKING_FMT]` writes (16-bit refcounts, zlib, no lazy
+ * refcounts).  Implemented in qcow2-create.c.  0; 1 when
+ * qcow2_create_supported says no (nothing written); -1 with QB_ENOSPC
+ * (no room), QB_EIO or QB_ENOENT (the file may hold part of an image). */
+int qcow2_create_empty (const char *path, uint64_t size, uint64_t cluster_size,
+                        const char *backing, const char *backing_fmt);
+
 #endif

@@ -174,6 +174,9 @@ created=$(awk -v p="$prefix" 'index($1, p) == 1 && $1 !~ /-create$/ && $2 == "cr
 # FULL 2, then the INCs with writes 2 + 2; the unchanged INC none.
 [ "$created" -eq 6 ] \
   || qb_die "expected 6 backup jobs of the first store (none for the unchanged INC), saw $created: $(cat "$T/events")"
+# The store writes every target image: QEMU ran no blockdev-create job.
+creates=$(awk '$1 ~ /-create$/ && $2 == "created"' "$T/events" | wc -l)
+[ "$creates" -eq 0 ] || qb_die "QEMU created $creates target images (the store writes them): $(cat "$T/events")"
 
 # Nothing of ours is left in QEMU.
 jobs=$(qb_qmp vm1 query-jobs)

@@ -1,8 +1,9 @@
 #!/bin/bash
-# Backup targets are made inside QEMU (blockdev-create): for disks of many
-# sizes (odd multiples of 512, not multiples of a cluster, one of 8 GiB) the
-# FULL and INC images must be what `qemu-img create -f qcow2 -o compat=1.1`
-# makes: qcow2 v3, 64 KiB clusters, zlib, 16-bit refcounts, the disk's exact
+# Backup targets are written by the store (QEMU only attaches them): for
+# disks of many sizes (odd multiples of 512, not multiples of a cluster, one
+# of 8 GiB) the FULL and INC images must be what `qemu-img create -f qcow2
+# -o compat=1.1` makes, byte for byte (an INC of an idle VM runs no job, so
+# its files are exactly what the store wrote: compared with cmp), and: qcow2 v3, 64 KiB clusters, zlib, 16-bit refcounts, the disk's exact
 # virtual size, an INC naming its predecessor (relative, format qcow2), mode
 # 0600, `qemu-img check` clean, and each restore point byte-identical to the
 # VM's disk.  A target that QEMU cannot create (a full store) must fail the
@@ -109,6 +110,48 @@ for round in 1 2; do
   check_no_leftovers
 done
 qb_log "targets of ${#SIZES[@]} sizes: FULL and two INCs as qemu-img makes them"
+
+# The INC files of the idle point $ID (predecessor $prev) must be byte for
+# byte what qemu-img create writes for the same size and backing name.
+cmp_idle() {
+  local d f name
+  for s in "${SIZES[@]}"; do
+    d=${s%%:*}
+    f=$TGT/$d/INC-$ID
+    check_image "$d" "$f" "INC-$prev"
+    name=$(qemu-img info --output=json "$f" | python3 -c 'import json,sys; print(json.load(sys.stdin)["backing-filename"])')
+    rm -f "$T/ref.qcow2"
+    qemu-img create -q -u -f qcow2 -o compat=1.1 -b "$name" -F qcow2 "$T/ref.qcow2" \
+      "$(qb_vm_disk_size vm1 "$d")"
+    cmp "$f" "$T/ref.qcow2" || qb_die "$f: not byte for byte what qemu-img create writes"
+  done
+}
+
+# An INC with no guest write since the last point: no job runs, so each new
+# file is the empty image as written, and must equal qemu-img's byte for
+# byte (same size, the same relative backing name, format qcow2).
+backup inc
+[ "$RC" -eq 0 ] || qb_die "idle inc backup failed: $(cat "$T/err")"
+cmp_idle
+prev=$ID
+check_no_leftovers
+qb_log "idle inc: ${#SIZES[@]} targets byte for byte as qemu-img create writes them"
+
+# The same with every target made by QEMU's blockdev-create (the path for
+# images the store does not write): an INC with writes, then an idle one,
+# whose files must be byte for byte the same as qemu-img's (and so as the
+# store's).
+for s in "${SIZES[@]}"; do qb_guest_write vm1 "${s%%:*}" "write -P 0x61 0 512"; done
+QB_TARGET_CREATE_IN_QEMU=1 backup inc
+[ "$RC" -eq 0 ] || qb_die "inc with blockdev-create failed: $(cat "$T/err")"
+for s in "${SIZES[@]}"; do check_image "${s%%:*}" "$TGT/${s%%:*}/INC-$ID" "INC-$prev"; done
+prev=$ID
+QB_TARGET_CREATE_IN_QEMU=1 backup inc
+[ "$RC" -eq 0 ] || qb_die "idle inc with blockdev-create failed: $(cat "$T/err")"
+cmp_idle
+prev=$ID
+check_no_leftovers
+qb_log "blockdev-create: INC targets as qemu-img makes them, idle ones byte for byte"
 
 # A target QEMU cannot write: disk d6's folder is on a full filesystem.
 if [ "$(id -u)" -eq 0 ]; then
