@@ -6,7 +6,9 @@
 # store, QEMU's block graph as before (devices on their nodes, no node of
 # ours), no job, no fleece image, the same bitmaps (no "next" bitmap left,
 # the chain bitmaps still recording), the VM running.  The next INC is
-# exact: the chain bitmaps kept every write since the last point.
+# exact: the chain bitmaps kept every write since the last point.  QEMU
+# killed there: the backup fails, the store is as before, and the next
+# backup after a restart (auto: a full) is exact.
 set -euo pipefail
 . "$QB_SOURCE_DIR/tests/lib/vm.sh"
 . "$QB_SOURCE_DIR/tests/lib/cli.sh"
@@ -74,43 +76,62 @@ qb_guest_write vm1 drive0 "write -P 0x21 0 8M"
 qb_guest_write vm1 data1 "write -P 0x22 0 8M"
 FILES=$(store_files)
 
-# The INC with fleecing: its first jobs are held back (stopped VM, then a
-# low speed) while the guest rewrites 2 MiB per disk, so each fleece image
-# saves 2 MiB; then they run free; the second jobs run at --speed 64k (about
-# 30 s for 2 MiB), time enough to interrupt them.
-qb_qmp vm1 stop >/dev/null
-"$QMPBACKUP" --socket "$(qb_vm_socket vm1)" backup --level inc --target "$T/store/vm1" \
-  --fleece-dir "$FL" --speed 64k >"$T/bg.out" 2>&1 &
-BPID=$!
-qb_register_pid "$BPID"
-for ((i = 0; i < 600; i++)); do
-  read -r n left < <(jobs_state vm1)
-  [ "$n" = 2 ] && break
-  _qb_alive "$BPID" || break
-  sleep 0.05
-done
-[ "$n" = 2 ] || qb_die "the backup jobs never started: $(cat "$T/bg.out")"
-qb_qmp vm1 cont >/dev/null
-qb_guest_write vm1 drive0 "write -P 0x31 4M 2M"
-qb_guest_write vm1 data1 "write -P 0x32 4M 2M"
-[ "$(jobs_state vm1 | awk '{ print $2 }')" -gt 0 ] ||
-  qb_die "the first jobs finished before the guest's writes ended (nothing was tested)"
-jobs_speed vm1 0
-
-# Wait (bounded) for the second jobs: the phase line, then two jobs copying.
-for ((i = 0; i < 1200; i++)); do
-  if grep -q 'copying the blocks changed meanwhile' "$T/bg.out"; then
+# Start an INC with fleecing (BPID) and return once its second jobs copy:
+# its first jobs are held back (stopped VM, then a low speed) while the
+# guest rewrites 2 MiB per disk, so each fleece image saves 2 MiB; then they
+# run free; the second jobs run at --speed 64k (about 30 s for 2 MiB), time
+# enough to interrupt them.
+to_second_jobs() {
+  local i n=0 left=0
+  qb_qmp vm1 stop >/dev/null
+  "$QMPBACKUP" --socket "$(qb_vm_socket vm1)" backup --level inc --target "$T/store/vm1" \
+    --fleece-dir "$FL" --speed 64k >"$T/bg.out" 2>&1 &
+  BPID=$!
+  qb_register_pid "$BPID"
+  for ((i = 0; i < 600; i++)); do
     read -r n left < <(jobs_state vm1)
-    [ "$n" = 2 ] && [ "$left" = 2 ] && break
-  fi
-  _qb_alive "$BPID" || break
-  sleep 0.05
-done
-grep -q 'copying the blocks changed meanwhile' "$T/bg.out" ||
-  qb_die "the backup never reached the second jobs: $(cat "$T/bg.out")"
-read -r n left < <(jobs_state vm1)
-[ "$n" = 2 ] && [ "$left" = 2 ] ||
-  qb_die "expected two second jobs with bytes left, saw $n jobs, $left unfinished: $(cat "$T/bg.out")"
+    [ "$n" = 2 ] && break
+    _qb_alive "$BPID" || break
+    sleep 0.05
+  done
+  [ "$n" = 2 ] || qb_die "the backup jobs never started: $(cat "$T/bg.out")"
+  qb_qmp vm1 cont >/dev/null
+  qb_guest_write vm1 drive0 "write -P 0x31 4M 2M"
+  qb_guest_write vm1 data1 "write -P 0x32 4M 2M"
+  [ "$(jobs_state vm1 | awk '{ print $2 }')" -gt 0 ] ||
+    qb_die "the first jobs finished before the guest's writes ended (nothing was tested)"
+  jobs_speed vm1 0
+  # The phase line, then two jobs copying.
+  for ((i = 0; i < 1200; i++)); do
+    if grep -q 'copying the blocks changed meanwhile' "$T/bg.out"; then
+      read -r n left < <(jobs_state vm1)
+      [ "$n" = 2 ] && [ "$left" = 2 ] && break
+    fi
+    _qb_alive "$BPID" || break
+    sleep 0.05
+  done
+  grep -q 'copying the blocks changed meanwhile' "$T/bg.out" ||
+    qb_die "the backup never reached the second jobs: $(cat "$T/bg.out")"
+  read -r n left < <(jobs_state vm1)
+  [ "$n" = 2 ] && [ "$left" = 2 ] ||
+    qb_die "expected two second jobs with bytes left, saw $n jobs, $left unfinished: $(cat "$T/bg.out")"
+}
+
+# Check the newest point of every disk against the VM's disks (stopped meanwhile).
+check_next_inc() {
+  local d dir
+  qb_qmp vm1 stop >/dev/null
+  for d in $DISKS; do qb_capture vm1 "$d" "$T/cap/$d.raw"; done
+  qb_backup_expect 0 vm1 "$@"
+  for d in $DISKS; do
+    dir=$T/store/vm1/$d
+    qb_check_merge "$dir" "$(qb_layer_id "$(qb_newest_layer "$dir")")" "$T/cap/$d.raw"
+  done
+  qb_qmp vm1 cont >/dev/null
+}
+
+# --- Ctrl-C ------------------------------------------------------------------
+to_second_jobs
 kill -INT "$BPID"
 rc=0; wait "$BPID" || rc=$?
 [ $rc = 130 ] || qb_die "qmpbackup canceled in its second jobs exited $rc, expected 130: $(cat "$T/bg.out")"
@@ -137,13 +158,28 @@ after:
 $now"
 qb_qmp vm1 query-status | grep -q '"running":true' || qb_die "VM vm1 does not run after the cancel"
 
-# The next INC (VM stopped: the bytes stay put) equals the disks.
-qb_qmp vm1 stop >/dev/null
-for d in $DISKS; do qb_capture vm1 "$d" "$T/cap/$d.raw"; done
-qb_backup_expect 0 vm1 inc
-for d in $DISKS; do
-  dir=$T/store/vm1/$d
-  qb_check_merge "$dir" "$(qb_layer_id "$(qb_newest_layer "$dir")")" "$T/cap/$d.raw"
-done
+# The next INC equals the disks.
+check_next_inc inc
+
+# --- QEMU killed -----------------------------------------------------------
+# The backup fails, the store is as before; QEMU started again on the same
+# images has lost the raw disk's bitmap: auto takes a full (sweeping the
+# fleece images QEMU left), exact.
+qb_guest_write vm1 drive0 "write -P 0x41 0 8M"
+qb_guest_write vm1 data1 "write -P 0x42 0 8M"
+FILES=$(store_files)
+to_second_jobs
+qb_vm_kill vm1
+rc=0; wait "$BPID" || rc=$?
+[ $rc != 0 ] || qb_die "qmpbackup succeeded although QEMU died in its second jobs: $(cat "$T/bg.out")"
+sed 's/^/  QEMU killed: /' "$T/bg.out" >&2
+[ "$(store_files)" = "$FILES" ] || qb_die "the backup QEMU died in changed the store:
+before:
+$FILES
+after:
+$(store_files)"
+qb_vm_restart vm1
 qb_qmp vm1 cont >/dev/null
-qb_log "ok: SIGINT in the fleece second jobs: exit 130, store, graph, jobs, fleece dir and bitmaps as before; the next inc exact"
+check_next_inc auto --fleece-dir "$FL"
+[ -z "$(ls -A "$FL")" ] || qb_die "fleece images left after the next backup: $(ls -la "$FL")"
+qb_log "ok: SIGINT and QEMU's death in the fleece second jobs: store (and graph, jobs, fleece dir, bitmaps) as before; the next backups exact"
