@@ -84,8 +84,12 @@ bitmap_parse (json_object *jb, vm_bitmap *b)
   b->recording = get_bool (jb, "recording");
   b->busy = get_bool (jb, "busy");
   b->inconsistent = get_bool (jb, "inconsistent");
+  /* Only a JSON integer >= 0 is a count: json-c would read a string,
+   * boolean, fraction or null as 0, that is "nothing changed" (an INC
+   * without a job).  Anything else is unknown: dirty. */
   json_object *c = get_obj (jb, "count");
-  b->count = c ? (uint64_t) json_object_get_int64 (c) : UINT64_MAX;  /* unknown: dirty */
+  int64_t cv = c && json_object_is_type (c, json_type_int) ? json_object_get_int64 (c) : -1;
+  b->count = cv >= 0 ? (uint64_t) cv : UINT64_MAX;
 }
 
 /* Add NAME to DISK's names unless it is NULL, empty, an automatic node

@@ -4,8 +4,10 @@
  * client that waits for a reply in between), replies are matched by id
  * whatever their order, with events and stale replies among them, a failed
  * command fails only itself and the batch reports it, a server that leaves
- * mid-batch fails the unanswered ones, and a batch over QMP_BATCH_MAX is
- * refused (its arguments freed). */
+ * mid-batch fails the unanswered ones, a duplicate answer, an answer to an
+ * id not sent and a late one are dropped (an error without id goes to the
+ * first command still waiting), and a batch over QMP_BATCH_MAX is refused
+ * (its arguments freed). */
 #include "qmp/qmp.h"
 #include "qmp/jsonio.h"
 #include "testlib.h"
@@ -158,6 +160,49 @@ test_leave (void)
   qmp_close (q);
 }
 
+/* Script: read two commands; answer the first twice (the second answer
+ * must be dropped), send an error without id (QEMU's answer to a request
+ * it could not parse: it goes to the first command still waiting, the
+ * second), a reply to an id not sent yet; then, for the next single
+ * command, a late duplicate of the first answer before its own. */
+static void
+script_dup (jsonio *srv)
+{
+  char a[64], b[64], c[64];
+  if (!srv_read (srv, "query-jobs", a, sizeof a) || !srv_read (srv, "query-block", b, sizeof b))
+    return;
+  srv_send (srv, "{\"return\": [1], \"id\": \"%s\"}", a);
+  srv_send (srv, "{\"return\": [2], \"id\": \"%s\"}", a);
+  srv_send (srv, "{\"return\": [3], \"id\": \"qb-12345%s\"}", "");
+  srv_send (srv, "{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}%s}", "");
+  srv_send (srv, "{\"return\": [4], \"id\": \"%s\"}", b);   /* too late: already failed */
+  if (!srv_read (srv, "query-status", c, sizeof c))
+    return;
+  srv_send (srv, "{\"return\": [5], \"id\": \"%s\"}", a);
+  srv_send (srv, "{\"return\": {\"status\": \"paused\"}, \"id\": \"%s\"}", c);
+}
+
+static void
+test_dup (void)
+{
+  struct server s;
+  qmp *q = start (&s, script_dup);
+  const char *cmds[] = { "query-jobs", "query-block" };
+  json_object *args[] = { NULL, NULL }, *res[2];
+  CHECK (qmp_execute_batch (q, cmds, args, 2, res, 4000) == -1);
+  CHECK_ERR (QB_EQMP, "JSON parse error");
+  CHECK (res[0] && json_object_is_type (res[0], json_type_array)
+         && json_object_array_length (res[0]) == 1
+         && json_object_get_int (json_object_array_get_idx (res[0], 0)) == 1);
+  CHECK (res[1] == NULL);
+  json_object_put (res[0]);
+  json_object *r = qmp_execute (q, "query-status", NULL, 4000);
+  CHECK (r && strcmp (qmp_str (r, "status"), "paused") == 0);
+  json_object_put (r);
+  pthread_join (s.thread, NULL);
+  qmp_close (q);
+}
+
 /* Script: nothing (the batch below is refused before it is sent). */
 static void
 script_none (jsonio *srv)
@@ -189,6 +234,7 @@ main (void)
 {
   test_order ();
   test_leave ();
+  test_dup ();
   test_too_many ();
   printf ("qmp (batches): all checks passed\n");
   return 0;
