@@ -65,6 +65,7 @@ typedef struct eng_run {
   bool fleecing;             /* the jobs read from snapshot-access nodes (fleece.c) */
   bool fl_stopped;           /* fleece_insert sent "stop": "cont" is owed (fleece_resume) */
   bool unchanged;            /* an INC of disks whose chain bitmaps were empty: no job */
+  int64_t discovered_us;     /* wall clock just before the disks (and bitmaps) were read */
 } eng_run;
 
 /* ---- QEMU jobs (jobs.c) ---- */

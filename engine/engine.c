@@ -832,6 +832,7 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   if (!r->q)
     return -1;
   qmp_set_cancel (r->q, o->cancel);
+  r->discovered_us = qb_now_us ();
   if (discover (r) < 0)
     return -1;
   bool *inc = qb_calloc (r->nall ? r->nall : 1, sizeof *inc);
@@ -863,10 +864,18 @@ run_backup (eng_run *r, const char *qmp_path, const char *qga_path)
   snprintf (r->month, sizeof r->month, "%.7s", when);
   if (decide_level (r) < 0)
     return -1;
+  r->unchanged = nothing_changed (r, qga_path);
+  /* An unchanged point is the disks as they were read: it takes the time
+     from before that read (a write after it is in the next INC). */
+  if (r->unchanged && r->discovered_us < now) {
+    char then[32];
+    qb_format_utc (r->discovered_us, then, sizeof then);
+    if (strncmp (then, when, 7) == 0)         /* the same month folder */
+      now = r->discovered_us;
+  }
   r->txn = store_txn_begin (r->st, r->vm, now, o->monthly);
   if (!r->txn)
     return -1;
-  r->unchanged = nothing_changed (r, qga_path);
   if (targets_create (r) < 0)
     return -1;
   if (r->unchanged)
