@@ -108,10 +108,17 @@ typedef struct store_chain {
   char *month;         /* "YYYY-MM" with --monthly layout, else NULL */
 } store_chain;
 
+/* One entry of a disk's index of its layers by display name. */
+typedef struct store_layer_ix {
+  uint32_t chain, idx;
+} store_layer_ix;
+
 typedef struct store_disk {
   char *name;
   size_t nchains;      /* in time order (months merged) */
   store_chain *chains;
+  size_t nix;          /* every layer of the disk, sorted by display (then */
+  store_layer_ix *ix;  /* chain order), for store_disk_find; NULL: none built */
 } store_disk;
 
 typedef struct store_vm {
@@ -152,6 +159,12 @@ void store_vm_free (store_vm *v);
 
 /* The disk called NAME in a scan, or NULL. */
 const store_disk *store_vm_disk (const store_vm *v, const char *name);
+
+/* The restore point of D whose display name is DISPLAY, leaving out layers
+ * being removed: its chain (*CHAIN) and layer index (*IDX), the first in
+ * chain order when several match.  A binary search in the scan's index
+ * (O(log n), nothing allocated); a disk without one is searched linearly. */
+bool store_disk_find (const store_disk *d, const char *display, size_t *chain, size_t *idx);
 
 /* Open the file of LAYER (a layer of a scan of ST) for reading, walking
  * from the store root with O_NOFOLLOW|O_DIRECTORY per folder, so no
