@@ -12,6 +12,7 @@
  * by the same stat (img_stat), open (img_open) and restore_* calls. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,7 @@ typedef struct node {
   char *vm, *disk, *name;   /* N_IMG: name "<T>.img"; N_POINT: name <T>; N_PIMG: disk, name <T> */
   fuse_ino_t ino;
   atomic_int opens;         /* N_CONTROL: open handles and requests in flight */
+  _Atomic uint64_t listing; /* folders: dirbuf.sum of the last listing served */
   struct node *next;        /* hash chain */
 } node;
 
@@ -210,7 +212,7 @@ img_stat (node *n, const store_chain *c, size_t idx, struct stat *st, double *en
 /* Check that node N of points/ (N_POINTS, N_POINT, N_PLATEST) exists in V
  * and fill ST and the timeouts; 0 or -errno. */
 static int
-points_stat (node *n, const store_vm *v, struct stat *st, double *entry_to)
+points_stat (node *n, const store_vm *v, struct stat *st, double *entry_to, double *attr_to)
 {
   switch (n->kind) {
   case N_POINTS:
@@ -226,6 +228,7 @@ points_stat (node *n, const store_vm *v, struct stat *st, double *entry_to)
       = refs[0].chain->layers[refs[0].idx].time_us / 1000000;
     free (refs);
     *entry_to = TIMEOUT_IMG_ENTRY;
+    *attr_to = TIMEOUT_IMG_ATTR;       /* a point's folder never changes */
     return 0;
   }
   case N_PLATEST: {
@@ -242,9 +245,11 @@ points_stat (node *n, const store_vm *v, struct stat *st, double *entry_to)
   }
 }
 
-/* Check that N exists now and fill ST and the timeouts; 0 or -errno. */
+/* Check that N exists now and fill ST and the timeouts; 0 or -errno.
+ * GIVEN, when not NULL, is a current scan of N's VM, known to be visible
+ * (a listing checks its entries against one scan). */
 static int
-node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
+node_stat_in (node *n, vm_scan *given, struct stat *st, double *entry_to, double *attr_to)
 {
   *entry_to = *attr_to = TIMEOUT_SHORT;
   if (n->kind == N_ROOT) {
@@ -256,9 +261,12 @@ node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
     st->st_mtime = time (NULL);
     return 0;
   }
-  fs_vm *vm = vms_find (n->vm);
-  if (!vm)
-    return -ENOENT;
+  fs_vm *vm = NULL;
+  if (!given || n->kind == N_CONTROL) {
+    vm = vms_find (n->vm);
+    if (!vm)
+      return -ENOENT;
+  }
   switch (n->kind) {
   case N_VM:
     attr_base (st, n, S_IFDIR | 0550);
@@ -277,10 +285,10 @@ node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
   default:
     break;
   }
-  vm_scan *s = vm_scan_get (vm);
+  vm_scan *s = given ? given : vm_scan_get (vm);
   int r = 0;
   if (n->kind == N_POINTS || n->kind == N_POINT || n->kind == N_PLATEST) {
-    r = points_stat (n, s->v, st, entry_to);
+    r = points_stat (n, s->v, st, entry_to, attr_to);
     goto out;
   }
   const store_disk *d = s->v ? store_vm_disk (s->v, n->disk) : NULL;
@@ -302,6 +310,7 @@ node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
     attr_base (st, n, S_IFDIR | 0555);
     st->st_mtime = st->st_ctime = st->st_atime = c->layers[idx].time_us / 1000000;
     *entry_to = TIMEOUT_IMG_ENTRY;
+    *attr_to = TIMEOUT_IMG_ATTR;       /* a point's folder never changes */
     break;
   }
   case N_FLATEST: {
@@ -361,8 +370,16 @@ node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
     r = -ENOENT;
   }
  out:
-  vm_scan_put (s);
+  if (!given)
+    vm_scan_put (s);
   return r;
+}
+
+/* Check that N exists now and fill ST and the timeouts; 0 or -errno. */
+static int
+node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
+{
+  return node_stat_in (n, NULL, st, entry_to, attr_to);
 }
 
 /* An inode of VM's control file that nobody has open.  Lookups start at a
@@ -489,6 +506,9 @@ op_init (void *userdata, struct fuse_conn_info *conn)
   unsigned want = FUSE_CAP_SPLICE_WRITE | FUSE_CAP_ATOMIC_O_TRUNC;
   conn->want |= want & conn->capable;
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;   /* images are immutable */
+  /* every listing is read with its attributes (readdirplus), not only its
+   * first page: a walk over the points then needs no lookup per name */
+  conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
   conn->max_write = 1u << 20;
   conn->max_read = 0;
   conn->max_readahead = 1u << 20;
@@ -652,29 +672,68 @@ op_readlink (fuse_req_t req, fuse_ino_t ino)
   vm_scan_put (s);
 }
 
+/* One entry of a listing built at opendir. */
+typedef struct dirent_e {
+  char *name;
+  struct stat st;
+  double entry_to, attr_to;
+  fuse_ino_t nodeid;        /* what readdirplus links the name to; 0: nothing
+                               (".", "..", control files, guest partitions) */
+} dirent_e;
+
 typedef struct dirbuf {
-  char *p;
-  size_t size;
+  dirent_e *e;
+  size_t n, cap;
+  vm_scan *scan;            /* while it is built: the scan of its VM, or NULL */
+  uint64_t sum;             /* hash of the names, inode numbers and types */
 } dirbuf;
 
-/* Add NAME (node N, or NULL for . and ..) to a directory listing. */
+/* Append NAME with attributes ST to B (NODEID as dirent_e.nodeid). */
+static void
+dirbuf_push (dirbuf *b, const char *name, const struct stat *st, double et, double at,
+             fuse_ino_t nodeid)
+{
+  if (b->n == b->cap) {
+    b->cap = b->cap ? 2 * b->cap : 16;
+    b->e = qb_realloc (b->e, b->cap * sizeof *b->e);
+  }
+  b->e[b->n++] = (dirent_e) { qb_strdup (name), *st, et, at, nodeid };
+  uint64_t h = b->sum ^ 0x9e3779b97f4a7c15ull;
+  for (const char *p = name; *p; p++)
+    h = (h ^ (unsigned char) *p) * 1099511628211ull;
+  h = (h ^ (uint64_t) st->st_ino) * 1099511628211ull;
+  b->sum = (h ^ (uint64_t) (st->st_mode & S_IFMT)) * 1099511628211ull;
+}
+
+/* Add NAME (node N, or NULL for . and .. with inode INO) to a listing,
+ * when N exists now (checked against B's scan when it has one). */
 static void
 dirbuf_add (fuse_req_t req, dirbuf *b, const char *name, node *n, fuse_ino_t ino)
 {
+  (void) req;
   struct stat st;
+  double et = 0, at = 0;
   memset (&st, 0, sizeof st);
   st.st_ino = n ? n->ino : ino;
   if (n) {
-    double et, at;
-    if (node_stat (n, &st, &et, &at) < 0)
+    if (node_stat_in (n, b->scan, &st, &et, &at) < 0)
       return;
   }
   else
     st.st_mode = S_IFDIR;
-  size_t old = b->size;
-  b->size += fuse_add_direntry (req, NULL, 0, name, NULL, 0);
-  b->p = qb_realloc (b->p, b->size);
-  fuse_add_direntry (req, b->p + old, b->size - old, name, &st, b->size);
+  dirbuf_push (b, name, &st, et, at, n && n->kind != N_CONTROL ? n->ino : 0);
+}
+
+/* Free a listing. */
+static void
+dirbuf_free (dirbuf *b)
+{
+  if (!b)
+    return;
+  for (size_t i = 0; i < b->n; i++)
+    free (b->e[i].name);
+  free (b->e);
+  free (b);
 }
 
 /* Add the entries of points/ or points/<T>/ (node N, scan V) to B. */
@@ -694,9 +753,10 @@ points_list (fuse_req_t req, dirbuf *b, node *n, const store_vm *v)
   point_ref *refs;
   size_t nr = restore_point_refs (v, n->name, &refs);
   for (size_t i = 0; i < nr; i++) {
-    char *name = qb_asprintf ("%s.img", refs[i].disk);
+    char name[NAME_MAX + 1];
+    if ((size_t) snprintf (name, sizeof name, "%s.img", refs[i].disk) >= sizeof name)
+      continue;
     dirbuf_add (req, b, name, node_get (N_PIMG, n->vm, refs[i].disk, n->name), 0);
-    free (name);
   }
   free (refs);
 }
@@ -745,15 +805,11 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
       memset (&dst, 0, sizeof dst);
       dst.st_ino = ents[i].ino;
       dst.st_mode = ents[i].mode;
-      size_t old = b->size;
-      b->size += fuse_add_direntry (req, NULL, 0, ents[i].name, NULL, 0);
-      b->p = qb_realloc (b->p, b->size);
-      fuse_add_direntry (req, b->p + old, b->size - old, ents[i].name, &dst, b->size);
+      dirbuf_push (b, ents[i].name, &dst, 0, 0, 0);
     }
     free (ents);
     if (fn < 0) {
-      free (b->p);
-      free (b);
+      dirbuf_free (b);
       fuse_reply_err (req, -fn);
       return;
     }
@@ -762,6 +818,7 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fs_vm *vm = vms_find (n->vm);
     vm_scan *s = vm ? vm_scan_get (vm) : NULL;
     const store_vm *v = s ? s->v : NULL;
+    b->scan = s;             /* every entry is checked against this one scan */
     if (n->kind == N_VM) {
       dirbuf_add (req, b, "backup", node_get (N_CONTROL, n->vm, NULL, "0"), 0);
       dirbuf_add (req, b, "status", node_get (N_VMSTATUS, n->vm, NULL, NULL), 0);
@@ -780,9 +837,9 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
           if (l->removing)
             continue;          /* a point being removed is no longer listed */
           if (n->kind == N_RESTORE) {
-            char *name = qb_asprintf ("%s.img", l->display);
+            char name[sizeof l->display + 4];
+            snprintf (name, sizeof name, "%s.img", l->display);
             dirbuf_add (req, b, name, node_get (N_IMG, n->vm, n->disk, name), 0);
-            free (name);
           }
           else if (n->kind == N_FILES)
             dirbuf_add (req, b, l->display, node_get (N_FPOINT, n->vm, n->disk, l->display), 0);
@@ -794,10 +851,17 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
       if (n->kind == N_FILES && restore_latest (v, n->disk))
         dirbuf_add (req, b, "latest", node_get (N_FLATEST, n->vm, n->disk, NULL), 0);
     }
+    b->scan = NULL;
     vm_scan_put (s);
   }
+  /* The kernel keeps the listing of the last open when this one is the
+   * same (every open builds it afresh, so a change is never missed): a walk
+   * over thousands of point folders then reads each folder once. */
+  fi->cache_readdir = 1;
+  fi->keep_cache = atomic_exchange (&n->listing, b->sum) == b->sum;
   fi->fh = (uintptr_t) b;
-  fuse_reply_open (req, fi);
+  if (fuse_reply_open (req, fi) != 0)
+    dirbuf_free (b);
 }
 
 /* Reply LEN bytes of a buffer owned by an open handle.  The reply is sent
@@ -813,6 +877,37 @@ reply_copy (fuse_req_t req, const char *p, size_t len)
   free (copy);
 }
 
+/* Reply to a readdir (PLUS: readdirplus) of listing B from entry OFF on,
+ * at most SIZE bytes.  Offsets are entry numbers, the same in both kinds.
+ * The reply is built in a buffer of its own: once the kernel has it, the
+ * process may close the folder and another thread free B. */
+static void
+dirbuf_reply (fuse_req_t req, const dirbuf *b, size_t size, off_t off, bool plus)
+{
+  char *buf = size ? qb_calloc (1, size) : NULL;
+  size_t used = 0;
+  for (size_t i = off < 0 ? 0 : (size_t) off; i < b->n; i++) {
+    const dirent_e *d = &b->e[i];
+    size_t len;
+    if (plus) {
+      struct fuse_entry_param e;
+      memset (&e, 0, sizeof e);
+      e.ino = d->nodeid;
+      e.attr = d->st;
+      e.entry_timeout = d->entry_to;
+      e.attr_timeout = d->attr_to;
+      len = fuse_add_direntry_plus (req, buf + used, size - used, d->name, &e, i + 1);
+    }
+    else
+      len = fuse_add_direntry (req, buf + used, size - used, d->name, &d->st, i + 1);
+    if (len > size - used)
+      break;
+    used += len;
+  }
+  fuse_reply_buf (req, buf, used);
+  free (buf);
+}
+
 /* FUSE readdir: a slice of the listing built at opendir. */
 static void
 op_readdir (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
@@ -821,11 +916,20 @@ op_readdir (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_
     files_readdir (req, size, off, fi);
     return;
   }
-  dirbuf *b = (dirbuf *) (uintptr_t) fi->fh;
-  if ((size_t) off >= b->size)
-    fuse_reply_buf (req, NULL, 0);
-  else
-    reply_copy (req, b->p + off, b->size - off < size ? b->size - off : size);
+  dirbuf_reply (req, (dirbuf *) (uintptr_t) fi->fh, size, off, false);
+}
+
+/* FUSE readdirplus: the same with each entry's attributes, so a walk that
+ * stats every name needs no lookup per name. */
+static void
+op_readdirplus (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                struct fuse_file_info *fi)
+{
+  if (files_is_ino (ino)) {
+    files_readdirplus (req, size, off, fi);
+    return;
+  }
+  dirbuf_reply (req, (dirbuf *) (uintptr_t) fi->fh, size, off, true);
 }
 
 /* FUSE releasedir. */
@@ -837,10 +941,7 @@ op_releasedir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fuse_reply_err (req, 0);
     return;
   }
-  dirbuf *b = (dirbuf *) (uintptr_t) fi->fh;
-  if (b)
-    free (b->p);
-  free (b);
+  dirbuf_free ((dirbuf *) (uintptr_t) fi->fh);
   fuse_reply_err (req, 0);
 }
 
@@ -1294,6 +1395,7 @@ const struct fuse_lowlevel_ops fs_ops = {
   .readlink = op_readlink,
   .opendir = op_opendir,
   .readdir = op_readdir,
+  .readdirplus = op_readdirplus,
   .releasedir = op_releasedir,
   .open = op_open,
   .read = op_read,
