@@ -49,16 +49,32 @@ typedef struct node {
 #define CONTROL_INSTANCES 64
 
 #define HASH_MIN 4096     /* buckets at first; doubled to keep chains short */
+#define SLAB_BITS 12      /* nodes live in slabs of 4096, never freed nor moved */
+#define SLAB_SIZE ((size_t) 1 << SLAB_BITS)
+#define ARENA_CHUNK 65536 /* interned strings are carved from chunks this big */
 static pthread_mutex_t nodes_lock = PTHREAD_MUTEX_INITIALIZER;
-static node **nodes;        /* by ino; nodes[0] unused */
-static size_t nnodes, cap_nodes;
+static node **slabs;        /* node of inode I: slabs[I >> SLAB_BITS][I % SLAB_SIZE] */
+static size_t nslabs, nnodes; /* inode 0 unused */
 static node **hash;         /* hash_size buckets, a power of two */
 static size_t hash_size;
+static char **strs;         /* interned strings: open addressing, strs_size slots */
+static size_t strs_size, nstrs;
+static char *arena;         /* the rest of the current chunk */
+static size_t arena_left;
 static time_t mount_time;
 
 #define TIMEOUT_SHORT 1.0
 #define TIMEOUT_IMG_ENTRY 60.0
 #define TIMEOUT_IMG_ATTR 3600.0
+
+/* FNV-1a of S, continuing from H. */
+static unsigned
+str_hash (unsigned h, const char *s)
+{
+  for (const char *p = s ? s : ""; *p; p++)
+    h = (h ^ (unsigned char) *p) * 16777619u;
+  return h;
+}
 
 /* Hash of a node's identity. */
 static unsigned
@@ -66,12 +82,59 @@ node_hash (node_kind k, const char *vm, const char *disk, const char *name)
 {
   unsigned h = 2166136261u ^ k;
   const char *parts[3] = { vm, disk, name };
-  for (int i = 0; i < 3; i++) {
-    for (const char *p = parts[i] ? parts[i] : ""; *p; p++)
-      h = (h ^ (unsigned char) *p) * 16777619u;
-    h = (h ^ 0x1f) * 16777619u;
-  }
+  for (int i = 0; i < 3; i++)
+    h = (str_hash (h, parts[i]) ^ 0x1f) * 16777619u;
   return h;
+}
+
+/* The one stored copy of S (NULL for NULL), under nodes_lock: a node's
+ * strings are shared with every other node naming the same VM, disk or
+ * point, and carved from big chunks (no allocation of their own). */
+static char *
+intern (const char *s)
+{
+  if (!s)
+    return NULL;
+  if (2 * (nstrs + 1) > strs_size) {
+    size_t size = strs_size ? 2 * strs_size : 1024;
+    char **t = qb_calloc (size, sizeof *t);
+    for (size_t i = 0; i < strs_size; i++)
+      if (strs[i]) {
+        size_t b = str_hash (2166136261u, strs[i]) & (size - 1);
+        while (t[b])
+          b = (b + 1) & (size - 1);
+        t[b] = strs[i];
+      }
+    free (strs);
+    strs = t;
+    strs_size = size;
+  }
+  size_t b = str_hash (2166136261u, s) & (strs_size - 1);
+  for (; strs[b]; b = (b + 1) & (strs_size - 1))
+    if (strcmp (strs[b], s) == 0)
+      return strs[b];
+  size_t len = strlen (s) + 1;
+  char *copy;
+  if (len > ARENA_CHUNK / 16)
+    copy = qb_strdup (s);
+  else {
+    if (len > arena_left) {
+      arena = qb_calloc (1, ARENA_CHUNK);
+      arena_left = ARENA_CHUNK;
+    }
+    copy = memcpy (arena, s, len);
+    arena += len;
+    arena_left -= len;
+  }
+  nstrs++;
+  return strs[b] = copy;
+}
+
+/* The node with inode I (I < nnodes), under nodes_lock. */
+static node *
+node_at (size_t i)
+{
+  return &slabs[i >> SLAB_BITS][i & (SLAB_SIZE - 1)];
 }
 
 /* Make the hash table at least twice as big as the node count (a store of
@@ -84,7 +147,7 @@ hash_grow (void)
   size_t size = hash ? 4 * hash_size : HASH_MIN;
   node **h = qb_calloc (size, sizeof *h);
   for (size_t i = 1; i < nnodes; i++) {
-    node *n = nodes[i];
+    node *n = node_at (i);
     size_t b = node_hash (n->kind, n->vm, n->disk, n->name) & (size - 1);
     n->next = h[b];
     h[b] = n;
@@ -114,19 +177,18 @@ node_get (node_kind k, const char *vm, const char *disk, const char *name)
     if (n->kind == k && same (n->vm, vm) && same (n->disk, disk) && same (n->name, name))
       break;
   if (!n) {
-    n = qb_calloc (1, sizeof *n);
-    n->kind = k;
-    n->vm = qb_strdup (vm);
-    n->disk = qb_strdup (disk);
-    n->name = qb_strdup (name);
-    if (nnodes + 1 >= cap_nodes) {
-      cap_nodes = cap_nodes ? cap_nodes * 2 : 256;
-      nodes = qb_realloc (nodes, cap_nodes * sizeof *nodes);
-    }
     if (nnodes == 0)
       nnodes = 1;           /* inode 0 is invalid */
-    n->ino = nnodes;
-    nodes[nnodes++] = n;
+    if ((nnodes >> SLAB_BITS) >= nslabs) {
+      slabs = qb_realloc (slabs, (nslabs + 1) * sizeof *slabs);
+      slabs[nslabs++] = qb_calloc (SLAB_SIZE, sizeof (node));
+    }
+    n = node_at (nnodes);
+    n->kind = k;
+    n->vm = intern (vm);
+    n->disk = intern (disk);
+    n->name = intern (name);
+    n->ino = nnodes++;
     n->next = hash[h];
     hash[h] = n;
   }
@@ -141,7 +203,7 @@ node_by_ino (fuse_ino_t ino)
   node *n = NULL;
   pthread_mutex_lock (&nodes_lock);
   if (ino > 0 && ino < nnodes)
-    n = nodes[ino];
+    n = node_at (ino);
   pthread_mutex_unlock (&nodes_lock);
   return n;
 }
@@ -705,6 +767,16 @@ dirbuf_push (dirbuf *b, const char *name, const struct stat *st, double et, doub
   b->sum = (h ^ (uint64_t) (st->st_mode & S_IFMT)) * 1099511628211ull;
 }
 
+/* True for the nodes a readdirplus reply links (their entries are then
+ * cached as a lookup's would be): the restore images and point folders, of
+ * which a store holds hundreds of thousands and which never change.  VMs,
+ * disks and control files are looked up by name every time, as before. */
+static bool
+node_linked_by_listing (const node *n)
+{
+  return n->kind == N_IMG || n->kind == N_PIMG || n->kind == N_POINT || n->kind == N_FPOINT;
+}
+
 /* Add NAME (node N, or NULL for . and .. with inode INO) to a listing,
  * when N exists now (checked against B's scan when it has one). */
 static void
@@ -721,7 +793,7 @@ dirbuf_add (fuse_req_t req, dirbuf *b, const char *name, node *n, fuse_ino_t ino
   }
   else
     st.st_mode = S_IFDIR;
-  dirbuf_push (b, name, &st, et, at, n && n->kind != N_CONTROL ? n->ino : 0);
+  dirbuf_push (b, name, &st, et, at, n && node_linked_by_listing (n) ? n->ino : 0);
 }
 
 /* Free a listing. */
@@ -1316,11 +1388,18 @@ op_unlink (fuse_req_t req, fuse_ino_t parent, const char *name)
   if (r == 0 && vm) {
     /* the point went from every disk: drop the kernel's cached names */
     vm_scan *s = vm_scan_get (vm);
+    size_t len = strlen (name);
     for (size_t i = 0; s && s->v && i < s->v->ndisks; i++) {
       node *rd = node_get (N_RESTORE, p->vm, s->v->disks[i].name, NULL);
       if (fs_cfg.se && strcmp (s->v->disks[i].name, p->disk) != 0)
-        fuse_lowlevel_notify_inval_entry (fs_cfg.se, rd->ino, name, strlen (name));
+        fuse_lowlevel_notify_inval_entry (fs_cfg.se, rd->ino, name, len);
+      node *fd = node_get (N_FILES, p->vm, s->v->disks[i].name, NULL);
+      if (fs_cfg.se && len > 4)          /* files/<T>, listed with the point */
+        fuse_lowlevel_notify_inval_entry (fs_cfg.se, fd->ino, name, len - 4);
     }
+    node *pd = node_get (N_POINTS, p->vm, NULL, NULL);
+    if (fs_cfg.se && len > 4)            /* points/<T> */
+      fuse_lowlevel_notify_inval_entry (fs_cfg.se, pd->ino, name, len - 4);
     vm_scan_put (s);
   }
 }

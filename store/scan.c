@@ -446,7 +446,7 @@ fill_layer (scan_ctx *cx, const scan_file *f, store_layer *l)
 {
   memset (l, 0, sizeof *l);
   l->path = qb_asprintf ("%s/%s/%s", cx->vmdir, cx->dirs[f->dir].rel, f->name);
-  l->name = qb_strdup (f->name);
+  l->name = l->path + strlen (l->path) - strlen (f->name);   /* its tail: one allocation */
   snprintf (l->id, sizeof l->id, "%s", f->id);
   if (store_id_display (f->id, cx->names, l->display, sizeof l->display) < 0)
     snprintf (l->display, sizeof l->display, "%s", f->id);
@@ -870,8 +870,7 @@ store_vm_free (store_vm *v)
       store_chain *c = &d->chains[j];
       for (size_t k = 0; k < c->n; k++) {
         store_layer *l = &c->layers[k];
-        free (l->path);
-        free (l->name);
+        free (l->path);         /* name is its tail */
         free (l->chain_id);
         free (l->damage);
       }

@@ -81,7 +81,8 @@ void store_names_free (char **names, size_t n);
 
 typedef struct store_layer {
   char *path;          /* absolute path of the qcow2 file */
-  char *name;          /* base name, e.g. "INC-20261126T045000Z" */
+  char *name;          /* base name, e.g. "INC-20261126T045000Z" (the tail of
+                          path, not allocated on its own) */
   char id[40];         /* restore point id, e.g. "20261126T045000Z_02" */
   char display[48];    /* mount name without ".img": "2026-11-26T045000Z_02"
                           (store_id_display in the store's style) */
