@@ -182,6 +182,35 @@ int store_layer_open (store *st, const store_layer *layer);
  * never damage). */
 chain_image *store_point_open (store *st, const store_chain *c, size_t idx);
 
+/* Restore point IDX of chain C opened on top of PREV, the open point
+ * IDX - 1 of the same chain (chain_extend): only layer IDX is opened (as
+ * store_layer_open does) and read, after the checks of store_point_open
+ * (no layer busy, the point not being removed, every layer still the file
+ * its name holds).  NULL with store_point_open's errors, or QB_EINVAL when
+ * PREV does not fit (then use store_point_open). */
+chain_image *store_point_extend (store *st, const chain_image *prev, const store_chain *c,
+                                 size_t idx);
+
+/* Let go of the read lock that store_point_open and store_point_extend take
+ * on the top layer of CI (its point may then be removed or its chain
+ * rewritten: only for images whose reading is over, kept to be extended). */
+void store_point_unlock (chain_image *ci);
+
+/* A byte range of a restore point. */
+typedef struct store_range {
+  uint64_t off, len;
+} store_range;
+
+/* True when point TO of chain C reads the same bytes as point FROM - 1 in
+ * each of the N ranges R: layers FROM..TO all have virtual size SIZE, are
+ * neither damaged nor busy, open (as store_layer_open), and their tables
+ * (qcow2) allocate no cluster in any of the ranges (no data, zero or
+ * compressed cluster, and no invalid entry anywhere).  False when they do
+ * or when that cannot be told (errors are cleared).  Reads only the
+ * layers' headers and L1/L2 tables. */
+bool store_layers_untouched (store *st, const store_chain *c, size_t from, size_t to,
+                             uint64_t size, const store_range *r, size_t n);
+
 /* Scan the disk folder PATH on its own, outside any store (a copy of
  * STORE/<vm>/<disk> or STORE/<vm>/<YYYY-MM>/<disk> made anywhere): one disk,
  * named after the folder, whose chains are checked against the layers'

@@ -9,26 +9,33 @@
 # 4 KiB read of the newest point (the cluster map of POINTS layers is built)
 # and of the oldest, the daemon's RSS after each; against the targets.
 #
-# Usage: contrib/bench/scale.sh [--vms N] [--points N] [--runs N] [--build DIR] [--out FILE]
-#   defaults: 200 VMs x 1000 points, 3 runs (a fresh mount each)
+# Then, on a fresh mount, `ls -R` of the whole tree including every files/
+# folder (each point's partitions are read); --lsr-vms N limits that row to
+# the first N VMs (a subtree walk of vm0..vmN-1), 0 leaves it out.
+#
+# Usage: contrib/bench/scale.sh [--vms N] [--points N] [--runs N] [--lsr-vms N]
+#                               [--build DIR] [--out FILE]
+#   defaults: 200 VMs x 1000 points, 3 runs (a fresh mount each), ls -R of all VMs
 # Needs root (FUSE), qemu-img, qemu-io, fusermount3.  Not part of `meson test`.
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=$SRC/build-bench
-VMS=200 POINTS=1000 RUNS=3 OUT=
+VMS=200 POINTS=1000 RUNS=3 OUT= LSR_VMS=
 while [ $# -gt 0 ]; do
   case $1 in
     --vms) VMS=$2; shift ;;
     --points) POINTS=$2; shift ;;
     --runs) RUNS=$2; shift ;;
+    --lsr-vms) LSR_VMS=$2; shift ;;
     --build) BUILD=$(realpath "$2"); shift ;;
     --out) OUT=$(realpath -m "$2"); shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "scale.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
+LSR_VMS=${LSR_VMS:-$VMS}; ((LSR_VMS <= VMS)) || LSR_VMS=$VMS
 ((VMS >= 1 && POINTS >= 2 && RUNS >= 1)) || { echo "scale.sh: need --vms >= 1, --points >= 2, --runs >= 1" >&2; exit 2; }
 
 export QB_BUILD_DIR=$BUILD
@@ -77,7 +84,7 @@ rss() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$FS_PID/status"; }
 # Seconds for the first 4 KiB read of restore image IMG (opens its chain).
 first_read() { timeit dd if="$1" of=/dev/null bs=4k count=1 status=none; }
 
-SM=() SL=() SS=() SN=() SO=() R1=() R2=() NIMG=0
+SM=() SL=() SS=() SN=() SO=() R1=() R2=() LR=() R3=() NIMG=0
 for ((run = 0; run < RUNS; run++)); do
   fs_mount "$S" "$MNT"
   SM+=("$MOUNT_SECS")
@@ -102,6 +109,19 @@ for ((run = 0; run < RUNS; run++)); do
   fi
   R2+=("$(rss)")
   fs_umount "$MNT"
+  if ((LSR_VMS > 0)); then
+    # A fresh mount: ls -R into every files/<T>/ folder (the partitions of
+    # every point are read), of all VMs or of the first LSR_VMS.
+    fs_mount "$S" "$MNT"
+    if ((LSR_VMS == VMS)); then LR+=("$(timeit ls -R "$MNT")")
+    else
+      dirs=()
+      for ((v = 0; v < LSR_VMS; v++)); do dirs+=("$MNT/vm$v"); done
+      LR+=("$(timeit ls -R "${dirs[@]}")")
+    fi
+    R3+=("$(rss)")
+    fs_umount "$MNT"
+  fi
 done
 [ "$NIMG" = $((VMS * POINTS)) ] || note "WARNING: $NIMG restore images seen, $((VMS * POINTS)) expected"
 fig "scale: mount, $VMS VMs x $POINTS points (s)" "$(median "${SM[@]}")" - s - "o < 0.1" "< 0.1 s"
@@ -111,4 +131,8 @@ fig "scale: daemon RSS after the stat walk (MiB)" "$(median "${R1[@]}")" - MiB -
 fig "scale: first read, newest point ($POINTS layers) (s)" "$(median "${SN[@]}")" - s - "o < 1" "< 1 s"
 fig "scale: first read, oldest point (1 layer) (s)" "$(median "${SO[@]}")" - s - "" ""
 fig "scale: daemon RSS after the reads (MiB)" "$(median "${R2[@]}")" - MiB - "o < 128" "< 128 MiB"
+if ((LSR_VMS > 0)); then
+  fig "scale: ls -R with files/, $LSR_VMS VMs x $POINTS points (s)" "$(median "${LR[@]}")" - s - "" ""
+  fig "scale: daemon RSS after ls -R with files/ (MiB)" "$(median "${R3[@]}")" - MiB - "o < 128" "< 128 MiB"
+fi
 fig_table
