@@ -1153,43 +1153,6 @@ files_readdir (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi
   free (copy);
 }
 
-/* The head of one entry of a readdir reply (the kernel's struct
- * fuse_dirent), followed by the name, padded to 8 bytes. */
-typedef struct dirent_head {
-  uint64_t ino, off;
-  uint32_t namelen, type;
-} dirent_head;
-
-/* See fs.h. */
-void
-files_readdirplus (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
-{
-  const dirlist *l = (const dirlist *) (uintptr_t) fi->fh;
-  char *buf = size ? qb_calloc (1, size) : NULL;
-  size_t used = 0, pos = off < 0 ? 0 : (size_t) off;
-  char name[4096];
-  while (pos + sizeof (dirent_head) <= l->size) {
-    dirent_head h;
-    memcpy (&h, l->p + pos, sizeof h);
-    size_t rec = (sizeof h + h.namelen + 7) & ~(size_t) 7;
-    if (h.namelen >= sizeof name || pos + rec > l->size)
-      break;
-    memcpy (name, l->p + pos + sizeof h, h.namelen);
-    name[h.namelen] = '\0';
-    struct fuse_entry_param e;
-    memset (&e, 0, sizeof e);
-    e.attr.st_ino = h.ino;
-    e.attr.st_mode = (mode_t) h.type << 12;
-    size_t len = fuse_add_direntry_plus (req, buf + used, size - used, name, &e, h.off);
-    if (len > size - used)
-      break;
-    used += len;
-    pos += rec;
-  }
-  fuse_reply_buf (req, buf, used);
-  free (buf);
-}
-
 /* See fs.h. */
 void
 files_releasedir (struct fuse_file_info *fi)

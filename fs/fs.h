@@ -304,10 +304,6 @@ void files_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 /* FUSE readdir of a guest folder opened by files_opendir. */
 void files_readdir (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
 
-/* FUSE readdirplus of a guest folder opened by files_opendir: the entries
- * of files_readdir (same offsets), none linked (each is looked up). */
-void files_readdirplus (fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
-
 /* Free the listing of files_opendir. */
 void files_releasedir (struct fuse_file_info *fi);
 

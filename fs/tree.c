@@ -568,9 +568,6 @@ op_init (void *userdata, struct fuse_conn_info *conn)
   unsigned want = FUSE_CAP_SPLICE_WRITE | FUSE_CAP_ATOMIC_O_TRUNC;
   conn->want |= want & conn->capable;
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;   /* images are immutable */
-  /* every listing is read with its attributes (readdirplus), not only its
-   * first page: a walk over the points then needs no lookup per name */
-  conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
   conn->max_write = 1u << 20;
   conn->max_read = 0;
   conn->max_readahead = 1u << 20;
@@ -734,13 +731,12 @@ op_readlink (fuse_req_t req, fuse_ino_t ino)
   vm_scan_put (s);
 }
 
-/* One entry of a listing built at opendir. */
+/* One entry of a listing built at opendir (a plain readdir: listing a
+ * name never makes the kernel cache it, so a name that goes is gone at
+ * once for the next lookup, as before). */
 typedef struct dirent_e {
   char *name;
-  struct stat st;
-  double entry_to, attr_to;
-  fuse_ino_t nodeid;        /* what readdirplus links the name to; 0: nothing
-                               (".", "..", control files, guest partitions) */
+  struct stat st;           /* inode number and type */
 } dirent_e;
 
 typedef struct dirbuf {
@@ -750,31 +746,20 @@ typedef struct dirbuf {
   uint64_t sum;             /* hash of the names, inode numbers and types */
 } dirbuf;
 
-/* Append NAME with attributes ST to B (NODEID as dirent_e.nodeid). */
+/* Append NAME with attributes ST to B. */
 static void
-dirbuf_push (dirbuf *b, const char *name, const struct stat *st, double et, double at,
-             fuse_ino_t nodeid)
+dirbuf_push (dirbuf *b, const char *name, const struct stat *st)
 {
   if (b->n == b->cap) {
     b->cap = b->cap ? 2 * b->cap : 16;
     b->e = qb_realloc (b->e, b->cap * sizeof *b->e);
   }
-  b->e[b->n++] = (dirent_e) { qb_strdup (name), *st, et, at, nodeid };
+  b->e[b->n++] = (dirent_e) { qb_strdup (name), *st };
   uint64_t h = b->sum ^ 0x9e3779b97f4a7c15ull;
   for (const char *p = name; *p; p++)
     h = (h ^ (unsigned char) *p) * 1099511628211ull;
   h = (h ^ (uint64_t) st->st_ino) * 1099511628211ull;
   b->sum = (h ^ (uint64_t) (st->st_mode & S_IFMT)) * 1099511628211ull;
-}
-
-/* True for the nodes a readdirplus reply links (their entries are then
- * cached as a lookup's would be): the restore images and point folders, of
- * which a store holds hundreds of thousands and which never change.  VMs,
- * disks and control files are looked up by name every time, as before. */
-static bool
-node_linked_by_listing (const node *n)
-{
-  return n->kind == N_IMG || n->kind == N_PIMG || n->kind == N_POINT || n->kind == N_FPOINT;
 }
 
 /* Add NAME (node N, or NULL for . and .. with inode INO) to a listing,
@@ -793,7 +778,7 @@ dirbuf_add (fuse_req_t req, dirbuf *b, const char *name, node *n, fuse_ino_t ino
   }
   else
     st.st_mode = S_IFDIR;
-  dirbuf_push (b, name, &st, et, at, n && node_linked_by_listing (n) ? n->ino : 0);
+  dirbuf_push (b, name, &st);
 }
 
 /* Free a listing. */
@@ -877,7 +862,7 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
       memset (&dst, 0, sizeof dst);
       dst.st_ino = ents[i].ino;
       dst.st_mode = ents[i].mode;
-      dirbuf_push (b, ents[i].name, &dst, 0, 0, 0);
+      dirbuf_push (b, ents[i].name, &dst);
     }
     free (ents);
     if (fn < 0) {
@@ -949,29 +934,18 @@ reply_copy (fuse_req_t req, const char *p, size_t len)
   free (copy);
 }
 
-/* Reply to a readdir (PLUS: readdirplus) of listing B from entry OFF on,
- * at most SIZE bytes.  Offsets are entry numbers, the same in both kinds.
- * The reply is built in a buffer of its own: once the kernel has it, the
- * process may close the folder and another thread free B. */
+/* Reply to a readdir of listing B from entry OFF on, at most SIZE bytes
+ * (offsets are entry numbers).  The reply is built in a buffer of its own:
+ * once the kernel has it, the process may close the folder and another
+ * thread free B. */
 static void
-dirbuf_reply (fuse_req_t req, const dirbuf *b, size_t size, off_t off, bool plus)
+dirbuf_reply (fuse_req_t req, const dirbuf *b, size_t size, off_t off)
 {
   char *buf = size ? qb_calloc (1, size) : NULL;
   size_t used = 0;
   for (size_t i = off < 0 ? 0 : (size_t) off; i < b->n; i++) {
     const dirent_e *d = &b->e[i];
-    size_t len;
-    if (plus) {
-      struct fuse_entry_param e;
-      memset (&e, 0, sizeof e);
-      e.ino = d->nodeid;
-      e.attr = d->st;
-      e.entry_timeout = d->entry_to;
-      e.attr_timeout = d->attr_to;
-      len = fuse_add_direntry_plus (req, buf + used, size - used, d->name, &e, i + 1);
-    }
-    else
-      len = fuse_add_direntry (req, buf + used, size - used, d->name, &d->st, i + 1);
+    size_t len = fuse_add_direntry (req, buf + used, size - used, d->name, &d->st, i + 1);
     if (len > size - used)
       break;
     used += len;
@@ -988,20 +962,7 @@ op_readdir (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_
     files_readdir (req, size, off, fi);
     return;
   }
-  dirbuf_reply (req, (dirbuf *) (uintptr_t) fi->fh, size, off, false);
-}
-
-/* FUSE readdirplus: the same with each entry's attributes, so a walk that
- * stats every name needs no lookup per name. */
-static void
-op_readdirplus (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                struct fuse_file_info *fi)
-{
-  if (files_is_ino (ino)) {
-    files_readdirplus (req, size, off, fi);
-    return;
-  }
-  dirbuf_reply (req, (dirbuf *) (uintptr_t) fi->fh, size, off, true);
+  dirbuf_reply (req, (dirbuf *) (uintptr_t) fi->fh, size, off);
 }
 
 /* FUSE releasedir. */
@@ -1474,7 +1435,6 @@ const struct fuse_lowlevel_ops fs_ops = {
   .readlink = op_readlink,
   .opendir = op_opendir,
   .readdir = op_readdir,
-  .readdirplus = op_readdirplus,
   .releasedir = op_releasedir,
   .open = op_open,
   .read = op_read,
