@@ -274,7 +274,7 @@ img_stat (node *n, const store_chain *c, size_t idx, struct stat *st, double *en
 /* Check that node N of points/ (N_POINTS, N_POINT, N_PLATEST) exists in V
  * and fill ST and the timeouts; 0 or -errno. */
 static int
-points_stat (node *n, const store_vm *v, struct stat *st, double *entry_to, double *attr_to)
+points_stat (node *n, const store_vm *v, struct stat *st, double *entry_to)
 {
   switch (n->kind) {
   case N_POINTS:
@@ -290,7 +290,6 @@ points_stat (node *n, const store_vm *v, struct stat *st, double *entry_to, doub
       = refs[0].chain->layers[refs[0].idx].time_us / 1000000;
     free (refs);
     *entry_to = TIMEOUT_IMG_ENTRY;
-    *attr_to = TIMEOUT_IMG_ATTR;       /* a point's folder never changes */
     return 0;
   }
   case N_PLATEST: {
@@ -350,7 +349,7 @@ node_stat_in (node *n, vm_scan *given, struct stat *st, double *entry_to, double
   vm_scan *s = given ? given : vm_scan_get (vm);
   int r = 0;
   if (n->kind == N_POINTS || n->kind == N_POINT || n->kind == N_PLATEST) {
-    r = points_stat (n, s->v, st, entry_to, attr_to);
+    r = points_stat (n, s->v, st, entry_to);
     goto out;
   }
   const store_disk *d = s->v ? store_vm_disk (s->v, n->disk) : NULL;
@@ -372,7 +371,6 @@ node_stat_in (node *n, vm_scan *given, struct stat *st, double *entry_to, double
     attr_base (st, n, S_IFDIR | 0555);
     st->st_mtime = st->st_ctime = st->st_atime = c->layers[idx].time_us / 1000000;
     *entry_to = TIMEOUT_IMG_ENTRY;
-    *attr_to = TIMEOUT_IMG_ATTR;       /* a point's folder never changes */
     break;
   }
   case N_FLATEST: {
