@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
 #include "common/error.h"
 #include "common/util.h"
@@ -561,9 +562,10 @@ rec_rd (void *opaque, void *buf, size_t len, uint64_t off)
   return chain_rd (rr->ci, buf, len, off);
 }
 
-/* The last points whose tables were read, kept open (without their read
- * lock: store_point_unlock) for a short while, so that the next point of
- * the same chain is opened as one more layer (store_point_extend). */
+/* The last points whose tables were read, kept open for a short while (as
+ * readers of their points, holding the point's lock like any open image),
+ * so that the next point of the same chain is opened as one more layer
+ * (store_point_extend).  A thread of their own closes them once idle. */
 #define LAST_MAX 4
 #define LAST_IDLE_MS 2000
 typedef struct last_point {
@@ -575,6 +577,7 @@ typedef struct last_point {
 
 static pthread_mutex_t last_lock = PTHREAD_MUTEX_INITIALIZER;
 static last_point last[LAST_MAX];
+static bool reaper_running;       /* under last_lock */
 
 /* Close kept point L. */
 static void
@@ -606,12 +609,37 @@ last_open (const store_chain *c, size_t idx)
   return ci ? ci : store_point_open (fs_cfg.st, c, idx);
 }
 
+/* Close the kept points idle for LAST_IDLE_MS, every second, until none is
+ * left (then the thread ends; last_keep starts another). */
+static void *
+last_reaper (void *arg)
+{
+  (void) arg;
+  pthread_mutex_lock (&last_lock);
+  for (;;) {
+    uint64_t now = qb_mono_ms ();
+    bool any = false;
+    for (int i = 0; i < LAST_MAX; i++)
+      if (last[i].ci && now - last[i].used_ms > LAST_IDLE_MS)
+        last_drop (&last[i]);
+      else
+        any |= last[i].ci != NULL;
+    if (!any)
+      break;
+    pthread_mutex_unlock (&last_lock);
+    sleep (1);
+    pthread_mutex_lock (&last_lock);
+  }
+  reaper_running = false;
+  pthread_mutex_unlock (&last_lock);
+  return NULL;
+}
+
 /* Keep CI, point IDX of chain C, whose reading is over (under last_lock),
- * in place of the oldest kept point. */
+ * in place of the point it was built on or else the oldest kept point. */
 static void
 last_keep (const store_chain *c, size_t idx, chain_image *ci)
 {
-  store_point_unlock (ci);
   last_point *o = &last[0];
   for (int i = 0; i < LAST_MAX; i++) {
     last_point *l = &last[i];
@@ -623,10 +651,23 @@ last_keep (const store_chain *c, size_t idx, chain_image *ci)
       o = l;
   }
   last_drop (o);
+  /* the point below is closed now (or was never ours): its lock goes */
+  store_point_unlock_below (ci);
   o->base = qb_strdup (c->layers[0].path);
   o->idx = idx;
   o->ci = ci;
   o->used_ms = qb_mono_ms ();
+  if (!reaper_running) {
+    pthread_t t;
+    pthread_attr_t a;
+    pthread_attr_init (&a);
+    pthread_attr_setdetachstate (&a, PTHREAD_CREATE_DETACHED);
+    if (pthread_create (&t, &a, last_reaper, NULL) == 0)
+      reaper_running = true;
+    else
+      last_drop (o);            /* nobody would close it: not kept */
+    pthread_attr_destroy (&a);
+  }
 }
 
 static ptable *pt_read_locked (const char *vm, const char *disk, const char *display,

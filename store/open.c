@@ -66,7 +66,7 @@ store_layer_open (store *st, const store_layer *l)
  * removing the point and every layer name still is the file opened.
  * 0, or -1 with QB_EAGAIN (try again: the chain is being rewritten). */
 static int
-point_guard (store *st, const store_chain *c, size_t idx, const int *fds)
+point_guard (store *st, const store_chain *c, size_t idx, const int *fds, size_t from)
 {
   const store_layer *top = &c->layers[idx];
   struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET,
@@ -92,7 +92,7 @@ point_guard (store *st, const store_chain *c, size_t idx, const int *fds)
   store_rewrite_state_clear (&rs);
   if (hidden)
     return qb_error_set (QB_EAGAIN, "restore point %s is being removed", top->display);
-  for (size_t i = 0; i <= idx; i++) {
+  for (size_t i = from; i <= idx; i++) {
     struct stat a, b;
     const char *lr = layer_rel (st, &c->layers[i]);
     if (!lr || fstat (fds[i], &a) < 0 || fstatat (st->rootfd, lr, &b, AT_SYMLINK_NOFOLLOW) < 0
@@ -138,7 +138,7 @@ store_point_open (store *st, const store_chain *c, size_t idx)
       return NULL;
     }
   }
-  if (point_guard (st, c, idx, fds) < 0) {
+  if (point_guard (st, c, idx, fds, 0) < 0) {
     for (size_t i = 0; i <= idx; i++)
       close (fds[i]);
     free (fds);
@@ -182,8 +182,11 @@ store_point_extend (store *st, const chain_image *prev, const store_chain *c, si
     free (fds);
     return NULL;
   }
+  /* Only the new layer is checked: PREV holds its own point (locked, so
+     no rewrite changes its files in place) and reads as it did, whatever
+     happened to the names of its layers since. */
   int fd = fds[idx];
-  int r = point_guard (st, c, idx, fds);
+  int r = point_guard (st, c, idx, fds, idx);
   free (fds);
   if (r < 0) {
     close (fd);
@@ -194,13 +197,13 @@ store_point_extend (store *st, const chain_image *prev, const store_chain *c, si
 
 /* See store.h. */
 void
-store_point_unlock (chain_image *ci)
+store_point_unlock_below (chain_image *ci)
 {
   size_t n = ci ? chain_layers (ci) : 0;
   struct flock fl = { .l_type = F_UNLCK, .l_whence = SEEK_SET,
                       .l_start = STORE_POINT_LOCK_BYTE, .l_len = 1 };
-  if (n)
-    (void) fcntl (chain_layer_fd (ci, n - 1), F_OFD_SETLK, &fl);
+  if (n >= 2)
+    (void) fcntl (chain_layer_fd (ci, n - 2), F_OFD_SETLK, &fl);
 }
 
 /* The ranges qcow2_walk checks a layer against. */

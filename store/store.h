@@ -184,17 +184,18 @@ chain_image *store_point_open (store *st, const store_chain *c, size_t idx);
 
 /* Restore point IDX of chain C opened on top of PREV, the open point
  * IDX - 1 of the same chain (chain_extend): only layer IDX is opened (as
- * store_layer_open does) and read, after the checks of store_point_open
- * (no layer busy, the point not being removed, every layer still the file
- * its name holds).  NULL with store_point_open's errors, or QB_EINVAL when
- * PREV does not fit (then use store_point_open). */
+ * store_layer_open does), locked and checked as store_point_open does (the
+ * point not being removed, the layer still the file its name holds) and
+ * read.  PREV keeps its point's lock, so it reads as it did; the new image
+ * holds PREV's lock too (shared descriptors) until store_point_unlock_below.
+ * NULL with store_point_open's errors, or QB_EINVAL when PREV does not fit
+ * (then use store_point_open). */
 chain_image *store_point_extend (store *st, const chain_image *prev, const store_chain *c,
                                  size_t idx);
 
-/* Let go of the read lock that store_point_open and store_point_extend take
- * on the top layer of CI (its point may then be removed or its chain
- * rewritten: only for images whose reading is over, kept to be extended). */
-void store_point_unlock (chain_image *ci);
+/* Let go of the read lock on the layer below the top of CI (the lock of
+ * the point CI was extended from), once that point is closed. */
+void store_point_unlock_below (chain_image *ci);
 
 /* A byte range of a restore point. */
 typedef struct store_range {
