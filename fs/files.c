@@ -491,8 +491,11 @@ pt_find (const char *vm, const char *disk, const char *display)
   return t;
 }
 
-/* Keep table T (its identity from its fields); the one kept first wins:
- * returns the table to use (T is freed when another came first). */
+/* Keep table T (its identity from its fields) in place of one of the same
+ * point read in another chain (the chain was rewritten since: that one
+ * stays allocated, a reader may hold it); of two tables of the same chain
+ * the one kept first wins.  Returns the table to use (T is freed when
+ * another came first). */
 static ptable *
 pt_insert (ptable *t)
 {
@@ -500,11 +503,15 @@ pt_insert (ptable *t)
   if (!pt_hash)
     pt_hash = qb_calloc (PT_HASH_SIZE, sizeof *pt_hash);
   size_t b = pt_key_hash (t->vm, t->disk, t->display);
-  ptable *o;
-  for (o = pt_hash[b]; o; o = o->next)
+  ptable *o, **pp;
+  for (pp = &pt_hash[b]; (o = *pp); pp = &o->next)
     if (strcmp (o->display, t->display) == 0 && strcmp (o->disk, t->disk) == 0
         && strcmp (o->vm, t->vm) == 0)
       break;
+  if (o && (o->idx != t->idx || strcmp (o->base, t->base) != 0)) {
+    *pp = o->next;                /* another chain: replaced */
+    o = NULL;
+  }
   if (!o) {
     t->next = pt_hash[b];
     pt_hash[b] = t;
@@ -783,7 +790,8 @@ point_table (const char *vm, const char *disk, const char *display, int *err)
     *err = -ENOENT;
   else if (restore_point_damage (vm, disk, c, idx))
     *err = -EIO;
-  else if (!(t = pt_find (vm, disk, display))) {
+  else if (!(t = pt_find (vm, disk, display)) || t->idx != idx
+           || strcmp (t->base, c->layers[0].path) != 0) {
     t = pt_derive (vm, disk, display, c, idx);
     if (!t)
       t = pt_read (vm, disk, display, c, idx, err);
