@@ -104,7 +104,7 @@ measure() {
   eval "${p}_R1+=(\"$(rss)\")"
   d=$MNT/vm$((run % VMS))/drive0/restore
   newest=$(ls "$d" | grep -E 'Z(-[0-9]+)?\.img$' | sort | tail -n 1)
-  oldest=$(ls "$d" | grep -E 'Z(-[0-9]+)?\.img$' | sort | head -n 1)
+  oldest=$(ls "$d" | grep -E 'Z(-[0-9]+)?\.img$' | sort | sed -n 1p)   # all read: no SIGPIPE
   eval "${p}_SN+=(\"$(first_read "$d/$newest")\")"
   eval "${p}_SO+=(\"$(first_read "$d/$oldest")\")"
   if [ "$run" = 0 ]; then
