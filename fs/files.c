@@ -442,10 +442,12 @@ ext_errno (errcode_t rc)
 #define PT_RANGES_MAX 64          /* ranges recorded per table read */
 #define PT_BASE_BACK 64           /* earlier points of the chain tried as a base */
 
-/* The byte ranges one table read (with its probes) looked at. */
+/* The byte ranges one table read (with its probes) looked at: up to
+ * PT_RANGES_MAX while it is read, then kept in as little memory as they
+ * need (N entries). */
 typedef struct prange_set {
   size_t n;
-  store_range r[PT_RANGES_MAX];
+  store_range r[];
 } prange_set;
 
 /* The partitions of one point (never freed: bounded by the points read). */
@@ -703,7 +705,7 @@ pt_read_locked (const char *vm, const char *disk, const char *display, const sto
     fs_log ("%s/%s/files/%s: %s", vm, disk, display, qb_error_msg ());
     return NULL;
   }
-  rec_reader rr = { ci, qb_calloc (1, sizeof (prange_set)) };
+  rec_reader rr = { ci, qb_calloc (1, sizeof (prange_set) + PT_RANGES_MAX * sizeof (store_range)) };
   parttab_part parts[PARTTAB_MAX];
   parttab_kind kind;
   uint64_t size = chain_size (ci);
@@ -734,6 +736,8 @@ pt_read_locked (const char *vm, const char *disk, const char *display, const sto
     k += t->slots[k] != 0;
   }
   t->n = k;
+  if (rr.set)                   /* kept in the memory it needs */
+    rr.set = qb_realloc (rr.set, sizeof (prange_set) + rr.set->n * sizeof (store_range));
   t->ranges = rr.set;
   last_keep (c, idx, ci);
   return t;
