@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
 #include "common/error.h"
 #include "common/util.h"
@@ -55,12 +56,56 @@ typedef struct fslot {
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
 static fslot **slots;
 static size_t nslots, cap_slots;
+static uint32_t *slot_ix;         /* slot numbers by (vm, disk, display, name): open
+                                     addressing, slot_ix_size slots, under slots_lock */
+static size_t slot_ix_size;
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static fsent *cache[FILES_CACHE_MAX * 4];
 static size_t ncache;
 static uint64_t tick;
 
 /* ---- slots ---- */
+
+/* Hash of a slot's identity. */
+static size_t
+slot_key_hash (const char *vm, const char *disk, const char *display, const char *name)
+{
+  uint64_t h = 1469598103934665603ull;
+  const char *parts[4] = { vm, disk, display, name };
+  for (int i = 0; i < 4; i++) {
+    for (const char *p = parts[i]; *p; p++)
+      h = (h ^ (unsigned char) *p) * 1099511628211ull;
+    h = (h ^ 0x1f) * 1099511628211ull;
+  }
+  return (size_t) h;
+}
+
+/* Enter slot number R (already in SLOTS) into the index, which stays at
+ * most half full; under slots_lock. */
+static void
+slot_ix_add (uint32_t r)
+{
+  if (2 * nslots > slot_ix_size) {
+    size_t size = slot_ix_size ? 2 * slot_ix_size : 1024;
+    uint32_t *t = qb_calloc (size, sizeof *t);
+    for (size_t i = 0; i < nslots; i++) {
+      const fslot *s = slots[i];
+      size_t b = slot_key_hash (s->vm, s->disk, s->display, s->name) & (size - 1);
+      while (t[b])
+        b = (b + 1) & (size - 1);
+      t[b] = i + 1;
+    }
+    free (slot_ix);
+    slot_ix = t;
+    slot_ix_size = size;
+    return;                     /* R was entered with the rest */
+  }
+  const fslot *s = slots[r - 1];
+  size_t b = slot_key_hash (s->vm, s->disk, s->display, s->name) & (slot_ix_size - 1);
+  while (slot_ix[b])
+    b = (b + 1) & (slot_ix_size - 1);
+  slot_ix[b] = r;
+}
 
 /* The slot (VM, DISK, DISPLAY, NAME) if it exists, else created from PART,
  * PROBE and the table's KIND when they are given; its number, or 0 (none). */
@@ -69,13 +114,17 @@ slot_get (const char *vm, const char *disk, const char *display, const char *nam
           const parttab_part *part, const parttab_probe_result *probe, parttab_kind kind)
 {
   uint32_t r = 0;
+  size_t b = 0;
   pthread_mutex_lock (&slots_lock);
-  for (size_t i = 0; i < nslots; i++) {
-    fslot *s = slots[i];
-    if (strcmp (s->name, name) == 0 && strcmp (s->display, display) == 0
-        && strcmp (s->disk, disk) == 0 && strcmp (s->vm, vm) == 0) {
-      r = i + 1;
-      break;
+  if (slot_ix_size) {
+    b = slot_key_hash (vm, disk, display, name) & (slot_ix_size - 1);
+    for (; slot_ix[b]; b = (b + 1) & (slot_ix_size - 1)) {
+      const fslot *s = slots[slot_ix[b] - 1];
+      if (strcmp (s->name, name) == 0 && strcmp (s->display, display) == 0
+          && strcmp (s->disk, disk) == 0 && strcmp (s->vm, vm) == 0) {
+        r = slot_ix[b];
+        break;
+      }
     }
   }
   if (!r && part && nslots < (1u << 29)) {
@@ -110,6 +159,7 @@ slot_get (const char *vm, const char *disk, const char *display, const char *nam
     }
     slots[nslots++] = s;
     r = nslots;
+    slot_ix_add (r);
   }
   pthread_mutex_unlock (&slots_lock);
   return r;
@@ -143,11 +193,13 @@ files_is_ino (fuse_ino_t ino)
 
 /* ---- opening restore points and file systems ---- */
 
-/* Open point DISPLAY of VM/DISK through the chain reader, or NULL with an
- * errno in *ERR. */
+/* Open point DISPLAY of VM/DISK through the chain reader (OPEN), or only
+ * check that it exists and is not damaged (!OPEN: returns NULL).  *ERR is
+ * the errno of a failure, 0 when there is none. */
 static chain_image *
-point_open (const char *vmname, const char *disk, const char *display, int *err)
+point_get (const char *vmname, const char *disk, const char *display, bool open, int *err)
 {
+  *err = 0;
   fs_vm *vm = vms_find (vmname);
   if (!vm) {
     *err = ENOENT;
@@ -161,13 +213,14 @@ point_open (const char *vmname, const char *disk, const char *display, int *err)
     *err = ENOENT;
   else if (restore_point_damage (vmname, disk, c, idx))
     *err = EIO;
-  else if (!(ci = store_point_open (fs_cfg.st, c, idx))) {
+  else if (open && !(ci = store_point_open (fs_cfg.st, c, idx))) {
     *err = fs_errno ();
     fs_log ("%s/%s/files/%s: %s", vmname, disk, display, qb_error_msg ());
   }
   vm_scan_put (s);
   return ci;
 }
+
 
 /* Read callback of parttab over a chain image. */
 static int
@@ -186,8 +239,11 @@ fsent_open (fsent *e)
 {
   fslot *s = slot_by_num (e->slot);
   int err = 0;
-  chain_image *ci = point_open (s->vm, s->disk, s->display, &err);
-  if (!ci)
+  /* A partition shown as a note (a file system we do not read, or a
+     damaged ext superblock) needs no chain: the point is only checked. */
+  bool need_chain = s->probe.is_ntfs || (s->probe.is_ext && !s->probe.too_big);
+  chain_image *ci = point_get (s->vm, s->disk, s->display, need_chain, &err);
+  if (err)
     return -err;
   e->ci = ci;
   if (s->probe.is_ntfs) {
@@ -372,44 +428,382 @@ ext_errno (errcode_t rc)
 
 /* ---- the point folder: files/<point>/ ---- */
 
-/* Partitions of point DISPLAY of VM/DISK as slots: fills SLOTS (up to
- * PARTTAB_MAX) and returns how many, or -errno. */
-static int
-point_slots (const char *vm, const char *disk, const char *display, uint32_t *out)
+/* ---- partition tables of points, read once ----
+ *
+ * What files/<point>/ lists comes from the point's partition table and the
+ * probes of its partitions: a few KiB of the disk.  It is read once per
+ * point and kept (ptable).  The reads are recorded; a point whose layers
+ * above an already read point of the same chain allocate nothing in the
+ * recorded ranges (store_layers_untouched: their L1/L2 tables only) reads
+ * the same bytes there, so it has the same table and the same probes and
+ * its chain is not opened at all.  Listing every point of a chain of N
+ * layers thus opens the chain once instead of N times. */
+
+#define PT_RANGES_MAX 64          /* ranges recorded per table read */
+#define PT_BASE_BACK 64           /* earlier points of the chain tried as a base */
+
+/* The byte ranges one table read (with its probes) looked at: up to
+ * PT_RANGES_MAX while it is read, then kept in as little memory as they
+ * need (N entries). */
+typedef struct prange_set {
+  size_t n;
+  store_range r[];
+} prange_set;
+
+/* The partitions of one point (never freed: bounded by the points read). */
+typedef struct ptable {
+  struct ptable *next;            /* hash chain */
+  const char *vm, *disk;          /* shared with the table it was derived from */
+  char *display;
+  const char *base;               /* path of layer 0 of its chain (its identity) */
+  size_t idx;                     /* its layer in that chain */
+  uint64_t size;                  /* the disk's virtual size */
+  const prange_set *ranges;       /* what was read (shared); NULL: not recorded */
+  int n;
+  uint32_t slots[];               /* N slot numbers, in table order */
+} ptable;
+
+static ptable **pt_hash;          /* PT_HASH_SIZE buckets, under slots_lock */
+#define PT_HASH_SIZE 65536
+
+/* A chain image whose reads are recorded (parttab's read callback). */
+typedef struct rec_reader {
+  chain_image *ci;
+  prange_set *set;                /* NULL once too many ranges were read */
+} rec_reader;
+
+/* Hash of a point's identity. */
+static size_t
+pt_key_hash (const char *vm, const char *disk, const char *display)
 {
-  int err = 0;
-  chain_image *ci = point_open (vm, disk, display, &err);
-  if (!ci)
-    return -err;
+  return slot_key_hash (vm, disk, display, "") & (PT_HASH_SIZE - 1);
+}
+
+/* The table of point DISPLAY of VM/DISK if it was read, else NULL. */
+static ptable *
+pt_find (const char *vm, const char *disk, const char *display)
+{
+  ptable *t = NULL;
+  pthread_mutex_lock (&slots_lock);
+  for (t = pt_hash ? pt_hash[pt_key_hash (vm, disk, display)] : NULL; t; t = t->next)
+    if (strcmp (t->display, display) == 0 && strcmp (t->disk, disk) == 0
+        && strcmp (t->vm, vm) == 0)
+      break;
+  pthread_mutex_unlock (&slots_lock);
+  return t;
+}
+
+/* Keep table T (its identity from its fields) in place of one of the same
+ * point read in another chain (the chain was rewritten since: that one
+ * stays allocated, a reader may hold it); of two tables of the same chain
+ * the one kept first wins.  Returns the table to use (T is freed when
+ * another came first). */
+static ptable *
+pt_insert (ptable *t)
+{
+  pthread_mutex_lock (&slots_lock);
+  if (!pt_hash)
+    pt_hash = qb_calloc (PT_HASH_SIZE, sizeof *pt_hash);
+  size_t b = pt_key_hash (t->vm, t->disk, t->display);
+  ptable *o, **pp;
+  for (pp = &pt_hash[b]; (o = *pp); pp = &o->next)
+    if (strcmp (o->display, t->display) == 0 && strcmp (o->disk, t->disk) == 0
+        && strcmp (o->vm, t->vm) == 0)
+      break;
+  if (o && (o->idx != t->idx || strcmp (o->base, t->base) != 0)) {
+    *pp = o->next;                /* another chain: replaced */
+    o = NULL;
+  }
+  if (!o) {
+    t->next = pt_hash[b];
+    pt_hash[b] = t;
+  }
+  pthread_mutex_unlock (&slots_lock);
+  if (o) {
+    free (t->display);
+    free (t);
+    return o;
+  }
+  return t;
+}
+
+/* A new table of N slots for point DISPLAY (strings VM, DISK, BASE kept). */
+static ptable *
+pt_new (const char *vm, const char *disk, const char *display, const char *base, size_t idx,
+        uint64_t size, int n)
+{
+  ptable *t = qb_calloc (1, sizeof *t + (size_t) n * sizeof t->slots[0]);
+  t->vm = vm;
+  t->disk = disk;
+  t->display = qb_strdup (display);
+  t->base = base;
+  t->idx = idx;
+  t->size = size;
+  t->n = n;
+  return t;
+}
+
+/* Read callback of parttab that records the range read. */
+static int
+rec_rd (void *opaque, void *buf, size_t len, uint64_t off)
+{
+  rec_reader *rr = opaque;
+  if (rr->set && len) {
+    prange_set *p = rr->set;
+    size_t i;
+    for (i = 0; i < p->n; i++)         /* grow a range it touches */
+      if (off <= p->r[i].off + p->r[i].len && p->r[i].off <= off + len) {
+        uint64_t end = p->r[i].off + p->r[i].len > off + len ? p->r[i].off + p->r[i].len
+          : off + len;
+        p->r[i].off = p->r[i].off < off ? p->r[i].off : off;
+        p->r[i].len = end - p->r[i].off;
+        break;
+      }
+    if (i == p->n) {
+      if (p->n < PT_RANGES_MAX)
+        p->r[p->n++] = (store_range) { off, len };
+      else {
+        free (rr->set);                 /* too many: this table is no base */
+        rr->set = NULL;
+      }
+    }
+  }
+  return chain_rd (rr->ci, buf, len, off);
+}
+
+/* The last points whose tables were read, kept open for a short while (as
+ * readers of their points, holding the point's lock like any open image),
+ * so that the next point of the same chain is opened as one more layer
+ * (store_point_extend).  A thread of their own closes them once idle. */
+#define LAST_MAX 4
+#define LAST_IDLE_MS 2000
+typedef struct last_point {
+  char *base;                     /* path of layer 0 of its chain */
+  size_t idx;
+  chain_image *ci;
+  uint64_t used_ms;
+} last_point;
+
+static pthread_mutex_t last_lock = PTHREAD_MUTEX_INITIALIZER;
+static last_point last[LAST_MAX];
+static bool reaper_running;       /* under last_lock */
+
+/* Close kept point L. */
+static void
+last_drop (last_point *l)
+{
+  chain_close (l->ci);
+  free (l->base);
+  memset (l, 0, sizeof *l);
+}
+
+/* Point IDX of chain C opened: on top of a kept point IDX - 1 of C when
+ * there is one, else from its base.  Under last_lock.  NULL with an error. */
+static chain_image *
+last_open (const store_chain *c, size_t idx)
+{
+  uint64_t now = qb_mono_ms ();
+  chain_image *ci = NULL;
+  for (int i = 0; i < LAST_MAX; i++) {
+    last_point *l = &last[i];
+    if (l->ci && now - l->used_ms > LAST_IDLE_MS)
+      last_drop (l);
+    else if (l->ci && !ci && idx > 0 && l->idx == idx - 1
+             && strcmp (l->base, c->layers[0].path) == 0) {
+      ci = store_point_extend (fs_cfg.st, l->ci, c, idx);
+      if (!ci)
+        qb_error_clear ();      /* opened from its base below */
+    }
+  }
+  return ci ? ci : store_point_open (fs_cfg.st, c, idx);
+}
+
+/* Close the kept points idle for LAST_IDLE_MS, every second, until none is
+ * left (then the thread ends; last_keep starts another). */
+static void *
+last_reaper (void *arg)
+{
+  (void) arg;
+  pthread_mutex_lock (&last_lock);
+  for (;;) {
+    uint64_t now = qb_mono_ms ();
+    bool any = false;
+    for (int i = 0; i < LAST_MAX; i++)
+      if (last[i].ci && now - last[i].used_ms > LAST_IDLE_MS)
+        last_drop (&last[i]);
+      else
+        any |= last[i].ci != NULL;
+    if (!any)
+      break;
+    pthread_mutex_unlock (&last_lock);
+    sleep (1);
+    pthread_mutex_lock (&last_lock);
+  }
+  reaper_running = false;
+  pthread_mutex_unlock (&last_lock);
+  return NULL;
+}
+
+/* Keep CI, point IDX of chain C, whose reading is over (under last_lock),
+ * in place of the point it was built on or else the oldest kept point. */
+static void
+last_keep (const store_chain *c, size_t idx, chain_image *ci)
+{
+  last_point *o = &last[0];
+  for (int i = 0; i < LAST_MAX; i++) {
+    last_point *l = &last[i];
+    if (l->ci && l->idx + 1 == idx && strcmp (l->base, c->layers[0].path) == 0) {
+      o = l;                    /* the point it was built on: replaced */
+      break;
+    }
+    if (!l->ci || l->used_ms < o->used_ms)
+      o = l;
+  }
+  last_drop (o);
+  /* the point below is closed now (or was never ours): its lock goes */
+  store_point_unlock_below (ci);
+  o->base = qb_strdup (c->layers[0].path);
+  o->idx = idx;
+  o->ci = ci;
+  o->used_ms = qb_mono_ms ();
+  if (!reaper_running) {
+    pthread_t t;
+    pthread_attr_t a;
+    pthread_attr_init (&a);
+    pthread_attr_setdetachstate (&a, PTHREAD_CREATE_DETACHED);
+    if (pthread_create (&t, &a, last_reaper, NULL) == 0)
+      reaper_running = true;
+    else
+      last_drop (o);            /* nobody would close it: not kept */
+    pthread_attr_destroy (&a);
+  }
+}
+
+static ptable *pt_read_locked (const char *vm, const char *disk, const char *display,
+                               const store_chain *c, size_t idx, int *err);
+
+/* Read the table of point IDX of chain C (DISPLAY of VM/DISK) through the
+ * chain reader: a new table (not kept yet), or NULL with -errno in *ERR. */
+static ptable *
+pt_read (const char *vm, const char *disk, const char *display, const store_chain *c,
+         size_t idx, int *err)
+{
+  pthread_mutex_lock (&last_lock);
+  ptable *t = pt_read_locked (vm, disk, display, c, idx, err);
+  pthread_mutex_unlock (&last_lock);
+  return t;
+}
+
+/* pt_read under last_lock. */
+static ptable *
+pt_read_locked (const char *vm, const char *disk, const char *display, const store_chain *c,
+                size_t idx, int *err)
+{
+  chain_image *ci = last_open (c, idx);
+  if (!ci) {
+    *err = -fs_errno ();
+    fs_log ("%s/%s/files/%s: %s", vm, disk, display, qb_error_msg ());
+    return NULL;
+  }
+  rec_reader rr = { ci, qb_calloc (1, sizeof (prange_set) + PT_RANGES_MAX * sizeof (store_range)) };
   parttab_part parts[PARTTAB_MAX];
   parttab_kind kind;
   uint64_t size = chain_size (ci);
-  int n = parttab_read (chain_rd, ci, size, parts, &kind);
+  int n = parttab_read (rec_rd, &rr, size, parts, &kind);
   if (n < 0) {
     chain_close (ci);
-    return -EIO;
+    free (rr.set);
+    *err = -EIO;
+    return NULL;
   }
+  ptable *t = pt_new (qb_strdup (vm), qb_strdup (disk), display,
+                      qb_strdup (c->layers[0].path), idx, size, n ? n : 1);
   int k = 0;
   if (n == 0) {
     parttab_part whole = { 0, 0, size };
     parttab_probe_result pr;
-    parttab_probe (chain_rd, ci, 0, size, &pr);
-    out[k++] = slot_get (vm, disk, display, "fs", &whole, &pr, kind);
+    parttab_probe (rec_rd, &rr, 0, size, &pr);
+    t->slots[k] = slot_get (vm, disk, display, "fs", &whole, &pr, kind);
+    k += t->slots[k] != 0;
   }
   for (int i = 0; i < n; i++) {
     char name[16];
     snprintf (name, sizeof name, "p%d", parts[i].number);
-    uint32_t sl = slot_get (vm, disk, display, name, NULL, NULL, kind);
-    if (!sl) {
-      parttab_probe_result pr;
-      parttab_probe (chain_rd, ci, parts[i].start, parts[i].length, &pr);
-      sl = slot_get (vm, disk, display, name, &parts[i], &pr, kind);
-    }
-    if (sl)
-      out[k++] = sl;
+    /* always probed, so that the reads of the probes are recorded */
+    parttab_probe_result pr;
+    parttab_probe (rec_rd, &rr, parts[i].start, parts[i].length, &pr);
+    t->slots[k] = slot_get (vm, disk, display, name, &parts[i], &pr, kind);
+    k += t->slots[k] != 0;
   }
-  chain_close (ci);
-  return k;
+  t->n = k;
+  if (rr.set)                   /* kept in the memory it needs */
+    rr.set = qb_realloc (rr.set, sizeof (prange_set) + rr.set->n * sizeof (store_range));
+  t->ranges = rr.set;
+  last_keep (c, idx, ci);
+  return t;
+}
+
+/* The table of point IDX of chain C (DISPLAY of VM/DISK) derived from the
+ * table of an earlier point of C whose bytes it shares where the table and
+ * probes were read, or NULL when there is no such point. */
+static ptable *
+pt_derive (const char *vm, const char *disk, const char *display, const store_chain *c,
+           size_t idx)
+{
+  for (size_t k = idx; k-- > 0 && idx - k <= PT_BASE_BACK;) {
+    const ptable *b = pt_find (vm, disk, c->layers[k].display);
+    if (!b || b->idx != k || strcmp (b->base, c->layers[0].path) != 0)
+      continue;
+    if (!b->ranges
+        || !store_layers_untouched (fs_cfg.st, c, k + 1, idx, b->size, b->ranges->r,
+                                    b->ranges->n))
+      return NULL;
+    ptable *t = pt_new (b->vm, b->disk, display, b->base, idx, b->size, b->n);
+    t->ranges = b->ranges;
+    int j = 0;
+    for (int i = 0; i < b->n; i++) {
+      const fslot *s = slot_by_num (b->slots[i]);
+      parttab_part part = { 0, s->start, s->length };
+      parttab_kind kind = s->table_note ? PARTTAB_GPT_BACKUP : PARTTAB_NONE;
+      t->slots[j] = slot_get (vm, disk, display, s->name, &part, &s->probe, kind);
+      j += t->slots[j] != 0;
+    }
+    t->n = j;
+    return t;
+  }
+  return NULL;
+}
+
+/* The partitions of point DISPLAY of VM/DISK: its table (read once, or
+ * derived from an earlier point of its chain), or NULL with -errno in
+ * *ERR.  The point is checked to exist and not to be damaged every time. */
+static const ptable *
+point_table (const char *vm, const char *disk, const char *display, int *err)
+{
+  *err = 0;
+  fs_vm *fv = vms_find (vm);
+  if (!fv) {
+    *err = -ENOENT;
+    return NULL;
+  }
+  vm_scan *s = vm_scan_get (fv);
+  const store_chain *c;
+  size_t idx;
+  ptable *t = NULL;
+  if (!restore_find (s->v, disk, display, &c, &idx))
+    *err = -ENOENT;
+  else if (restore_point_damage (vm, disk, c, idx))
+    *err = -EIO;
+  else if (!(t = pt_find (vm, disk, display)) || t->idx != idx
+           || strcmp (t->base, c->layers[0].path) != 0) {
+    t = pt_derive (vm, disk, display, c, idx);
+    if (!t)
+      t = pt_read (vm, disk, display, c, idx, err);
+    if (t)
+      t = pt_insert (t);
+  }
+  vm_scan_put (s);
+  return t;
 }
 
 /* Fill ST as the root folder of slot SL. */
@@ -429,10 +823,12 @@ int
 files_point_list (const char *vm, const char *disk, const char *display,
                   files_dirent **ents)
 {
-  uint32_t sl[PARTTAB_MAX + 1];
-  int n = point_slots (vm, disk, display, sl);
-  if (n < 0)
-    return n;
+  int err;
+  const ptable *t = point_table (vm, disk, display, &err);
+  if (!t)
+    return err;
+  int n = t->n;
+  const uint32_t *sl = t->slots;
   *ents = qb_calloc (2 * n + 2, sizeof **ents);
   int k = 0;
   for (int i = 0; i < n; i++) {
@@ -985,26 +1381,13 @@ files_point_lookup (fuse_req_t req, const char *vm, const char *disk, const char
   fuse_reply_entry (req, &ep);
 }
 
-/* True if point DISPLAY of VM/DISK has slots (its table was read). */
-static bool
-point_known (const char *vm, const char *disk, const char *display)
-{
-  bool r = false;
-  pthread_mutex_lock (&slots_lock);
-  for (size_t i = 0; i < nslots && !r; i++)
-    r = strcmp (slots[i]->display, display) == 0 && strcmp (slots[i]->disk, disk) == 0
-      && strcmp (slots[i]->vm, vm) == 0;
-  pthread_mutex_unlock (&slots_lock);
-  return r;
-}
-
 /* See fs.h. */
 json_object *
 files_status_notes (const char *vm, const char *disk, const char *latest)
 {
-  if (latest && !point_known (vm, disk, latest)) {
-    uint32_t sl[PARTTAB_MAX + 1];
-    if (point_slots (vm, disk, latest, sl) < 0)
+  if (latest && !pt_find (vm, disk, latest)) {
+    int err;
+    if (!point_table (vm, disk, latest, &err))
       qb_error_clear ();
   }
   json_object *a = json_object_new_array ();

@@ -44,6 +44,7 @@ typedef struct runtime_damage {
 
 static pthread_mutex_t damage_lock = PTHREAD_MUTEX_INITIALIZER;
 static runtime_damage *damages;
+static atomic_size_t ndamages;  /* entries of DAMAGES (read without the lock) */
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static point_entry **cache;
 static size_t ncache;
@@ -58,23 +59,19 @@ typedef struct thread_bufs {
 static pthread_key_t bufs_key;
 static pthread_once_t bufs_once = PTHREAD_ONCE_INIT;
 
-/* Find restore point DISPLAY of DISK in V: its chain and layer index. */
+/* Find restore point DISPLAY of DISK in V: its chain and layer index
+ * (a binary search in the scan's index of the disk, no allocation). */
 bool
 restore_find (const store_vm *v, const char *disk, const char *display,
               const store_chain **chain, size_t *idx)
 {
   const store_disk *d = v ? store_vm_disk (v, disk) : NULL;
-  if (!d)
+  size_t c, i;
+  if (!d || !store_disk_find (d, display, &c, &i))
     return false;
-  for (size_t c = 0; c < d->nchains; c++)
-    for (size_t i = 0; i < d->chains[c].n; i++)
-      if (!d->chains[c].layers[i].removing
-          && strcmp (d->chains[c].layers[i].display, display) == 0) {
-        *chain = &d->chains[c];
-        *idx = i;
-        return true;
-      }
-  return false;
+  *chain = &d->chains[c];
+  *idx = i;
+  return true;
 }
 
 /* Remember that the point KEY failed to read with MSG. */
@@ -92,22 +89,40 @@ damage_note (const char *key, const char *msg)
     d->msg = qb_asprintf ("read failed: %s", msg);
     d->next = damages;
     damages = d;
+    atomic_fetch_add (&ndamages, 1);
   }
   pthread_mutex_unlock (&damage_lock);
 }
 
-/* Damage found at run time for point ID of VM/DISK, or NULL. */
+/* True when KEY is "VM/DISK/ID" (compared in place, nothing formatted). */
+static bool
+key_is (const char *key, const char *vm, const char *disk, const char *id)
+{
+  const char *parts[3] = { vm, disk, id };
+  for (int i = 0; i < 3; i++) {
+    size_t len = strlen (parts[i]);
+    if (strncmp (key, parts[i], len) != 0)
+      return false;
+    key += len;
+    if (i < 2 && *key++ != '/')
+      return false;
+  }
+  return *key == '\0';
+}
+
+/* Damage found at run time for point ID of VM/DISK, or NULL.  Nothing is
+ * locked or compared while no read ever failed (the usual case). */
 static const char *
 restore_runtime_damage (const char *vm, const char *disk, const char *id)
 {
-  char *key = qb_asprintf ("%s/%s/%s", vm, disk, id);
+  if (atomic_load (&ndamages) == 0)
+    return NULL;
   const char *msg = NULL;
   pthread_mutex_lock (&damage_lock);
-  for (runtime_damage *d = damages; d; d = d->next)
-    if (strcmp (d->key, key) == 0)
+  for (runtime_damage *d = damages; d && !msg; d = d->next)
+    if (key_is (d->key, vm, disk, id))
       msg = d->msg;           /* never freed: stays valid */
   pthread_mutex_unlock (&damage_lock);
-  free (key);
   return msg;
 }
 
@@ -144,7 +159,8 @@ restore_point_damage (const char *vm, const char *disk, const store_chain *c, si
   return d;
 }
 
-/* The newest undamaged point of DISK, or NULL. */
+/* The newest undamaged point of DISK, or NULL.  One pass over each chain:
+ * once a layer is damaged, every point above it is too. */
 const store_layer *
 restore_latest (const store_vm *v, const char *disk)
 {
@@ -155,8 +171,8 @@ restore_latest (const store_vm *v, const char *disk)
   for (size_t c = 0; c < d->nchains; c++)
     for (size_t i = 0; i < d->chains[c].n; i++) {
       const store_layer *l = &d->chains[c].layers[i];
-      if (restore_point_damage (v->name, disk, &d->chains[c], i))
-        continue;
+      if ((l->damage && !l->busy) || restore_runtime_damage (v->name, disk, l->id))
+        break;
       if (!best || l->time_us > best->time_us
           || (l->time_us == best->time_us && strcmp (l->id, best->id) > 0))
         best = l;

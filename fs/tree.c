@@ -12,6 +12,7 @@
  * by the same stat (img_stat), open (img_open) and restore_* calls. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,7 @@ typedef struct node {
   char *vm, *disk, *name;   /* N_IMG: name "<T>.img"; N_POINT: name <T>; N_PIMG: disk, name <T> */
   fuse_ino_t ino;
   atomic_int opens;         /* N_CONTROL: open handles and requests in flight */
+  _Atomic uint64_t listing; /* folders: dirbuf.sum of the last listing served */
   struct node *next;        /* hash chain */
 } node;
 
@@ -47,16 +49,32 @@ typedef struct node {
 #define CONTROL_INSTANCES 64
 
 #define HASH_MIN 4096     /* buckets at first; doubled to keep chains short */
+#define SLAB_BITS 12      /* nodes live in slabs of 4096, never freed nor moved */
+#define SLAB_SIZE ((size_t) 1 << SLAB_BITS)
+#define ARENA_CHUNK 65536 /* interned strings are carved from chunks this big */
 static pthread_mutex_t nodes_lock = PTHREAD_MUTEX_INITIALIZER;
-static node **nodes;        /* by ino; nodes[0] unused */
-static size_t nnodes, cap_nodes;
+static node **slabs;        /* node of inode I: slabs[I >> SLAB_BITS][I % SLAB_SIZE] */
+static size_t nslabs, nnodes; /* inode 0 unused */
 static node **hash;         /* hash_size buckets, a power of two */
 static size_t hash_size;
+static char **strs;         /* interned strings: open addressing, strs_size slots */
+static size_t strs_size, nstrs;
+static char *arena;         /* the rest of the current chunk */
+static size_t arena_left;
 static time_t mount_time;
 
 #define TIMEOUT_SHORT 1.0
 #define TIMEOUT_IMG_ENTRY 60.0
 #define TIMEOUT_IMG_ATTR 3600.0
+
+/* FNV-1a of S, continuing from H. */
+static unsigned
+str_hash (unsigned h, const char *s)
+{
+  for (const char *p = s ? s : ""; *p; p++)
+    h = (h ^ (unsigned char) *p) * 16777619u;
+  return h;
+}
 
 /* Hash of a node's identity. */
 static unsigned
@@ -64,12 +82,59 @@ node_hash (node_kind k, const char *vm, const char *disk, const char *name)
 {
   unsigned h = 2166136261u ^ k;
   const char *parts[3] = { vm, disk, name };
-  for (int i = 0; i < 3; i++) {
-    for (const char *p = parts[i] ? parts[i] : ""; *p; p++)
-      h = (h ^ (unsigned char) *p) * 16777619u;
-    h = (h ^ 0x1f) * 16777619u;
-  }
+  for (int i = 0; i < 3; i++)
+    h = (str_hash (h, parts[i]) ^ 0x1f) * 16777619u;
   return h;
+}
+
+/* The one stored copy of S (NULL for NULL), under nodes_lock: a node's
+ * strings are shared with every other node naming the same VM, disk or
+ * point, and carved from big chunks (no allocation of their own). */
+static char *
+intern (const char *s)
+{
+  if (!s)
+    return NULL;
+  if (2 * (nstrs + 1) > strs_size) {
+    size_t size = strs_size ? 2 * strs_size : 1024;
+    char **t = qb_calloc (size, sizeof *t);
+    for (size_t i = 0; i < strs_size; i++)
+      if (strs[i]) {
+        size_t b = str_hash (2166136261u, strs[i]) & (size - 1);
+        while (t[b])
+          b = (b + 1) & (size - 1);
+        t[b] = strs[i];
+      }
+    free (strs);
+    strs = t;
+    strs_size = size;
+  }
+  size_t b = str_hash (2166136261u, s) & (strs_size - 1);
+  for (; strs[b]; b = (b + 1) & (strs_size - 1))
+    if (strcmp (strs[b], s) == 0)
+      return strs[b];
+  size_t len = strlen (s) + 1;
+  char *copy;
+  if (len > ARENA_CHUNK / 16)
+    copy = qb_strdup (s);
+  else {
+    if (len > arena_left) {
+      arena = qb_calloc (1, ARENA_CHUNK);
+      arena_left = ARENA_CHUNK;
+    }
+    copy = memcpy (arena, s, len);
+    arena += len;
+    arena_left -= len;
+  }
+  nstrs++;
+  return strs[b] = copy;
+}
+
+/* The node with inode I (I < nnodes), under nodes_lock. */
+static node *
+node_at (size_t i)
+{
+  return &slabs[i >> SLAB_BITS][i & (SLAB_SIZE - 1)];
 }
 
 /* Make the hash table at least twice as big as the node count (a store of
@@ -82,7 +147,7 @@ hash_grow (void)
   size_t size = hash ? 4 * hash_size : HASH_MIN;
   node **h = qb_calloc (size, sizeof *h);
   for (size_t i = 1; i < nnodes; i++) {
-    node *n = nodes[i];
+    node *n = node_at (i);
     size_t b = node_hash (n->kind, n->vm, n->disk, n->name) & (size - 1);
     n->next = h[b];
     h[b] = n;
@@ -112,19 +177,18 @@ node_get (node_kind k, const char *vm, const char *disk, const char *name)
     if (n->kind == k && same (n->vm, vm) && same (n->disk, disk) && same (n->name, name))
       break;
   if (!n) {
-    n = qb_calloc (1, sizeof *n);
-    n->kind = k;
-    n->vm = qb_strdup (vm);
-    n->disk = qb_strdup (disk);
-    n->name = qb_strdup (name);
-    if (nnodes + 1 >= cap_nodes) {
-      cap_nodes = cap_nodes ? cap_nodes * 2 : 256;
-      nodes = qb_realloc (nodes, cap_nodes * sizeof *nodes);
-    }
     if (nnodes == 0)
       nnodes = 1;           /* inode 0 is invalid */
-    n->ino = nnodes;
-    nodes[nnodes++] = n;
+    if ((nnodes >> SLAB_BITS) >= nslabs) {
+      slabs = qb_realloc (slabs, (nslabs + 1) * sizeof *slabs);
+      slabs[nslabs++] = qb_calloc (SLAB_SIZE, sizeof (node));
+    }
+    n = node_at (nnodes);
+    n->kind = k;
+    n->vm = intern (vm);
+    n->disk = intern (disk);
+    n->name = intern (name);
+    n->ino = nnodes++;
     n->next = hash[h];
     hash[h] = n;
   }
@@ -139,7 +203,7 @@ node_by_ino (fuse_ino_t ino)
   node *n = NULL;
   pthread_mutex_lock (&nodes_lock);
   if (ino > 0 && ino < nnodes)
-    n = nodes[ino];
+    n = node_at (ino);
   pthread_mutex_unlock (&nodes_lock);
   return n;
 }
@@ -242,9 +306,11 @@ points_stat (node *n, const store_vm *v, struct stat *st, double *entry_to)
   }
 }
 
-/* Check that N exists now and fill ST and the timeouts; 0 or -errno. */
+/* Check that N exists now and fill ST and the timeouts; 0 or -errno.
+ * GIVEN, when not NULL, is a current scan of N's VM, known to be visible
+ * (a listing checks its entries against one scan). */
 static int
-node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
+node_stat_in (node *n, vm_scan *given, struct stat *st, double *entry_to, double *attr_to)
 {
   *entry_to = *attr_to = TIMEOUT_SHORT;
   if (n->kind == N_ROOT) {
@@ -256,9 +322,12 @@ node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
     st->st_mtime = time (NULL);
     return 0;
   }
-  fs_vm *vm = vms_find (n->vm);
-  if (!vm)
-    return -ENOENT;
+  fs_vm *vm = NULL;
+  if (!given || n->kind == N_CONTROL) {
+    vm = vms_find (n->vm);
+    if (!vm)
+      return -ENOENT;
+  }
   switch (n->kind) {
   case N_VM:
     attr_base (st, n, S_IFDIR | 0550);
@@ -277,7 +346,7 @@ node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
   default:
     break;
   }
-  vm_scan *s = vm_scan_get (vm);
+  vm_scan *s = given ? given : vm_scan_get (vm);
   int r = 0;
   if (n->kind == N_POINTS || n->kind == N_POINT || n->kind == N_PLATEST) {
     r = points_stat (n, s->v, st, entry_to);
@@ -361,8 +430,16 @@ node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
     r = -ENOENT;
   }
  out:
-  vm_scan_put (s);
+  if (!given)
+    vm_scan_put (s);
   return r;
+}
+
+/* Check that N exists now and fill ST and the timeouts; 0 or -errno. */
+static int
+node_stat (node *n, struct stat *st, double *entry_to, double *attr_to)
+{
+  return node_stat_in (n, NULL, st, entry_to, attr_to);
 }
 
 /* An inode of VM's control file that nobody has open.  Lookups start at a
@@ -652,29 +729,66 @@ op_readlink (fuse_req_t req, fuse_ino_t ino)
   vm_scan_put (s);
 }
 
+/* One entry of a listing built at opendir (a plain readdir: listing a
+ * name never makes the kernel cache it, so a name that goes is gone at
+ * once for the next lookup, as before). */
+typedef struct dirent_e {
+  char *name;
+  struct stat st;           /* inode number and type */
+} dirent_e;
+
 typedef struct dirbuf {
-  char *p;
-  size_t size;
+  dirent_e *e;
+  size_t n, cap;
+  vm_scan *scan;            /* while it is built: the scan of its VM, or NULL */
+  uint64_t sum;             /* hash of the names, inode numbers and types */
 } dirbuf;
 
-/* Add NAME (node N, or NULL for . and ..) to a directory listing. */
+/* Append NAME with attributes ST to B. */
+static void
+dirbuf_push (dirbuf *b, const char *name, const struct stat *st)
+{
+  if (b->n == b->cap) {
+    b->cap = b->cap ? 2 * b->cap : 16;
+    b->e = qb_realloc (b->e, b->cap * sizeof *b->e);
+  }
+  b->e[b->n++] = (dirent_e) { qb_strdup (name), *st };
+  uint64_t h = b->sum ^ 0x9e3779b97f4a7c15ull;
+  for (const char *p = name; *p; p++)
+    h = (h ^ (unsigned char) *p) * 1099511628211ull;
+  h = (h ^ (uint64_t) st->st_ino) * 1099511628211ull;
+  b->sum = (h ^ (uint64_t) (st->st_mode & S_IFMT)) * 1099511628211ull;
+}
+
+/* Add NAME (node N, or NULL for . and .. with inode INO) to a listing,
+ * when N exists now (checked against B's scan when it has one). */
 static void
 dirbuf_add (fuse_req_t req, dirbuf *b, const char *name, node *n, fuse_ino_t ino)
 {
+  (void) req;
   struct stat st;
+  double et = 0, at = 0;
   memset (&st, 0, sizeof st);
   st.st_ino = n ? n->ino : ino;
   if (n) {
-    double et, at;
-    if (node_stat (n, &st, &et, &at) < 0)
+    if (node_stat_in (n, b->scan, &st, &et, &at) < 0)
       return;
   }
   else
     st.st_mode = S_IFDIR;
-  size_t old = b->size;
-  b->size += fuse_add_direntry (req, NULL, 0, name, NULL, 0);
-  b->p = qb_realloc (b->p, b->size);
-  fuse_add_direntry (req, b->p + old, b->size - old, name, &st, b->size);
+  dirbuf_push (b, name, &st);
+}
+
+/* Free a listing. */
+static void
+dirbuf_free (dirbuf *b)
+{
+  if (!b)
+    return;
+  for (size_t i = 0; i < b->n; i++)
+    free (b->e[i].name);
+  free (b->e);
+  free (b);
 }
 
 /* Add the entries of points/ or points/<T>/ (node N, scan V) to B. */
@@ -694,9 +808,10 @@ points_list (fuse_req_t req, dirbuf *b, node *n, const store_vm *v)
   point_ref *refs;
   size_t nr = restore_point_refs (v, n->name, &refs);
   for (size_t i = 0; i < nr; i++) {
-    char *name = qb_asprintf ("%s.img", refs[i].disk);
+    char name[NAME_MAX + 1];
+    if ((size_t) snprintf (name, sizeof name, "%s.img", refs[i].disk) >= sizeof name)
+      continue;
     dirbuf_add (req, b, name, node_get (N_PIMG, n->vm, refs[i].disk, n->name), 0);
-    free (name);
   }
   free (refs);
 }
@@ -745,15 +860,11 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
       memset (&dst, 0, sizeof dst);
       dst.st_ino = ents[i].ino;
       dst.st_mode = ents[i].mode;
-      size_t old = b->size;
-      b->size += fuse_add_direntry (req, NULL, 0, ents[i].name, NULL, 0);
-      b->p = qb_realloc (b->p, b->size);
-      fuse_add_direntry (req, b->p + old, b->size - old, ents[i].name, &dst, b->size);
+      dirbuf_push (b, ents[i].name, &dst);
     }
     free (ents);
     if (fn < 0) {
-      free (b->p);
-      free (b);
+      dirbuf_free (b);
       fuse_reply_err (req, -fn);
       return;
     }
@@ -762,6 +873,7 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fs_vm *vm = vms_find (n->vm);
     vm_scan *s = vm ? vm_scan_get (vm) : NULL;
     const store_vm *v = s ? s->v : NULL;
+    b->scan = s;             /* every entry is checked against this one scan */
     if (n->kind == N_VM) {
       dirbuf_add (req, b, "backup", node_get (N_CONTROL, n->vm, NULL, "0"), 0);
       dirbuf_add (req, b, "status", node_get (N_VMSTATUS, n->vm, NULL, NULL), 0);
@@ -780,9 +892,9 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
           if (l->removing)
             continue;          /* a point being removed is no longer listed */
           if (n->kind == N_RESTORE) {
-            char *name = qb_asprintf ("%s.img", l->display);
+            char name[sizeof l->display + 4];
+            snprintf (name, sizeof name, "%s.img", l->display);
             dirbuf_add (req, b, name, node_get (N_IMG, n->vm, n->disk, name), 0);
-            free (name);
           }
           else if (n->kind == N_FILES)
             dirbuf_add (req, b, l->display, node_get (N_FPOINT, n->vm, n->disk, l->display), 0);
@@ -794,10 +906,17 @@ op_opendir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
       if (n->kind == N_FILES && restore_latest (v, n->disk))
         dirbuf_add (req, b, "latest", node_get (N_FLATEST, n->vm, n->disk, NULL), 0);
     }
+    b->scan = NULL;
     vm_scan_put (s);
   }
+  /* The kernel keeps the listing of the last open when this one is the
+   * same (every open builds it afresh, so a change is never missed): a walk
+   * over thousands of point folders then reads each folder once. */
+  fi->cache_readdir = 1;
+  fi->keep_cache = atomic_exchange (&n->listing, b->sum) == b->sum;
   fi->fh = (uintptr_t) b;
-  fuse_reply_open (req, fi);
+  if (fuse_reply_open (req, fi) != 0)
+    dirbuf_free (b);
 }
 
 /* Reply LEN bytes of a buffer owned by an open handle.  The reply is sent
@@ -813,6 +932,26 @@ reply_copy (fuse_req_t req, const char *p, size_t len)
   free (copy);
 }
 
+/* Reply to a readdir of listing B from entry OFF on, at most SIZE bytes
+ * (offsets are entry numbers).  The reply is built in a buffer of its own:
+ * once the kernel has it, the process may close the folder and another
+ * thread free B. */
+static void
+dirbuf_reply (fuse_req_t req, const dirbuf *b, size_t size, off_t off)
+{
+  char *buf = size ? qb_calloc (1, size) : NULL;
+  size_t used = 0;
+  for (size_t i = off < 0 ? 0 : (size_t) off; i < b->n; i++) {
+    const dirent_e *d = &b->e[i];
+    size_t len = fuse_add_direntry (req, buf + used, size - used, d->name, &d->st, i + 1);
+    if (len > size - used)
+      break;
+    used += len;
+  }
+  fuse_reply_buf (req, buf, used);
+  free (buf);
+}
+
 /* FUSE readdir: a slice of the listing built at opendir. */
 static void
 op_readdir (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
@@ -821,11 +960,7 @@ op_readdir (fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_
     files_readdir (req, size, off, fi);
     return;
   }
-  dirbuf *b = (dirbuf *) (uintptr_t) fi->fh;
-  if ((size_t) off >= b->size)
-    fuse_reply_buf (req, NULL, 0);
-  else
-    reply_copy (req, b->p + off, b->size - off < size ? b->size - off : size);
+  dirbuf_reply (req, (dirbuf *) (uintptr_t) fi->fh, size, off);
 }
 
 /* FUSE releasedir. */
@@ -837,10 +972,7 @@ op_releasedir (fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fuse_reply_err (req, 0);
     return;
   }
-  dirbuf *b = (dirbuf *) (uintptr_t) fi->fh;
-  if (b)
-    free (b->p);
-  free (b);
+  dirbuf_free ((dirbuf *) (uintptr_t) fi->fh);
   fuse_reply_err (req, 0);
 }
 
@@ -1215,11 +1347,18 @@ op_unlink (fuse_req_t req, fuse_ino_t parent, const char *name)
   if (r == 0 && vm) {
     /* the point went from every disk: drop the kernel's cached names */
     vm_scan *s = vm_scan_get (vm);
+    size_t len = strlen (name);
     for (size_t i = 0; s && s->v && i < s->v->ndisks; i++) {
       node *rd = node_get (N_RESTORE, p->vm, s->v->disks[i].name, NULL);
       if (fs_cfg.se && strcmp (s->v->disks[i].name, p->disk) != 0)
-        fuse_lowlevel_notify_inval_entry (fs_cfg.se, rd->ino, name, strlen (name));
+        fuse_lowlevel_notify_inval_entry (fs_cfg.se, rd->ino, name, len);
+      node *fd = node_get (N_FILES, p->vm, s->v->disks[i].name, NULL);
+      if (fs_cfg.se && len > 4)          /* files/<T>, listed with the point */
+        fuse_lowlevel_notify_inval_entry (fs_cfg.se, fd->ino, name, len - 4);
     }
+    node *pd = node_get (N_POINTS, p->vm, NULL, NULL);
+    if (fs_cfg.se && len > 4)            /* points/<T> */
+      fuse_lowlevel_notify_inval_entry (fs_cfg.se, pd->ino, name, len - 4);
     vm_scan_put (s);
   }
 }

@@ -736,6 +736,93 @@ chain_open_fds (const int *fds, const char *const *names, size_t n)
   return NULL;
 }
 
+/* See chain.h. */
+chain_image *
+chain_extend (const chain_image *prev, int fd, const char *name)
+{
+  size_t n = prev->n + 1;
+  chain_image *ci = NULL;
+  if (n > MAX_LAYERS) {
+    qb_error_set (QB_EINVAL, "a chain needs 1 to %d layers, not %zu", MAX_LAYERS, n);
+    close (fd);
+    return NULL;
+  }
+  if (!(ci = try_calloc (1, sizeof *ci)) || !(ci->layers = try_calloc (n, sizeof *ci->layers))) {
+    free (ci);
+    close (fd);
+    return NULL;
+  }
+  for (size_t k = 0; k < n; k++) {
+    ci->layers[k].fd = -1;
+    pthread_mutex_init (&ci->layers[k].lock, NULL);
+  }
+  ci->n = n;
+  if (layer_init (ci, n - 1, fd, name) < 0)
+    goto fail;
+  layer *top = &ci->layers[n - 1];
+  if (top->h.size != prev->size || top->h.cluster_bits < prev->cbits) {
+    qb_error_set (QB_EINVAL, "%s: another size or finer clusters than the layers below: "
+                  "the point is opened from its base", name);
+    goto fail;
+  }
+  top->lim = prev->size;
+  uint64_t files = top->file_size;
+  for (size_t k = 0; k + 1 < n; k++) {
+    const layer *p = &prev->layers[k];
+    layer *ly = &ci->layers[k];
+    ly->fd = fcntl (p->fd, F_DUPFD_CLOEXEC, 0);
+    ly->path = strdup (p->path);
+    if (ly->fd < 0 || !ly->path) {
+      chain_open_error (ly->fd < 0 ? errno : ENOMEM, k, p->path);
+      goto fail;
+    }
+    ly->file_size = p->file_size;
+    ly->lim = p->lim;
+    ly->h = p->h;
+    files = p->file_size > ((uint64_t) 1 << 56) - files ? (uint64_t) 1 << 56
+      : files + p->file_size;
+  }
+  ci->size = prev->size;
+  ci->cbits = prev->cbits;
+  ci->step = prev->step;
+  ci->nentries = prev->nentries;
+  ci->map_budget = MAP_BUDGET_BASE + files * MAP_BUDGET_RATIO;
+  ci->map_bytes = prev->map_bytes;
+  if (!(ci->chunks = try_calloc (prev->nchunks, sizeof *ci->chunks)))
+    goto fail;
+  ci->nchunks = prev->nchunks;
+  for (size_t i = 0; i < prev->nchunks; i++) {
+    ci->chunks[i].base = prev->chunks[i].base;
+    if (prev->chunks[i].e) {
+      if (!(ci->chunks[i].e = try_calloc (CHUNK_LEN, sizeof (uint64_t))))
+        goto fail;
+      memcpy (ci->chunks[i].e, prev->chunks[i].e, CHUNK_BYTES);
+    }
+  }
+  if (layer_apply (ci, (unsigned) (n - 1)) < 0)
+    goto fail;
+  ci->allocated = map_allocated (ci);
+  return ci;
+
+ fail:
+  chain_close (ci);
+  return NULL;
+}
+
+/* See chain.h. */
+size_t
+chain_layers (const chain_image *ci)
+{
+  return ci->n;
+}
+
+/* See chain.h. */
+int
+chain_layer_fd (const chain_image *ci, size_t i)
+{
+  return i < ci->n ? ci->layers[i].fd : -1;
+}
+
 void
 chain_close (chain_image *ci)
 {

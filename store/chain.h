@@ -39,6 +39,21 @@ chain_image *chain_open (const char *const *files, size_t n);
  * named NAMES[i] in messages.  Takes every descriptor, also on failure. */
 chain_image *chain_open_fds (const int *fds, const char *const *names, size_t n);
 
+/* The restore point PREV plus one layer on top: the open file FD (read-only,
+ * a regular file, taken also on failure) named NAME.  Built from a copy of
+ * PREV's map and the new layer's tables only, so opening the points of a
+ * chain one after the other costs one layer each.  The new layer must have
+ * PREV's virtual size and no finer clusters than PREV's layers (else
+ * QB_EINVAL: open the point with chain_open_fds); PREV's descriptors are
+ * duplicated, PREV stays open.  NULL with the errors of chain_open_fds. */
+chain_image *chain_extend (const chain_image *prev, int fd, const char *name);
+
+/* Number of layers of CI. */
+size_t chain_layers (const chain_image *ci);
+
+/* The descriptor of layer I of CI (owned by CI), or -1. */
+int chain_layer_fd (const chain_image *ci, size_t i);
+
 /* Record the error of layer I (PATH) that could not be opened with ERRNUM,
  * as chain_open words it (ENOENT, ELOOP: QB_EDAMAGED; EMFILE, ENFILE,
  * ENOMEM, EAGAIN, EINTR: QB_EAGAIN/QB_ENOMEM).  Returns -1. */

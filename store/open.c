@@ -2,6 +2,7 @@
  * following a link, and the reader's side of chain rewrites (see store.h). */
 #include "store-int.h"
 #include "chain.h"
+#include "qcow2.h"
 #include "common/error.h"
 #include "common/util.h"
 
@@ -65,7 +66,7 @@ store_layer_open (store *st, const store_layer *l)
  * removing the point and every layer name still is the file opened.
  * 0, or -1 with QB_EAGAIN (try again: the chain is being rewritten). */
 static int
-point_guard (store *st, const store_chain *c, size_t idx, const int *fds)
+point_guard (store *st, const store_chain *c, size_t idx, const int *fds, size_t from)
 {
   const store_layer *top = &c->layers[idx];
   struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET,
@@ -91,7 +92,7 @@ point_guard (store *st, const store_chain *c, size_t idx, const int *fds)
   store_rewrite_state_clear (&rs);
   if (hidden)
     return qb_error_set (QB_EAGAIN, "restore point %s is being removed", top->display);
-  for (size_t i = 0; i <= idx; i++) {
+  for (size_t i = from; i <= idx; i++) {
     struct stat a, b;
     const char *lr = layer_rel (st, &c->layers[i]);
     if (!lr || fstat (fds[i], &a) < 0 || fstatat (st->rootfd, lr, &b, AT_SYMLINK_NOFOLLOW) < 0
@@ -137,7 +138,7 @@ store_point_open (store *st, const store_chain *c, size_t idx)
       return NULL;
     }
   }
-  if (point_guard (st, c, idx, fds) < 0) {
+  if (point_guard (st, c, idx, fds, 0) < 0) {
     for (size_t i = 0; i <= idx; i++)
       close (fds[i]);
     free (fds);
@@ -148,6 +149,113 @@ store_point_open (store *st, const store_chain *c, size_t idx)
   free (fds);
   free (names);
   return ci;
+}
+
+/* See store.h. */
+chain_image *
+store_point_extend (store *st, const chain_image *prev, const store_chain *c, size_t idx)
+{
+  if (!prev || !c || idx == 0 || idx >= c->n || chain_layers (prev) != idx) {
+    qb_error_set (QB_EINVAL, "no open point below restore point %zu", idx);
+    return NULL;
+  }
+  for (size_t i = 0; i <= idx; i++)
+    if (c->layers[i].busy) {
+      qb_error_set (QB_EAGAIN, "restore point %s: its chain is being rewritten: try again",
+                    c->layers[idx].display);
+      return NULL;
+    }
+  int *fds = calloc (idx + 1, sizeof *fds);
+  if (!fds) {
+    qb_error_set (QB_ENOMEM, "out of memory opening a restore point: nothing is damaged, "
+                  "try again");
+    return NULL;
+  }
+  for (size_t i = 0; i < idx; i++)
+    fds[i] = chain_layer_fd (prev, i);
+  fds[idx] = store_layer_open (st, &c->layers[idx]);
+  if (fds[idx] < 0) {
+    if (qb_error_code () == QB_ENOENT)
+      qb_error_set (QB_EAGAIN, "layer %s went away since the store was read (a restore "
+                    "point was removed or its chain rewritten): look again",
+                    c->layers[idx].path);
+    free (fds);
+    return NULL;
+  }
+  /* Only the new layer is checked: PREV holds its own point (locked, so
+     no rewrite changes its files in place) and reads as it did, whatever
+     happened to the names of its layers since. */
+  int fd = fds[idx];
+  int r = point_guard (st, c, idx, fds, idx);
+  free (fds);
+  if (r < 0) {
+    close (fd);
+    return NULL;
+  }
+  return chain_extend (prev, fd, c->layers[idx].path);
+}
+
+/* See store.h. */
+void
+store_point_unlock_below (chain_image *ci)
+{
+  size_t n = ci ? chain_layers (ci) : 0;
+  struct flock fl = { .l_type = F_UNLCK, .l_whence = SEEK_SET,
+                      .l_start = STORE_POINT_LOCK_BYTE, .l_len = 1 };
+  if (n >= 2)
+    (void) fcntl (chain_layer_fd (ci, n - 2), F_OFD_SETLK, &fl);
+}
+
+/* The ranges qcow2_walk checks a layer against. */
+typedef struct touch_ctx {
+  const store_range *r;
+  size_t n;
+} touch_ctx;
+
+/* qcow2_walk: 1 when the cluster at GUEST (LEN bytes) overlaps a range, or
+ * is invalid (the point cannot be read as it is), else 0. */
+static int
+touch_cb (void *opaque, uint64_t guest, uint64_t len, qcow2_kind kind, uint64_t host, uint64_t e)
+{
+  (void) host;
+  (void) e;
+  const touch_ctx *t = opaque;
+  if (kind == QCOW2_BAD)
+    return 1;
+  for (size_t i = 0; i < t->n; i++)
+    if (guest < t->r[i].off + t->r[i].len && t->r[i].off < guest + len)
+      return 1;
+  return 0;
+}
+
+/* See store.h. */
+bool
+store_layers_untouched (store *st, const store_chain *c, size_t from, size_t to,
+                        uint64_t size, const store_range *r, size_t n)
+{
+  if (!c || from == 0 || to >= c->n || from > to)
+    return false;
+  for (size_t i = from; i <= to; i++) {
+    const store_layer *l = &c->layers[i];
+    if (l->damage || l->busy)
+      return false;
+    int fd = store_layer_open (st, l);
+    if (fd < 0) {
+      qb_error_clear ();
+      return false;
+    }
+    qcow2_header h;
+    uint64_t fsize;
+    touch_ctx t = { r, n };
+    bool ok = qcow2_header_read (fd, l->name, &h, &fsize) == 0
+      && qcow2_header_check (&h, fsize, l->name) == 0 && h.size == size
+      && qcow2_walk (fd, l->name, &h, fsize, touch_cb, &t) == 0;
+    close (fd);
+    qb_error_clear ();
+    if (!ok)
+      return false;
+  }
+  return true;
 }
 
 

@@ -446,7 +446,7 @@ fill_layer (scan_ctx *cx, const scan_file *f, store_layer *l)
 {
   memset (l, 0, sizeof *l);
   l->path = qb_asprintf ("%s/%s/%s", cx->vmdir, cx->dirs[f->dir].rel, f->name);
-  l->name = qb_strdup (f->name);
+  l->name = l->path + strlen (l->path) - strlen (f->name);   /* its tail: one allocation */
   snprintf (l->id, sizeof l->id, "%s", f->id);
   if (store_id_display (f->id, cx->names, l->display, sizeof l->display) < 0)
     snprintf (l->display, sizeof l->display, "%s", f->id);
@@ -660,6 +660,37 @@ rewrite_apply (scan_ctx *cx, store_vm *v)
   return 0;
 }
 
+/* qsort_r: index entries by display name, then chain order. */
+static int
+cmp_ix (const void *a, const void *b, void *arg)
+{
+  const store_disk *d = arg;
+  const store_layer_ix *x = a, *y = b;
+  int c = strcmp (d->chains[x->chain].layers[x->idx].display,
+                  d->chains[y->chain].layers[y->idx].display);
+  if (c)
+    return c;
+  if (x->chain != y->chain)
+    return x->chain < y->chain ? -1 : 1;
+  return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+/* Build D's index of its layers by display name (store_disk_find). */
+static void
+disk_index (store_disk *d)
+{
+  size_t n = 0;
+  for (size_t c = 0; c < d->nchains; c++)
+    n += d->chains[c].n;
+  if (n == 0 || n > UINT32_MAX || d->nchains > UINT32_MAX)
+    return;
+  d->ix = qb_calloc (n, sizeof *d->ix);
+  for (size_t c = 0; c < d->nchains; c++)
+    for (size_t i = 0; i < d->chains[c].n; i++)
+      d->ix[d->nix++] = (store_layer_ix) { (uint32_t) c, (uint32_t) i };
+  qsort_r (d->ix, d->nix, sizeof *d->ix, cmp_ix, d);
+}
+
 /* Read the directories of CX (found already), build disks and chains,
  * and free CX: the scan, or NULL with an error.  With FAILED (an error is
  * set already) only free CX. */
@@ -699,6 +730,8 @@ scan_run (scan_ctx *cx, bool failed)
     v = NULL;
     goto out;
   }
+  for (size_t i = 0; i < v->ndisks; i++)
+    disk_index (&v->disks[i]);
   v->skipped = cx->notes;
   v->nskipped = cx->nnotes;
   cx->notes = NULL;
@@ -837,8 +870,7 @@ store_vm_free (store_vm *v)
       store_chain *c = &d->chains[j];
       for (size_t k = 0; k < c->n; k++) {
         store_layer *l = &c->layers[k];
-        free (l->path);
-        free (l->name);
+        free (l->path);         /* name is its tail */
         free (l->chain_id);
         free (l->damage);
       }
@@ -847,6 +879,7 @@ store_vm_free (store_vm *v)
       free (c->month);
     }
     free (d->chains);
+    free (d->ix);
     free (d->name);
   }
   free (v->disks);
@@ -863,4 +896,42 @@ store_vm_disk (const store_vm *v, const char *name)
     if (strcmp (v->disks[i].name, name) == 0)
       return &v->disks[i];
   return NULL;
+}
+
+/* See store.h. */
+bool
+store_disk_find (const store_disk *d, const char *display, size_t *chain, size_t *idx)
+{
+  if (!d->ix) {
+    for (size_t c = 0; c < d->nchains; c++)
+      for (size_t i = 0; i < d->chains[c].n; i++)
+        if (!d->chains[c].layers[i].removing
+            && strcmp (d->chains[c].layers[i].display, display) == 0) {
+          *chain = c;
+          *idx = i;
+          return true;
+        }
+    return false;
+  }
+  size_t lo = 0, hi = d->nix;           /* the first entry >= DISPLAY */
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    const store_layer_ix *e = &d->ix[mid];
+    if (strcmp (d->chains[e->chain].layers[e->idx].display, display) < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  for (; lo < d->nix; lo++) {
+    const store_layer_ix *e = &d->ix[lo];
+    const store_layer *l = &d->chains[e->chain].layers[e->idx];
+    if (strcmp (l->display, display) != 0)
+      break;
+    if (!l->removing) {
+      *chain = e->chain;
+      *idx = e->idx;
+      return true;
+    }
+  }
+  return false;
 }

@@ -684,24 +684,25 @@ stamp_add_chain (char **s, int vmfd, const char *rel)
   free (c);
 }
 
-/* The newest mtime of VM's folder and its records folder (see store.h). */
+/* The newest mtime of VM's folder and its records folder (see store.h):
+ * two stats beneath the root (it runs on every request of the mount).  A
+ * VM folder that is a link or no folder has no time; a link swapped in
+ * between the two stats only changes the stamp, never what is read. */
 struct timespec
 store_vm_changed (store *st, const char *vm)
 {
   struct timespec t = { 0, 0 };
-  int vmfd = store_vm_open (st, vm);
-  if (vmfd < 0) {
-    qb_error_clear ();
-    return t;
-  }
   struct stat a, b;
-  if (fstat (vmfd, &a) == 0)
-    t = a.st_mtim;
-  if (fstatat (vmfd, STORE_POINTS_DIR, &b, AT_SYMLINK_NOFOLLOW) == 0
+  if (!qb_name_is_safe (vm) || fstatat (st->rootfd, vm, &a, AT_SYMLINK_NOFOLLOW) < 0
+      || !S_ISDIR (a.st_mode))
+    return t;
+  t = a.st_mtim;
+  char rel[NAME_MAX + sizeof "/" STORE_POINTS_DIR];
+  if ((size_t) snprintf (rel, sizeof rel, "%s/" STORE_POINTS_DIR, vm) < sizeof rel
+      && fstatat (st->rootfd, rel, &b, AT_SYMLINK_NOFOLLOW) == 0
       && (b.st_mtim.tv_sec > t.tv_sec
           || (b.st_mtim.tv_sec == t.tv_sec && b.st_mtim.tv_nsec > t.tv_nsec)))
     t = b.st_mtim;
-  close (vmfd);
   return t;
 }
 

@@ -81,7 +81,8 @@ void store_names_free (char **names, size_t n);
 
 typedef struct store_layer {
   char *path;          /* absolute path of the qcow2 file */
-  char *name;          /* base name, e.g. "INC-20261126T045000Z" */
+  char *name;          /* base name, e.g. "INC-20261126T045000Z" (the tail of
+                          path, not allocated on its own) */
   char id[40];         /* restore point id, e.g. "20261126T045000Z_02" */
   char display[48];    /* mount name without ".img": "2026-11-26T045000Z_02"
                           (store_id_display in the store's style) */
@@ -108,10 +109,17 @@ typedef struct store_chain {
   char *month;         /* "YYYY-MM" with --monthly layout, else NULL */
 } store_chain;
 
+/* One entry of a disk's index of its layers by display name. */
+typedef struct store_layer_ix {
+  uint32_t chain, idx;
+} store_layer_ix;
+
 typedef struct store_disk {
   char *name;
   size_t nchains;      /* in time order (months merged) */
   store_chain *chains;
+  size_t nix;          /* every layer of the disk, sorted by display (then */
+  store_layer_ix *ix;  /* chain order), for store_disk_find; NULL: none built */
 } store_disk;
 
 typedef struct store_vm {
@@ -153,6 +161,12 @@ void store_vm_free (store_vm *v);
 /* The disk called NAME in a scan, or NULL. */
 const store_disk *store_vm_disk (const store_vm *v, const char *name);
 
+/* The restore point of D whose display name is DISPLAY, leaving out layers
+ * being removed: its chain (*CHAIN) and layer index (*IDX), the first in
+ * chain order when several match.  A binary search in the scan's index
+ * (O(log n), nothing allocated); a disk without one is searched linearly. */
+bool store_disk_find (const store_disk *d, const char *display, size_t *chain, size_t *idx);
+
 /* Open the file of LAYER (a layer of a scan of ST) for reading, walking
  * from the store root with O_NOFOLLOW|O_DIRECTORY per folder, so no
  * symbolic link is ever followed.  The descriptor (a regular file, the
@@ -167,6 +181,36 @@ int store_layer_open (store *st, const store_layer *layer);
  * layer or a link; QB_EAGAIN/QB_ENOMEM for resource shortages, which are
  * never damage). */
 chain_image *store_point_open (store *st, const store_chain *c, size_t idx);
+
+/* Restore point IDX of chain C opened on top of PREV, the open point
+ * IDX - 1 of the same chain (chain_extend): only layer IDX is opened (as
+ * store_layer_open does), locked and checked as store_point_open does (the
+ * point not being removed, the layer still the file its name holds) and
+ * read.  PREV keeps its point's lock, so it reads as it did; the new image
+ * holds PREV's lock too (shared descriptors) until store_point_unlock_below.
+ * NULL with store_point_open's errors, or QB_EINVAL when PREV does not fit
+ * (then use store_point_open). */
+chain_image *store_point_extend (store *st, const chain_image *prev, const store_chain *c,
+                                 size_t idx);
+
+/* Let go of the read lock on the layer below the top of CI (the lock of
+ * the point CI was extended from), once that point is closed. */
+void store_point_unlock_below (chain_image *ci);
+
+/* A byte range of a restore point. */
+typedef struct store_range {
+  uint64_t off, len;
+} store_range;
+
+/* True when point TO of chain C reads the same bytes as point FROM - 1 in
+ * each of the N ranges R: layers FROM..TO all have virtual size SIZE, are
+ * neither damaged nor busy, open (as store_layer_open), and their tables
+ * (qcow2) allocate no cluster in any of the ranges (no data, zero or
+ * compressed cluster, and no invalid entry anywhere).  False when they do
+ * or when that cannot be told (errors are cleared).  Reads only the
+ * layers' headers and L1/L2 tables. */
+bool store_layers_untouched (store *st, const store_chain *c, size_t from, size_t to,
+                             uint64_t size, const store_range *r, size_t n);
 
 /* Scan the disk folder PATH on its own, outside any store (a copy of
  * STORE/<vm>/<disk> or STORE/<vm>/<YYYY-MM>/<disk> made anywhere): one disk,
