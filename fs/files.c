@@ -376,10 +376,13 @@ fsent_get (uint32_t slot, int *err)
   return e;
 }
 
+static void last_drop_all (void);
+
 /* Close the cached file systems of VM that nobody uses now (see fs.h). */
 void
 files_cache_drop_idle (const char *vm)
 {
+  last_drop_all ();             /* their point locks would make a removal wait */
   fsent *drop[sizeof cache / sizeof cache[0]];
   size_t nd = 0;
   pthread_mutex_lock (&cache_lock);
@@ -595,6 +598,17 @@ last_drop (last_point *l)
   chain_close (l->ci);
   free (l->base);
   memset (l, 0, sizeof *l);
+}
+
+/* Close every kept point (a removal is about to need their locks). */
+static void
+last_drop_all (void)
+{
+  pthread_mutex_lock (&last_lock);
+  for (int i = 0; i < LAST_MAX; i++)
+    if (last[i].ci)
+      last_drop (&last[i]);
+  pthread_mutex_unlock (&last_lock);
 }
 
 /* Point IDX of chain C opened: on top of a kept point IDX - 1 of C when

@@ -253,9 +253,10 @@ void xattr_point_get (fuse_req_t req, const char *vm, const xattr_point *p, cons
 
 /* ---- the guest's files (files.c) ---- */
 
-/* Close the cached guest file systems of VM that nobody reads now, so that
- * they hold no restore point open (a removal that rewrites a FULL in place
- * waits for readers). */
+/* Close the cached guest file systems of VM that nobody reads now, and the
+ * points kept open after reading partition tables, so that they hold no
+ * restore point open (a removal that rewrites a FULL in place waits for
+ * readers). */
 void files_cache_drop_idle (const char *vm);
 
 /* FUSE inodes with this bit are guest files: bits 32..61 the (point,
