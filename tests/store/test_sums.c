@@ -7,6 +7,7 @@
  * layer without sums unverifiable; a layer removed meanwhile "gone"; the
  * verify record turned into scan damage only for the very file it judged. */
 #include "storecheck.h"
+#include "sumsfile.h"
 #include "store/store.h"
 #include "store/sums.h"
 #include "common/util.h"
@@ -21,41 +22,6 @@
 
 #define LAYER "FULL-20261126T045000Z"
 #define SUMS ".chain/" LAYER ".sums"
-
-static char dir[256];
-static int dfd;
-
-/* Run the shell command CMD (printf-style) in DIR; REQUIRE it exits 0. */
-static void __attribute__ ((format (printf, 1, 2)))
-sh (const char *fmt, ...)
-{
-  char cmd[2048];
-  va_list ap;
-  va_start (ap, fmt);
-  vsnprintf (cmd, sizeof cmd, fmt, ap);
-  va_end (ap);
-  char *full = qb_asprintf ("cd '%s' && %s", dir, cmd);
-  int r = system (full);
-  if (r != 0)
-    fprintf (stderr, "command failed (%d): %s\n", r, full);
-  REQUIRE (r == 0);
-  free (full);
-}
-
-/* The whole file REL of DIR into *LEN bytes (malloc'd). */
-static uint8_t *
-slurp (const char *rel, size_t *len)
-{
-  int fd = openat (dfd, rel, O_RDONLY);
-  REQUIRE (fd >= 0);
-  struct stat sb;
-  REQUIRE (fstat (fd, &sb) == 0);
-  uint8_t *p = malloc ((size_t) sb.st_size + 1);
-  REQUIRE (p && pread (fd, p, (size_t) sb.st_size, 0) == sb.st_size);
-  close (fd);
-  *len = (size_t) sb.st_size;
-  return p;
-}
 
 /* Replace file REL of DIR with LEN bytes of P. */
 static void
@@ -72,15 +38,6 @@ put64 (uint8_t *p, uint64_t v)
 {
   for (int i = 0; i < 8; i++)
     p[i] = (uint8_t) (v >> (8 * i));
-}
-
-static uint64_t
-get64 (const uint8_t *p)
-{
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--)
-    v = (v << 8) | p[i];
-  return v;
 }
 
 /* Recompute the trailer of sums file image P (LEN bytes), as a forger would. */

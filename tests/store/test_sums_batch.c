@@ -5,6 +5,7 @@
  * in the first, a middle and the last data cluster found at its own guest
  * offset; the unsynced variant used by a commit writes the same entries. */
 #include "storecheck.h"
+#include "sumsfile.h"
 #include "store/store.h"
 #include "store/sums.h"
 #include "common/util.h"
@@ -15,50 +16,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
-
-static char dir[256];
-static int dfd;
-
-/* Run the shell command CMD (printf-style) in DIR; REQUIRE it exits 0. */
-static void __attribute__ ((format (printf, 1, 2)))
-sh (const char *fmt, ...)
-{
-  char cmd[2048];
-  va_list ap;
-  va_start (ap, fmt);
-  vsnprintf (cmd, sizeof cmd, fmt, ap);
-  va_end (ap);
-  char *full = qb_asprintf ("cd '%s' && %s", dir, cmd);
-  int r = system (full);
-  if (r != 0)
-    fprintf (stderr, "command failed (%d): %s\n", r, full);
-  REQUIRE (r == 0);
-  free (full);
-}
-
-/* The whole file REL of DIR into *LEN bytes (malloc'd). */
-static uint8_t *
-slurp (const char *rel, size_t *len)
-{
-  int fd = openat (dfd, rel, O_RDONLY);
-  REQUIRE (fd >= 0);
-  struct stat sb;
-  REQUIRE (fstat (fd, &sb) == 0);
-  uint8_t *p = malloc ((size_t) sb.st_size + 1);
-  REQUIRE (p && pread (fd, p, (size_t) sb.st_size, 0) == sb.st_size);
-  close (fd);
-  *len = (size_t) sb.st_size;
-  return p;
-}
-
-static uint64_t
-get64 (const uint8_t *p)
-{
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--)
-    v = (v << 8) | p[i];
-  return v;
-}
 
 /* Check the sums of LAYER (clusters of 2^CBITS bytes) entry by
  * entry against the layer's bytes: DATA entries hash the bytes at their
