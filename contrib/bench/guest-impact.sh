@@ -19,7 +19,8 @@
 # random 64 KiB-aligned offset, issued through HMP on a private QMP monitor
 # and timed as one round trip (so the idle figure includes the monitor's own
 # cost).  The writes run back to back for as long as the backup runs (the
-# idle run: a fixed count of 3,000, so its p99 is not one stray write).  A job speed limit slows the job only: the
+# idle run: a fixed count of 3,000, so its p99 is not one stray write).
+# A job speed limit slows the job only: the
 # copy-before-write of a guest write goes to the store at the store's speed
 # without fleecing whatever the limit.  Not a test: figures vary with the machine's load.
 set -euo pipefail

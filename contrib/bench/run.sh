@@ -284,16 +284,18 @@ if section scale; then
   for ((run = 0; run < RUNS; run++)); do
     fs_mount "$S" "$MNT"
     SM+=("$MOUNT_SECS")
-    SL+=("$(timeit ls -R "$MNT")")
+    # Not into files/: listing a point's files/ folder opens its chain to
+    # read the guest's partitions (as in scale.sh).
+    SL+=("$(timeit find "$MNT" -path '*/files' -prune -o -print)")
     a=$(now)
-    NIMG=$(find "$MNT" -name '*Z.img' -printf '%s %b\n' | wc -l)
+    NIMG=$(find "$MNT" -path '*/files' -prune -o -name '*Z.img' -printf '%s %b\n' | wc -l)
     SS+=("$(tdiff "$a" "$(now)")")
     SR+=("$(awk '/^VmRSS/ { print $2 / 1024 }' "/proc/$FS_PID/status")")
     fs_umount "$MNT"
   done
   [ "$NIMG" = $((SCALE_VMS * SCALE_POINTS)) ] || note "WARNING: $NIMG restore images seen, $((SCALE_VMS * SCALE_POINTS)) expected"
   fig "scale: mount, 50 VMs x 200 points (s)" "$(median "${SM[@]}")" - s - "o < 0.5" "well under 1 s: < 0.5 s"
-  fig "scale: ls -R (s)" "$(median "${SL[@]}")" - s - "o < 0.5" "well under 1 s: < 0.5 s"
+  fig "scale: list every name but files/ (s)" "$(median "${SL[@]}")" - s - "o < 0.5" "well under 1 s: < 0.5 s"
   fig "scale: stat of all $NIMG images (s)" "$(median "${SS[@]}")" - s - "o < 0.5" "well under 1 s: < 0.5 s"
   fig "scale: daemon RSS after the walk (MiB)" "$(median "${SR[@]}")" - MiB - "o < 64" "< 64 MiB"
   rm -rf "$S" "$T/scale-tmpl"
