@@ -15,14 +15,15 @@
 # P50 P99 MB/S N" (P50 "failed" when the backup failed), "skip STORE REASON".
 #
 # The VM runs no guest OS and stays paused (-S: it costs no CPU, under KVM
-# or TCG, and the block layer works as when it runs); each guest write is a 64 KiB qemu-io write at a
-# random 64 KiB-aligned offset, issued through HMP on a private QMP monitor
-# and timed as one round trip (so the idle figure includes the monitor's own
-# cost).  The writes run back to back for as long as the backup runs (the
-# idle run: a fixed count of 3,000, so its p99 is not one stray write).
-# A job speed limit slows the job only: the
+# or TCG, and the block layer works as when it runs); each guest write is a
+# 64 KiB qemu-io write at a random 64 KiB-aligned offset, issued through HMP
+# on a private QMP monitor and timed as one round trip (so the idle figure
+# includes the monitor's own cost).  The writes run back to back for as long
+# as the backup runs (the idle run: a fixed count of 3,000, so its p99 is not
+# one stray write).  A job speed limit slows the job only: the
 # copy-before-write of a guest write goes to the store at the store's speed
-# without fleecing whatever the limit.  Not a test: figures vary with the machine's load.
+# without fleecing whatever the limit.  Not a test: figures vary with the
+# machine's load.
 set -euo pipefail
 QB_SOURCE_DIR=${QB_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 QB_BUILD_DIR=${QB_BUILD_DIR:-$QB_SOURCE_DIR/build}
