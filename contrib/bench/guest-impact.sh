@@ -8,15 +8,22 @@
 # time of a fleecing row includes the second job that copies what the guest
 # changed meanwhile from the fleece image (see engine/fleece.c).
 #
-#   sudo contrib/bench/guest-impact.sh [--size MiB] [--speed BYTES] [--no-gluster]
+#   sudo contrib/bench/guest-impact.sh [--size MiB] [--speed BYTES] [--no-gluster] [--rows FILE]
 #
-# The VM runs no guest OS; each guest write is a 64 KiB qemu-io write at a
-# random 64 KiB-aligned offset, issued through HMP on a private QMP monitor
-# and timed as one round trip (so the idle figure includes the monitor's own
-# cost).  The writes run back to back for as long as the backup runs (the
-# idle run: a fixed count).  A job speed limit slows the job only: the
+# --rows FILE also writes the figures as records for run.sh's impact section:
+# "cpu PERCENT", "idle - - - - P50 P99 MB/S N", "row STORE LEVEL FLEECE SECS
+# P50 P99 MB/S N" (P50 "failed" when the backup failed), "skip STORE REASON".
+#
+# The VM runs no guest OS and stays paused (-S: it costs no CPU, under KVM
+# or TCG, and the block layer works as when it runs); each guest write is a
+# 64 KiB qemu-io write at a random 64 KiB-aligned offset, issued through HMP
+# on a private QMP monitor and timed as one round trip (so the idle figure
+# includes the monitor's own cost).  The writes run back to back for as long
+# as the backup runs (the idle run: a fixed count of 3,000, so its p99 is not
+# one stray write).  A job speed limit slows the job only: the
 # copy-before-write of a guest write goes to the store at the store's speed
-# without fleecing whatever the limit.  Not a test: figures vary with the machine's load.
+# without fleecing whatever the limit.  Not a test: figures vary with the
+# machine's load.
 set -euo pipefail
 QB_SOURCE_DIR=${QB_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 QB_BUILD_DIR=${QB_BUILD_DIR:-$QB_SOURCE_DIR/build}
@@ -26,17 +33,27 @@ QMPBACKUP=${QMPBACKUP:-$QB_BUILD_DIR/tools/qmpbackup}
 SIZE_MB=1024
 SPEED=0
 GLUSTER=1
+ROWS_OUT=
 while [ $# -gt 0 ]; do
   case $1 in
     --size) SIZE_MB=$2; shift 2 ;;
     --speed) SPEED=$2; shift 2 ;;
     --no-gluster) GLUSTER=0; shift ;;
-    *) echo "usage: $0 [--size MiB] [--speed BYTES] [--no-gluster]" >&2; exit 2 ;;
+    --rows) ROWS_OUT=$(realpath -m "$2"); shift 2 ;;
+    *) echo "usage: $0 [--size MiB] [--speed BYTES] [--no-gluster] [--rows FILE]" >&2; exit 2 ;;
   esac
 done
 qb_need qemu-img qemu-system-x86_64 python3 "$QMPBACKUP" "$QMPCMD"
 qb_tmpdir
-command -v glusterfsd >/dev/null || GLUSTER=0
+# Append one record to the --rows file (if any).
+record() { if [ -n "$ROWS_OUT" ]; then printf '%s\n' "$*" >> "$ROWS_OUT"; fi; }
+[ -n "$ROWS_OUT" ] && : > "$ROWS_OUT"
+if [ "$GLUSTER" = 0 ]; then
+  record "skip gluster --no-gluster given"
+elif ! command -v glusterfsd >/dev/null || ! command -v glusterfs >/dev/null; then
+  GLUSTER=0
+  record "skip gluster glusterfsd/glusterfs not installed"
+fi
 
 # The timed writer: WRITER SOCKET DEVICE DISK_BYTES COUNT|PID OUT -> "p50 p99 MB/s n" (ms).
 cat > "$T/writer.py" <<'EOF'
@@ -126,9 +143,17 @@ gluster_down() {
 }
 
 qb_vm_start vm1 drive0:qcow2:${SIZE_MB}M
-qb_qmp vm1 cont >/dev/null
 DISK=$((SIZE_MB << 20))
 note() { printf '  .. %s\n' "$*" >&2; }
+# What the (paused) VM itself costs, % of a core over 2 s: the figures below
+# measure the backup, not a guest spinning in firmware.
+vpid=$(qb_vm_pid vm1)
+c0=$(awk '{ print $14 + $15 }' "/proc/$vpid/stat") a=$EPOCHREALTIME
+sleep 2
+c1=$(awk '{ print $14 + $15 }' "/proc/$vpid/stat") b=$EPOCHREALTIME
+VMCPU=$(awk -v c=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v a="${a/,/.}" -v b="${b/,/.}" \
+  'BEGIN { printf "%.2f", 100 * c / hz / (b - a) }')
+record "cpu $VMCPU"
 note "filling $((SIZE_MB * 3 / 4)) MiB of the ${SIZE_MB} MiB disk"
 qb_guest_write vm1 drive0 "write -P 0x11 0 $((SIZE_MB * 3 / 4))M"
 
@@ -155,14 +180,16 @@ run_one() {
   t1=$EPOCHREALTIME
   [ $rc = 0 ] || { note "backup failed: $(cat "$T/b.out")"; fig="failed"; }
   ROWS+=("$sname|$level|$fl|$fig|$(awk -v a="${t0/,/.}" -v b="${t1/,/.}" 'BEGIN { printf "%.1f", b - a }')")
+  record "row $sname $level $fl ${ROWS[-1]##*|} $fig"
 }
 
 note "idle"
-read -r ip50 ip99 ithr in < <(measure n400)
+read -r ip50 ip99 ithr in < <(measure n3000)
+record "idle - - - - $ip50 $ip99 $ithr $in"
 stores=("local $T/store")
 if [ "$GLUSTER" = 1 ]; then
   if gluster_up "$T/gl"; then stores+=("gluster $T/gl/store"); mkdir -p "$T/gl/store"
-  else note "GlusterFS did not come up: local store only"; fi
+  else note "GlusterFS did not come up: local store only"; record "skip gluster the GlusterFS volume did not come up"; fi
 fi
 for s in "${stores[@]}"; do
   read -r sname sdir <<< "$s"
@@ -173,7 +200,7 @@ for s in "${stores[@]}"; do
   done
 done
 
-printf '\nGuest 64 KiB random writes (HMP qemu-io round trips), disk %s MiB (3/4 written), job speed %s\n\n' "$SIZE_MB" "$SPEED"
+printf '\nGuest 64 KiB random writes (HMP qemu-io round trips), disk %s MiB (3/4 written), job speed %s, paused VM %s%% of a core\n\n' "$SIZE_MB" "$SPEED" "$VMCPU"
 printf '| store | backup | fleecing | p50 ms | p99 ms | MB/s | writes | p99 / idle p99 | backup s |\n'
 printf '|---|---|---|---|---|---|---|---|---|\n'
 printf '| - | none (idle) | - | %s | %s | %s | %s | 1.0x | - |\n' "$ip50" "$ip99" "$ithr" "$in"

@@ -226,6 +226,35 @@ fig() {
   FIG_LABEL+=("$label") FIG_OURS+=("$o") FIG_PEER+=("$p") FIG_UNIT+=("$unit")
   FIG_RATIO+=("$r") FIG_MET+=("$met") FIG_TARGET+=("$target")
   say "$(printf '%-44s ours %-10s peer %-10s %-6s ratio %-7s %s' "$label" "$o" "$p" "$unit" "$r" "$met")"
+  # A script run by another one (run.sh's store section) also hands its
+  # figures over as tab-separated records in $FIG_DUMP (see fig_import).
+  if [ -n "${FIG_DUMP:-}" ]; then
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$o" "$p" "$unit" "$r" "$met" "$target" >> "$FIG_DUMP"
+  fi
+}
+
+# Add the figures another bench script recorded in FILE (its FIG_DUMP) to
+# this run's table, each label with a leading STRIP removed, then PREFIX put
+# before it and SUFFIX after (e.g. the sizes of a --quick run); print them as
+# fig does.  Fails if FILE holds no figure.
+fig_import() {
+  local file=$1 prefix=${2:-} suffix=${3:-} strip=${4:-} label o p unit r met target n=0
+  [ -s "$file" ] || return 1
+  while IFS=$'\t' read -r label o p unit r met target; do
+    label=$prefix${label#"$strip"}$suffix
+    FIG_LABEL+=("$label") FIG_OURS+=("$o") FIG_PEER+=("$p") FIG_UNIT+=("$unit")
+    FIG_RATIO+=("$r") FIG_MET+=("$met") FIG_TARGET+=("$target")
+    say "$(printf '%-44s ours %-10s peer %-10s %-6s ratio %-7s %s' "$label" "$o" "$p" "$unit" "$r" "$met")"
+    n=$((n + 1))
+  done < "$file"
+  ((n > 0))
+}
+
+# A row that could not be measured: LABEL and the REASON in the ours column.
+fig_skip() {
+  FIG_LABEL+=("$1") FIG_OURS+=("not measured ($2)") FIG_PEER+=("-") FIG_UNIT+=("")
+  FIG_RATIO+=("-") FIG_MET+=("-") FIG_TARGET+=("")
+  say "$(printf '%-44s not measured: %s' "$1" "$2")"
 }
 
 # Round a number for the table (3 significant digits).

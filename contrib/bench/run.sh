@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # qmpbackupfs benchmark suite: restore reads, random reads, sparse copies,
-# a store at scale and backups, each beside the closest peer on the same data
+# a store at scale, backups, what a backup costs the guest's writes and a big
+# store (scale.sh), each beside the closest peer on the same data
 # (qemu-storage-daemon's FUSE export of the same chain, cat of the flattened
 # raw image, cp, the Python qmpbackup 0.67 when QB_PEER_QMPBACKUP names it),
 # medians of >= 3 runs.
 #
 # Usage: contrib/bench/run.sh [--quick] [--out FILE] [--build DIR] [--only LIST]
-#   --quick       smaller data and shorter fio runs (about 2 minutes)
+#   --quick       smaller data and shorter fio runs (about 5 minutes; the
+#                 impact and store rows say their smaller sizes)
 #   --out FILE    also write the figures and the final table to FILE
 #   --build DIR   build directory with the binaries (default: build-bench,
 #                 made with `meson setup build-bench --buildtype=release`)
-#   --only LIST   comma-separated sections: seq,fio,sparse,scale,backup
-#   --runs N      runs per figure (default 3)
+#   --only LIST   comma-separated sections: seq,fio,sparse,scale,backup,
+#                 impact,store (default: all)
+#   --runs N      runs per figure (default 3; impact: one run; store: one
+#                 run of 200 VMs x 1000 points, N with --quick)
+#   --no-gluster  impact: the local store only
 #   --ab DIR      backups also with the qmpbackup of build directory DIR (e.g.
 #                 another version), interleaved with ours in the same run on
 #                 the same VM and data: A/B figures with min/median/max
@@ -23,7 +28,8 @@ SRC=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=$SRC/build-bench
 QUICK=0
 OUT=
-ONLY=seq,fio,sparse,scale,backup
+ONLY=seq,fio,sparse,scale,backup,impact,store
+GLUSTER=1
 RUNS=3
 AB=
 while [ $# -gt 0 ]; do
@@ -34,7 +40,8 @@ while [ $# -gt 0 ]; do
     --only) ONLY=$2; shift ;;
     --runs) RUNS=$2; shift ;;
     --ab) AB=$(realpath "$2"); shift ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --no-gluster) GLUSTER=0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -60,11 +67,18 @@ qb_need "${need[@]}"
 if [ "$QUICK" = 1 ]; then
   SEQ_SIZE=$((256 << 20)) SEQ_STRIPE=$((64 << 10)) FIO_SECS=2
   SPARSE_DATA=$((256 << 20)) BK_SIZE=256M BK_CHANGE=$((64 << 20)) INC_IDLE_RUNS=3
+  IMPACT_MB=256 STORE_VMS=20 STORE_POINTS=200 STORE_RUNS=$RUNS
 else
   SEQ_SIZE=$((1 << 30)) SEQ_STRIPE=$((256 << 10)) FIO_SECS=5
   SPARSE_DATA=$((1 << 30)) BK_SIZE=1G BK_CHANGE=$((256 << 20)) INC_IDLE_RUNS=5
+  # One pass over the big store: each walk of 200,000 images takes minutes
+  # here (scale.sh --runs N for medians).
+  IMPACT_MB=1024 STORE_VMS=200 STORE_POINTS=1000 STORE_RUNS=1
 fi
 DEPTHS=(1 10 50)
+# The impact section's job speed limit (bytes/s): a backup long enough for
+# hundreds of guest writes, as on a store that is not the fastest.
+IMPACT_SPEED=$((50 << 20))
 SCALE_VMS=50 SCALE_POINTS=200 SCALE_CHAIN=50
 # The Python qmpbackup 0.67 as the peer of an idle inc: QB_PEER_QMPBACKUP is
 # the path of its `qmpbackup` script (run by /usr/bin/python3 with
@@ -270,16 +284,18 @@ if section scale; then
   for ((run = 0; run < RUNS; run++)); do
     fs_mount "$S" "$MNT"
     SM+=("$MOUNT_SECS")
-    SL+=("$(timeit ls -R "$MNT")")
+    # Not into files/: listing a point's files/ folder opens its chain to
+    # read the guest's partitions (as in scale.sh).
+    SL+=("$(timeit find "$MNT" -path '*/files' -prune -o -print)")
     a=$(now)
-    NIMG=$(find "$MNT" -name '*Z.img' -printf '%s %b\n' | wc -l)
+    NIMG=$(find "$MNT" -path '*/files' -prune -o -name '*Z.img' -printf '%s %b\n' | wc -l)
     SS+=("$(tdiff "$a" "$(now)")")
     SR+=("$(awk '/^VmRSS/ { print $2 / 1024 }' "/proc/$FS_PID/status")")
     fs_umount "$MNT"
   done
   [ "$NIMG" = $((SCALE_VMS * SCALE_POINTS)) ] || note "WARNING: $NIMG restore images seen, $((SCALE_VMS * SCALE_POINTS)) expected"
   fig "scale: mount, 50 VMs x 200 points (s)" "$(median "${SM[@]}")" - s - "o < 0.5" "well under 1 s: < 0.5 s"
-  fig "scale: ls -R (s)" "$(median "${SL[@]}")" - s - "o < 0.5" "well under 1 s: < 0.5 s"
+  fig "scale: list every name but files/ (s)" "$(median "${SL[@]}")" - s - "o < 0.5" "well under 1 s: < 0.5 s"
   fig "scale: stat of all $NIMG images (s)" "$(median "${SS[@]}")" - s - "o < 0.5" "well under 1 s: < 0.5 s"
   fig "scale: daemon RSS after the walk (MiB)" "$(median "${SR[@]}")" - MiB - "o < 64" "< 64 MiB"
   rm -rf "$S" "$T/scale-tmpl"
@@ -408,6 +424,57 @@ if section backup; then
   fig "inc file size / changed bytes" "$(median "${IR[@]}")" 1 "" lo "o <= 1.05" "<= 1.05"
   qb_vm_stop bvm
   rm -rf "$T/bkstore" "$T/bkstore-b" "$T/chg.bin"
+fi
+
+# ---- guest impact: guest writes while a backup runs (guest-impact.sh) ----------
+if section impact; then
+  q=
+  [ "$QUICK" = 1 ] && q=" [quick: $IMPACT_MB MiB disk]"
+  note "guest impact: 64 KiB guest writes idle and during full/inc, fleecing off/on, job limit $((IMPACT_SPEED >> 20)) MiB/s, $IMPACT_MB MiB disk (guest-impact.sh)"
+  args=(--size "$IMPACT_MB" --speed "$IMPACT_SPEED" --rows "$T/impact.rows")
+  [ "$GLUSTER" = 1 ] || args+=(--no-gluster)
+  if QB_BUILD_DIR=$BUILD QMPBACKUP=$QMPBACKUP "$SRC/contrib/bench/guest-impact.sh" "${args[@]}" \
+       > "$T/impact.log" 2> "$T/impact.err"; then
+    ip50=- ip99=-
+    while read -r kind a b c d p50 p99 thr n; do
+      case $kind in
+        cpu) fig "impact: paused bench VM's own CPU (% of a core)" "$a" - % - "o < 1" "< 1%: figures measure the product" ;;
+        idle) ip50=$p50 ip99=$p99
+              note "idle guest writes: p50 $p50 ms, p99 $p99 ms, $thr MB/s ($n writes)" ;;
+        row)
+          case $a in local) where="local store" ;; gluster) where="GlusterFS store" ;; *) where=$a ;; esac
+          what="$where, $b, fleecing $c"
+          if [ "$p50" = failed ]; then
+            fig_skip "impact: guest write p50/p99, $what$q" "the backup failed: see guest-impact.sh"
+            continue
+          fi
+          fig "impact: guest write p50, $what (ms; peer: idle)$q" "$p50" "$ip50" ms lo "" ""
+          fig "impact: guest write p99, $what (ms; peer: idle)$q" "$p99" "$ip99" ms lo "" ""
+          say "  $what: guest writes $thr MB/s ($n writes) while the backup ran ${d} s"
+          ;;
+        skip) fig_skip "impact: guest writes, $a store rows" "$b${c:+ $c}${d:+ $d}${p50:+ $p50}${p99:+ $p99}${thr:+ $thr}${n:+ $n}" ;;
+      esac
+    done < "$T/impact.rows"
+    while IFS= read -r line; do [ -n "$line" ] && say "  $line"; done < "$T/impact.log"
+  else
+    fig_skip "impact: guest writes during backups" "guest-impact.sh failed: $(tail -n 1 "$T/impact.err" | tr -d '|' | cut -c1-80)"
+  fi
+fi
+
+# ---- the big store: VMS x POINTS restore points (scale.sh) ---------------------
+if section store; then
+  q=
+  [ "$QUICK" = 1 ] && q=" [quick: $STORE_VMS VMs x $STORE_POINTS points]"
+  note "big store: $STORE_VMS VMs x $STORE_POINTS restore points, chains of $STORE_POINTS, $STORE_RUNS run(s) (scale.sh)"
+  : > "$T/store.figs"
+  if FIG_DUMP=$T/store.figs "$SRC/contrib/bench/scale.sh" --vms "$STORE_VMS" --points "$STORE_POINTS" \
+       --runs "$STORE_RUNS" --build "$BUILD" > "$T/store.log" \
+     && fig_import "$T/store.figs" "store: " "$q" "scale: "; then
+    :
+  else
+    fig_skip "store: $STORE_VMS VMs x $STORE_POINTS points$q" \
+      "scale.sh failed: $(grep -v '^$' "$T/store.log" | tail -n 1 | tr -d '|' | cut -c1-80)"
+  fi
 fi
 
 fig_table
