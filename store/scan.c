@@ -608,6 +608,14 @@ build_chains (scan_ctx *cx, const char *disk, scan_file *files, size_t nf, store
     }
   }
 
+  /* Kept for store_vm_lost_after (records are in id order, so are these). */
+  for (size_t i = 0; i < nmiss; i++) {
+    if (!miss[i].chain)
+      continue;
+    out->lost = qb_realloc (out->lost, (out->nlost + 1) * sizeof *out->lost);
+    out->lost[out->nlost++] = (store_lost) { qb_strdup (miss[i].id), qb_strdup (miss[i].chain),
+                                             qb_strdup (miss[i].file) };
+  }
   out->nchains = nch;
   out->chains = qb_calloc (nch, sizeof *out->chains);
   for (size_t i = 0; i < nch; i++)
@@ -881,6 +889,12 @@ store_vm_free (store_vm *v)
     free (d->chains);
     free (d->ix);
     free (d->name);
+    for (size_t j = 0; j < d->nlost; j++) {
+      free (d->lost[j].id);
+      free (d->lost[j].chain);
+      free (d->lost[j].file);
+    }
+    free (d->lost);
   }
   free (v->disks);
   store_names_free (v->skipped, v->nskipped);
@@ -934,4 +948,17 @@ store_disk_find (const store_disk *d, const char *display, size_t *chain, size_t
     }
   }
   return false;
+}
+
+/* A newer recorded layer of D in CHAIN than AFTER_ID that the scan lost (see store.h). */
+char *
+store_disk_lost_after (const store_disk *d, const char *chain, const char *after_id)
+{
+  for (size_t i = 0; d && chain && after_id && i < d->nlost; i++) {
+    const store_lost *l = &d->lost[i];
+    if (strcmp (l->id, after_id) > 0 && strcmp (l->chain, chain) == 0)
+      return qb_asprintf ("restore point %s of disk %s is lost (%s is missing or unreadable)",
+                          l->id, d->name, l->file);
+  }
+  return NULL;
 }
