@@ -304,7 +304,9 @@ void store_new_chain_id (char *buf, size_t len);
 
 /* Recovery at start-up for VM (caller holds the lock): finish an
  * interrupted chain rewrite (store_rewrite_resume), roll committed points
- * forward, delete temps that no record names.  Returns the number of files
+ * forward, delete temps that no record names.  When no folder of the VM
+ * holds a temp or a layer record whose layer is absent (a clean store),
+ * only folder listings are read, no record.  Returns the number of files
  * removed or renamed (a finished rewrite counts one), or -1. */
 int store_recover (store *st, const char *vm);
 
