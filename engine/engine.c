@@ -179,7 +179,7 @@ last_chain (const store_disk *sd, const char *month, bool *other_month)
  * "ok"); *CHAIN_OUT the chain (or NULL); *BITMAP_OUT (may be NULL) the
  * chain's bitmap name, found or expected (malloc'd, NULL without a chain). */
 static const char *
-disk_health (store *st, const char *vm, const char *target, const vm_disk *vd,
+disk_health (const char *target, const vm_disk *vd,
              const store_disk *sd, const char *month, const store_layer **prev, char **reason,
              const store_chain **chain_out, char **bitmap_out)
 {
@@ -210,7 +210,7 @@ disk_health (store *st, const char *vm, const char *target, const vm_disk *vd,
       return "damaged";
     }
   const store_layer *last = &c->layers[c->n - 1];
-  *reason = store_chain_lost_after (st, vm, vd->name, c->chain_id, last->id);
+  *reason = store_disk_lost_after (sd, c->chain_id, last->id);
   if (*reason)
     return "damaged";
   if (last->virtual_size != vd->size) {
@@ -388,7 +388,7 @@ decide_level (eng_run *r)
     const store_disk *sd = r->scan ? store_vm_disk (r->scan, d->vd->name) : NULL;
     const store_chain *chain = NULL;
     char *bm = NULL;
-    d->health = disk_health (r->st, r->vm, r->target, d->vd, sd, month, &d->prev, &d->reason,
+    d->health = disk_health (r->target, d->vd, sd, month, &d->prev, &d->reason,
                              &chain, &bm);
     if (!d->reason)
       d->bitmap = bm;         /* the healthy chain's bitmap, by whatever name it has */
@@ -1165,7 +1165,7 @@ engine_info (store *st, const char *vm, const char *qmp_path)
       const store_layer *prev;
       const store_chain *c;
       char *reason, *bm;
-      const char *health = disk_health (st, vm, target, d, sd, NULL, &prev, &reason, &c, &bm);
+      const char *health = disk_health (target, d, sd, NULL, &prev, &reason, &c, &bm);
       json_object_object_add (jd, "health", json_object_new_string (health));
       json_object_object_add (jd, "reason", reason ? json_object_new_string (reason) : NULL);
       if (c && c->chain_id) {

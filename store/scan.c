@@ -324,6 +324,45 @@ read_header (scan_ctx *cx, int dfd, const char *rel, scan_file *f)
   close (fd);
 }
 
+static int
+cmp_str (const void *a, const void *b)
+{
+  return strcmp (*(char *const *) a, *(char *const *) b);
+}
+
+/* The layers of disk folder DFD whose .chain folder holds a verify's
+ * finding ("<layer>.verify.json"), from one listing: *NAMES (sorted,
+ * malloc'd, store_names_free), 0; -1 when the folder could not be listed
+ * (then every layer is to be asked). */
+static int
+verified_layers (int dfd, char ***names, size_t *n)
+{
+  static const char suffix[] = ".verify.json";
+  const size_t sl = sizeof suffix - 1;
+  *names = NULL;
+  *n = 0;
+  int cfd = openat (dfd, STORE_SIDECAR_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (cfd < 0)
+    return errno == ENOENT ? 0 : -1;
+  DIR *c = fdopendir (cfd);
+  if (!c) {
+    close (cfd);
+    return -1;
+  }
+  struct dirent *de;
+  while ((de = readdir (c)) != NULL) {
+    size_t len = strlen (de->d_name);
+    if (len <= sl || strcmp (de->d_name + len - sl, suffix) != 0)
+      continue;
+    *names = qb_realloc (*names, (*n + 1) * sizeof **names);
+    (*names)[(*n)++] = qb_asprintf ("%.*s", (int) (len - sl), de->d_name);
+  }
+  closedir (c);
+  if (*n > 1)
+    qsort (*names, *n, sizeof **names, cmp_str);
+  return 0;
+}
+
 /* Read directory DIRIDX and append its layer files to *FILES. */
 static void
 read_dir_files (scan_ctx *cx, size_t diridx, scan_file **files, size_t *n)
@@ -333,6 +372,10 @@ read_dir_files (scan_ctx *cx, size_t diridx, scan_file **files, size_t *n)
   if (!d)
     return;
   int cfd = -1;
+  /* Only the layers a verify kept a finding for are asked about it. */
+  char **verified;
+  size_t nverified;
+  bool listed = verified_layers (dirfd (d), &verified, &nverified) == 0;
   struct dirent *de;
   while ((de = readdir (d)) != NULL) {
     store_kind kind;
@@ -384,9 +427,12 @@ read_dir_files (scan_ctx *cx, size_t diridx, scan_file **files, size_t *n)
                                    "was backed up: truncated or replaced", f->name,
                                    (unsigned long long) f->st_size,
                                    (unsigned long long) f->rd->size);
-    f->verify_damage = store_verify_damage (dirfd (d), f->name, &sb);
+    const char *key = f->name;
+    if (!listed || (nverified && bsearch (&key, verified, nverified, sizeof *verified, cmp_str)))
+      f->verify_damage = store_verify_damage (dirfd (d), f->name, &sb);
     free (rel);
   }
+  store_names_free (verified, nverified);
   if (cfd >= 0)
     close (cfd);
   closedir (d);
@@ -608,6 +654,14 @@ build_chains (scan_ctx *cx, const char *disk, scan_file *files, size_t nf, store
     }
   }
 
+  /* Kept for store_vm_lost_after (records are in id order, so are these). */
+  for (size_t i = 0; i < nmiss; i++) {
+    if (!miss[i].chain)
+      continue;
+    out->lost = qb_realloc (out->lost, (out->nlost + 1) * sizeof *out->lost);
+    out->lost[out->nlost++] = (store_lost) { qb_strdup (miss[i].id), qb_strdup (miss[i].chain),
+                                             qb_strdup (miss[i].file) };
+  }
   out->nchains = nch;
   out->chains = qb_calloc (nch, sizeof *out->chains);
   for (size_t i = 0; i < nch; i++)
@@ -881,6 +935,12 @@ store_vm_free (store_vm *v)
     free (d->chains);
     free (d->ix);
     free (d->name);
+    for (size_t j = 0; j < d->nlost; j++) {
+      free (d->lost[j].id);
+      free (d->lost[j].chain);
+      free (d->lost[j].file);
+    }
+    free (d->lost);
   }
   free (v->disks);
   store_names_free (v->skipped, v->nskipped);
@@ -934,4 +994,17 @@ store_disk_find (const store_disk *d, const char *display, size_t *chain, size_t
     }
   }
   return false;
+}
+
+/* A newer recorded layer of D in CHAIN than AFTER_ID that the scan lost (see store.h). */
+char *
+store_disk_lost_after (const store_disk *d, const char *chain, const char *after_id)
+{
+  for (size_t i = 0; d && chain && after_id && i < d->nlost; i++) {
+    const store_lost *l = &d->lost[i];
+    if (strcmp (l->id, after_id) > 0 && strcmp (l->chain, chain) == 0)
+      return qb_asprintf ("restore point %s of disk %s is lost (%s is missing or unreadable)",
+                          l->id, d->name, l->file);
+  }
+  return NULL;
 }

@@ -114,12 +114,22 @@ typedef struct store_layer_ix {
   uint32_t chain, idx;
 } store_layer_ix;
 
+/* A layer of the disk that a restore point's record names (in a chain)
+ * but whose file the scan did not find. */
+typedef struct store_lost {
+  char *id;            /* the point's id */
+  char *chain;         /* the chain its record puts it in */
+  char *file;          /* its path relative to the VM folder, from the record */
+} store_lost;
+
 typedef struct store_disk {
   char *name;
   size_t nchains;      /* in time order (months merged) */
   store_chain *chains;
   size_t nix;          /* every layer of the disk, sorted by display (then */
   store_layer_ix *ix;  /* chain order), for store_disk_find; NULL: none built */
+  size_t nlost;        /* recorded layers that are missing, in id order */
+  store_lost *lost;    /* (NULL when none: the usual case) */
 } store_disk;
 
 typedef struct store_vm {
@@ -227,6 +237,12 @@ store_vm *store_scan_folder (const char *path);
 char *store_chain_lost_after (store *st, const char *vm, const char *disk, const char *chain,
                               const char *after_id);
 
+/* store_chain_lost_after answered from D, a disk of a scan
+ * (store_scan_vm), without reading any record again: the reason
+ * (malloc'd) when a point newer than AFTER_ID records D in chain CHAIN
+ * but the scan found no file of it, else NULL (also for D NULL). */
+char *store_disk_lost_after (const store_disk *d, const char *chain, const char *after_id);
+
 /* The newest record of VM as JSON (new reference), for display only (the
  * mount's status shows it as it is); NULL when it has none.  Everything
  * else reads the store through store_scan_vm. */
@@ -288,7 +304,9 @@ void store_new_chain_id (char *buf, size_t len);
 
 /* Recovery at start-up for VM (caller holds the lock): finish an
  * interrupted chain rewrite (store_rewrite_resume), roll committed points
- * forward, delete temps that no record names.  Returns the number of files
+ * forward, delete temps that no record names.  When no folder of the VM
+ * holds a temp or a layer record whose layer is absent (a clean store),
+ * only folder listings are read, no record.  Returns the number of files
  * removed or renamed (a finished rewrite counts one), or -1. */
 int store_recover (store *st, const char *vm);
 

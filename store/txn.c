@@ -1002,6 +1002,125 @@ recover_walk (int vmfd, const char *rel, void *opaque)
   rc->count += recover_dir (vmfd, rel, rc->recs, rc->n);
 }
 
+/* A sorted list of the names in one folder. */
+typedef struct name_set {
+  char **v;
+  size_t n;
+} name_set;
+
+static int
+cmp_name (const void *a, const void *b)
+{
+  return strcmp (*(char *const *) a, *(char *const *) b);
+}
+
+/* True when NAME is in S (sorted). */
+static bool
+name_set_has (const name_set *s, const char *name)
+{
+  return s->n && bsearch (&name, s->v, s->n, sizeof *s->v, cmp_name) != NULL;
+}
+
+typedef struct recover_probe {
+  bool needed;
+} recover_probe;
+
+/* store_vm_walk_dirs callback: does folder REL hold anything recover_dir
+ * would act on (a temp, or a per-layer record whose layer is not there)?
+ * Only directory listings: no record is read.  Anything that cannot be
+ * listed counts as needed (the full recovery then decides). */
+static void
+probe_walk (int vmfd, const char *rel, void *opaque)
+{
+  recover_probe *p = opaque;
+  if (p->needed)
+    return;
+  int fd = qb_openat_nofollow (vmfd, rel, O_RDONLY | O_DIRECTORY);
+  DIR *d = fd >= 0 ? fdopendir (fd) : NULL;
+  if (!d) {
+    if (fd >= 0)
+      close (fd);
+    p->needed = !(fd < 0 && errno == ENOENT);
+    return;
+  }
+  size_t pl = strlen (STORE_TMP_PREFIX);
+  name_set names = { NULL, 0 };
+  size_t cap = 0;
+  struct dirent *de;
+  while (!p->needed && (de = readdir (d)) != NULL) {
+    if (strncmp (de->d_name, STORE_TMP_PREFIX, pl) == 0)
+      p->needed = true;
+    else if (de->d_name[0] != '.') {
+      if (names.n == cap) {
+        cap = cap ? 2 * cap : 64;
+        names.v = qb_realloc (names.v, cap * sizeof *names.v);
+      }
+      names.v[names.n++] = qb_strdup (de->d_name);
+    }
+  }
+  if (names.n > 1)
+    qsort (names.v, names.n, sizeof *names.v, cmp_name);
+  int cfd = p->needed ? -1 : openat (dirfd (d), STORE_SIDECAR_DIR,
+                                     O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  DIR *c = cfd >= 0 ? fdopendir (cfd) : NULL;
+  if (!c && cfd >= 0) {
+    close (cfd);
+    p->needed = true;
+  } else if (!p->needed && cfd < 0 && errno != ENOENT)
+    p->needed = true;
+  /* The same test as recover_sidecars, against the listing. */
+  while (c && !p->needed && (de = readdir (c)) != NULL) {
+    size_t len = strlen (de->d_name);
+    if (strncmp (de->d_name, STORE_TMP_PREFIX, pl) == 0) {
+      p->needed = true;
+      break;
+    }
+    if (de->d_name[0] == '.' || len < 6 || (strcmp (de->d_name + len - 5, ".json") != 0
+                                            && strcmp (de->d_name + len - 5, ".sums") != 0))
+      continue;
+    size_t sl = len > 12 && strcmp (de->d_name + len - 12, ".verify.json") == 0 ? 12 : 5;
+    char *layer = qb_asprintf ("%.*s", (int) (len - sl), de->d_name);
+    if (!name_set_has (&names, layer))
+      p->needed = true;
+    free (layer);
+  }
+  if (c)
+    closedir (c);
+  closedir (d);
+  store_names_free (names.v, names.n);
+}
+
+/* True when VMFD's folder may hold something for store_recover to do:
+ * a record temp in .points, or in some disk folder a temp or a per-layer
+ * record of a layer that is not there.  Everything store_recover changes
+ * is one of these (a committed point whose file is missing is rolled
+ * forward from its temp), so without them it has nothing to do and no
+ * record needs reading. */
+static bool
+recover_needed (int vmfd)
+{
+  int pfd = openat (vmfd, STORE_POINTS_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  DIR *d = pfd >= 0 ? fdopendir (pfd) : NULL;
+  if (!d) {
+    if (pfd >= 0)
+      close (pfd);
+    else if (errno != ENOENT)
+      return true;
+  }
+  bool needed = false;
+  struct dirent *de;
+  size_t pl = strlen (STORE_TMP_PREFIX);
+  while (d && !needed && (de = readdir (d)) != NULL)
+    needed = strncmp (de->d_name, STORE_TMP_PREFIX, pl) == 0;
+  if (d)
+    closedir (d);
+  if (needed)
+    return true;
+  recover_probe p = { false };
+  store_vm_walk_dirs (vmfd, probe_walk, &p);
+  return p.needed;
+}
+
 /* Roll committed points of VM forward and delete uncommitted temps. */
 int
 store_recover (store *st, const char *vm)
@@ -1012,6 +1131,10 @@ store_recover (store *st, const char *vm)
   int vmfd = store_vm_open (st, vm);
   if (vmfd < 0)
     return qb_error_code () == QB_ENOENT ? (qb_error_clear (), 0) : -1;
+  if (!recover_needed (vmfd)) {
+    close (vmfd);
+    return rw;
+  }
   store_rec *recs;
   size_t n;
   if (store_recs_load (vmfd, vm, &recs, &n, NULL, NULL) < 0) {

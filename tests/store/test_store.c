@@ -925,6 +925,11 @@ test_sidecars (void)
   /* Recovery drops records of layers that were never committed, keeps the others. */
   char *orphan = qb_asprintf ("%s/INC-20261126T060000Z.json", cdir);
   char *otmp = qb_asprintf ("%s/.tmp-INC-20261126T060000Z.json", cdir);
+  /* ...also when no temp is left anywhere to tell of the crash. */
+  touch (orphan);
+  CHECK (store_recover (st, "vm") == 1);
+  CHECK (!exists (orphan) && exists (sf) && exists (si));
+  CHECK (store_recover (st, "vm") == 0);
   touch (orphan);
   touch (otmp);
   CHECK (store_recover (st, "vm") == 2);
@@ -953,6 +958,50 @@ test_sidecars (void)
   store_close (st);
 }
 
+/* The newest INC deleted behind the store's back: the scan ends the chain
+ * before it, and store_disk_lost_after says so from the scan alone, as
+ * store_chain_lost_after does from the records. */
+static void
+test_lost_newest (void)
+{
+  store *st = fresh_store ("lost");
+  char chain[17], ids[3][40];
+  store_new_chain_id (chain, sizeof chain);
+  store_vm *keep;
+  commit_point (st, "vm", "d", T0, STORE_FULL, NULL, chain, false, ids[0]);
+  for (int i = 1; i < 3; i++) {
+    store_layer prev = last_layer (st, "vm", "d", &keep);
+    commit_point (st, "vm", "d", T0 + i * 60000000LL, STORE_INC, &prev, NULL, false, ids[i]);
+    store_vm_free (keep);
+  }
+  store_vm *v = store_scan_vm (st, "vm");
+  REQUIRE (v);
+  const store_disk *d = store_vm_disk (v, "d");
+  REQUIRE (d);
+  CHECK (d->nlost == 0 && store_disk_lost_after (d, chain, ids[1]) == NULL);
+  store_vm_free (v);
+
+  char *newest = qb_asprintf ("%s/vm/d/INC-%s", store_root (st), ids[2]);
+  REQUIRE (unlink (newest) == 0);
+  CHECK (store_recover (st, "vm") == 0);      /* nothing to recover: no temp */
+  v = store_scan_vm (st, "vm");
+  REQUIRE (v);
+  d = store_vm_disk (v, "d");
+  REQUIRE (d && d->nchains == 1 && d->chains[0].n == 2);
+  CHECK (strcmp (d->chains[0].layers[1].id, ids[1]) == 0 && !d->chains[0].layers[1].damage);
+  char *a = store_disk_lost_after (d, chain, ids[1]);
+  char *b = store_chain_lost_after (st, "vm", "d", chain, ids[1]);
+  CHECK (a && b && strcmp (a, b) == 0 && strstr (a, ids[2]) && strstr (a, "is lost"));
+  CHECK (store_disk_lost_after (d, chain, ids[2]) == NULL);
+  CHECK (store_disk_lost_after (d, "0123456789abcdef", ids[1]) == NULL);
+  CHECK (store_disk_lost_after (NULL, chain, ids[1]) == NULL);
+  free (a);
+  free (b);
+  store_vm_free (v);
+  free (newest);
+  store_close (st);
+}
+
 int
 main (void)
 {
@@ -974,6 +1023,7 @@ main (void)
   test_scan_cost ();
   test_enospc ();
   test_sidecars ();
+  test_lost_newest ();
 
   rm_rf (root);
   if (failures) {
