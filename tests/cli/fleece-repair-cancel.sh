@@ -24,18 +24,6 @@ qb_guest_write vm1 drive0 "write -P 0x11 0 24M"
 qb_guest_write vm1 data1 "write -P 0x12 0 12M"
 DISKS="drive0 data1"
 
-# Print VM's block graph: each device's qdev path and node, then every
-# node name that is not an automatic one.
-graph() {
-  python3 -c '
-import json, sys
-for b in json.loads(sys.argv[1]):
-    print(b.get("qdev"), b.get("inserted", {}).get("node-name"))
-for n in sorted(n["node-name"] for n in json.loads(sys.argv[2])):
-    if not n.startswith("#"):
-        print(n)' "$(qb_qmp "$1" query-block)" "$(qb_qmp "$1" query-named-block-nodes '{"flat":true}')"
-}
-
 # Print VM's dirty bitmaps as "device name recording" lines (no counts:
 # the guest writes during the test).
 bitmaps() {
@@ -67,7 +55,7 @@ jobs_speed() {
 store_files() { (cd "$T/store/vm1" && find . -type f | sort); }
 
 qb_backup_expect 0 vm1 full
-BASE=$(graph vm1)
+BASE=$(qb_block_graph vm1)
 BITMAPS=$(bitmaps vm1)
 grep -q ' True$' <<< "$BITMAPS" || qb_die "no recording chain bitmap after the full: $BITMAPS"
 
@@ -142,7 +130,7 @@ before:
 $FILES
 after:
 $(store_files)"
-now=$(graph vm1)
+now=$(qb_block_graph vm1)
 [ "$now" = "$BASE" ] || qb_die "the block graph changed:
 before:
 $BASE

@@ -28,20 +28,8 @@ qb_guest_write vm1 drive0 "write -P 0x11 0 40M"
 qb_guest_write vm1 data1 "write -P 0x12 0 12M"
 DISKS="drive0 data1"
 
-# Print VM's block graph as the guest sees it: each device's qdev path and
-# node, then every node name that is not an automatic one.
-graph() {
-  python3 -c '
-import json, sys
-for b in json.loads(sys.argv[1]):
-    print(b.get("qdev"), b.get("inserted", {}).get("node-name"))
-for n in sorted(n["node-name"] for n in json.loads(sys.argv[2])):
-    if not n.startswith("#"):
-        print(n)' "$(qb_qmp "$1" query-block)" "$(qb_qmp "$1" query-named-block-nodes '{"flat":true}')"
-}
-
 # Print how many devices of VM sit on our filter.
-on_filter() { graph "$1" | grep -c ' qmpbackup-cbw-' || true; }
+on_filter() { qb_block_graph "$1" | grep -c ' qmpbackup-cbw-' || true; }
 
 # Print "N MIN_LEFT" for VM's jobs: their number and the largest shortfall below WANT bytes done.
 jobs_progress() {
@@ -75,7 +63,7 @@ assert_running() {
 # Fail unless VM's graph is BASE and the fleece directory DIR holds no image.
 assert_clean() {
   local vm=$1 base=$2 dir=$3 what=$4 now
-  now=$(graph "$vm")
+  now=$(qb_block_graph "$vm")
   [ "$now" = "$base" ] || qb_die "$what: the block graph changed:
 before:
 $base
@@ -121,7 +109,7 @@ check_newest() {
 # Print the number of layer files of vm1's drive0.
 nlayers() { qb_layers "$T/store/vm1/drive0" | wc -l; }
 
-BASE=$(graph vm1)
+BASE=$(qb_block_graph vm1)
 
 LIVE_ARGS=()
 # One backup at LEVEL (and LIVE_ARGS) while the guest writes "DISK:qemu-io command"...: the
@@ -135,7 +123,7 @@ live_round() {
   start_backup "$level" --fleece-dir "$FL" --speed 1M "${LIVE_ARGS[@]}"
   wait_jobs $((2 << 20))
   jobs_speed vm1 65536
-  [ "$(on_filter vm1)" = 2 ] || qb_die "$level: the devices are not on the fleecing filter: $(graph vm1)"
+  [ "$(on_filter vm1)" = 2 ] || qb_die "$level: the devices are not on the fleecing filter: $(qb_block_graph vm1)"
   [ "$(ls -A "$FL" | grep -c '^\.qmpbackup-fleece-' || true)" = 2 ] ||
     qb_die "$level: expected two fleece images in $FL: $(ls -la "$FL")"
   qb_qmp vm1 cont >/dev/null
@@ -241,7 +229,7 @@ start_backup inc --fleece-dir "$FL" --speed 64k
 wait_jobs 65536
 kill -KILL "$BPID"
 wait "$BPID" 2>/dev/null || true
-[ "$(on_filter vm1)" = 2 ] || qb_die "after SIGKILL the filter is gone already (nothing tested): $(graph vm1)"
+[ "$(on_filter vm1)" = 2 ] || qb_die "after SIGKILL the filter is gone already (nothing tested): $(qb_block_graph vm1)"
 [ -n "$(ls -A "$FL")" ] || qb_die "after SIGKILL no fleece image is left (nothing tested)"
 qb_guest_write vm1 drive0 "write -P 0x72 33M 1M"
 qb_qmp vm1 stop >/dev/null
@@ -270,7 +258,7 @@ assert_running vm1 "after qmpbackup cleanup"
 qb_vm_start vm2 --blockdev drive0:qcow2:32M
 qb_qmp vm2 cont >/dev/null
 qb_guest_write vm2 drive0 "write -P 0x81 0 20M"
-BASE2=$(graph vm2)
+BASE2=$(qb_block_graph vm2)
 for mode in default off; do
   args=()
   [ $mode = off ] && args=(--fleece-dir off)
@@ -285,7 +273,7 @@ for mode in default off; do
   done
   f=$(on_filter vm2)
   imgs=$(ls -A "$T/img" | grep -c '^\.qmpbackup-fleece-' || true)
-  [ "$f" = 0 ] && [ "$imgs" = 0 ] || qb_die "$mode: fleeced anyway: $(graph vm2)"
+  [ "$f" = 0 ] && [ "$imgs" = 0 ] || qb_die "$mode: fleeced anyway: $(qb_block_graph vm2)"
   qb_qmp vm2 block-job-set-speed "{\"device\":\"$(qb_qmp vm2 query-block-jobs | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["device"])')\",\"speed\":0}" >/dev/null 2>&1 || true
   rc=0; wait "$BPID" || rc=$?
   [ $rc = 0 ] || qb_die "vm2 $mode exited $rc: $(cat "$T/bg.out")"

@@ -62,6 +62,18 @@ qb_check_qemu_img() {
   rm -f "$out"
 }
 
+# Print VM's block graph as the guest sees it: each device's qdev path and
+# node, then every node name that is not an automatic one (sorted).
+qb_block_graph() {
+  python3 -c '
+import json, sys
+for b in json.loads(sys.argv[1]):
+    print(b.get("qdev"), b.get("inserted", {}).get("node-name"))
+for n in sorted(n["node-name"] for n in json.loads(sys.argv[2])):
+    if not n.startswith("#"):
+        print(n)' "$(qb_qmp "$1" query-block)" "$(qb_qmp "$1" query-named-block-nodes '{"flat":true}')"
+}
+
 # Exit 77 unless qmpbackup and qmprebase answer --version (not yet built: skip).
 qb_need_cli() {
   qb_need "$QMPBACKUP" "$QMPREBASE"
