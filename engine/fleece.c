@@ -37,6 +37,7 @@
  * backup into the same store (fleece_cleanup), and leftover fleece images
  * in the fleece directories are deleted by the next fleece_prepare. */
 #include "engine/engine-int.h"
+#include "engine/target.h"
 #include "common/error.h"
 #include "common/util.h"
 
@@ -174,11 +175,14 @@ fleece_add (eng_run *r, eng_disk *d, const char *dir, size_t i)
     return -1;
   }
   close (fd);
+  /* The store's writer makes the same empty image qemu-img would (see
+     target_image_write); qemu-img only for what it does not make. */
+  int w = target_image_write (d->flpath, d->vd->size, NULL);
   char size[32];
   snprintf (size, sizeof size, "%llu", (unsigned long long) d->vd->size);
   char *argv[] = { "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1",
                    d->flpath, size, NULL };
-  if (qb_run (argv, NULL) < 0) {
+  if (w < 0 || (w == 1 && qb_run (argv, NULL) < 0)) {
     qb_error_prefix ("creating the fleece image of disk %s in %s", d->vd->name, dir);
     return -1;
   }
